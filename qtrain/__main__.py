@@ -1,0 +1,3 @@
+from qtrain.cli.app import main
+
+main()

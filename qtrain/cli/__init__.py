@@ -1,0 +1,1 @@
+"""The typer command-line app; each subcommand lives in its own module."""

@@ -1,0 +1,21 @@
+"""The ``qtrain`` command: one typer app, subcommands registered from their own modules."""
+
+from __future__ import annotations
+
+import typer
+
+from qtrain.cli import bench, info
+
+app = typer.Typer(
+    name="qtrain",
+    help="Communication-efficient distributed training on MPI: quantized parameter server, error feedback.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("info")(info.info)
+app.add_typer(bench.app, name="bench")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,50 @@
+"""``qtrain info``: versions, MPI library, CUDA-aware decision, GPUs, threads."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import typer
+
+
+def collect() -> dict:
+    import h5py
+    import mpi4py
+    import numpy
+    import torch
+
+    import qtrain
+    from qtrain.runtime import mpi_info
+
+    cuda = mpi_info.decide_cuda_aware("auto")
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "qtrain": qtrain.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "mpi4py": mpi4py.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "mpi_library": mpi_info.library_version(),
+        "cuda_aware_mpi": cuda.answer,
+        "cuda_aware_how": cuda.how,
+        "torch_cuda": torch.version.cuda,
+        "gpus": gpus,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+    }
+
+
+def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """Print versions, the MPI library, whether it is CUDA-aware (and how that was decided), GPUs."""
+    data = collect()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if key == "gpus":
+            value = ", ".join(value) if value else "none visible"
+        typer.echo(f"{key:<{width}}  {value}")

@@ -1,0 +1,187 @@
+"""The qtrain wire format: a fixed 40-byte little-endian header, then the codec's sections.
+
+See ``docs/wire-format.md`` for the byte-level table and a worked example.
+
+====== ===== ======== =================================================================
+offset size type     field
+====== ===== ======== =================================================================
+0      4     bytes    magic ``b"QTRN"``
+4      1     u8       format version (currently 1)
+5      1     u8       codec id (see ``CODEC_IDS``)
+6      1     u8       bits per code (32 or 16 for float codecs, value bits for topk)
+7      1     u8       layout flags (``FLAG_*``)
+8      8     u64      element count ``n``
+16     4     u32      bucket size (0 for unbucketed codecs)
+20     4     u32      aux: codec-specific (levels, k, or number of kept entries)
+24     8     u64      payload length: bytes after the header
+32     4     u32      reserved, must be 0
+36     4     u32      CRC-32 (zlib polynomial) of bytes [0, 36) followed by the payload
+====== ===== ======== =================================================================
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from qtrain.codecs.errors import WireFormatError
+
+MAGIC = b"QTRN"
+VERSION = 1
+HEADER_SIZE = 40
+_FIELDS = struct.Struct("<4sBBBBQIIQI")  # everything but the CRC: 36 bytes
+_CRC = struct.Struct("<I")
+assert _FIELDS.size + _CRC.size == HEADER_SIZE
+
+CODEC_IDS = {
+    "none": 0,
+    "fp16": 1,
+    "bf16": 2,
+    "sign": 3,
+    "uniform": 4,
+    "ternary": 5,
+    "threshold": 6,
+    "topk": 7,
+    "sparse": 8,
+}
+CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
+
+FLAG_SPARSE = 0x01  # threshold / sparse codecs: (index, value-or-sign) layout instead of dense
+FLAG_LOCAL16 = 0x02  # topk: bucket-local uint16 indices instead of global int32
+KNOWN_FLAGS = FLAG_SPARSE | FLAG_LOCAL16
+
+
+@dataclass(frozen=True)
+class Header:
+    """The decoded fixed header of one message."""
+
+    codec_id: int
+    bits: int
+    flags: int
+    numel: int
+    bucket: int
+    aux: int
+    payload_len: int
+    version: int = VERSION
+    crc: int = 0
+
+    @property
+    def codec_name(self) -> str:
+        return CODEC_NAMES.get(self.codec_id, f"<unknown id {self.codec_id}>")
+
+
+def _host_bytes(t: torch.Tensor) -> memoryview:
+    """A host view of a contiguous uint8 tensor (a copy only when it lives on an accelerator)."""
+    if t.device.type != "cpu":
+        t = t.cpu()
+    return memoryview(t.contiguous().numpy()).cast("B")
+
+
+def _crc(fields: bytes, payload: torch.Tensor) -> int:
+    return zlib.crc32(_host_bytes(payload), zlib.crc32(fields)) & 0xFFFFFFFF
+
+
+def assemble(
+    codec_id: int,
+    bits: int,
+    flags: int,
+    numel: int,
+    bucket: int,
+    aux: int,
+    sections: list[torch.Tensor],
+    device: torch.device,
+) -> torch.Tensor:
+    """Build one message: header + the given sections (any dtype, concatenated as raw bytes)."""
+    raw = [s.contiguous().reshape(-1).view(torch.uint8) for s in sections]
+    payload_len = sum(r.numel() for r in raw)
+    out = torch.empty(HEADER_SIZE + payload_len, dtype=torch.uint8, device=device)
+    offset = HEADER_SIZE
+    for r in raw:
+        out[offset : offset + r.numel()].copy_(r)
+        offset += r.numel()
+    fields = _FIELDS.pack(MAGIC, VERSION, codec_id, bits, flags, numel, bucket, aux, payload_len, 0)
+    crc = _crc(fields, out[HEADER_SIZE:])
+    header = torch.frombuffer(bytearray(fields + _CRC.pack(crc)), dtype=torch.uint8)
+    out[:HEADER_SIZE].copy_(header)
+    return out
+
+
+def read_header(packed: torch.Tensor, check_crc: bool = True) -> Header:
+    """Parse and validate the header of ``packed`` (magic, version, codec, lengths, CRC)."""
+    if not isinstance(packed, torch.Tensor):
+        raise WireFormatError(f"a message must be a torch.Tensor of uint8, got {type(packed).__name__}")
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise WireFormatError(
+            f"a message must be a 1-D uint8 tensor, got dtype {packed.dtype} with {packed.dim()} dims"
+        )
+    size = packed.numel()
+    if size < HEADER_SIZE:
+        raise WireFormatError(f"message is {size} bytes, shorter than the {HEADER_SIZE}-byte header")
+    head = bytes(_host_bytes(packed[:HEADER_SIZE]))
+    magic, version, codec_id, bits, flags, numel, bucket, aux, payload_len, reserved = _FIELDS.unpack(
+        head[: _FIELDS.size]
+    )
+    (crc,) = _CRC.unpack(head[_FIELDS.size :])
+    if magic != MAGIC:
+        raise WireFormatError(f"bad magic {magic!r}, expected {MAGIC!r}: not a qtrain message")
+    if version != VERSION:
+        raise WireFormatError(f"unsupported wire format version {version} (this qtrain reads {VERSION})")
+    if codec_id not in CODEC_NAMES:
+        raise WireFormatError(f"unknown codec id {codec_id}")
+    if flags & ~KNOWN_FLAGS:
+        raise WireFormatError(f"unknown layout flags 0x{flags:02x}")
+    if reserved != 0:
+        raise WireFormatError(f"reserved header field is {reserved}, must be 0")
+    if payload_len > size - HEADER_SIZE:
+        raise WireFormatError(
+            f"truncated message: header announces {payload_len} payload bytes, buffer holds "
+            f"{size - HEADER_SIZE}"
+        )
+    if payload_len < size - HEADER_SIZE:
+        raise WireFormatError(
+            f"message has {size - HEADER_SIZE - payload_len} trailing bytes after the announced "
+            f"{payload_len}-byte payload"
+        )
+    if check_crc:
+        actual = _crc(head[: _FIELDS.size], packed[HEADER_SIZE:])
+        if actual != crc:
+            raise WireFormatError(f"CRC mismatch: header says 0x{crc:08x}, message hashes to 0x{actual:08x}")
+    return Header(codec_id, bits, flags, numel, bucket, aux, payload_len, version, crc)
+
+
+class SectionReader:
+    """Cuts a validated payload into typed sections, checking every length."""
+
+    def __init__(self, packed: torch.Tensor, header: Header):
+        self._payload = packed[HEADER_SIZE:]
+        self._offset = 0
+        self._header = header
+
+    def take(self, count: int, dtype: torch.dtype, what: str) -> torch.Tensor:
+        """The next ``count`` elements of ``dtype`` (a view when aligned, else a copy)."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        nbytes = count * itemsize
+        end = self._offset + nbytes
+        if end > self._payload.numel():
+            raise WireFormatError(
+                f"{self._header.codec_name}: payload too short for {what} ({count} x {dtype}); "
+                f"needs {end} bytes, has {self._payload.numel()}"
+            )
+        raw = self._payload[self._offset : end]
+        self._offset = end
+        if dtype == torch.uint8:
+            return raw
+        if (raw.storage_offset() % itemsize) != 0:
+            raw = raw.clone()
+        return raw.view(dtype)
+
+    def finish(self) -> None:
+        """Check that the sections used the payload exactly."""
+        if self._offset != self._payload.numel():
+            raise WireFormatError(
+                f"{self._header.codec_name}: payload is {self._payload.numel()} bytes but its sections "
+                f"account for {self._offset}"
+            )

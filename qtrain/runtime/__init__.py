@@ -1,0 +1,1 @@
+"""MPI lives here and nowhere else: roles, transport, launch/topology, signals, watchdog."""

@@ -1,0 +1,34 @@
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("thorough", deadline=None, max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def mpiexec_command() -> list[str]:
+    """The launcher the Makefile chose (QTRAIN_MPIEXEC), else the venv's mpiexec."""
+    env = os.environ.get("QTRAIN_MPIEXEC")
+    if env:
+        return env.split()
+    local = Path(sys.executable).parent / "mpiexec"
+    if local.exists():
+        return [str(local)]
+    found = shutil.which("mpiexec")
+    if not found:
+        pytest.skip("no mpiexec found")
+    return [found]
+
+
+@pytest.fixture
+def mpiexec():
+    return mpiexec_command()
