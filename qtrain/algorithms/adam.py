@@ -1,0 +1,21 @@
+"""``adam``: full-precision parameter-server Adam (optionally AMSGrad); the baseline for the
+quantized Adam variants. Workers send gradients (codec ``none``); the server averages them,
+g = (1/N) sum_i g_i + wd * x, and takes the step of :mod:`qtrain.algorithms.adam_math`,
+which equals ``torch.optim.Adam(lr, betas, eps, weight_decay, amsgrad)`` applied to g.
+"""
+
+from __future__ import annotations
+
+from qtrain.algorithms.adam_math import adam_direction, init_moments
+from qtrain.algorithms.base import Algorithm
+
+
+class Adam(Algorithm):
+    name = "adam"
+
+    def init_server_state(self, numel, device):
+        return init_moments(numel, device, self.hp.amsgrad)
+
+    def server_update(self, mean, master, state, step):
+        g = mean.add(master, alpha=self.hp.weight_decay) if self.hp.weight_decay else mean
+        return adam_direction(g, state, step, self.hp)

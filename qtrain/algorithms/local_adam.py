@@ -1,0 +1,19 @@
+"""The worker side shared by ``qadam`` and ``efficient-adam``: a local Adam step on each worker.
+
+m_i, v_i <- Adam moments of g_i + wd * x_i        (adam_math; x_i is the worker's replica)
+p_i = lr * mhat_i / (sqrt(vhat_i) + eps)          (what the worker compresses and sends)
+"""
+
+from __future__ import annotations
+
+from qtrain.algorithms.adam_math import adam_direction, init_moments
+from qtrain.algorithms.base import Algorithm
+
+
+class LocalAdamWorker(Algorithm):
+    def init_worker_state(self, numel, device):
+        return init_moments(numel, device, self.hp.amsgrad)
+
+    def worker_update(self, grad, params, state, step):
+        g = grad.add(params, alpha=self.hp.weight_decay) if self.hp.weight_decay else grad
+        return adam_direction(g, state, step, self.hp)

@@ -1,0 +1,28 @@
+"""The final table a run prints."""
+
+from __future__ import annotations
+
+import typer
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.3f} MB"
+
+
+def print_summary(s: dict, out: str) -> None:
+    rows = [("algorithm", s["algorithm"]), ("workers", s["workers"]), ("steps", s["steps"])]
+    if "final_test_accuracy" in s:
+        rows.append(("test accuracy", f"{s['final_test_accuracy']:.4f}"))
+    rows += [("test loss", f"{s['final_test_loss']:.5f}"), ("train loss", f"{s['final_train_loss']:.5f}")]
+    if "optimum_train_loss" in s:
+        rows.append(("optimum train loss", f"{s['optimum_train_loss']:.5f}"))
+    rows += [
+        ("bytes up", f"{_mb(s['bytes_up'])} ({s['compression_up']:.1f}x less than fp32)"),
+        ("bytes down", f"{_mb(s['bytes_down'])} ({s['compression_down']:.1f}x less than fp32)"),
+        ("wall time", f"{s['wall_seconds']:.1f} s"),
+        ("params sha256", s["params_sha256"][:16] + "..."),
+        ("output", out),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        typer.echo(f"{k:<{width}}  {v}")

@@ -1,0 +1,39 @@
+"""``qtrain simulate``: N virtual workers and the server in one process, no MPI."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+
+def simulate(
+    config: str = typer.Argument(..., help="YAML config file (see configs/)."),
+    workers: int = typer.Option(
+        None, "--workers", "-w", help="Virtual workers (default: the config's `workers`)."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a key: --set algorithm.lr=0.01 (repeatable)."
+    ),
+    out: str = typer.Option(None, "--out", help="Output directory (default runs/simulate-ALGORITHM-TIME)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the final summary line."),
+) -> None:
+    """Run CONFIG with N virtual workers through the same engine as `qtrain train`."""
+    from qtrain.cli.errors import fail
+    from qtrain.cli.report import print_summary
+    from qtrain.config import ConfigError, load_config
+    from qtrain.engine.simulator import simulate as run
+
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+    n = workers if workers is not None else cfg.workers
+    if n < 1:
+        fail(f"--workers must be at least 1, got {n}")
+    out = out or f"runs/simulate-{cfg.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        summary = run(cfg, n, out, log=(lambda s: None) if quiet else typer.echo)
+    except ValueError as exc:
+        fail(str(exc))
+    print_summary(summary, out)

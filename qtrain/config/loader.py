@@ -1,0 +1,157 @@
+"""Load YAML into the typed :class:`~qtrain.config.schema.Config`; every error names key and source."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qtrain.config.schema import Config
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key and the file (or ``--set``) it came from."""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (ints are accepted as floats, and so are
+    strings such as ``1e-3`` that YAML 1.1 reads as text)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list of {_type_name(item)}, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {where}")  # a bug in schema.py
+
+
+def _build(cls, raw: Any, where: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'the top level'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in hints:
+            path = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"unknown key '{path}' (valid keys here: {', '.join(names)})")
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            kwargs[name] = _coerce(raw[name], hints[name], f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=x"]`` -> ``[("a.b", 1), ("c", "x")]``, values parsed as YAML scalars/lists."""
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from exc
+        out.append((key.strip(), value))
+    return out
+
+
+def _apply_override(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    target = cfg
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(target) or part not in {f.name for f in dataclasses.fields(target)}:
+            valid = (
+                ", ".join(f.name for f in dataclasses.fields(target))
+                if dataclasses.is_dataclass(target)
+                else ""
+            )
+            raise ConfigError(f"--set {key}: unknown key '{'.'.join(parts[: i + 1])}' (valid: {valid})")
+        if i == len(parts) - 1:
+            tp = typing.get_type_hints(type(target))[part]
+            setattr(target, part, _coerce(value, tp, f"--set {key}"))
+        else:
+            target = getattr(target, part)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (None: all defaults), apply ``--set`` overrides, validate. Raises ConfigError."""
+    if path is None:
+        cfg = Config()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+        try:
+            cfg = _build(Config, raw, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from exc
+    for key, value in parse_overrides(overrides or []):
+        _apply_override(cfg, key, value)
+    from qtrain.config.validate import validate
+
+    validate(cfg, source=str(path) if path else "defaults")
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def from_yaml_text(text: str) -> Config:
+    """Rebuild a Config from the text :func:`dump_yaml` wrote (used when resuming)."""
+    cfg = _build(Config, yaml.safe_load(text), "")
+    return cfg

@@ -1,0 +1,101 @@
+"""Every configuration key, its type and its default. ``docs/configuration.md`` lists them.
+
+``None`` means "the algorithm's default" for the link settings (codec, bits, error feedback), and
+"not set" elsewhere. Cross-field rules (one of steps/epochs, codec parameters that fit the codec)
+are checked in :func:`qtrain.config.loader.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"  # logreg | mlp | lenet | resnet20 | package.module:function
+    hidden: list[int] = field(default_factory=lambda: [64])  # mlp hidden widths
+    kwargs: dict = field(default_factory=dict)  # keyword arguments for a plug-in model function
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | synthetic-regression | synthetic-sparse-logistic | toy-convex | libsvm | cifar10 | npz
+    batch_size: int = 32  # per worker
+    path: str | None = None  # libsvm file, cifar10 directory, npz file
+    test_path: str | None = None  # libsvm: a separate test file (else test_fraction of `path`)
+    test_fraction: float = 0.2  # held-out share where the dataset has no test split
+    samples: int = 10000  # synthetic datasets: training samples
+    features: int = 100  # synthetic datasets: dimension
+    noise: float = 0.1  # synthetic-regression: label noise std
+    density: float = 0.1  # synthetic-sparse-logistic: share of nonzero true weights
+    shuffle: bool = True  # reshuffle each worker's shard every epoch
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = (
+        "efficient-adam"  # sgd | adam | ecq-sgd | qadam | efficient-adam | qcmd-adagrad | qrda-adagrad
+    )
+    lr: float = 0.001
+    momentum: float = 0.0  # sgd, ecq-sgd: heavy-ball momentum on the server
+    nesterov: bool = False
+    weight_decay: float = 0.0  # l2, added to the gradient (sgd, adam, ecq-sgd, qadam, efficient-adam)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    eps_inside_sqrt: bool = False  # qadam/efficient-adam: sqrt(v + eps) instead of sqrt(v) + eps
+    bias_correction: bool = True  # Adam-type: divide m, v by (1 - beta^t)
+    amsgrad: bool = False  # adam: v_max = max(v_max, v)
+    ef_alpha: float = 1.0  # error feedback: send Q(p + alpha * e)
+    ef_beta: float = 1.0  # error feedback: e <- beta * e + (p - Q(...))
+    weight_quantization: bool = False  # qadam: downlink sends quantized weights, server keeps masters
+    l1: float = 0.0  # qcmd/qrda: lambda of the l1 regularizer
+    adagrad_eps: float = 1e-10  # qcmd/qrda: delta in H = delta + sqrt(sum g^2)
+    lr_decay: float = 0.0  # qcmd: lr_t = lr / (1 + (t-1) * lr_decay), as torch.optim.Adagrad
+
+
+@dataclass
+class LinkConfig:
+    codec: str | None = None  # None: the algorithm's default codec for this direction
+    bits: int | None = None  # uniform: bits per element; other codecs: must match their width
+    bucket: int = 512
+    error_feedback: bool | None = None  # None: the algorithm's default
+    norm: str | None = None  # uniform: l2 | linf
+    rounding: str | None = None  # uniform: stochastic | nearest
+    levels: int | None = None  # uniform: s (instead of bits)
+    kappa: float | None = None  # threshold
+    reference: str | None = None  # threshold: linf | mean
+    layout: str | None = None  # threshold: auto | dense | sparse
+    k: int | None = None  # topk: entries per bucket
+    ratio: float | None = None  # topk: k = ratio * bucket
+    values: str | None = None  # topk: fp32 | fp16
+
+
+@dataclass
+class TrainConfig:
+    steps: int | None = None  # exactly one of steps / epochs; neither: 200 steps
+    epochs: float | None = None  # passes over each worker's shard
+    eval_every: int = 50  # server evaluates on the test split every N steps (and at the end)
+    log_every: int = 10
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"  # workers: auto | cpu | cuda
+    server_device: str = "cpu"
+    cuda_aware: str = "auto"  # auto | on | off
+    threads: int = 1  # torch intra-op threads per process (0: torch's default)
+    timeout_s: float = 300.0  # watchdog: a phase that takes longer aborts the job
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    workers: int = 2  # the simulator's default number of virtual workers (MPI: world size - 1)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    uplink: LinkConfig = field(default_factory=LinkConfig)
+    downlink: LinkConfig = field(default_factory=LinkConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

@@ -1,0 +1,82 @@
+"""Cross-field rules of a configuration; each error names the key."""
+
+from __future__ import annotations
+
+from qtrain.config.loader import ConfigError
+
+
+def _positive(value, key: str, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(cfg, source: str) -> None:
+    """Check ranges, names and combinations. ``source`` names the file for the error message."""
+    try:
+        _validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def _validate(cfg) -> None:
+    from qtrain.algorithms import ALGORITHMS
+    from qtrain.data import DATASETS
+    from qtrain.engine.setup import resolve_links
+    from qtrain.models import MODELS
+
+    a, t, d, r = cfg.algorithm, cfg.train, cfg.data, cfg.runtime
+    if t.steps is not None and t.epochs is not None:
+        raise ConfigError("set train.steps or train.epochs, not both")
+    _positive(t.steps, "train.steps")
+    _positive(t.epochs, "train.epochs")
+    _positive(t.eval_every, "train.eval_every")
+    _positive(t.log_every, "train.log_every")
+    _positive(d.batch_size, "data.batch_size")
+    _positive(d.samples, "data.samples")
+    _positive(d.features, "data.features")
+    _positive(cfg.workers, "workers")
+    _positive(a.lr, "algorithm.lr")
+    _positive(a.eps, "algorithm.eps")
+    _positive(a.adagrad_eps, "algorithm.adagrad_eps", allow_zero=True)
+    _positive(a.weight_decay, "algorithm.weight_decay", allow_zero=True)
+    _positive(a.momentum, "algorithm.momentum", allow_zero=True)
+    _positive(a.l1, "algorithm.l1", allow_zero=True)
+    _positive(a.lr_decay, "algorithm.lr_decay", allow_zero=True)
+    _positive(r.threads, "runtime.threads", allow_zero=True)
+    _positive(r.timeout_s, "runtime.timeout_s")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(a, key) < 1:
+            raise ConfigError(f"algorithm.{key} must be in [0, 1), got {getattr(a, key)}")
+    if not 0 < d.test_fraction < 1:
+        raise ConfigError(f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
+    if not 0 < d.density <= 1:
+        raise ConfigError(f"data.density must be in (0, 1], got {d.density}")
+    if a.name not in ALGORITHMS:
+        raise ConfigError(
+            f"algorithm.name: unknown algorithm {a.name!r}; choose one of {', '.join(ALGORITHMS)}"
+        )
+    if d.name not in DATASETS:
+        raise ConfigError(f"data.name: unknown dataset {d.name!r}; choose one of {', '.join(DATASETS)}")
+    if cfg.model.name not in MODELS and ":" not in cfg.model.name:
+        raise ConfigError(
+            f"model.name: unknown model {cfg.model.name!r}; choose one of {', '.join(MODELS)} "
+            "or package.module:function"
+        )
+    if a.weight_quantization and a.name != "qadam":
+        raise ConfigError("algorithm.weight_quantization is a qadam option")
+    if a.l1 and a.name not in ("qcmd-adagrad", "qrda-adagrad"):
+        raise ConfigError("algorithm.l1 applies to qcmd-adagrad and qrda-adagrad only")
+    if r.device not in ("auto", "cpu", "cuda") and not r.device.startswith("cuda:"):
+        raise ConfigError(f"runtime.device must be auto, cpu or cuda, got {r.device!r}")
+    if r.cuda_aware not in ("auto", "on", "off"):
+        raise ConfigError(f"runtime.cuda_aware must be auto, on or off, got {r.cuda_aware!r}")
+    for key, h in enumerate(cfg.model.hidden):
+        _positive(h, f"model.hidden[{key}]")
+    try:
+        resolve_links(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc

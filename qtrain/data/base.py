@@ -1,0 +1,48 @@
+"""The in-memory dataset every loader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor  # float32, (n, *input_shape)
+    y_train: torch.Tensor  # int64 class ids (classification) or float32 (n, outputs) (regression)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    task: str  # "classification" | "regression"
+    outputs: int  # classes, or regression targets per sample
+    optimum_train_loss: float | None = None  # known minimum of the training loss, where there is one
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def check(self) -> Dataset:
+        """Consistency checks every loader's output passes (clear errors for malformed files)."""
+        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
+            raise ValueError(f"dataset {self.name}: features and labels have different lengths")
+        if len(self.x_train) == 0:
+            raise ValueError(f"dataset {self.name}: the training split is empty")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(f"dataset {self.name}: train and test features have different shapes")
+        if not torch.isfinite(self.x_train).all() or not torch.isfinite(self.x_test).all():
+            raise ValueError(f"dataset {self.name}: features contain NaN or Inf")
+        if self.task == "classification":
+            for y in (self.y_train, self.y_test):
+                if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.outputs):
+                    raise ValueError(f"dataset {self.name}: a label is outside 0..{self.outputs - 1}")
+        return self
+
+
+def split(x: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int):
+    """A deterministic random train/test split."""
+    n = len(x)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(n * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]

@@ -1,0 +1,172 @@
+"""Datasets read from user files: LIBSVM/svmlight, CIFAR-10 (binary or python release), .npz."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qtrain.data.base import Dataset, split
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _need_path(cfg, what: str) -> Path:
+    if not cfg.path:
+        raise ValueError(f"data.name={cfg.name} needs data.path ({what})")
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        raise ValueError(f"data.path {str(path)!r} does not exist")
+    return path
+
+
+def _labels(y: np.ndarray, name: str) -> tuple[torch.Tensor, str, int, dict | None]:
+    """Integer-valued labels -> classification with ids 0..C-1; anything else -> regression."""
+    if np.issubdtype(y.dtype, np.integer) or (
+        np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))
+    ):
+        classes = np.unique(y)
+        mapping = {v: i for i, v in enumerate(classes.tolist())}
+        ids = np.searchsorted(classes, y)
+        return torch.from_numpy(ids.astype(np.int64)), "classification", len(classes), mapping
+    return torch.from_numpy(y.astype(np.float32)).reshape(len(y), -1), "regression", 1, None
+
+
+def libsvm(cfg, seed: int) -> Dataset:
+    """LIBSVM/svmlight text files (``data.path``, optional ``data.test_path``), read with
+    scikit-learn's parser and densified. Integer labels (e.g. -1/+1) become classes 0..C-1."""
+    from sklearn.datasets import load_svmlight_file, load_svmlight_files
+
+    path = _need_path(cfg, "an svmlight file")
+    try:
+        if cfg.test_path:
+            if not Path(cfg.test_path).exists():
+                raise ValueError(f"data.test_path {cfg.test_path!r} does not exist")
+            xtr, ytr, xte, yte = load_svmlight_files([str(path), cfg.test_path])
+        else:
+            xtr, ytr = load_svmlight_file(str(path))
+            xte = yte = None
+    except ValueError as exc:
+        if "does not exist" in str(exc):
+            raise
+        raise ValueError(f"{path}: not a valid LIBSVM/svmlight file ({exc})") from exc
+    x = torch.from_numpy(np.asarray(xtr.todense(), dtype=np.float32))
+    if xte is None:
+        y, task, outputs, _ = _labels(ytr, cfg.name)
+        return Dataset("libsvm", *split(x, y, cfg.test_fraction, 20260), task, outputs).check()
+    y_all, task, outputs, _ = _labels(np.concatenate([ytr, yte]), cfg.name)
+    xt = torch.from_numpy(np.asarray(xte.todense(), dtype=np.float32))
+    return Dataset("libsvm", x, y_all[: len(ytr)], xt, y_all[len(ytr) :], task, outputs).check()
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR-10 python release and nothing else: only numpy array reconstruction is
+    allowed; any other global (os.system, builtins.eval, ...) is refused."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of a CIFAR-10 batch")
+
+
+def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = _ArraysOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({exc})") from exc
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (no data/labels entries)")
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise ValueError(f"{path}: expected uint8 data of shape (n, 3072) and n labels")
+    return data, labels
+
+
+def _read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % 3073:
+        raise ValueError(f"{path}: size {raw.size} is not a multiple of the 3073-byte CIFAR-10 record")
+    rec = raw.reshape(-1, 3073)
+    labels = rec[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise ValueError(f"{path}: label {labels.max()} outside 0..9")
+    return rec[:, 1:], labels
+
+
+def cifar10(cfg, seed: int) -> Dataset:
+    """CIFAR-10 (Krizhevsky, 2009) from ``data.path``: the binary release (``data_batch_{1..5}.bin``,
+    ``test_batch.bin``) or the python release (``data_batch_{1..5}``, ``test_batch``), either in the
+    directory itself or in its ``cifar-10-batches-bin``/``cifar-10-batches-py`` subdirectory.
+    Images are normalized per channel with the usual CIFAR-10 mean and std."""
+    root = _need_path(cfg, "a CIFAR-10 directory")
+    for d in (root, root / "cifar-10-batches-bin", root / "cifar-10-batches-py"):
+        if (d / "test_batch.bin").exists():
+            names, reader = (
+                [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"],
+                _read_binary_batch,
+            )
+            break
+        if (d / "test_batch").exists():
+            names, reader = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], _read_python_batch
+            break
+    else:
+        raise ValueError(f"{root}: no CIFAR-10 test_batch.bin or test_batch found")
+    missing = [n for n in names if not (d / n).exists()]
+    if missing:
+        raise ValueError(f"{d}: CIFAR-10 files missing: {', '.join(missing)}")
+    parts = [reader(d / n) for n in names]
+
+    def tensor(data):
+        x = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
+        return (x - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+
+    xtr = tensor(np.concatenate([p[0] for p in parts[:-1]]))
+    ytr = torch.from_numpy(np.concatenate([p[1] for p in parts[:-1]]))
+    return Dataset(
+        "cifar10", xtr, ytr, tensor(parts[-1][0]), torch.from_numpy(parts[-1][1]), "classification", 10
+    ).check()
+
+
+def npz(cfg, seed: int) -> Dataset:
+    """Arrays ``x_train``, ``y_train``, ``x_test``, ``y_test`` in a ``.npz`` file (no pickles).
+    Classification when y is integer-typed (labels remapped to 0..C-1), regression otherwise."""
+    path = _need_path(cfg, "an .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
+            if missing:
+                raise ValueError(f"{path}: missing arrays {', '.join(missing)}")
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except (OSError, ValueError) as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+    for k in ("x_train", "x_test"):
+        if not np.issubdtype(arrays[k].dtype, np.number) or arrays[k].ndim < 2:
+            raise ValueError(f"{path}: {k} must be a numeric array of shape (n, features...)")
+    ytr, yte = arrays["y_train"], arrays["y_test"]
+    xtr = torch.from_numpy(arrays["x_train"].astype(np.float32))
+    xte = torch.from_numpy(arrays["x_test"].astype(np.float32))
+    if np.issubdtype(ytr.dtype, np.integer) and np.issubdtype(yte.dtype, np.integer):
+        classes = np.unique(np.concatenate([ytr.ravel(), yte.ravel()]))
+        y1 = torch.from_numpy(np.searchsorted(classes, ytr.ravel()).astype(np.int64))
+        y2 = torch.from_numpy(np.searchsorted(classes, yte.ravel()).astype(np.int64))
+        return Dataset("npz", xtr, y1, xte, y2, "classification", len(classes)).check()
+    y1 = torch.from_numpy(ytr.astype(np.float32)).reshape(len(ytr), -1)
+    y2 = torch.from_numpy(yte.astype(np.float32)).reshape(len(yte), -1)
+    if y1.shape[1] != y2.shape[1]:
+        raise ValueError(f"{path}: y_train and y_test have different numbers of targets")
+    return Dataset("npz", xtr, y1, xte, y2, "regression", y1.shape[1]).check()

@@ -1,0 +1,75 @@
+"""A model whose parameters and gradients live in two flat contiguous float32 buffers.
+
+Every parameter becomes a view into ``params`` and its ``.grad`` a view into ``grads``, so
+autograd accumulates straight into the flat gradient, and applying a flat update changes the
+model in place. Codecs and algorithms only ever see these 1-D buffers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class FlatModel:
+    def __init__(self, module: nn.Module, device: torch.device):
+        self.module = module.to(device)
+        self.device = device
+        trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+        numel = sum(p.numel() for _, p in trainable)
+        self.params = torch.empty(numel, dtype=torch.float32, device=device)
+        self.grads = torch.zeros(numel, dtype=torch.float32, device=device)
+        self.layout: list[tuple[str, int, tuple[int, ...]]] = []
+        offset = 0
+        for name, p in trainable:
+            n = p.numel()
+            self.params[offset : offset + n].copy_(p.detach().reshape(-1))
+            p.data = self.params[offset : offset + n].view_as(p)
+            p.grad = self.grads[offset : offset + n].view_as(p)
+            self.layout.append((name, offset, tuple(p.shape)))
+            offset += n
+
+    @property
+    def numel(self) -> int:
+        return self.params.numel()
+
+    def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, task: str) -> float:
+        """Forward and backward on one batch; the gradient lands in ``self.grads``."""
+        self.grads.zero_()
+        self.module.train()
+        loss = loss_fn(self.module(x), y, task)
+        loss.backward()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, task: str, batch: int = 1024) -> dict:
+        """Mean loss (and accuracy for classification) over a whole split."""
+        self.module.eval()
+        total, correct, n = 0.0, 0, len(x)
+        for start in range(0, n, batch):
+            xb = x[start : start + batch].to(self.device)
+            yb = y[start : start + batch].to(self.device)
+            out = self.module(xb)
+            total += float(loss_fn(out, yb, task, reduction="sum"))
+            if task == "classification":
+                correct += int((out.argmax(dim=1) == yb).sum())
+        result = {"loss": total / max(n, 1)}
+        if task == "classification":
+            result["accuracy"] = correct / max(n, 1)
+        return result
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Plain per-layer tensors (for export to ``torch.save``/``load_state_dict``)."""
+        return {
+            name: self.params[o : o + int(torch.tensor(s).prod())].view(s).clone()
+            for name, o, s in self.layout
+        }
+
+
+def loss_fn(out: torch.Tensor, y: torch.Tensor, task: str, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy for classification; 0.5 * squared error summed over targets for regression."""
+    if task == "classification":
+        return F.cross_entropy(out, y, reduction=reduction)
+    per_sample = 0.5 * (out - y).pow(2).sum(dim=1)
+    return per_sample.mean() if reduction == "mean" else per_sample.sum()

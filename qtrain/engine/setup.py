@@ -1,0 +1,93 @@
+"""Everything a run needs, built the same way by the simulator and by every MPI rank."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from qtrain.algorithms import Algorithm, get_algorithm
+from qtrain.data import Dataset, ShardSampler, load_dataset, shard_indices
+from qtrain.data.sampler import derive_seed
+from qtrain.engine.flat import FlatModel
+from qtrain.engine.links import CODEC_FIELDS, Link, resolve_link
+from qtrain.models import build_model
+
+DEFAULT_STEPS = 200  # when neither train.steps nor train.epochs is set
+
+
+@dataclass
+class RunSetup:
+    cfg: object
+    workers: int
+    dataset: Dataset
+    algorithm: Algorithm
+    uplink: Link
+    downlink: Link
+    steps: int
+
+
+def resolve_links(cfg) -> tuple[Algorithm, Link, Link]:
+    """The algorithm and both links, with the cross-checks a config must pass. Raises ValueError."""
+    algorithm = get_algorithm(cfg.algorithm)
+    uplink = resolve_link(cfg.uplink, "uplink", algorithm.uplink_codec, algorithm.uplink_ef)
+    downlink = resolve_link(cfg.downlink, "downlink", algorithm.downlink_codec, algorithm.downlink_ef)
+    if algorithm.downlink_mode == "weights" and downlink.error_feedback:
+        raise ValueError(
+            f"downlink.error_feedback: {algorithm.name} sends weights on the downlink (the server keeps "
+            "full-precision masters), so there is no downlink residual to feed back"
+        )
+    return algorithm, uplink, downlink
+
+
+def build_setup(cfg, workers: int) -> RunSetup:
+    if workers < 1:
+        raise ValueError(f"need at least one worker, got {workers}")
+    algorithm, uplink, downlink = resolve_links(cfg)
+    dataset = load_dataset(cfg.data, cfg.seed)
+    if len(dataset.x_train) < workers:
+        raise ValueError(f"dataset {dataset.name} has {len(dataset.x_train)} samples for {workers} workers")
+    if cfg.train.steps is not None:
+        steps = cfg.train.steps
+    elif cfg.train.epochs is not None:
+        smallest = len(dataset.x_train) // workers
+        per_epoch = max(1, smallest // min(cfg.data.batch_size, smallest))
+        steps = max(1, math.ceil(cfg.train.epochs * per_epoch))
+    else:
+        steps = DEFAULT_STEPS
+    return RunSetup(cfg, workers, dataset, algorithm, uplink, downlink, steps)
+
+
+def build_flat_model(setup: RunSetup, device: torch.device) -> FlatModel:
+    """The model with its seeded initial weights: identical on every rank and in the simulator."""
+    cfg, ds = setup.cfg, setup.dataset
+    torch.manual_seed(derive_seed(cfg.seed, "model"))
+    module = build_model(cfg.model.name, ds.input_shape, ds.outputs, cfg.model.hidden, cfg.model.kwargs)
+    return FlatModel(module, device)
+
+
+def build_sampler(setup: RunSetup, worker: int) -> ShardSampler:
+    """Worker ``worker`` (0-based; MPI rank r is worker r - 1) and its shard of the training set."""
+    cfg = setup.cfg
+    shard = shard_indices(len(setup.dataset.x_train), setup.workers, worker, cfg.seed)
+    return ShardSampler(shard, cfg.data.batch_size, cfg.seed, worker, cfg.data.shuffle)
+
+
+def resolved_config(cfg, setup: RunSetup):
+    """A copy of ``cfg`` with the links' codecs, parameters and EF switches written out."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    for link, section in ((setup.uplink, out.uplink), (setup.downlink, out.downlink)):
+        section.codec = link.codec.name
+        section.error_feedback = link.error_feedback
+        params = link.codec.params()
+        for f in CODEC_FIELDS:
+            setattr(section, f, params.get(f))
+        if link.codec.name in ("sign", "ternary", "threshold", "topk", "none", "fp16", "bf16", "sparse"):
+            section.bits = None
+    out.workers = setup.workers
+    if out.train.steps is None:
+        out.train.steps, out.train.epochs = setup.steps, None
+    return out

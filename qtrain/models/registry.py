@@ -1,0 +1,39 @@
+"""Model names users type, and plug-ins given as ``package.module:function``."""
+
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+from qtrain.models.resnet import resnet20
+from qtrain.models.simple import lenet, logreg, mlp
+
+MODELS = {"logreg": logreg, "mlp": mlp, "lenet": lenet, "resnet20": resnet20}
+
+
+def _plugin(spec: str):
+    module_name, _, func_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"model plug-in {spec!r}: cannot import module {module_name!r} ({exc})") from exc
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ValueError(f"model plug-in {spec!r}: module {module_name!r} has no function {func_name!r}")
+    return func
+
+
+def build_model(name: str, input_shape: tuple[int, ...], outputs: int, hidden=None, kwargs=None) -> nn.Module:
+    """Built-in models get (input_shape, outputs, hidden); a plug-in ``pkg.mod:fn`` is called as
+    ``fn(input_shape=..., outputs=..., **kwargs)`` and must return an ``nn.Module``."""
+    if ":" in name:
+        model = _plugin(name)(input_shape=input_shape, outputs=outputs, **(kwargs or {}))
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model plug-in {name!r} returned {type(model).__name__}, not an nn.Module")
+        return model
+    if name not in MODELS:
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {', '.join(MODELS)} or package.module:function"
+        )
+    return MODELS[name](input_shape, outputs, hidden=hidden)
