@@ -19,7 +19,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | synthetic-regression | synthetic-sparse-logistic | toy-convex | libsvm | cifar10 | npz
+    # digits | synthetic-regression | synthetic-sparse-logistic | toy-convex | libsvm | cifar10 | npz
+    name: str = "digits"
     batch_size: int = 32  # per worker
     path: str | None = None  # libsvm file, cifar10 directory, npz file
     test_path: str | None = None  # libsvm: a separate test file (else test_fraction of `path`)

@@ -26,7 +26,8 @@ def _format_eval(step: int, steps: int, loss: float, ev: dict, stats: RunStats) 
     acc = f" test_acc {ev['accuracy']:.4f}" if "accuracy" in ev else ""
     return (
         f"step {step}/{steps} batch_loss {loss:.4f} test_loss {ev['loss']:.4f}{acc} "
-        f"up {stats.bytes_up / max(stats.messages_up, 1):.0f} B/msg down {stats.bytes_down / max(stats.messages_down, 1):.0f} B/msg"
+        f"up {stats.bytes_up / max(stats.messages_up, 1):.0f} B/msg "
+        f"down {stats.bytes_down / max(stats.messages_down, 1):.0f} B/msg"
     )
 
 
@@ -51,7 +52,8 @@ def simulate(cfg, workers: int, out: str | Path | None, log: Callable[[str], Non
     samplers = [build_sampler(setup, w) for w in range(workers)]
     stats = RunStats(replica.numel, workers)
     log(
-        f"simulate: {setup.algorithm.name}, {workers} workers, {setup.steps} steps, {replica.numel} parameters; "
+        f"simulate: {setup.algorithm.name}, {workers} workers, {setup.steps} steps, "
+        f"{replica.numel} parameters; "
         f"uplink {setup.uplink.describe()}; downlink {setup.downlink.describe()}"
     )
 
@@ -62,7 +64,7 @@ def simulate(cfg, workers: int, out: str | Path | None, log: Callable[[str], Non
 
     for step in range(1, setup.steps + 1):
         messages, losses = [], []
-        for engine, sampler in zip(engines, samplers):
+        for engine, sampler in zip(engines, samplers, strict=True):
             idx = sampler.next_batch()
             losses.append(replica.loss_and_grad(ds.x_train[idx], ds.y_train[idx], ds.task))
             messages.append(engine.make_uplink(replica.grads, replica.params))
