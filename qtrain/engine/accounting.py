@@ -51,11 +51,13 @@ class RunStats:
             "uplink": {
                 "codec": setup.uplink.codec.name,
                 **setup.uplink.codec.params(),
+                "bits": setup.uplink.codec.bits,
                 "error_feedback": setup.uplink.error_feedback,
             },
             "downlink": {
                 "codec": setup.downlink.codec.name,
                 **setup.downlink.codec.params(),
+                "bits": setup.downlink.codec.bits,
                 "error_feedback": setup.downlink.error_feedback,
                 "mode": setup.algorithm.downlink_mode,
             },

@@ -45,7 +45,10 @@ def resolve_link(section, direction: str, default_codec: dict, default_ef: bool)
         if key == "bits" and "bits" not in accepted:
             continue  # checked against the codec's fixed width below
         if key not in accepted:
-            raise ValueError(f"{direction}.{key} is not a parameter of codec {name!r}")
+            raise ValueError(
+                f"{direction}.{key} is not a parameter of codec {name!r} "
+                f"(unset it: --set {direction}.{key}=null)"
+            )
         params[key] = value
     if "bucket" in accepted:
         params["bucket"] = section.bucket

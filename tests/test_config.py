@@ -1,0 +1,95 @@
+import pytest
+
+from qtrain.config import ConfigError, dump_yaml, load_config
+from qtrain.config.loader import from_yaml_text
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    "name", ["default", "sgd", "adam", "ecq-sgd", "qadam", "efficient-adam", "qcmd-adagrad", "qrda-adagrad"]
+)
+def test_shipped_configs_load(name):
+    cfg = load_config(f"configs/{name}.yaml")
+    assert cfg.algorithm.name == (name if name != "default" else "efficient-adam")
+
+
+def test_defaults_for_every_field():
+    cfg = load_config(None)
+    assert cfg.seed == 0 and cfg.data.name == "digits" and cfg.uplink.bucket == 512
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("modle: {name: mlp}\n", "unknown key 'modle'"),
+        ("model: {nme: mlp}\n", "unknown key 'model.nme'"),
+        ("seed: abc\n", "seed must be an integer"),
+        ("seed: true\n", "seed must be an integer"),
+        ("algorithm: {lr: fast}\n", "algorithm.lr must be a number"),
+        ("uplink: {error_feedback: 1}\n", "uplink.error_feedback must be true or false"),
+        ("model: {hidden: 64}\n", "model.hidden must be a list"),
+        ("train: {steps: 10, epochs: 1}\n", "not both"),
+        ("train: {steps: 0}\n", "train.steps must be > 0"),
+        ("algorithm: {name: adamw}\n", "unknown algorithm 'adamw'"),
+        ("data: {name: mnist}\n", "unknown dataset 'mnist'"),
+        ("uplink: {codec: zip}\n", "unknown codec 'zip'"),
+        ("uplink: {codec: sign, bits: 2}\n", "sends 1 bits"),
+        ("uplink: {codec: sign, norm: l2}\n", "uplink.norm is not a parameter of codec 'sign'"),
+        ("uplink: {codec: uniform, bits: 12}\n", "bits must be an integer in 2..8"),
+        ("algorithm: {name: qcmd-adagrad}\ndownlink: {error_feedback: true}\n", "no downlink residual"),
+        ("algorithm: {beta2: 1.0}\n", "beta2 must be in"),
+        ("algorithm: {name: adam, l1: 0.1}\n", "l1 applies to"),
+        ("[1, 2]\n", "must be a mapping"),
+        ("a: [\n", "not valid YAML at line"),
+    ],
+)
+def test_bad_configs_name_the_key_and_the_file(tmp_path, text, match):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(p)
+    assert str(p) in str(info.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("nope.yaml")
+
+
+def test_overrides(tmp_path):
+    cfg = load_config(
+        "configs/default.yaml",
+        ["algorithm.lr=0.5", "model.hidden=[8, 8]", "uplink.bits=1", "algorithm.eps=1e-6"],
+    )
+    assert cfg.algorithm.lr == 0.5 and cfg.model.hidden == [8, 8] and cfg.algorithm.eps == 1e-6
+    with pytest.raises(ConfigError, match="--set algorithm.lrr: unknown key 'algorithm.lrr'"):
+        load_config("configs/default.yaml", ["algorithm.lrr=1"])
+    with pytest.raises(ConfigError, match="--set seed must be an integer"):
+        load_config("configs/default.yaml", ["seed=x"])
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        load_config("configs/default.yaml", ["seed"])
+
+
+def test_yaml_round_trip():
+    cfg = load_config("configs/qadam.yaml", ["algorithm.lr=0.004"])
+    assert from_yaml_text(dump_yaml(cfg)) == cfg
+
+
+def test_link_defaults_and_overrides():
+    from qtrain.engine.setup import resolve_links
+
+    _, up, down = resolve_links(load_config(None, ["algorithm.name=ecq-sgd"]))
+    assert up.codec.name == "uniform" and up.codec.bits == 2 and up.codec.rounding == "stochastic"
+    assert up.error_feedback and down.codec.name == "none"
+    _, up, _ = resolve_links(load_config(None, ["algorithm.name=ecq-sgd", "uplink.bits=4"]))
+    assert up.codec.bits == 4 and up.codec.norm == "linf"
+    _, up, _ = resolve_links(load_config(None, ["algorithm.name=ecq-sgd", "uplink.levels=2"]))
+    assert up.codec.levels == 2 and up.codec.bits == 3
+    _, up, down = resolve_links(
+        load_config(None, ["algorithm.name=efficient-adam", "uplink.error_feedback=false"])
+    )
+    assert not up.error_feedback and down.error_feedback and down.codec.name == "sign"
