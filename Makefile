@@ -53,7 +53,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $@
 
 run: install
-	$(MPIEXEC) -n $(NP) $(PY) -m qtrain.runtime.smoke
+	$(MPIEXEC) -n $(NP) $(BIN)/qtrain train $(CONFIG) --out $(OUT)
 
 test: install
 	$(PY) -m pytest -q

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from qtrain.cli import bench, info, simulate
+from qtrain.cli import bench, info, simulate, train
 
 app = typer.Typer(
     name="qtrain",
@@ -14,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("info")(info.info)
+app.command("train")(train.train)
 app.command("simulate")(simulate.simulate)
 app.add_typer(bench.app, name="bench")
 

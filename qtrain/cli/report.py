@@ -9,7 +9,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.3f} MB"
 
 
-def print_summary(s: dict, out: str) -> None:
+def print_summary(s: dict, out: str, echo=typer.echo) -> None:
     rows = [("algorithm", s["algorithm"]), ("workers", s["workers"]), ("steps", s["steps"])]
     if "final_test_accuracy" in s:
         rows.append(("test accuracy", f"{s['final_test_accuracy']:.4f}"))
@@ -25,4 +25,4 @@ def print_summary(s: dict, out: str) -> None:
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
-        typer.echo(f"{k:<{width}}  {v}")
+        echo(f"{k:<{width}}  {v}")

@@ -1,0 +1,260 @@
+"""``qtrain train`` on every rank: world checks, start-up agreement, roles, failure handling.
+
+Start-up is collective and cheap (pickled lower-case mpi4py calls are fine here, never on the hot
+path): every rank loads the config and data and reports success or its error with ``allgather``;
+rank 0 prints one line and every rank exits 2 when any rank failed or when the ranks' resolved
+configs differ. During training an exception on any rank is logged, printed as
+``qtrain: rank R failed: ...`` and ends the whole job with ``MPI_Abort``; silent ranks are caught
+by deadlines on every wait and by the watchdog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import qtrain
+
+LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "MPI_LOCALNRANKS")
+
+
+@dataclass
+class RankContext:
+    comm: object
+    rank: int
+    setup: object
+    device: torch.device
+    server_device: torch.device
+    transport: object
+    watchdog: object
+    stop: object
+    log: object
+    echo: object
+    fault: object
+    cuda: object
+    devices: list
+
+
+def _err(message: str) -> None:
+    print(f"qtrain: error: {message}", file=sys.stderr, flush=True)
+
+
+def _world_too_small_message() -> str:
+    for var in LAUNCHER_SIZE_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 1:
+            return (
+                f"the launcher started {value} processes ({var}) but MPI sees a world of 1: mpi4py is linked "
+                "against a different MPI than the launcher (e.g. the mpich wheel under Open MPI's mpirun); "
+                "see README, 'Ranks come up as singletons'"
+            )
+    return (
+        "qtrain train needs at least 2 MPI ranks (rank 0 = server, ranks 1.. = workers): "
+        "run `mpiexec -n 3 qtrain train CONFIG`, or `qtrain simulate CONFIG --workers N` without MPI"
+    )
+
+
+def _fingerprint(cfg, setup) -> str:
+    from qtrain.config import dump_yaml
+    from qtrain.engine.setup import resolved_config
+
+    text = dump_yaml(resolved_config(cfg, setup)) + qtrain.__version__ + torch.__version__
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_train(config: str, overrides: list[str], out: str | None, echo=print) -> int:
+    from mpi4py import MPI
+
+    from qtrain.config import ConfigError, dump_yaml, load_config
+    from qtrain.engine.setup import build_setup, resolved_config
+    from qtrain.io.run_dir import prepare_out_dir, write_config, write_summary
+    from qtrain.runtime import faults, mpi_info
+    from qtrain.runtime.rank_log import open_rank_log
+    from qtrain.runtime.signals import StopRequest
+    from qtrain.runtime.topology import choose_device, local_rank
+    from qtrain.runtime.transport import Transport
+    from qtrain.runtime.watchdog import Watchdog
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if size < 2:
+        _err(_world_too_small_message())
+        return 2
+    stop = StopRequest()
+    stop.install(rank)
+    from qtrain.config import RuntimeConfig
+
+    def abort(message: str) -> None:
+        if log is not None:
+            log.error(message)
+        comm.Abort(1)
+
+    log = None
+    watchdog = Watchdog(rank, RuntimeConfig().timeout_s, abort).start()
+    local = local_rank(comm)  # collective: every rank calls it
+
+    # ---- start-up: every rank builds its view of the run; all agree or all exit 2
+    error = fingerprint = None
+    setup = cfg = device = None
+    cuda = None
+    try:
+        cfg = load_config(config, overrides)
+        watchdog.timeout_s = cfg.runtime.timeout_s
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
+        fault = faults.parse()
+        setup = build_setup(cfg, size - 1)
+        device = (
+            torch.device(cfg.runtime.server_device) if rank == 0 else choose_device(cfg.runtime.device, local)
+        )
+        cuda = mpi_info.decide_cuda_aware(cfg.runtime.cuda_aware)
+        fingerprint = _fingerprint(cfg, setup)
+    except (ConfigError, ValueError, OSError) as exc:
+        error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported as one line, the traceback goes to stderr below
+        error = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    reports = comm.allgather((error, fingerprint, str(device), f"{socket.gethostname()} pid {os.getpid()}"))
+    failed = [(r, e) for r, (e, *_rest) in enumerate(reports) if e]
+    if failed:
+        watchdog.stop()
+        if rank == 0:
+            r, e = failed[0]
+            where = "" if len(failed) == size else f" (on rank {r})"
+            _err(f"{e}{where}")
+        return 2
+    prints = {fp for _, fp, *_ in reports}
+    if len(prints) > 1:
+        watchdog.stop()
+        if rank == 0:
+            odd = [r for r, (_, fp, *_) in enumerate(reports) if fp != reports[0][1]]
+            _err(
+                f"ranks disagree on the resolved config or versions: rank(s) {odd} differ from rank 0 "
+                "(different config files, overrides or qtrain/torch versions on the nodes?)"
+            )
+        return 2
+    out_dir = Path(
+        comm.bcast(out or f"runs/train-{cfg.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}", root=0)
+    )
+    try:
+        prepare_out_dir(out_dir)
+    except ValueError as exc:
+        error = str(exc)
+    if any(comm.allgather(error)):
+        watchdog.stop()
+        if rank == 0:
+            _err(error or "a rank could not create the output directory")
+        return 2
+    log = open_rank_log(out_dir, rank)
+    devices = [d for _, _, d, _ in reports]
+    hosts = [h for *_, h in reports]
+    log.info(
+        "qtrain %s, world %d, %s, device %s, cuda-aware %s (%s)",
+        qtrain.__version__,
+        size,
+        hosts[rank],
+        device,
+        cuda.answer,
+        cuda.how,
+    )
+    if rank == 0:
+        write_config(out_dir, dump_yaml(resolved_config(cfg, setup)))
+        _announce(setup, size, devices, hosts, cuda, echo)
+
+    watchdog.enter("set-up")
+    ctx = RankContext(
+        comm,
+        rank,
+        setup,
+        device,
+        torch.device(cfg.runtime.server_device),
+        None,
+        watchdog,
+        stop,
+        log,
+        echo,
+        fault,
+        cuda,
+        devices,
+    )
+    try:
+        ctx.transport = Transport(
+            comm,
+            setup.uplink.codec,
+            setup.downlink.codec,
+            _count_params(setup),
+            device,
+            cuda.enabled,
+            cfg.runtime.timeout_s,
+        )
+        if rank == 0:
+            from qtrain.cli.report import print_summary
+            from qtrain.runtime.server_role import run_server
+
+            summary = run_server(ctx)
+            summary["hosts"] = hosts
+            write_summary(out_dir, summary)
+            print_summary(summary, str(out_dir), echo)
+        else:
+            from qtrain.runtime.worker_role import run_worker
+
+            run_worker(ctx)
+    except BaseException as exc:  # noqa: BLE001 - any failure must end the whole job, not hang it
+        log.error("failed:\n%s", traceback.format_exc())
+        print(f"qtrain: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        comm.Abort(1)
+    finally:
+        watchdog.stop()
+    return 0
+
+
+def _count_params(setup) -> int:
+    from qtrain.data.sampler import derive_seed
+    from qtrain.models import build_model
+
+    torch.manual_seed(derive_seed(setup.cfg.seed, "model"))
+    ds = setup.dataset
+    module = build_model(
+        setup.cfg.model.name, ds.input_shape, ds.outputs, setup.cfg.model.hidden, setup.cfg.model.kwargs
+    )
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def _announce(setup, size, devices, hosts, cuda, echo) -> None:
+    """What rank 0 prints before training: algorithm, codecs, wire cost, CUDA-aware decision, devices."""
+    from qtrain.codecs import get_codec
+
+    n = _count_params(setup)
+    fp32 = get_codec("none").wire_bytes(n)
+    up, down = setup.uplink, setup.downlink
+    up_b, down_b = up.codec.wire_bytes(n), down.codec.wire_bytes(n)
+    note_up = "" if up.codec.fixed_size else " at most"
+    note_down = "" if down.codec.fixed_size else " at most"
+    echo(
+        f"qtrain train: {setup.algorithm.name}, 1 server + {size - 1} workers, {setup.steps} steps, "
+        f"{n} parameters"
+    )
+    echo(
+        f"  uplink   {up.describe()}: {8 * up_b / n:.3f} bits/element,{note_up} {up_b} B/worker/step "
+        f"vs {fp32} B fp32 ({fp32 / up_b:.1f}x less)"
+    )
+    echo(
+        f"  downlink {down.describe()} [{setup.algorithm.downlink_mode}]: {8 * down_b / n:.3f} bits/element,"
+        f"{note_down} {down_b} B/worker/step vs {fp32} B fp32 ({fp32 / down_b:.1f}x less)"
+    )
+    echo(
+        f"  CUDA-aware MPI: {cuda.answer} ({cuda.how}); "
+        f"{'device buffers go to MPI directly' if cuda.enabled else 'host-staged buffers'}"
+    )
+    echo(
+        "  ranks: "
+        + ", ".join(f"{r}: {d} on {h}" for r, (d, h) in enumerate(zip(devices, hosts, strict=True)))
+    )

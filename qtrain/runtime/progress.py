@@ -1,0 +1,46 @@
+"""Rank 0's live view: a rich progress bar on a terminal, one log line per ``log_every`` steps
+otherwise (batch jobs, pipes)."""
+
+from __future__ import annotations
+
+import sys
+
+
+class ProgressReporter:
+    def __init__(self, steps: int, log_every: int, echo, force_lines: bool = False):
+        self.steps, self.log_every, self.echo = steps, log_every, echo
+        self.bar = None
+        if sys.stdout.isatty() and not force_lines:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("step {task.completed}/{task.total}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+            )
+            self.task = self.bar.add_task("train", total=steps, info="")
+            self.bar.start()
+
+    def update(
+        self,
+        step: int,
+        loss: float,
+        accuracy: float | None,
+        up_bytes: float,
+        down_bytes: float,
+        compression_up: float,
+    ) -> None:
+        acc = f" acc {accuracy:.4f}" if accuracy is not None else ""
+        info = (
+            f"loss {loss:.4f}{acc} up {up_bytes:.0f} B/worker down {down_bytes:.0f} B/worker "
+            f"({compression_up:.1f}x < fp32)"
+        )
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif step % self.log_every == 0 or step == self.steps:
+            self.echo(f"step {step}/{self.steps} {info}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,237 @@
+"""Real multi-rank runs under mpiexec: same math as the simulator, and the behaviour people rely on."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import mpiexec_command
+from mpi_helpers import QTRAIN, mpi_train, simulate, summary
+
+pytestmark = pytest.mark.mpi
+
+ALGORITHMS = ["sgd", "adam", "ecq-sgd", "qadam", "efficient-adam", "qcmd-adagrad", "qrda-adagrad"]
+STEPS = "train.steps=20"
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_every_algorithm_under_mpiexec_n3_matches_the_simulator(tmp_path, name):
+    p = mpi_train(3, f"configs/{name}.yaml", tmp_path / "mpi", STEPS, "train.eval_every=10")
+    assert p.returncode == 0, p.stdout + p.stderr
+    got = summary(tmp_path / "mpi")
+    for key in (
+        "algorithm",
+        "workers",
+        "steps",
+        "final_train_loss",
+        "final_test_accuracy",
+        "bytes_up",
+        "bytes_down",
+        "bytes_fp32_equivalent",
+        "wall_seconds",
+        "params_sha256",
+    ):
+        assert key in got
+    assert got["algorithm"] == name and got["workers"] == 2 and got["steps"] == 20 and got["runner"] == "mpi"
+    ref = simulate(f"configs/{name}.yaml", 2, tmp_path / "sim", STEPS, "train.eval_every=10")
+    assert got["params_sha256"] == ref["params_sha256"]
+    assert got["bytes_up"] == ref["bytes_up"] and got["bytes_down"] == ref["bytes_down"]
+    assert (tmp_path / "mpi" / "logs" / "rank-0.log").exists() and (
+        tmp_path / "mpi" / "logs" / "rank-2.log"
+    ).exists()
+
+
+@pytest.mark.parametrize(
+    "config, sets",
+    [
+        ("configs/efficient-adam.yaml", []),
+        ("configs/qadam.yaml", ["algorithm.weight_quantization=true"]),
+        ("configs/qrda-adagrad.yaml", []),
+    ],
+    ids=["efficient-adam", "qadam-weight-quantization", "qrda-adagrad"],
+)
+def test_four_ranks_match_three_simulated_workers(tmp_path, config, sets):
+    p = mpi_train(4, config, tmp_path / "mpi", STEPS, *sets)
+    assert p.returncode == 0, p.stdout + p.stderr
+    ref = simulate(config, 3, tmp_path / "sim", STEPS, *sets)
+    assert summary(tmp_path / "mpi")["params_sha256"] == ref["params_sha256"]
+
+
+def test_rank0_announces_the_plan_and_prints_a_final_table(tmp_path):
+    p = mpi_train(3, "configs/default.yaml", tmp_path, STEPS)
+    assert p.returncode == 0, p.stderr
+    for needle in (
+        "efficient-adam",
+        "uplink   sign",
+        "bits/element",
+        "B fp32",
+        "CUDA-aware MPI:",
+        "ranks: 0: cpu",
+        "test accuracy",
+        "bytes up",
+        "params sha256",
+    ):
+        assert needle in p.stdout
+
+
+def test_a_rank_that_raises_ends_the_job_quickly_naming_it(tmp_path):
+    start = time.monotonic()
+    p = mpi_train(3, "configs/default.yaml", tmp_path, env={"QTRAIN_INJECT_FAULT": "2:5:raise"}, timeout=120)
+    assert time.monotonic() - start < 60
+    assert p.returncode != 0
+    assert "qtrain: rank 2 failed: InjectedFault: injected fault on rank 2 at step 5" in p.stderr
+    assert "InjectedFault" in (tmp_path / "logs" / "rank-2.log").read_text()
+
+
+@pytest.mark.parametrize("rank, phase, silent", [(1, "uplink gather", "1"), (0, "downlink broadcast", "0")])
+def test_a_rank_that_stops_answering_is_named_by_the_deadline(tmp_path, rank, phase, silent):
+    start = time.monotonic()
+    p = mpi_train(
+        3,
+        "configs/default.yaml",
+        tmp_path,
+        "runtime.timeout_s=3",
+        env={"QTRAIN_INJECT_FAULT": f"{rank}:5:hang"},
+        timeout=120,
+    )
+    assert time.monotonic() - start < 60
+    assert p.returncode != 0
+    assert re.search(rf"Stalled: no progress for 3 s in phase '{phase}' from rank\(s\) {silent}", p.stderr), (
+        p.stderr
+    )
+
+
+def test_sigkill_of_a_worker_ends_the_job_in_bounded_time(tmp_path):
+    cmd = [
+        *mpiexec_command(),
+        "-n",
+        "3",
+        *QTRAIN,
+        "train",
+        "configs/default.yaml",
+        "--out",
+        str(tmp_path),
+        "--set",
+        "train.steps=1000000",
+        "--set",
+        "runtime.timeout_s=10",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pid = None
+    lines = []
+    deadline = time.monotonic() + 90
+    while pid is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        m = re.search(r"2: cpu on \S+ pid (\d+)", line)
+        if m:
+            pid = int(m.group(1))
+    assert pid, "".join(lines)
+    while not any(line.startswith("step ") for line in lines[-1:]):  # training is under way
+        lines.append(proc.stdout.readline())
+    os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    rest, _ = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 60
+    assert proc.returncode != 0
+    output = "".join(lines) + rest
+    # MPICH's hydra ends the job itself and says how; it may name another rank's PID (the first it
+    # reaped), so the check is on the cause. Launchers that leave survivors running are covered by
+    # qtrain's own deadlines (test_a_rank_that_stops_answering_is_named_by_the_deadline).
+    assert "signal 9" in output or "rank(s) 2" in output, output[-2000:]
+
+
+def test_sigterm_on_one_worker_stops_all_ranks_at_a_step_boundary(tmp_path):
+    cmd = [
+        *mpiexec_command(),
+        "-n",
+        "3",
+        *QTRAIN,
+        "train",
+        "configs/default.yaml",
+        "--out",
+        str(tmp_path),
+        "--set",
+        "train.steps=1000000",
+        "--set",
+        "train.log_every=1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = None
+    while pid is None:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        m = re.search(r"1: cpu on \S+ pid (\d+)", line)
+        pid = int(m.group(1)) if m else None
+    while not proc.stdout.readline().startswith("step 3/"):
+        pass
+    os.kill(pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    s = summary(tmp_path)
+    assert s["stopped_early"] and s["stop_reason"] == "stop requested by rank(s) 1"
+    assert 3 <= s["steps"] < 1000000
+    assert "SIGTERM on rank 1" in (tmp_path / "logs" / "rank-1.log").read_text()
+
+
+def test_one_rank_is_refused_with_a_suggestion(tmp_path):
+    p = subprocess.run(
+        [*QTRAIN, "train", "configs/default.yaml", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k not in ("PMI_SIZE",)},
+    )
+    assert p.returncode == 2
+    assert (
+        "needs at least 2 MPI ranks" in p.stderr
+        and "mpiexec -n 3" in p.stderr
+        and "qtrain simulate" in p.stderr
+    )
+
+
+def test_singleton_worlds_from_a_mismatched_launcher_are_explained(tmp_path):
+    p = subprocess.run(
+        [*QTRAIN, "train", "configs/default.yaml", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OMPI_COMM_WORLD_SIZE": "3"},
+    )
+    assert p.returncode == 2 and "MPI sees a world of 1" in p.stderr
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["algorithm.name=nope"], "unknown algorithm 'nope'"),
+        (["data.name=libsvm", "data.path=/no/such/file"], "does not exist"),
+    ],
+)
+def test_bad_config_is_one_line_from_rank0_before_training(tmp_path, sets, message):
+    p = mpi_train(3, "configs/default.yaml", tmp_path, *sets, timeout=120)
+    assert p.returncode != 0
+    errors = [line for line in p.stderr.splitlines() if line.startswith("qtrain: error:")]
+    assert len(errors) == 1 and message in errors[0], p.stderr
+    assert "Traceback" not in p.stderr and "step 1" not in p.stdout
+
+
+def test_ranks_with_different_settings_are_refused(tmp_path):
+    base = [*QTRAIN, "train", "configs/default.yaml", "--out", str(tmp_path)]
+    cmd = [*mpiexec_command(), "-n", "2", *base, ":", "-n", "1", *base, "--set", "uplink.bucket=256"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "ranks disagree on the resolved config" in p.stderr and "[2]" in p.stderr
+
+
+def test_smoke_script_still_works_with_four_ranks():
+    p = subprocess.run(
+        [*mpiexec_command(), "-n", "4", sys.executable, "-m", "qtrain.runtime.smoke"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0 and "3 workers, 0 failures" in p.stdout
