@@ -23,6 +23,7 @@ import torch
 
 import qtrain
 
+ABORT_GRACE_S = 0.5
 LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "MPI_LOCALNRANKS")
 
 
@@ -95,7 +96,7 @@ def run_train(config: str, overrides: list[str], out: str | None, echo=print) ->
     def abort(message: str) -> None:
         if log is not None:
             log.error(message)
-        comm.Abort(1)
+        _abort(comm)
 
     log = None
     watchdog = Watchdog(rank, RuntimeConfig().timeout_s, abort).start()
@@ -210,10 +211,17 @@ def run_train(config: str, overrides: list[str], out: str | None, echo=print) ->
     except BaseException as exc:  # noqa: BLE001 - any failure must end the whole job, not hang it
         log.error("failed:\n%s", traceback.format_exc())
         print(f"qtrain: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        comm.Abort(1)
+        _abort(comm)
     finally:
         watchdog.stop()
     return 0
+
+
+def _abort(comm) -> None:
+    """MPI_Abort, after a pause that lets the launcher forward the message we just printed (MPICH's
+    hydra tears the job down on the first abort and drops output still in its pipes)."""
+    time.sleep(ABORT_GRACE_S)
+    comm.Abort(1)
 
 
 def _count_params(setup) -> int:
