@@ -36,11 +36,11 @@ def main() -> None:
         rows = np.empty((workers, nbytes), dtype=np.uint8)
         down = np.empty(nbytes, dtype=np.uint8)
 
-        def collectives():
+        def collectives(send=send, gathered=gathered, down=down):
             comm.Gather(send, gathered, root=0)
             comm.Bcast(down, root=0)
 
-        def point_to_point():
+        def point_to_point(send=send, rows=rows, down=down):
             if rank == 0:
                 reqs = [comm.Irecv(rows[i], source=i + 1, tag=11) for i in range(workers)]
                 wait_all(reqs, 60, "bench uplink", list(range(1, size)))
