@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from qtrain.cli import bench, info, simulate, train
+from qtrain.cli import analyze, bench, checkpoint, info, simulate, train
 
 app = typer.Typer(
     name="qtrain",
@@ -16,6 +16,9 @@ app = typer.Typer(
 app.command("info")(info.info)
 app.command("train")(train.train)
 app.command("simulate")(simulate.simulate)
+app.command("analyze")(analyze.analyze)
+app.command("compare")(analyze.compare)
+app.add_typer(checkpoint.app, name="checkpoint")
 app.add_typer(bench.app, name="bench")
 
 

@@ -13,8 +13,20 @@ def train(
         [], "--set", help="Override a key: --set algorithm.lr=0.01 (repeatable)."
     ),
     out: str = typer.Option(None, "--out", help="Output directory (default runs/train-ALGORITHM-TIME)."),
+    resume: str = typer.Option(
+        None, "--resume", help="Checkpoint file, or `auto`: the newest valid one in OUT."
+    ),
+    reset_worker_state: bool = typer.Option(
+        False,
+        "--reset-worker-state",
+        help="Resume with a different number of workers: their state starts at zero.",
+    ),
 ) -> None:
     """Train CONFIG on MPI: rank 0 is the parameter server, ranks 1..K-1 are workers."""
     from qtrain.runtime.launch import run_train
 
-    sys.exit(run_train(config, overrides, out, echo=typer.echo))
+    sys.exit(
+        run_train(
+            config, overrides, out, echo=typer.echo, resume=resume, reset_worker_state=reset_worker_state
+        )
+    )

@@ -90,6 +90,18 @@ class RuntimeConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int = 0  # also write OUT/checkpoints/step-N.h5 every N steps (0: only at the end and on a stop)
+    keep: int = 3  # keep the newest N checkpoints
+
+
+@dataclass
+class TraceConfig:
+    enabled: bool = True  # write OUT/trace.h5 (one row per step per rank)
+    flush_every: int = 10  # flush the trace every N steps (what a killed run keeps)
+
+
+@dataclass
 class Config:
     seed: int = 0
     workers: int = 2  # the simulator's default number of virtual workers (MPI: world size - 1)
@@ -100,3 +112,5 @@ class Config:
     downlink: LinkConfig = field(default_factory=LinkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)

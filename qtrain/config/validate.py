@@ -46,6 +46,9 @@ def _validate(cfg) -> None:
     _positive(a.lr_decay, "algorithm.lr_decay", allow_zero=True)
     _positive(r.threads, "runtime.threads", allow_zero=True)
     _positive(r.timeout_s, "runtime.timeout_s")
+    _positive(cfg.checkpoint.every, "checkpoint.every", allow_zero=True)
+    _positive(cfg.checkpoint.keep, "checkpoint.keep")
+    _positive(cfg.trace.flush_every, "trace.flush_every")
     if cfg.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {cfg.seed}")
     for key in ("beta1", "beta2"):

@@ -42,6 +42,13 @@ class RankContext:
     fault: object
     cuda: object
     devices: list
+    out_dir: Path = None
+    config_text: str = ""
+    hosts: list = None
+    mpi_library: str = ""
+    resume: dict | None = None
+    resume_worker: dict | None = None
+    resume_path: Path | None = None
 
 
 def _err(message: str) -> None:
@@ -71,7 +78,14 @@ def _fingerprint(cfg, setup) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def run_train(config: str, overrides: list[str], out: str | None, echo=print) -> int:
+def run_train(
+    config: str,
+    overrides: list[str],
+    out: str | None,
+    echo=print,
+    resume: str | None = None,
+    reset_worker_state: bool = False,
+) -> int:
     from mpi4py import MPI
 
     from qtrain.config import ConfigError, dump_yaml, load_config
@@ -154,6 +168,23 @@ def run_train(config: str, overrides: list[str], out: str | None, echo=print) ->
         if rank == 0:
             _err(error or "a rank could not create the output directory")
         return 2
+    # ---- resume: rank 0 reads and verifies the checkpoint, every rank gets its part
+    config_text = dump_yaml(resolved_config(cfg, setup))
+    resume_tree = resume_worker = resume_path = None
+    if resume is not None:
+        try:
+            resume_tree, resume_worker, resume_path = _distribute_checkpoint(
+                comm, rank, size, resume, out_dir, config_text, reset_worker_state, echo
+            )
+        except _StartupRefused as exc:
+            watchdog.stop()
+            if rank == 0:
+                _err(str(exc))
+            return 2
+        except BaseException as exc:  # noqa: BLE001 - never leave the other ranks waiting
+            print(f"qtrain: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            traceback.print_exc()
+            _abort(comm)
     log = open_rank_log(out_dir, rank)
     devices = [d for _, _, d, _ in reports]
     hosts = [h for *_, h in reports]
@@ -167,8 +198,13 @@ def run_train(config: str, overrides: list[str], out: str | None, echo=print) ->
         cuda.how,
     )
     if rank == 0:
-        write_config(out_dir, dump_yaml(resolved_config(cfg, setup)))
+        write_config(out_dir, config_text)
         _announce(setup, size, devices, hosts, cuda, echo)
+        if resume_path is not None:
+            echo(
+                f"  resuming from {resume_path} at step {resume_tree['step']}"
+                + (" with fresh worker state (--reset-worker-state)" if reset_worker_state else "")
+            )
 
     watchdog.enter("set-up")
     ctx = RankContext(
@@ -185,6 +221,13 @@ def run_train(config: str, overrides: list[str], out: str | None, echo=print) ->
         fault,
         cuda,
         devices,
+        out_dir=out_dir,
+        config_text=config_text,
+        hosts=hosts,
+        mpi_library=mpi_info.library_version(),
+        resume=resume_tree,
+        resume_worker=resume_worker,
+        resume_path=resume_path,
     )
     try:
         ctx.transport = Transport(
@@ -215,6 +258,45 @@ def run_train(config: str, overrides: list[str], out: str | None, echo=print) ->
     finally:
         watchdog.stop()
     return 0
+
+
+class _StartupRefused(Exception):
+    """A reason, known to every rank, to exit 2 before training."""
+
+
+def _distribute_checkpoint(comm, rank, size, spec, out_dir, config_text, reset_worker_state, echo):
+    """Rank 0 loads and verifies the checkpoint; workers get the replica parameters and their own
+    state (numpy over MPI). Returns (tree for this rank, this worker's snapshot or None, path)."""
+    from qtrain.runtime.resume import load_for_resume
+    from qtrain.runtime.state import to_numpy, to_torch
+
+    loaded = error = None
+    if rank == 0:
+        try:
+            loaded = load_for_resume(
+                spec,
+                out_dir,
+                config_text,
+                size - 1,
+                reset_worker_state,
+                warn=lambda m: echo(f"qtrain: warning: {m}"),
+            )
+        except (ValueError, OSError) as exc:
+            error = str(exc)
+    error = comm.bcast(error, root=0)
+    if error:
+        raise _StartupRefused(error)
+    parts = common = path = None
+    if rank == 0:
+        tree, path = loaded
+        same = len(tree["workers"]) == size - 1 and not reset_worker_state
+        parts = [None] + [to_numpy(tree["workers"][str(r)]) if same else None for r in range(1, size)]
+        common = to_numpy({"step": tree["step"], "replica_params": tree["replica_params"]})
+    mine = comm.scatter(parts, root=0)
+    common = comm.bcast(common, root=0)
+    if rank == 0:
+        return tree, None, path
+    return to_torch(common), (to_torch(mine) if mine is not None else None), None
 
 
 def _abort(comm) -> None:

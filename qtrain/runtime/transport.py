@@ -1,7 +1,7 @@
 """Packed uint8 messages between workers and the server, over mpi4py's buffer API (no pickles).
 
 Uplink (worker -> rank 0), per step:
-  fixed-size codecs:    one frame = 64-byte uplink record + the message (size known from the
+  fixed-size codecs:    one frame = 72-byte uplink record + the message (size known from the
                         config), ``Isend`` by each worker into rank 0's preallocated per-worker
                         ``Irecv`` rows.
   variable-size codecs: the record first (it carries the message length), then the message with

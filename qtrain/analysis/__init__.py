@@ -1,0 +1,1 @@
+"""Reads traces and checkpoints: tables, figures, comparisons."""

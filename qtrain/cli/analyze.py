@@ -1,0 +1,105 @@
+"""``qtrain analyze TRACE`` and ``qtrain compare OUT_DIR...``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import typer
+
+
+def analyze(
+    trace: str = typer.Argument(..., help="OUT/trace.h5 of a finished or live run (or the run directory)."),
+    plot: str = typer.Option(None, "--plot", help="Write a six-panel figure (PNG) here."),
+    csv_path: str = typer.Option(None, "--csv", help="Write the per-step series as CSV here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Bytes per step and compression vs fp32, time per phase, stragglers, loss/accuracy/error over steps."""
+    from qtrain.analysis.trace_report import format_report, per_step, report
+    from qtrain.cli.errors import fail
+    from qtrain.io.trace import read_trace
+
+    path = Path(trace)
+    if path.is_dir():
+        path = path / "trace.h5"
+    try:
+        steps, evals, attrs = read_trace(path)
+        rep = report(steps, evals, attrs)
+    except ValueError as exc:
+        fail(str(exc))
+    if csv_path:
+        series = per_step(steps)
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(list(series))
+            writer.writerows(zip(*[v.tolist() for v in series.values()], strict=True))
+    if plot:
+        from qtrain.analysis.plots import plot_trace
+
+        plot_trace(steps, evals, attrs, rep, plot)
+    typer.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))
+
+
+def compare(
+    runs: list[str] = typer.Argument(
+        ..., help="Run directories (each with summary.json, trace.h5 if traced)."
+    ),
+    plot: str = typer.Option(None, "--plot", help="Write a side-by-side figure (PNG) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """Several runs side by side: accuracy, loss, bytes each way, compression, time."""
+    from qtrain.cli.errors import fail
+    from qtrain.io.trace import read_trace
+
+    loaded = []
+    for d in runs:
+        p = Path(d)
+        if not (p / "summary.json").is_file():
+            fail(f"{d}: no summary.json (not a finished qtrain run directory)")
+        summary = json.loads((p / "summary.json").read_text())
+        steps = None
+        if (p / "trace.h5").is_file():
+            try:
+                steps = read_trace(p / "trace.h5")[0]
+            except ValueError as exc:
+                fail(str(exc))
+        loaded.append({"label": p.name, "summary": summary, "steps": steps})
+    rows = []
+    for r in loaded:
+        s = r["summary"]
+        rows.append(
+            {
+                "run": r["label"],
+                "algorithm": s["algorithm"],
+                "uplink": s["uplink"]["codec"],
+                "downlink": s["downlink"]["codec"],
+                "workers": s["workers"],
+                "steps": s["steps"],
+                "test_accuracy": s.get("final_test_accuracy"),
+                "test_loss": s["final_test_loss"],
+                "bytes_up": s["bytes_up"],
+                "bytes_down": s["bytes_down"],
+                "compression_up": s["compression_up"],
+                "compression_down": s["compression_down"],
+                "wall_seconds": s["wall_seconds"],
+            }
+        )
+    if plot:
+        from qtrain.analysis.plots import plot_compare
+
+        plot_compare(loaded, plot)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(
+        f"{'run':<24}{'algorithm':<16}{'up':<10}{'down':<10}{'acc':>8}{'loss':>9}{'up MB':>9}"
+        f"{'down MB':>9}{'up x':>7}{'down x':>7}{'wall s':>8}"
+    )
+    for r in rows:
+        acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
+        typer.echo(
+            f"{r['run']:<24}{r['algorithm']:<16}{r['uplink']:<10}{r['downlink']:<10}{acc:>8}"
+            f"{r['test_loss']:>9.4f}{r['bytes_up'] / 1e6:>9.3f}{r['bytes_down'] / 1e6:>9.3f}"
+            f"{r['compression_up']:>7.1f}{r['compression_down']:>7.1f}{r['wall_seconds']:>8.1f}"
+        )

@@ -1,0 +1,77 @@
+"""``qtrain checkpoint inspect|export``."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+app = typer.Typer(help="Inspect or export HDF5 checkpoints.", no_args_is_help=True)
+
+
+def _load(path: str):
+    from qtrain.cli.errors import fail
+    from qtrain.io.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        return read_checkpoint(path)
+    except CheckpointError as exc:
+        fail(str(exc))
+
+
+def _walk(tree: dict, prefix: str = ""):
+    import torch
+
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _walk(v, f"{prefix}/{k}")
+        elif isinstance(v, torch.Tensor):
+            yield f"{prefix}/{k}", f"{v.dtype} {tuple(v.shape)}", v.numel() * v.element_size()
+        else:
+            text = v if not isinstance(v, str) or len(v) < 40 else f"<{len(v)} characters>"
+            yield f"{prefix}/{k}", repr(text), 0
+
+
+@app.command("inspect")
+def inspect(
+    ckpt: str = typer.Argument(..., help="A checkpoint file (OUT/checkpoints/step-N.h5)."),
+    show_config: bool = typer.Option(False, "--config", help="Also print the stored config."),
+) -> None:
+    """What is inside, sizes, step, config, and the verification result."""
+    tree, meta = _load(ckpt)
+    entries = list(_walk(tree))
+    arrays = sum(1 for _, _, size in entries if size)
+    typer.echo(
+        f"{ckpt}: step {tree['step']}, {meta['algorithm']}, {meta['workers']} workers "
+        f"(world {meta['world_size']}), created {meta['created']}"
+    )
+    typer.echo(f"qtrain {meta['qtrain_version']}, torch {meta['torch_version']}, {meta['mpi_library']}")
+    typer.echo(
+        f"verified: all datasets pass their fletcher32 checksums ({arrays} arrays), params_sha256 "
+        f"{meta['params_sha256'][:16]}... matches"
+    )
+    width = max(len(p) for p, _, _ in entries)
+    for path, what, size in entries:
+        typer.echo(f"  {path:<{width}}  {what}{f'  {size / 1e6:.3f} MB' if size else ''}")
+    if show_config:
+        typer.echo(tree["config"])
+
+
+@app.command("export")
+def export(
+    ckpt: str = typer.Argument(..., help="A checkpoint file."),
+    out: str = typer.Argument(..., help="Output .pt file: a plain state_dict."),
+) -> None:
+    """Write the model as a plain state_dict, loadable with torch.load(weights_only=True)."""
+    import torch
+
+    tree, _ = _load(ckpt)
+    params = tree["params"]
+    state = {}
+    for name, offset, shape in json.loads(tree["layout"]):
+        n = 1
+        for d in shape:
+            n *= d
+        state[name] = params[offset : offset + n].view(*shape).clone()
+    torch.save(state, out)
+    typer.echo(f"wrote {len(state)} tensors ({params.numel()} parameters) to {out}")

@@ -1,0 +1,182 @@
+"""HDF5 checkpoints: the whole run state in one file, written atomically, checksummed, no pickles.
+
+Layout (``docs/hdf5-schema.md`` documents every dataset): a nested dict of arrays and scalars
+becomes groups and datasets. Every array *and every scalar* is a dataset with HDF5's fletcher32
+checksum filter (scalars as 1-element arrays), so a flipped byte anywhere in the data is caught on
+load; strings (the resolved config) are stored as uint8 datasets for the same reason. Root
+attributes carry descriptive metadata only (format, versions, creation time).
+
+Writing goes to ``NAME.tmp`` in the same directory, is flushed and fsynced, then renamed, so a
+crash never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+FORMAT = "qtrain-checkpoint"
+VERSION = 1
+NAME = re.compile(r"^step-(\d{7,})\.h5$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, damaged, or does not fit the run."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:07d}.h5"
+
+
+def _to_array(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, bool):
+        return np.array([value], dtype=np.bool_)
+    if isinstance(value, int):
+        return np.array([value], dtype=np.int64)
+    if isinstance(value, float):
+        return np.array([value], dtype=np.float64)
+    if isinstance(value, str):
+        return np.frombuffer(value.encode(), dtype=np.uint8)
+    raise TypeError(f"cannot checkpoint a {type(value).__name__}")
+
+
+def _write(group: h5py.Group, tree: dict) -> None:
+    for key, value in tree.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            _write(group.create_group(key), value)
+            continue
+        arr = _to_array(value)
+        kind = (
+            "str"
+            if isinstance(value, str)
+            else "scalar"
+            if not isinstance(value, (torch.Tensor, np.ndarray))
+            else "array"
+        )
+        if arr.size:
+            ds = group.create_dataset(key, data=arr, chunks=arr.shape, fletcher32=True)
+        else:
+            ds = group.create_dataset(key, data=arr)
+        ds.attrs["kind"] = kind
+        if kind == "scalar":
+            ds.attrs["type"] = type(value).__name__
+
+
+def _read(group: h5py.Group, path: str = "") -> dict:
+    out = {}
+    for key, item in group.items():
+        where = f"{path}/{key}"
+        if isinstance(item, h5py.Group):
+            out[key] = _read(item, where)
+            continue
+        try:
+            arr = item[()]
+        except OSError as exc:
+            raise CheckpointError(f"dataset {where} fails its checksum ({exc})") from exc
+        kind = item.attrs.get("kind", "array")
+        if kind == "str":
+            out[key] = bytes(np.asarray(arr, dtype=np.uint8)).decode()
+        elif kind == "scalar":
+            t = item.attrs.get("type")
+            out[key] = {"int": int, "float": float, "bool": bool}[t](arr[0])
+        else:
+            out[key] = torch.from_numpy(np.array(arr))
+    return out
+
+
+def write_checkpoint(path: Path, tree: dict, meta: dict) -> Path:
+    """Write ``tree`` atomically to ``path``; ``meta`` becomes root attributes."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = VERSION
+        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for k, v in meta.items():
+            f.attrs[k] = str(v) if isinstance(v, str) else v  # numpy str_ has no HDF5 conversion
+        _write(f, tree)
+        f.flush()
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return path
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """Load and verify: every dataset's checksum, the format, and the parameter fingerprint.
+    Returns (tree, root attributes). Raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            meta = dict(f.attrs)
+            if meta.get("format") != FORMAT:
+                raise CheckpointError(f"{path}: not a qtrain checkpoint (format {meta.get('format')!r})")
+            if int(meta.get("format_version", -1)) != VERSION:
+                raise CheckpointError(
+                    f"{path}: checkpoint format version {meta.get('format_version')} unsupported"
+                )
+            tree = _read(f)
+    except CheckpointError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable HDF5 file ({exc})") from exc
+    from qtrain.io.run_dir import params_sha256
+
+    if "params" not in tree or params_sha256(tree["params"]) != meta.get("params_sha256"):
+        raise CheckpointError(f"{path}: parameters do not match the recorded params_sha256")
+    return tree, meta
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint in ``directory``, newest first."""
+    if not Path(directory).is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in Path(directory).iterdir() if (m := NAME.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def prune(directory: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (and stale temporary files)."""
+    for _, p in list_checkpoints(directory)[keep:]:
+        p.unlink(missing_ok=True)
+    for p in Path(directory).glob("*.h5.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def newest_valid(directory: Path, warn) -> tuple[dict, dict, Path]:
+    """The newest checkpoint in ``directory`` that loads and verifies; damaged ones are skipped
+    with a warning. Raises CheckpointError when there is none."""
+    candidates = list_checkpoints(directory)
+    if not candidates:
+        raise CheckpointError(f"--resume auto: no checkpoints in {directory}")
+    for _, path in candidates:
+        try:
+            tree, meta = read_checkpoint(path)
+            return tree, meta, path
+        except CheckpointError as exc:
+            warn(f"skipping damaged checkpoint: {exc}")
+    raise CheckpointError(f"--resume auto: none of the {len(candidates)} checkpoints in {directory} verifies")

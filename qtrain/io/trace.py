@@ -1,0 +1,150 @@
+"""The communication trace ``OUT/trace.h5``: one row per step per rank, written by rank 0.
+
+Datasets (chunked, resizable, written in SWMR mode so readers can follow a live run):
+  /steps  compound rows, columns in ``TRACE_DTYPE`` (units in the dataset's ``units`` attribute)
+  /evals  (step, test_loss, test_accuracy) after every evaluation
+Root attributes describe the run (algorithm, codecs, bits per element, world size, numel, fp32
+message size). Rows are buffered and flushed every ``trace.flush_every`` steps; a run killed at
+any point leaves a file readable (with ``swmr=True``) up to its last flush.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+TRACE_DTYPE = np.dtype(
+    [
+        ("step", "<u4"),
+        ("rank", "<u2"),
+        ("role", "u1"),  # 0 server, 1 worker
+        ("bytes_sent", "<u8"),
+        ("bytes_recv", "<u8"),
+        ("compute_s", "<f8"),
+        ("encode_s", "<f8"),
+        ("comm_s", "<f8"),
+        ("decode_s", "<f8"),
+        ("wait_s", "<f8"),
+        ("loss", "<f8"),
+        ("up_rel_error", "<f8"),
+        ("up_ef_norm", "<f8"),
+        ("down_rel_error", "<f8"),
+        ("down_ef_norm", "<f8"),
+    ]
+)
+UNITS = {
+    "step": "step (1-based)",
+    "rank": "MPI rank (0 = server)",
+    "role": "0 server, 1 worker",
+    "bytes_sent": "bytes (packed messages; the server counts one downlink copy per worker)",
+    "bytes_recv": "bytes",
+    "compute_s": "seconds (worker: forward+backward; server: evaluation)",
+    "encode_s": "seconds (worker: worker rule + uplink encode; server: server rule + downlink encode)",
+    "comm_s": "seconds (worker: uplink send until the downlink arrived; server: broadcast)",
+    "decode_s": "seconds (worker: decode + apply downlink; server: decode + average uplinks)",
+    "wait_s": "seconds (server: waiting for the uplinks; worker: 0, its waiting is inside comm_s)",
+    "loss": "training loss of the worker's batch (server: mean over workers)",
+    "up_rel_error": "||Q(v) - v|| / ||v|| of the uplink (server: mean over workers)",
+    "up_ef_norm": "||e|| worker error buffer after the step (0 without EF; server: mean)",
+    "down_rel_error": "||Q(v) - v|| / ||v|| of the downlink",
+    "down_ef_norm": "||E|| server error buffer after the step (0 without EF)",
+}
+EVAL_DTYPE = np.dtype([("step", "<u4"), ("test_loss", "<f8"), ("test_accuracy", "<f8")])
+
+
+class TraceWriter:
+    def __init__(self, path: Path, attrs: dict, flush_every: int, resume_step: int | None = None):
+        self.path = Path(path)
+        self.flush_every = flush_every
+        self._rows: list[np.ndarray] = []
+        self._evals: list[tuple] = []
+        kept_steps = kept_evals = None
+        if resume_step is not None and self.path.exists():
+            try:
+                with h5py.File(self.path, "r", swmr=True) as old:
+                    s, e = old["steps"][()], old["evals"][()]
+                kept_steps, kept_evals = s[s["step"] <= resume_step], e[e["step"] <= resume_step]
+            except (OSError, KeyError):
+                kept_steps = kept_evals = None  # unreadable: start a fresh trace
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.file = h5py.File(tmp, "w", libver=("v110", "v110"))  # SWMR needs >= 1.10; Debian h5dump is 1.10
+        for k, v in attrs.items():
+            self.file.attrs[k] = v if not isinstance(v, (dict, list)) else json.dumps(v)
+        self.steps = self.file.create_dataset(
+            "steps", shape=(0,), maxshape=(None,), dtype=TRACE_DTYPE, chunks=(4096,)
+        )
+        self.steps.attrs["units"] = json.dumps(UNITS)
+        self.evals = self.file.create_dataset(
+            "evals", shape=(0,), maxshape=(None,), dtype=EVAL_DTYPE, chunks=(256,)
+        )
+        self.evals.attrs["units"] = json.dumps(
+            {
+                "step": "step",
+                "test_loss": "mean loss on the test split",
+                "test_accuracy": "fraction correct (NaN for regression)",
+            }
+        )
+        if kept_steps is not None:
+            self._append(self.steps, kept_steps)
+            self._append(self.evals, kept_evals)
+        self.file.flush()
+        os.replace(tmp, self.path)
+        self.file.swmr_mode = True
+
+    @staticmethod
+    def _append(ds, rows: np.ndarray) -> None:
+        if len(rows):
+            n = ds.shape[0]
+            ds.resize((n + len(rows),))
+            ds[n:] = rows
+
+    def add_rows(self, rows: np.ndarray) -> None:
+        self._rows.append(rows)
+
+    def add_eval(self, step: int, loss: float, accuracy: float | None) -> None:
+        self._evals.append((step, loss, np.nan if accuracy is None else accuracy))
+
+    def maybe_flush(self, step: int) -> None:
+        if step % self.flush_every == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            self._append(self.steps, np.concatenate(self._rows))
+            self._rows = []
+        if self._evals:
+            self._append(self.evals, np.array(self._evals, dtype=EVAL_DTYPE))
+            self._evals = []
+        self.steps.flush()
+        self.evals.flush()
+        self.file.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self.file.close()
+
+
+def empty_rows(n: int) -> np.ndarray:
+    rows = np.zeros(n, dtype=TRACE_DTYPE)
+    return rows
+
+
+def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(steps rows, eval rows, run attributes) of a trace, live or finished (SWMR read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"trace {str(path)!r} does not exist")
+    try:
+        with h5py.File(path, "r", swmr=True) as f:
+            attrs = {
+                k: (json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v) for k, v in f.attrs.items()
+            }
+            f["steps"].refresh()
+            f["evals"].refresh()
+            return f["steps"][()], f["evals"][()], attrs
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"{path}: not a readable qtrain trace ({exc})") from exc

@@ -1,0 +1,66 @@
+"""Snapshots of a rank's complete state for checkpoints, and restoring them (bit-exact resume)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def rng_snapshot() -> dict:
+    """The process-global torch and numpy generators (qtrain's own randomness uses explicit
+    generators, but user plug-in models may draw from the global ones)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": np.asarray(keys),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+    }
+
+
+def rng_restore(snap: dict) -> None:
+    torch.set_rng_state(snap["torch"])
+    n = snap["numpy"]
+    np.random.set_state(
+        ("MT19937", np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+
+
+def to_cpu(tree):
+    """A copy of a nested dict with every tensor on the CPU (for MPI transfer and HDF5)."""
+    if isinstance(tree, dict):
+        return {k: to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    return tree
+
+
+def to_numpy(tree):
+    """Tensors -> numpy arrays, for pickled MPI transfer (mpi4py's pickle-5 path cannot carry torch
+    storages). Only used at start-up and at checkpoints, never on the hot path."""
+    if isinstance(tree, dict):
+        return {k: to_numpy(v) for k, v in tree.items()}
+    if isinstance(tree, torch.Tensor):
+        return {"__tensor__": tree.detach().cpu().numpy()}
+    return tree
+
+
+def to_torch(tree):
+    if isinstance(tree, dict):
+        if set(tree) == {"__tensor__"}:
+            return torch.from_numpy(tree["__tensor__"])
+        return {k: to_torch(v) for k, v in tree.items()}
+    return tree
+
+
+def worker_snapshot(engine, sampler) -> dict:
+    return to_cpu({"engine": engine.state_dict(), "sampler": sampler.state_dict(), "rng": rng_snapshot()})
+
+
+def worker_restore(snap: dict, engine, sampler) -> None:
+    engine.load_state_dict(snap["engine"])
+    sampler.load_state_dict(snap["sampler"])
+    rng_restore(snap["rng"])

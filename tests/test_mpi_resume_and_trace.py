@@ -1,0 +1,344 @@
+"""Checkpoints, resume and traces of real MPI runs."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import mpiexec_command
+from mpi_helpers import QTRAIN, mpi_train, summary
+
+pytestmark = pytest.mark.mpi
+
+ALGORITHMS = ["sgd", "adam", "ecq-sgd", "qadam", "efficient-adam", "qcmd-adagrad", "qrda-adagrad"]
+N = 8
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_resume_equals_uninterrupted(tmp_path, name):
+    cfg = f"configs/{name}.yaml"
+    full = mpi_train(3, cfg, tmp_path / "full", f"train.steps={2 * N}", "train.eval_every=5")
+    assert full.returncode == 0, full.stderr
+    first = mpi_train(3, cfg, tmp_path / "split", f"train.steps={N}", "train.eval_every=5")
+    assert first.returncode == 0, first.stderr
+    args = [
+        *mpiexec_command(),
+        "-n",
+        "3",
+        *QTRAIN,
+        "train",
+        cfg,
+        "--out",
+        str(tmp_path / "split"),
+        "--set",
+        f"train.steps={2 * N}",
+        "--set",
+        "train.eval_every=5",
+        "--resume",
+        "auto",
+    ]
+    second = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stderr
+    assert (
+        f"resuming from {tmp_path / 'split' / 'checkpoints' / 'step-0000008.h5'} at step {N}" in second.stdout
+    )
+    a, b = summary(tmp_path / "full"), summary(tmp_path / "split")
+    assert a["params_sha256"] == b["params_sha256"]
+    assert (a["bytes_up"], a["bytes_down"], a["steps"]) == (b["bytes_up"], b["bytes_down"], b["steps"])
+    # the resumed trace continues the first one: one row per step per rank, no gaps or repeats
+    with h5py.File(tmp_path / "split" / "trace.h5", "r") as f:
+        steps = f["steps"][()]
+    assert sorted(steps["step"][steps["rank"] == 1].tolist()) == list(range(1, 2 * N + 1))
+
+
+def _run_until_checkpoint_then_kill(out, total, every, seed):
+    cmd = [
+        *mpiexec_command(),
+        "-n",
+        "3",
+        *QTRAIN,
+        "train",
+        "configs/efficient-adam.yaml",
+        "--out",
+        str(out),
+        "--set",
+        f"train.steps={total}",
+        "--set",
+        f"checkpoint.every={every}",
+        "--set",
+        "trace.flush_every=3",
+        "--set",
+        "train.log_every=1",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    kill_at = random.Random(seed).randint(every + 2, total - 5)
+    pids = []
+    for line in proc.stdout:
+        if "ranks: " in line:
+            pids = [int(p) for p in __import__("re").findall(r"pid (\d+)", line)]
+        if line.startswith(f"step {kill_at}/"):
+            break
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)  # the whole job dies at once: no chance to write anything
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    return kill_at
+
+
+def test_sigkill_of_the_whole_job_then_resume_equals_uninterrupted(tmp_path):
+    total, every = 400, 25
+    ref = mpi_train(
+        3,
+        "configs/efficient-adam.yaml",
+        tmp_path / "ref",
+        f"train.steps={total}",
+        f"checkpoint.every={every}",
+    )
+    assert ref.returncode == 0, ref.stderr
+    kill_at = _run_until_checkpoint_then_kill(tmp_path / "run", total, every, seed=2026)
+    assert not (tmp_path / "run" / "summary.json").exists()
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*.h5"))
+    assert ckpts, f"killed at step {kill_at} before any checkpoint"
+    # the killed job's trace is readable up to its last flush
+    p = subprocess.run(
+        [*QTRAIN, "analyze", str(tmp_path / "run" / "trace.h5"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["last_step"] >= every and rep["last_step"] <= kill_at
+    if shutil.which("h5dump") or os.environ.get("CI"):
+        copy = tmp_path / "killed-trace.h5"
+        shutil.copy(tmp_path / "run" / "trace.h5", copy)
+        subprocess.run(["h5clear", "-s", str(copy)], check=True, capture_output=True)
+        d = subprocess.run(["h5dump", "-d", "/steps", "-c", "3", str(copy)], capture_output=True, text=True)
+        assert d.returncode == 0 and 'DATASET "/steps"' in d.stdout, d.stderr
+    args = [
+        *mpiexec_command(),
+        "-n",
+        "3",
+        *QTRAIN,
+        "train",
+        "configs/efficient-adam.yaml",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        f"train.steps={total}",
+        "--set",
+        f"checkpoint.every={every}",
+        "--resume",
+        "auto",
+    ]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert summary(tmp_path / "run")["params_sha256"] == summary(tmp_path / "ref")["params_sha256"]
+
+
+def test_damaged_checkpoint_is_skipped_by_resume_auto(tmp_path):
+    out = tmp_path / "run"
+    p = mpi_train(3, "configs/default.yaml", out, "train.steps=20", "checkpoint.every=10")
+    assert p.returncode == 0, p.stderr
+    newest = out / "checkpoints" / "step-0000020.h5"
+    with h5py.File(newest, "r") as f:
+        start = f["params"].id.get_chunk_info(0).byte_offset
+    with open(newest, "r+b") as fh:
+        fh.seek(start + 7)
+        b = fh.read(1)
+        fh.seek(start + 7)
+        fh.write(bytes([b[0] ^ 0x10]))
+    direct = subprocess.run([*QTRAIN, "checkpoint", "inspect", str(newest)], capture_output=True, text=True)
+    assert direct.returncode == 2 and "fails its checksum" in direct.stderr
+    args = [
+        *mpiexec_command(),
+        "-n",
+        "3",
+        *QTRAIN,
+        "train",
+        "configs/default.yaml",
+        "--out",
+        str(out),
+        "--set",
+        "train.steps=30",
+        "--resume",
+        "auto",
+    ]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert "skipping damaged checkpoint" in res.stdout and "step-0000020.h5" in res.stdout
+    assert "at step 10" in res.stdout
+
+
+def test_resume_refuses_another_worker_count_unless_reset(tmp_path):
+    out = tmp_path / "run"
+    assert mpi_train(3, "configs/qadam.yaml", out, "train.steps=10").returncode == 0
+    args = [
+        *mpiexec_command(),
+        "-n",
+        "4",
+        *QTRAIN,
+        "train",
+        "configs/qadam.yaml",
+        "--out",
+        str(out),
+        "--set",
+        "train.steps=20",
+        "--resume",
+        "auto",
+    ]
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert refused.returncode == 2
+    assert (
+        "written by 2 workers, this run has 3" in refused.stderr and "--reset-worker-state" in refused.stderr
+    )
+    ok = subprocess.run([*args, "--reset-worker-state"], capture_output=True, text=True, timeout=180)
+    assert ok.returncode == 0, ok.stderr
+    assert "fresh worker state" in ok.stdout
+    assert "--reset-worker-state" in (out / "logs" / "rank-3.log").read_text()
+    assert summary(out)["steps"] == 20 and summary(out)["workers"] == 3
+
+
+def test_resume_refuses_a_different_algorithm_setting(tmp_path):
+    out = tmp_path / "run"
+    assert mpi_train(3, "configs/qadam.yaml", out, "train.steps=10").returncode == 0
+    args = [
+        *mpiexec_command(),
+        "-n",
+        "3",
+        *QTRAIN,
+        "train",
+        "configs/qadam.yaml",
+        "--out",
+        str(out),
+        "--set",
+        "train.steps=20",
+        "--set",
+        "algorithm.lr=0.5",
+        "--resume",
+        "auto",
+    ]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 2 and "differs from the checkpoint's in algorithm.lr" in p.stderr
+
+
+def test_trace_schema_h5dump_pandas_analyze_plot_and_export(tmp_path):
+    out = tmp_path / "run"
+    p = mpi_train(4, "configs/qadam.yaml", out, "train.steps=30", "train.eval_every=10")
+    assert p.returncode == 0, p.stderr
+    with h5py.File(out / "trace.h5", "r") as f:
+        steps = f["steps"][()]
+        units = json.loads(f["steps"].attrs["units"])
+        assert f.attrs["algorithm"] == "qadam" and f.attrs["world_size"] == 4
+        assert len(f["evals"]) == 3
+    assert len(steps) == 30 * 4 and set(units) == set(steps.dtype.names)
+    server = steps[steps["role"] == 0]
+    workers = steps[steps["role"] == 1]
+    assert (
+        server["bytes_recv"]
+        == np.array([workers[workers["step"] == s]["bytes_sent"].sum() for s in server["step"]])
+    ).all()
+    assert (workers["comm_s"] > 0).all() and (workers["compute_s"] > 0).all()
+    s = summary(out)
+    assert int(server["bytes_recv"].sum()) == s["bytes_up"]
+    import pandas as pd
+
+    df = pd.DataFrame.from_records(steps)
+    assert list(df.columns) == list(steps.dtype.names) and len(df) == 120
+    if shutil.which("h5dump") or os.environ.get("CI"):
+        for path in (out / "trace.h5", out / "checkpoints" / "step-0000030.h5"):
+            d = subprocess.run(["h5dump", "-H", str(path)], capture_output=True, text=True)
+            assert d.returncode == 0, d.stderr
+        d = subprocess.run(
+            ["h5dump", "-d", "/params", "-c", "4", str(out / "checkpoints" / "step-0000030.h5")],
+            capture_output=True,
+            text=True,
+        )
+        assert "H5T_IEEE_F32LE" in d.stdout
+    png = tmp_path / "report.png"
+    a = subprocess.run(
+        [
+            *QTRAIN,
+            "analyze",
+            str(out / "trace.h5"),
+            "--plot",
+            str(png),
+            "--csv",
+            str(tmp_path / "s.csv"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert a.returncode == 0, a.stderr
+    rep = json.loads(a.stdout)
+    assert rep["steps_traced"] == 30 and rep["compression_up"] > 14 and 0 < rep["communication_share"] < 1
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20000
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 31
+    from qtrain.analysis.plots import PANEL_TITLES, plot_trace
+    from qtrain.analysis.trace_report import report
+    from qtrain.io.trace import read_trace
+
+    st, ev, attrs = read_trace(out / "trace.h5")
+    drawn = plot_trace(st, ev, attrs, report(st, ev, attrs), str(tmp_path / "again.png"))
+    assert [t.split(" (")[0] for t in drawn] == list(PANEL_TITLES)
+    exported = tmp_path / "model.pt"
+    e = subprocess.run(
+        [*QTRAIN, "checkpoint", "export", str(out / "checkpoints" / "step-0000030.h5"), str(exported)],
+        capture_output=True,
+        text=True,
+    )
+    assert e.returncode == 0, e.stderr
+    state = torch.load(exported, weights_only=True)
+    from qtrain.models import build_model
+
+    model = build_model("mlp", (1, 8, 8), 10, hidden=[64])
+    model.load_state_dict(state)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    from qtrain.io.run_dir import params_sha256
+
+    assert params_sha256(flat) == s["params_sha256"]
+    i = subprocess.run(
+        [*QTRAIN, "checkpoint", "inspect", str(out / "checkpoints" / "step-0000030.h5")],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        i.returncode == 0
+        and "verified: all datasets pass" in i.stdout
+        and "/workers/3/engine/error" in i.stdout
+    )
+
+
+def test_compare_runs(tmp_path):
+    for name in ("efficient-adam", "adam"):
+        assert mpi_train(3, f"configs/{name}.yaml", tmp_path / name, "train.steps=20").returncode == 0
+    png = tmp_path / "cmp.png"
+    p = subprocess.run(
+        [
+            *QTRAIN,
+            "compare",
+            str(tmp_path / "efficient-adam"),
+            str(tmp_path / "adam"),
+            "--plot",
+            str(png),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert [r["algorithm"] for r in rows] == ["efficient-adam", "adam"]
+    assert rows[0]["compression_up"] > 28 and rows[1]["compression_up"] < 1.01
+    assert png.read_bytes()[:4] == b"\x89PNG"
