@@ -126,3 +126,19 @@ def test_sparse_l1_models_really_are_sparse(name, l1, lr):
     )
     assert s["compression_down"] > 1.4, "the sparse model downlink must be smaller than dense fp32"
     assert s["final_test_accuracy"] > 0.85
+
+
+def test_simulator_writes_the_same_trace_and_checkpoints_as_a_real_run(tmp_path):
+    import h5py
+
+    from qtrain.io.checkpoint import read_checkpoint
+
+    s = run("configs/default.yaml", ["train.steps=25", "checkpoint.every=10", "train.eval_every=10"], 3, tmp_path)
+    with h5py.File(tmp_path / "trace.h5", "r") as f:
+        steps = f["steps"][()]
+        assert len(f["evals"]) == 3 and f.attrs["workers"] == 3
+    assert len(steps) == 25 * 4 and int(steps[steps["role"] == 0]["bytes_recv"].sum()) == s["bytes_up"]
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-0000010.h5", "step-0000020.h5", "step-0000025.h5"]
+    tree, meta = read_checkpoint(tmp_path / "checkpoints" / "step-0000025.h5")
+    assert meta["params_sha256"] == s["params_sha256"] and sorted(tree["workers"]) == ["1", "2", "3"]

@@ -7,9 +7,11 @@ what the same messages would have cost with the ``none`` codec (40-byte header +
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
+import qtrain
 from qtrain.codecs import get_codec
 
 
@@ -82,3 +84,24 @@ class RunStats:
             out["optimum_train_loss"] = ds.optimum_train_loss
         out.update(extra)
         return out
+
+
+def trace_attrs(setup, numel: int, world: int) -> dict:
+    up, down = setup.uplink.codec, setup.downlink.codec
+    return {
+        "algorithm": setup.algorithm.name,
+        "uplink_codec": json.dumps(
+            {"codec": up.name, **up.params(), "error_feedback": setup.uplink.error_feedback}
+        ),
+        "downlink_codec": json.dumps(
+            {"codec": down.name, **down.params(), "error_feedback": setup.downlink.error_feedback}
+        ),
+        "uplink_bits_per_element": 8 * up.wire_bytes(numel) / numel,
+        "downlink_bits_per_element": 8 * down.wire_bytes(numel) / numel,
+        "fp32_message_bytes": get_codec("none").wire_bytes(numel),
+        "numel": numel,
+        "world_size": world,
+        "workers": world - 1,
+        "steps_planned": setup.steps,
+        "qtrain_version": qtrain.__version__,
+    }

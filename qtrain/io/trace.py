@@ -128,8 +128,41 @@ class TraceWriter:
         self.file.close()
 
 
-def empty_rows(n: int) -> np.ndarray:
-    rows = np.zeros(n, dtype=TRACE_DTYPE)
+def server_row(
+    step: int,
+    sizes,
+    down_bytes: int,
+    workers: int,
+    times: dict,
+    loss: float,
+    up_errors,
+    up_ef,
+    down_stats: dict,
+) -> np.ndarray:
+    """The server's row of one step. ``times`` has wait_s, decode_s, encode_s, comm_s, compute_s."""
+    row = np.zeros(1, dtype=TRACE_DTYPE)
+    row["step"], row["rank"], row["role"] = step, 0, 0
+    row["bytes_sent"], row["bytes_recv"] = down_bytes * workers, int(np.sum(sizes))
+    for key, value in times.items():
+        row[key] = value
+    row["loss"] = loss
+    row["up_rel_error"], row["up_ef_norm"] = float(np.mean(up_errors)), float(np.mean(up_ef))
+    row["down_rel_error"] = down_stats.get("down_rel_error", 0.0)
+    row["down_ef_norm"] = down_stats.get("down_ef_norm", 0.0)
+    return row
+
+
+def worker_rows(
+    step: int, sizes, down_bytes: int, compute_s, encode_s, losses, up_errors, up_ef, down_stats: dict
+) -> np.ndarray:
+    """One row per worker (ranks 1..N); comm_s and decode_s are filled in when they are known."""
+    rows = np.zeros(len(sizes), dtype=TRACE_DTYPE)
+    rows["step"], rows["rank"], rows["role"] = step, np.arange(1, len(sizes) + 1), 1
+    rows["bytes_sent"], rows["bytes_recv"] = sizes, down_bytes
+    rows["compute_s"], rows["encode_s"], rows["loss"] = compute_s, encode_s, losses
+    rows["up_rel_error"], rows["up_ef_norm"] = up_errors, up_ef
+    rows["down_rel_error"] = down_stats.get("down_rel_error", 0.0)
+    rows["down_ef_norm"] = down_stats.get("down_ef_norm", 0.0)
     return rows
 
 

@@ -267,8 +267,8 @@ class _StartupRefused(Exception):
 def _distribute_checkpoint(comm, rank, size, spec, out_dir, config_text, reset_worker_state, echo):
     """Rank 0 loads and verifies the checkpoint; workers get the replica parameters and their own
     state (numpy over MPI). Returns (tree for this rank, this worker's snapshot or None, path)."""
+    from qtrain.engine.snapshots import to_numpy, to_torch
     from qtrain.runtime.resume import load_for_resume
-    from qtrain.runtime.state import to_numpy, to_torch
 
     loaded = error = None
     if rank == 0:

@@ -9,41 +9,16 @@ import time
 
 import numpy as np
 
-import qtrain
 from qtrain.engine import ServerEngine
-from qtrain.engine.accounting import RunStats
+from qtrain.engine.accounting import RunStats, trace_attrs
 from qtrain.engine.setup import build_flat_model
+from qtrain.engine.snapshots import checkpoint_contents, is_checkpoint_step, rng_restore, to_torch
 from qtrain.io.checkpoint import checkpoint_name, prune, write_checkpoint
 from qtrain.io.run_dir import params_sha256
-from qtrain.io.trace import TraceWriter, empty_rows
+from qtrain.io.trace import TraceWriter, server_row, worker_rows
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.progress import ProgressReporter
 from qtrain.runtime.records import FLAG_STOP
-from qtrain.runtime.state import rng_restore, rng_snapshot, to_cpu, to_torch
-from qtrain.runtime.worker_role import is_checkpoint_step
-
-
-def trace_attrs(setup, numel: int, world: int) -> dict:
-    from qtrain.codecs import get_codec
-
-    up, down = setup.uplink.codec, setup.downlink.codec
-    return {
-        "algorithm": setup.algorithm.name,
-        "uplink_codec": json.dumps(
-            {"codec": up.name, **up.params(), "error_feedback": setup.uplink.error_feedback}
-        ),
-        "downlink_codec": json.dumps(
-            {"codec": down.name, **down.params(), "error_feedback": setup.downlink.error_feedback}
-        ),
-        "uplink_bits_per_element": 8 * up.wire_bytes(numel) / numel,
-        "downlink_bits_per_element": 8 * down.wire_bytes(numel) / numel,
-        "fp32_message_bytes": get_codec("none").wire_bytes(numel),
-        "numel": numel,
-        "world_size": world,
-        "workers": world - 1,
-        "steps_planned": setup.steps,
-        "qtrain_version": qtrain.__version__,
-    }
 
 
 class Checkpointer:
@@ -53,41 +28,22 @@ class Checkpointer:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def write(self, step: int, worker_snaps: list, replica_params) -> None:
-        ctx, cfg = self.ctx, self.ctx.setup.cfg
-        s = self.stats
-        tree = {
-            "step": step,
-            "params": self.model.params.detach().cpu().clone(),
-            "replica_params": replica_params,
-            "config": ctx.config_text,
-            "layout": json.dumps(self.model.layout),
-            "server": to_cpu({**self.server.state_dict(), "rng": rng_snapshot()}),
-            "workers": {str(r): snap for r, snap in enumerate(worker_snaps, start=1)},
-            "stats": {
-                "bytes_up": s.bytes_up,
-                "bytes_down": s.bytes_down,
-                "messages_up": s.messages_up,
-                "messages_down": s.messages_down,
-                "last_batch_loss": float(s.last_batch_loss),
-                "evals": json.dumps(s.evals),
-            },
-        }
-        import torch
-
-        meta = {
-            "params_sha256": params_sha256(self.model.params),
-            "step": step,
-            "workers": ctx.setup.workers,
-            "world_size": ctx.setup.workers + 1,
-            "algorithm": ctx.setup.algorithm.name,
-            "roles": "rank 0 server, ranks 1.. workers",
-            "qtrain_version": qtrain.__version__,
-            "torch_version": torch.__version__,
-            "mpi_library": ctx.mpi_library,
-            "hosts": json.dumps(ctx.hosts),
-        }
+        ctx = self.ctx
+        tree, meta = checkpoint_contents(
+            step,
+            self.model.params,
+            replica_params,
+            self.model.layout,
+            ctx.config_text,
+            self.server,
+            worker_snaps,
+            self.stats,
+            ctx.setup,
+            ctx.mpi_library,
+            ctx.hosts,
+        )
         write_checkpoint(self.dir / checkpoint_name(step), tree, meta)
-        prune(self.dir, cfg.checkpoint.keep)
+        prune(self.dir, ctx.setup.cfg.checkpoint.keep)
         ctx.log.info("checkpoint step %d written", step)
 
 
@@ -180,36 +136,37 @@ def run_server(ctx) -> dict:
                 if pending is not None:
                     pending["comm_s"], pending["decode_s"] = records["prev_comm_s"], records["prev_decode_s"]
                     trace.add_rows(pending)
-                rows = empty_rows(workers + 1)
-                server_row = rows[0]
-                server_row["step"], server_row["rank"], server_row["role"] = step, 0, 0
-                server_row["bytes_sent"], server_row["bytes_recv"] = downlink.numel() * workers, sum(sizes)
-                server_row["wait_s"], server_row["decode_s"] = t1 - t0, t2 - t1
-                server_row["encode_s"], server_row["comm_s"], server_row["compute_s"] = (
-                    t3 - t2,
-                    t4 - t3,
-                    eval_s,
+                times = {
+                    "wait_s": t1 - t0,
+                    "decode_s": t2 - t1,
+                    "encode_s": t3 - t2,
+                    "comm_s": t4 - t3,
+                    "compute_s": eval_s,
+                }
+                trace.add_rows(
+                    server_row(
+                        step,
+                        sizes,
+                        downlink.numel(),
+                        workers,
+                        times,
+                        stats.last_batch_loss,
+                        records["rel_error"],
+                        records["ef_norm"],
+                        server.last_stats,
+                    )
                 )
-                server_row["loss"] = stats.last_batch_loss
-                server_row["up_rel_error"], server_row["up_ef_norm"] = (
-                    records["rel_error"].mean(),
-                    records["ef_norm"].mean(),
-                )
-                server_row["down_rel_error"] = server.last_stats.get("down_rel_error", 0.0)
-                server_row["down_ef_norm"] = server.last_stats.get("down_ef_norm", 0.0)
-                w = rows[1:]
-                w["step"], w["rank"], w["role"] = step, np.arange(1, workers + 1), 1
-                w["bytes_sent"], w["bytes_recv"] = sizes, downlink.numel()
-                w["compute_s"], w["encode_s"], w["loss"] = (
+                pending = worker_rows(
+                    step,
+                    sizes,
+                    downlink.numel(),
                     records["compute_s"],
                     records["encode_s"],
                     records["loss"],
+                    records["rel_error"],
+                    records["ef_norm"],
+                    server.last_stats,
                 )
-                w["up_rel_error"], w["up_ef_norm"] = records["rel_error"], records["ef_norm"]
-                w["down_rel_error"] = server_row["down_rel_error"]
-                w["down_ef_norm"] = server_row["down_ef_norm"]
-                trace.add_rows(rows[:1])
-                pending = rows[1:].copy()
             stopping = stop_reason is not None
             if setup.algorithm.downlink_mode == "update":
                 replica = None  # equal to the master, taken from it when a checkpoint is written

@@ -9,14 +9,9 @@ import numpy as np
 
 from qtrain.engine import WorkerEngine
 from qtrain.engine.setup import build_flat_model, build_sampler
+from qtrain.engine.snapshots import is_checkpoint_step, to_numpy, worker_restore, worker_snapshot
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.records import FLAG_SERVER_FAILED, FLAG_STOP, UPLINK_RECORD
-from qtrain.runtime.state import to_numpy, worker_restore, worker_snapshot
-
-
-def is_checkpoint_step(cfg, step: int, steps: int, stopping: bool) -> bool:
-    every = cfg.checkpoint.every
-    return stopping or step == steps or (every > 0 and step % every == 0)
 
 
 def run_worker(ctx) -> None:

@@ -1,9 +1,15 @@
-"""Snapshots of a rank's complete state for checkpoints, and restoring them (bit-exact resume)."""
+"""Snapshots of a rank's complete state for checkpoints, restoring them (bit-exact resume), and
+the checkpoint file's contents; shared by the MPI server role and the simulator."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
+
+import qtrain
+from qtrain.io.run_dir import params_sha256
 
 
 def rng_snapshot() -> dict:
@@ -64,3 +70,55 @@ def worker_restore(snap: dict, engine, sampler) -> None:
     engine.load_state_dict(snap["engine"])
     sampler.load_state_dict(snap["sampler"])
     rng_restore(snap["rng"])
+
+
+def is_checkpoint_step(cfg, step: int, steps: int, stopping: bool) -> bool:
+    """Every ``checkpoint.every`` steps, at the last step, and at an agreed stop."""
+    every = cfg.checkpoint.every
+    return stopping or step == steps or (every > 0 and step % every == 0)
+
+
+def checkpoint_contents(
+    step,
+    master,
+    replica,
+    layout,
+    config_text,
+    server,
+    worker_snaps,
+    stats,
+    setup,
+    mpi_library: str,
+    hosts: list,
+) -> tuple[dict, dict]:
+    """(tree, root attributes) of a checkpoint; see docs/hdf5-schema.md."""
+    tree = {
+        "step": step,
+        "params": master.detach().cpu().clone(),
+        "replica_params": replica.detach().cpu().clone(),
+        "layout": json.dumps(layout),
+        "config": config_text,
+        "server": to_cpu({**server.state_dict(), "rng": rng_snapshot()}),
+        "workers": {str(r): snap for r, snap in enumerate(worker_snaps, start=1)},
+        "stats": {
+            "bytes_up": stats.bytes_up,
+            "bytes_down": stats.bytes_down,
+            "messages_up": stats.messages_up,
+            "messages_down": stats.messages_down,
+            "last_batch_loss": float(stats.last_batch_loss),
+            "evals": json.dumps(stats.evals),
+        },
+    }
+    meta = {
+        "params_sha256": params_sha256(master),
+        "step": step,
+        "workers": setup.workers,
+        "world_size": setup.workers + 1,
+        "algorithm": setup.algorithm.name,
+        "roles": "rank 0 server, ranks 1.. workers",
+        "qtrain_version": qtrain.__version__,
+        "torch_version": torch.__version__,
+        "mpi_library": mpi_library,
+        "hosts": json.dumps(hosts),
+    }
+    return tree, meta
