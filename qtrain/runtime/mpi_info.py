@@ -36,7 +36,8 @@ def _mpi():
 
 def library_version() -> str:
     """First line of ``MPI_Get_library_version``, e.g. ``MPICH Version: 5.0.2``."""
-    return " ".join(_mpi().Get_library_version().splitlines()[0].split())
+    text = _mpi().Get_library_version().replace("\x00", "")  # Open MPI's string carries a NUL
+    return " ".join(text.splitlines()[0].split())
 
 
 def _loaded_mpi_libraries() -> list[str]:
