@@ -175,7 +175,9 @@ def test_sigterm_on_one_worker_stops_all_ranks_at_a_step_boundary(tmp_path):
     assert s["stopped_early"] and s["stop_reason"] == "stop requested by rank(s) 1"
     assert 3 <= s["steps"] < 1000000
     assert "SIGTERM on rank 1" in (tmp_path / "logs" / "rank-1.log").read_text()
-    assert (tmp_path / "checkpoints" / f"step-{s['steps']:07d}.h5").exists(), "the agreed stop writes a checkpoint"
+    assert (tmp_path / "checkpoints" / f"step-{s['steps']:07d}.h5").exists(), (
+        "the agreed stop writes a checkpoint"
+    )
 
 
 def test_one_rank_is_refused_with_a_suggestion(tmp_path):

@@ -133,7 +133,9 @@ def test_simulator_writes_the_same_trace_and_checkpoints_as_a_real_run(tmp_path)
 
     from qtrain.io.checkpoint import read_checkpoint
 
-    s = run("configs/default.yaml", ["train.steps=25", "checkpoint.every=10", "train.eval_every=10"], 3, tmp_path)
+    s = run(
+        "configs/default.yaml", ["train.steps=25", "checkpoint.every=10", "train.eval_every=10"], 3, tmp_path
+    )
     with h5py.File(tmp_path / "trace.h5", "r") as f:
         steps = f["steps"][()]
         assert len(f["evals"]) == 3 and f.attrs["workers"] == 3

@@ -1,0 +1,85 @@
+"""``qtrain slurm render``: a ready sbatch script for a given job shape."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Slurm helpers.", no_args_is_help=True)
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "train.sbatch"
+TIME = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
+
+
+def render_script(
+    config: str,
+    nodes: int,
+    workers: int,
+    gpus_per_worker: int,
+    time: str,
+    partition: str | None,
+    home: Path,
+    template: str,
+) -> str:
+    """The template's body under #SBATCH lines for this shape; CONFIG becomes the default argument."""
+    tasks = workers + 1
+    per_node = -(-tasks // nodes)  # tasks are packed in rank order: rank 0 + workers
+    header = [
+        "#!/usr/bin/env bash",
+        f"# Rendered by `qtrain slurm render {config} --nodes {nodes} --workers {workers}`: 1 server + "
+        f"{workers} workers on {nodes} node(s). Submit with: sbatch THIS_FILE [--set key=value ...]",
+        "#SBATCH --job-name=qtrain",
+        f"#SBATCH --nodes={nodes}",
+        f"#SBATCH --ntasks={tasks}",
+        f"#SBATCH --ntasks-per-node={per_node}",
+        "#SBATCH --cpus-per-task=1",
+        f"#SBATCH --time={time}",
+        "#SBATCH --signal=B:USR1@120",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --output=slurm-%x-%j.out",
+    ]
+    if partition:
+        header.append(f"#SBATCH --partition={partition}")
+    if gpus_per_worker:
+        # workers on a node share its GPUs by node-local rank; the server needs none
+        header.append(f"#SBATCH --gres=gpu:{gpus_per_worker * min(workers, per_node)}")
+    body = [line for line in template.splitlines()[1:] if not line.startswith("#SBATCH")]
+    preset = [
+        f"export QTRAIN_HOME=${{QTRAIN_HOME:-{shlex.quote(str(home))}}}",
+        f'set -- {shlex.quote(config)} "$@"',
+    ]
+    return "\n".join(header + preset + body) + "\n"
+
+
+@app.command("render")
+def render(
+    config: str = typer.Argument(..., help="The config file the job trains."),
+    nodes: int = typer.Option(1, "--nodes", help="Nodes."),
+    workers: int = typer.Option(..., "--workers", help="Worker tasks (the job has workers + 1 tasks)."),
+    gpus_per_worker: int = typer.Option(0, "--gpus-per-worker", help="GPUs per worker (0: CPU workers)."),
+    time: str = typer.Option("01:00:00", "--time", help="Time limit, [D-]HH:MM:SS."),
+    partition: str = typer.Option(None, "--partition", help="Partition."),
+) -> None:
+    """Print an sbatch script for this shape (save it and submit it with sbatch)."""
+    from qtrain.cli.errors import fail
+
+    if workers < 1 or nodes < 1 or gpus_per_worker < 0:
+        fail("--workers and --nodes must be at least 1, --gpus-per-worker at least 0")
+    if nodes > workers + 1:
+        fail(f"{nodes} nodes for {workers + 1} tasks: some nodes would be empty")
+    if not TIME.match(time):
+        fail(f"--time {time!r} must look like HH:MM:SS or D-HH:MM:SS")
+    if not Path(config).is_file():
+        fail(f"config file {config!r} does not exist")
+    if not TEMPLATE.is_file():
+        fail(f"the batch template {TEMPLATE} is missing (qtrain must run from its source checkout)")
+    home = TEMPLATE.parents[1]
+    cfg = str(Path(config).resolve())
+    typer.echo(
+        render_script(cfg, nodes, workers, gpus_per_worker, time, partition, home, TEMPLATE.read_text()),
+        nl=False,
+    )

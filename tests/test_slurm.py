@@ -1,0 +1,179 @@
+"""qtrain on a real one-node Slurm cluster (slurm/local-cluster.sh): batch runs, preemption with
+requeue and resume, rendered scripts. Needs root and Debian's slurm-wlm + munge (CI has both)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mpi_helpers import mpi_train, summary
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0 or not shutil.which("slurmctld"):
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the Slurm tests: run as root with slurm-wlm installed (make sysdeps)")
+        pytest.skip("needs root and Debian's slurm-wlm + munge (make sysdeps)")
+    up = subprocess.run(
+        ["bash", str(REPO / "slurm" / "local-cluster.sh"), "up"], capture_output=True, text=True, timeout=300
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    return True
+
+
+def sbatch(*args, cwd=REPO):
+    p = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip().split(";")[0]
+
+
+def job_field(jid, field):
+    out = subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True).stdout
+    m = re.search(rf"\b{field}=(\S+)", out)
+    return m.group(1) if m else None
+
+
+def wait_state(jid, states, timeout=300, release_begin_time=False):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = job_field(jid, "JobState")
+        if state in states:
+            return state
+        if release_begin_time and state == "PENDING" and job_field(jid, "Reason") == "BeginTime":
+            # Slurm holds a requeued job for about two minutes; the scheduler would start it then
+            subprocess.run(["scontrol", "update", f"jobid={jid}", "StartTime=now"], capture_output=True)
+        time.sleep(1)
+    pytest.fail(f"job {jid} still {job_field(jid, 'JobState')} after {timeout} s")
+
+
+def test_sbatch_run_equals_mpiexec(cluster, tmp_path):
+    out = tmp_path / "slurm"
+    jid = sbatch(
+        "-n", "3", "slurm/train.sbatch", "configs/ecq-sgd.yaml", "--set", "train.steps=40", "--out", str(out)
+    )
+    assert wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}) == "COMPLETED", (
+        REPO / f"slurm-qtrain-{jid}.out"
+    ).read_text()
+    ref = mpi_train(3, "configs/ecq-sgd.yaml", tmp_path / "mpi", "train.steps=40")
+    assert ref.returncode == 0, ref.stderr
+    assert summary(out)["params_sha256"] == summary(tmp_path / "mpi")["params_sha256"]
+    assert summary(out)["world_size"] == 3
+    log = (REPO / f"slurm-qtrain-{jid}.out").read_text()
+    assert "SLURM_RESTART_COUNT=0" in log and "launcher srun-pmi2" in log
+
+
+def test_default_output_directory_is_per_job(cluster, tmp_path):
+    jid = sbatch("-n", "2", "slurm/train.sbatch", "configs/default.yaml", "--set", "train.steps=5")
+    assert wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED"}) == "COMPLETED"
+    out = REPO / "runs" / f"slurm-{jid}"
+    assert summary(out)["workers"] == 1
+    shutil.rmtree(out)
+
+
+def test_preemption_checkpoints_requeues_resumes_and_matches(cluster, tmp_path):
+    steps = 3000
+    out = tmp_path / "slurm"
+    jid = sbatch(
+        "-n",
+        "3",
+        "slurm/train.sbatch",
+        "configs/default.yaml",
+        "--set",
+        f"train.steps={steps}",
+        "--set",
+        "train.log_every=50",
+        "--out",
+        str(out),
+    )
+    wait_state(jid, {"RUNNING"}, timeout=60)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "trace.h5").exists():
+        time.sleep(0.5)
+    time.sleep(3)  # well into training
+    subprocess.run(["scancel", "--signal=USR1", "--batch", jid], check=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and job_field(jid, "Restarts") == "0":
+        time.sleep(0.5)
+    assert job_field(jid, "Restarts") == "1", "the job did not requeue itself"
+    assert (
+        wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=400, release_begin_time=True)
+        == "COMPLETED"
+    )
+    final = summary(out)
+    assert final["steps"] == steps and not final["stopped_early"] and final["resumed_from"]
+    restarts = (out / "slurm-restarts.log").read_text()
+    assert "SLURM_RESTART_COUNT=0" in restarts and "requeued after the warning signal" in restarts
+    assert "SLURM_RESTART_COUNT=1" in restarts
+    stopped_at = int(re.search(r"step-(\d+)\.h5", final["resumed_from"]).group(1))
+    assert 0 < stopped_at < steps
+    ref = mpi_train(3, "configs/default.yaml", tmp_path / "ref", f"train.steps={steps}")
+    assert ref.returncode == 0, ref.stderr
+    assert final["params_sha256"] == summary(tmp_path / "ref")["params_sha256"]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        ["--nodes", "1", "--workers", "2"],
+        ["--nodes", "1", "--workers", "5", "--time", "0-00:30:00", "--partition", "debug"],
+    ],
+)
+def test_rendered_scripts_pass_sbatch_test_only(cluster, tmp_path, shape):
+    r = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "qtrain"), "slurm", "render", "configs/default.yaml", *shape],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "job.sh"
+    script.write_text(r.stdout)
+    t = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, cwd=REPO)
+    assert t.returncode == 0 and "to start at" in t.stderr, t.stderr
+
+
+def test_render_gpu_shape_and_errors(tmp_path):
+    r = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "qtrain"),
+            "slurm",
+            "render",
+            "configs/default.yaml",
+            "--nodes",
+            "2",
+            "--workers",
+            "7",
+            "--gpus-per-worker",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert r.returncode == 0
+    assert "#SBATCH --ntasks=8" in r.stdout and "#SBATCH --ntasks-per-node=4" in r.stdout
+    assert "#SBATCH --gres=gpu:4" in r.stdout
+    bad = subprocess.run(
+        [
+            str(REPO / ".venv" / "bin" / "qtrain"),
+            "slurm",
+            "render",
+            "configs/default.yaml",
+            "--workers",
+            "2",
+            "--time",
+            "90 minutes",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert bad.returncode == 2 and "--time" in bad.stderr
