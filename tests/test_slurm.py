@@ -1,7 +1,6 @@
 """qtrain on a real one-node Slurm cluster (slurm/local-cluster.sh): batch runs, preemption with
 requeue and resume, rendered scripts. Needs root and Debian's slurm-wlm + munge (CI has both)."""
 
-import json
 import os
 import re
 import shutil
