@@ -6,6 +6,7 @@ import random
 import shutil
 import signal
 import subprocess
+import time
 
 import h5py
 import numpy as np
@@ -81,7 +82,9 @@ def _run_until_checkpoint_then_kill(out, total, every, seed):
     )
     kill_at = random.Random(seed).randint(every + 2, total - 5)
     pids = []
+    deadline = time.monotonic() + 120
     for line in proc.stdout:
+        assert time.monotonic() < deadline, "the job never reached the step to kill at"
         if "ranks: " in line:
             pids = [int(p) for p in __import__("re").findall(r"pid (\d+)", line)]
         if line.startswith(f"step {kill_at}/"):

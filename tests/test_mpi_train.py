@@ -130,8 +130,9 @@ def test_sigkill_of_a_worker_ends_the_job_in_bounded_time(tmp_path):
         if m:
             pid = int(m.group(1))
     assert pid, "".join(lines)
-    while not any(line.startswith("step ") for line in lines[-1:]):  # training is under way
+    while not lines[-1].startswith("step ") and time.monotonic() < deadline:  # training is under way
         lines.append(proc.stdout.readline())
+    assert lines[-1].startswith("step "), "".join(lines)[-2000:]
     os.kill(pid, signal.SIGKILL)
     start = time.monotonic()
     rest, _ = proc.communicate(timeout=60)
@@ -160,14 +161,17 @@ def test_sigterm_on_one_worker_stops_all_ranks_at_a_step_boundary(tmp_path):
         "train.log_every=1",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid = None
-    while pid is None:
+    pid, deadline = None, time.monotonic() + 90
+    while pid is None and time.monotonic() < deadline:
         line = proc.stdout.readline()
         assert line, proc.stderr.read()
         m = re.search(r"1: cpu on \S+ pid (\d+)", line)
         pid = int(m.group(1)) if m else None
-    while not proc.stdout.readline().startswith("step 3/"):
-        pass
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        if line.startswith("step 3/"):
+            break
     os.kill(pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

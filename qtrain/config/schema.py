@@ -78,6 +78,7 @@ class TrainConfig:
     epochs: float | None = None  # passes over each worker's shard
     eval_every: int = 50  # server evaluates on the test split every N steps (and at the end)
     log_every: int = 10
+    progress: str = "auto"  # rank 0: bar (rich progress bar) | lines (a line per log_every) | auto (see docs)
 
 
 @dataclass

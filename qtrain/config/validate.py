@@ -75,6 +75,8 @@ def _validate(cfg) -> None:
         raise ConfigError("algorithm.l1 applies to qcmd-adagrad and qrda-adagrad only")
     if r.device not in ("auto", "cpu", "cuda") and not r.device.startswith("cuda:"):
         raise ConfigError(f"runtime.device must be auto, cpu or cuda, got {r.device!r}")
+    if t.progress not in ("auto", "bar", "lines"):
+        raise ConfigError(f"train.progress must be auto, bar or lines, got {t.progress!r}")
     if r.cuda_aware not in ("auto", "on", "off"):
         raise ConfigError(f"runtime.cuda_aware must be auto, on or off, got {r.cuda_aware!r}")
     for key, h in enumerate(cfg.model.hidden):

@@ -1,5 +1,9 @@
 """Rank 0's live view: a rich progress bar on a terminal, one log line per ``log_every`` steps
-otherwise (batch jobs, pipes)."""
+otherwise (batch jobs, pipes).
+
+``train.progress=auto`` draws the bar when rank 0's stdout is a terminal, except under Open MPI,
+whose launcher gives every rank a pseudo-terminal even when its own output goes to a file or a
+pipe (the bar would end up there as escape sequences)."""
 
 from __future__ import annotations
 
@@ -7,10 +11,11 @@ import sys
 
 
 class ProgressReporter:
-    def __init__(self, steps: int, log_every: int, echo, force_lines: bool = False):
+    def __init__(self, steps: int, log_every: int, echo, mode: str = "auto", mpi_library: str = ""):
         self.steps, self.log_every, self.echo = steps, log_every, echo
         self.bar = None
-        if sys.stdout.isatty() and not force_lines:
+        use_bar = mode == "bar" or (mode == "auto" and sys.stdout.isatty() and "Open MPI" not in mpi_library)
+        if use_bar:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(

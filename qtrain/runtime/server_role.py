@@ -85,7 +85,9 @@ def run_server(ctx) -> dict:
             resume_step=start if ctx.resume is not None else None,
         )
     checkpointer = Checkpointer(ctx, server, model, stats)
-    progress = ProgressReporter(setup.steps, cfg.train.log_every, ctx.echo)
+    progress = ProgressReporter(
+        setup.steps, cfg.train.log_every, ctx.echo, cfg.train.progress, ctx.mpi_library
+    )
     totals = {"gather_s": 0.0, "aggregate_s": 0.0, "server_step_s": 0.0, "broadcast_s": 0.0}
     worker_totals = np.zeros(3)
     accuracy, stop_reason, step = None, None, start
