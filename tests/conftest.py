@@ -14,6 +14,20 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parent.parent
 
+# what every summary.json must hold (issue 3: simulator and MPI runs alike)
+SUMMARY_KEYS = (
+    "algorithm",
+    "workers",
+    "steps",
+    "final_train_loss",
+    "final_test_accuracy",
+    "bytes_up",
+    "bytes_down",
+    "bytes_fp32_equivalent",
+    "wall_seconds",
+    "params_sha256",
+)
+
 
 def mpiexec_command() -> list[str]:
     """The launcher the Makefile chose (QTRAIN_MPIEXEC), else the venv's mpiexec."""

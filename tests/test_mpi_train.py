@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import mpiexec_command
+from conftest import SUMMARY_KEYS, mpiexec_command
 from mpi_helpers import QTRAIN, mpi_train, simulate, summary
 
 pytestmark = pytest.mark.mpi
@@ -22,18 +22,7 @@ def test_every_algorithm_under_mpiexec_n3_matches_the_simulator(tmp_path, name):
     p = mpi_train(3, f"configs/{name}.yaml", tmp_path / "mpi", STEPS, "train.eval_every=10")
     assert p.returncode == 0, p.stdout + p.stderr
     got = summary(tmp_path / "mpi")
-    for key in (
-        "algorithm",
-        "workers",
-        "steps",
-        "final_train_loss",
-        "final_test_accuracy",
-        "bytes_up",
-        "bytes_down",
-        "bytes_fp32_equivalent",
-        "wall_seconds",
-        "params_sha256",
-    ):
+    for key in SUMMARY_KEYS:
         assert key in got
     assert got["algorithm"] == name and got["workers"] == 2 and got["steps"] == 20 and got["runner"] == "mpi"
     ref = simulate(f"configs/{name}.yaml", 2, tmp_path / "sim", STEPS, "train.eval_every=10")

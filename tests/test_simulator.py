@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import SUMMARY_KEYS
 
 from qtrain.config import load_config
 from qtrain.engine.simulator import simulate
@@ -65,18 +66,7 @@ def test_one_bit_sign_without_error_feedback_does_measurably_worse():
 
 def test_summary_fields_and_byte_accounting(tmp_path):
     s = run("configs/default.yaml", ["train.steps=10"], 2, tmp_path)
-    for key in (
-        "algorithm",
-        "workers",
-        "steps",
-        "final_train_loss",
-        "final_test_accuracy",
-        "bytes_up",
-        "bytes_down",
-        "bytes_fp32_equivalent",
-        "wall_seconds",
-        "params_sha256",
-    ):
+    for key in SUMMARY_KEYS:
         assert key in s
     from qtrain.codecs import get_codec
 

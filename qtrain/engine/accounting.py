@@ -35,6 +35,12 @@ class RunStats:
         self.bytes_down += size * self.workers
         self.messages_down += self.workers
 
+    def add_eval(self, step: int, ev: dict, trace=None) -> None:
+        """Record an evaluation ({"loss", "accuracy"?}) in the summary history and the trace."""
+        self.evals.append({"step": step, **{f"test_{k}": v for k, v in ev.items()}})
+        if trace is not None:
+            trace.add_eval(step, ev["loss"], ev.get("accuracy"))
+
     def fp32_bytes(self, messages: int) -> int:
         return messages * get_codec("none").wire_bytes(self.numel)
 

@@ -14,10 +14,11 @@ import torch
 from qtrain.algorithms.base import Algorithm
 from qtrain.codecs import Codec
 from qtrain.data.sampler import derive_seed
+from qtrain.engine.engine_state import EngineState, relative_error
 from qtrain.engine.links import Link
 
 
-class ServerEngine:
+class ServerEngine(EngineState):
     def __init__(
         self,
         algorithm: Algorithm,
@@ -61,33 +62,16 @@ class ServerEngine:
         if self.mode == "weights":
             self.master.copy_(s)
             packed = self.downlink_codec.encode(self.master, generator=self.generator)
-            d = self.downlink_codec.decode(packed)
-            norm = float(self.master.norm())
-            self.last_stats = {"down_rel_error": float((d - self.master).norm()) / norm if norm else 0.0}
+            self.last_stats = {
+                "down_rel_error": relative_error(self.master, self.downlink_codec.decode(packed))
+            }
             return packed
         v = s.add(self.error) if self.error is not None else s
         packed = self.downlink_codec.encode(v, generator=self.generator)
         d = self.downlink_codec.decode(packed)
-        norm = float(v.norm())
-        self.last_stats = {"down_rel_error": float((v - d).norm()) / norm if norm else 0.0}
+        self.last_stats = {"down_rel_error": relative_error(v, d)}
         if self.error is not None:
             torch.sub(v, d, out=self.error)
             self.last_stats["down_ef_norm"] = float(self.error.norm())
         self.master.sub_(d)
         return packed
-
-    def state_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "algorithm": {k: v.clone() for k, v in self.state.items()},
-            "error": None if self.error is None else self.error.clone(),
-            "generator": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.step = int(sd["step"])
-        for k, v in sd["algorithm"].items():
-            self.state[k].copy_(v)
-        if self.error is not None:
-            self.error.copy_(sd["error"])
-        self.generator.set_state(sd["generator"])

@@ -98,9 +98,7 @@ def simulate(cfg, workers: int, out: str | Path | None, log: Callable[[str], Non
         if step % cfg.train.eval_every == 0 or step == setup.steps:
             ev = server_model.evaluate(ds.x_test, ds.y_test, ds.task)
             eval_s = time.perf_counter() - t5
-            stats.evals.append({"step": step, **{f"test_{k}": v for k, v in ev.items()}})
-            if trace is not None:
-                trace.add_eval(step, ev["loss"], ev.get("accuracy"))
+            stats.add_eval(step, ev, trace)
             log(_format_eval(step, setup.steps, stats.last_batch_loss, ev, stats))
         elif step % cfg.train.log_every == 0:
             log(f"step {step}/{setup.steps} batch_loss {stats.last_batch_loss:.4f}")

@@ -16,10 +16,11 @@ import torch
 from qtrain.algorithms.base import Algorithm
 from qtrain.codecs import Codec
 from qtrain.data.sampler import derive_seed
+from qtrain.engine.engine_state import EngineState, relative_error
 from qtrain.engine.links import Link
 
 
-class WorkerEngine:
+class WorkerEngine(EngineState):
     def __init__(
         self,
         algorithm: Algorithm,
@@ -48,8 +49,7 @@ class WorkerEngine:
         v = p.add(self.error, alpha=self.alpha) if self.error is not None else p
         packed = self.uplink_codec.encode(v, generator=self.generator)
         u = self.uplink_codec.decode(packed)
-        v_norm = float(v.norm())
-        self.last_stats = {"up_rel_error": float((v - u).norm()) / v_norm if v_norm else 0.0}
+        self.last_stats = {"up_rel_error": relative_error(v, u)}
         if self.error is not None:
             self.error.mul_(self.beta).add_(p).sub_(u)
             self.last_stats["up_ef_norm"] = float(self.error.norm())
@@ -62,19 +62,3 @@ class WorkerEngine:
             params.sub_(d)
         else:
             params.copy_(d)
-
-    def state_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "algorithm": {k: v.clone() for k, v in self.state.items()},
-            "error": None if self.error is None else self.error.clone(),
-            "generator": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.step = int(sd["step"])
-        for k, v in sd["algorithm"].items():
-            self.state[k].copy_(v)
-        if self.error is not None:
-            self.error.copy_(sd["error"])
-        self.generator.set_state(sd["generator"])

@@ -129,10 +129,8 @@ def run_server(ctx) -> dict:
                 te = time.perf_counter()
                 ev = model.evaluate(ds.x_test, ds.y_test, ds.task)
                 eval_s = time.perf_counter() - te
-                stats.evals.append({"step": step, **{f"test_{k}": v for k, v in ev.items()}})
+                stats.add_eval(step, ev, trace)
                 accuracy = ev.get("accuracy")
-                if trace is not None:
-                    trace.add_eval(step, ev["loss"], accuracy)
                 log.info("step %d eval %s", step, ev)
             if trace is not None:
                 if pending is not None:
