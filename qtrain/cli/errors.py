@@ -7,10 +7,6 @@ import sys
 import typer
 
 
-class UsageError(Exception):
-    """A user mistake (bad config, missing file, wrong option) with a one-line explanation."""
-
-
 def fail(message: str, code: int = 2) -> None:
     typer.echo(f"qtrain: error: {message}", err=True)
     sys.exit(code)

@@ -59,13 +59,6 @@ class FlatModel:
             result["accuracy"] = correct / max(n, 1)
         return result
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Plain per-layer tensors (for export to ``torch.save``/``load_state_dict``)."""
-        return {
-            name: self.params[o : o + int(torch.tensor(s).prod())].view(s).clone()
-            for name, o, s in self.layout
-        }
-
 
 def loss_fn(out: torch.Tensor, y: torch.Tensor, task: str, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy for classification; 0.5 * squared error summed over targets for regression."""

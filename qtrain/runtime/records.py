@@ -7,7 +7,8 @@ downlink-decode seconds (the record leaves before this step's downlink arrives),
 compression error, error-buffer norm). Rank 0 learns everything it logs from these, for free.
 
 Downlink record (16 bytes, broadcast ahead of the server's message): step, flags (bit 0: all ranks
-stop after this step; bit 1: the server failed), message length.
+stop after this step), message length. A failing server does not report through it: it aborts
+the job (MPI_Abort).
 """
 
 from __future__ import annotations
@@ -32,4 +33,3 @@ DOWNLINK_RECORD = np.dtype([("step", "<u4"), ("flags", "<u4"), ("length", "<u8")
 assert UPLINK_RECORD.itemsize == 72 and DOWNLINK_RECORD.itemsize == 16
 
 FLAG_STOP = 1
-FLAG_SERVER_FAILED = 2

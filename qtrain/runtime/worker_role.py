@@ -11,7 +11,7 @@ from qtrain.engine import WorkerEngine
 from qtrain.engine.setup import build_flat_model, build_sampler
 from qtrain.engine.snapshots import is_checkpoint_step, to_numpy, worker_restore, worker_snapshot
 from qtrain.runtime.faults import maybe_fail
-from qtrain.runtime.records import FLAG_SERVER_FAILED, FLAG_STOP, UPLINK_RECORD
+from qtrain.runtime.records import FLAG_STOP, UPLINK_RECORD
 
 
 def run_worker(ctx) -> None:
@@ -59,8 +59,6 @@ def run_worker(ctx) -> None:
         transport.send_uplink(record, packed)
         head, msg = transport.recv_downlink()
         t3 = time.perf_counter()
-        if int(head["flags"]) & FLAG_SERVER_FAILED:
-            raise RuntimeError("the server reported a failure")
         engine.apply_downlink(msg, model.params)
         t4 = time.perf_counter()
         comm_s, decode_s = t3 - t2, t4 - t3
