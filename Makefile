@@ -72,7 +72,7 @@ test: install sysdeps
 	$(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not mpi and not slurm"
+	$(PY) -m pytest -q -m "not mpi and not slurm"
 
 bench: install
 	$(BIN)/qtrain bench codec
