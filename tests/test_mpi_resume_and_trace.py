@@ -12,8 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import mpiexec_command
-from mpi_helpers import QTRAIN, mpi_train, summary
+from mpi_helpers import QTRAIN, mpi_train, summary, train_command
 
 pytestmark = pytest.mark.mpi
 
@@ -28,23 +27,9 @@ def test_resume_equals_uninterrupted(tmp_path, name):
     assert full.returncode == 0, full.stderr
     first = mpi_train(3, cfg, tmp_path / "split", f"train.steps={N}", "train.eval_every=5")
     assert first.returncode == 0, first.stderr
-    args = [
-        *mpiexec_command(),
-        "-n",
-        "3",
-        *QTRAIN,
-        "train",
-        cfg,
-        "--out",
-        str(tmp_path / "split"),
-        "--set",
-        f"train.steps={2 * N}",
-        "--set",
-        "train.eval_every=5",
-        "--resume",
-        "auto",
-    ]
-    second = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    second = mpi_train(
+        3, cfg, tmp_path / "split", f"train.steps={2 * N}", "train.eval_every=5", extra=("--resume", "auto")
+    )
     assert second.returncode == 0, second.stderr
     assert (
         f"resuming from {tmp_path / 'split' / 'checkpoints' / 'step-0000008.h5'} at step {N}" in second.stdout
@@ -59,24 +44,15 @@ def test_resume_equals_uninterrupted(tmp_path, name):
 
 
 def _run_until_checkpoint_then_kill(out, total, every, seed):
-    cmd = [
-        *mpiexec_command(),
-        "-n",
-        "3",
-        *QTRAIN,
-        "train",
+    cmd = train_command(
+        3,
         "configs/efficient-adam.yaml",
-        "--out",
-        str(out),
-        "--set",
+        out,
         f"train.steps={total}",
-        "--set",
         f"checkpoint.every={every}",
-        "--set",
         "trace.flush_every=3",
-        "--set",
         "train.log_every=1",
-    ]
+    )
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -126,23 +102,14 @@ def test_sigkill_of_the_whole_job_then_resume_equals_uninterrupted(tmp_path):
         subprocess.run(["h5clear", "-s", str(copy)], check=True, capture_output=True)
         d = subprocess.run(["h5dump", "-d", "/steps", "-c", "3", str(copy)], capture_output=True, text=True)
         assert d.returncode == 0 and 'DATASET "/steps"' in d.stdout, d.stderr
-    args = [
-        *mpiexec_command(),
-        "-n",
-        "3",
-        *QTRAIN,
-        "train",
+    res = mpi_train(
+        3,
         "configs/efficient-adam.yaml",
-        "--out",
-        str(tmp_path / "run"),
-        "--set",
+        tmp_path / "run",
         f"train.steps={total}",
-        "--set",
         f"checkpoint.every={every}",
-        "--resume",
-        "auto",
-    ]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=180)
+        extra=("--resume", "auto"),
+    )
     assert res.returncode == 0, res.stderr
     assert summary(tmp_path / "run")["params_sha256"] == summary(tmp_path / "ref")["params_sha256"]
 
@@ -161,21 +128,7 @@ def test_damaged_checkpoint_is_skipped_by_resume_auto(tmp_path):
         fh.write(bytes([b[0] ^ 0x10]))
     direct = subprocess.run([*QTRAIN, "checkpoint", "inspect", str(newest)], capture_output=True, text=True)
     assert direct.returncode == 2 and "fails its checksum" in direct.stderr
-    args = [
-        *mpiexec_command(),
-        "-n",
-        "3",
-        *QTRAIN,
-        "train",
-        "configs/default.yaml",
-        "--out",
-        str(out),
-        "--set",
-        "train.steps=30",
-        "--resume",
-        "auto",
-    ]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    res = mpi_train(3, "configs/default.yaml", out, "train.steps=30", extra=("--resume", "auto"))
     assert res.returncode == 0, res.stderr
     assert "skipping damaged checkpoint" in res.stdout and "step-0000020.h5" in res.stdout
     assert "at step 10" in res.stdout
@@ -184,26 +137,14 @@ def test_damaged_checkpoint_is_skipped_by_resume_auto(tmp_path):
 def test_resume_refuses_another_worker_count_unless_reset(tmp_path):
     out = tmp_path / "run"
     assert mpi_train(3, "configs/qadam.yaml", out, "train.steps=10").returncode == 0
-    args = [
-        *mpiexec_command(),
-        "-n",
-        "4",
-        *QTRAIN,
-        "train",
-        "configs/qadam.yaml",
-        "--out",
-        str(out),
-        "--set",
-        "train.steps=20",
-        "--resume",
-        "auto",
-    ]
-    refused = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    refused = mpi_train(4, "configs/qadam.yaml", out, "train.steps=20", extra=("--resume", "auto"))
     assert refused.returncode == 2
     assert (
         "written by 2 workers, this run has 3" in refused.stderr and "--reset-worker-state" in refused.stderr
     )
-    ok = subprocess.run([*args, "--reset-worker-state"], capture_output=True, text=True, timeout=180)
+    ok = mpi_train(
+        4, "configs/qadam.yaml", out, "train.steps=20", extra=("--resume", "auto", "--reset-worker-state")
+    )
     assert ok.returncode == 0, ok.stderr
     assert "fresh worker state" in ok.stdout
     assert "--reset-worker-state" in (out / "logs" / "rank-3.log").read_text()
@@ -213,23 +154,9 @@ def test_resume_refuses_another_worker_count_unless_reset(tmp_path):
 def test_resume_refuses_a_different_algorithm_setting(tmp_path):
     out = tmp_path / "run"
     assert mpi_train(3, "configs/qadam.yaml", out, "train.steps=10").returncode == 0
-    args = [
-        *mpiexec_command(),
-        "-n",
-        "3",
-        *QTRAIN,
-        "train",
-        "configs/qadam.yaml",
-        "--out",
-        str(out),
-        "--set",
-        "train.steps=20",
-        "--set",
-        "algorithm.lr=0.5",
-        "--resume",
-        "auto",
-    ]
-    p = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    p = mpi_train(
+        3, "configs/qadam.yaml", out, "train.steps=20", "algorithm.lr=0.5", extra=("--resume", "auto")
+    )
     assert p.returncode == 2 and "differs from the checkpoint's in algorithm.lr" in p.stderr
 
 

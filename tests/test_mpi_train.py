@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import SUMMARY_KEYS, mpiexec_command
-from mpi_helpers import QTRAIN, mpi_train, simulate, summary
+from mpi_helpers import QTRAIN, mpi_train, simulate, summary, train_command
 
 pytestmark = pytest.mark.mpi
 
@@ -94,20 +94,7 @@ def test_a_rank_that_stops_answering_is_named_by_the_deadline(tmp_path, rank, ph
 
 
 def test_sigkill_of_a_worker_ends_the_job_in_bounded_time(tmp_path):
-    cmd = [
-        *mpiexec_command(),
-        "-n",
-        "3",
-        *QTRAIN,
-        "train",
-        "configs/default.yaml",
-        "--out",
-        str(tmp_path),
-        "--set",
-        "train.steps=1000000",
-        "--set",
-        "runtime.timeout_s=10",
-    ]
+    cmd = train_command(3, "configs/default.yaml", tmp_path, "train.steps=1000000", "runtime.timeout_s=10")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pid = None
     lines = []
@@ -135,20 +122,7 @@ def test_sigkill_of_a_worker_ends_the_job_in_bounded_time(tmp_path):
 
 
 def test_sigterm_on_one_worker_stops_all_ranks_at_a_step_boundary(tmp_path):
-    cmd = [
-        *mpiexec_command(),
-        "-n",
-        "3",
-        *QTRAIN,
-        "train",
-        "configs/default.yaml",
-        "--out",
-        str(tmp_path),
-        "--set",
-        "train.steps=1000000",
-        "--set",
-        "train.log_every=1",
-    ]
+    cmd = train_command(3, "configs/default.yaml", tmp_path, "train.steps=1000000", "train.log_every=1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid, deadline = None, time.monotonic() + 90
     while pid is None and time.monotonic() < deadline:
