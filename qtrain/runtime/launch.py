@@ -33,7 +33,7 @@ class RankContext:
     rank: int
     setup: object
     device: torch.device
-    server_device: torch.device
+    model: object  # the FlatModel this rank trains (rank 0: the server's master copy)
     transport: object
     watchdog: object
     stop: object
@@ -89,7 +89,7 @@ def run_train(
     from mpi4py import MPI
 
     from qtrain.config import ConfigError, dump_yaml, load_config
-    from qtrain.engine.setup import build_setup, resolved_config
+    from qtrain.engine.setup import build_flat_model, build_setup, resolved_config
     from qtrain.io.run_dir import prepare_out_dir, write_config, write_summary
     from qtrain.runtime import faults, mpi_info
     from qtrain.runtime.rank_log import open_rank_log
@@ -118,7 +118,7 @@ def run_train(
 
     # ---- start-up: every rank builds its view of the run; all agree or all exit 2
     error = fingerprint = None
-    setup = cfg = device = None
+    setup = cfg = device = model = None
     cuda = None
     try:
         cfg = load_config(config, overrides)
@@ -130,6 +130,7 @@ def run_train(
         device = (
             torch.device(cfg.runtime.server_device) if rank == 0 else choose_device(cfg.runtime.device, local)
         )
+        model = build_flat_model(setup, device)  # rank 0: the server's master copy
         cuda = mpi_info.decide_cuda_aware(cfg.runtime.cuda_aware)
         fingerprint = _fingerprint(cfg, setup)
     except (ConfigError, ValueError, OSError) as exc:
@@ -199,7 +200,7 @@ def run_train(
     )
     if rank == 0:
         write_config(out_dir, config_text)
-        _announce(setup, size, devices, hosts, cuda, echo)
+        _announce(setup, model.numel, size, devices, hosts, cuda, echo)
         if resume_path is not None:
             echo(
                 f"  resuming from {resume_path} at step {resume_tree['step']}"
@@ -212,7 +213,7 @@ def run_train(
         rank,
         setup,
         device,
-        torch.device(cfg.runtime.server_device),
+        model,
         None,
         watchdog,
         stop,
@@ -234,7 +235,7 @@ def run_train(
             comm,
             setup.uplink.codec,
             setup.downlink.codec,
-            _count_params(setup),
+            model.numel,
             device,
             cuda.enabled,
             cfg.runtime.timeout_s,
@@ -306,23 +307,10 @@ def _abort(comm) -> None:
     comm.Abort(1)
 
 
-def _count_params(setup) -> int:
-    from qtrain.data.sampler import derive_seed
-    from qtrain.models import build_model
-
-    torch.manual_seed(derive_seed(setup.cfg.seed, "model"))
-    ds = setup.dataset
-    module = build_model(
-        setup.cfg.model.name, ds.input_shape, ds.outputs, setup.cfg.model.hidden, setup.cfg.model.kwargs
-    )
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def _announce(setup, size, devices, hosts, cuda, echo) -> None:
+def _announce(setup, n, size, devices, hosts, cuda, echo) -> None:
     """What rank 0 prints before training: algorithm, codecs, wire cost, CUDA-aware decision, devices."""
     from qtrain.codecs import get_codec
 
-    n = _count_params(setup)
     fp32 = get_codec("none").wire_bytes(n)
     up, down = setup.uplink, setup.downlink
     up_b, down_b = up.codec.wire_bytes(n), down.codec.wire_bytes(n)

@@ -11,7 +11,6 @@ import numpy as np
 
 from qtrain.engine import ServerEngine
 from qtrain.engine.accounting import RunStats, trace_attrs
-from qtrain.engine.setup import build_flat_model
 from qtrain.engine.snapshots import checkpoint_contents, is_checkpoint_step, rng_restore, to_torch
 from qtrain.io.checkpoint import checkpoint_name, prune, write_checkpoint
 from qtrain.io.run_dir import params_sha256
@@ -50,18 +49,16 @@ class Checkpointer:
 def run_server(ctx) -> dict:
     setup, log, cfg = ctx.setup, ctx.log, ctx.setup.cfg
     ds = setup.dataset
-    model = build_flat_model(setup, ctx.server_device)
+    model = ctx.model
     server = ServerEngine(setup.algorithm, setup.uplink.codec, setup.downlink, model.params, cfg.seed)
     stats = RunStats(model.numel, setup.workers)
     transport = ctx.transport
     workers = setup.workers
     start = 0
-    replica = model.params.detach().cpu().clone()  # what the workers hold (update mode: == master)
     if ctx.resume is not None:
         r = ctx.resume
         start = r["step"]
         model.params.copy_(r["params"])
-        replica = r["replica_params"].clone()
         server.load_state_dict(r["server"])
         rng_restore(r["server"]["rng"])
         st = r["stats"]
@@ -75,7 +72,6 @@ def run_server(ctx) -> dict:
             ctx.watchdog.enter("initial weights broadcast")
             transport.broadcast_downlink(0, 0, initial)
             stats.add_downlink(initial.numel())
-            replica = setup.downlink.codec.decode(initial).cpu()
     trace = None
     if cfg.trace.enabled:
         trace = TraceWriter(
@@ -168,21 +164,18 @@ def run_server(ctx) -> dict:
                     server.last_stats,
                 )
             stopping = stop_reason is not None
-            if setup.algorithm.downlink_mode == "update":
-                replica = None  # equal to the master, taken from it when a checkpoint is written
-            else:
-                replica = downlink
             if is_checkpoint_step(cfg, step, setup.steps, stopping):
                 ctx.watchdog.enter(f"step {step}: checkpoint")
                 snaps = [to_torch(x) for x in ctx.comm.gather(None, root=0)[1:]]
-                rep = (
-                    model.params.detach().cpu().clone()
-                    if replica is None
-                    else setup.downlink.codec.decode(replica).cpu()
+                # what every worker holds: the master itself in update mode, the decoded weights otherwise
+                replica = (
+                    model.params
+                    if setup.algorithm.downlink_mode == "update"
+                    else setup.downlink.codec.decode(downlink)
                 )
                 if trace is not None:
                     trace.flush()
-                checkpointer.write(step, snaps, rep)
+                checkpointer.write(step, snaps, replica)
             if trace is not None:
                 trace.maybe_flush(step)
             progress.update(

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from qtrain.engine import WorkerEngine
-from qtrain.engine.setup import build_flat_model, build_sampler
+from qtrain.engine.setup import build_sampler
 from qtrain.engine.snapshots import is_checkpoint_step, to_numpy, worker_restore, worker_snapshot
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.records import FLAG_STOP, UPLINK_RECORD
@@ -17,7 +17,7 @@ from qtrain.runtime.records import FLAG_STOP, UPLINK_RECORD
 def run_worker(ctx) -> None:
     setup, rank, log, cfg = ctx.setup, ctx.rank, ctx.log, ctx.setup.cfg
     worker = rank - 1
-    model = build_flat_model(setup, ctx.device)
+    model = ctx.model
     engine = WorkerEngine(
         setup.algorithm, setup.uplink, setup.downlink.codec, model.numel, ctx.device, cfg.seed, worker
     )
