@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -76,17 +77,13 @@ def build_sampler(setup: RunSetup, worker: int) -> ShardSampler:
 
 def resolved_config(cfg, setup: RunSetup):
     """A copy of ``cfg`` with the links' codecs, parameters and EF switches written out."""
-    import copy
-
     out = copy.deepcopy(cfg)
     for link, section in ((setup.uplink, out.uplink), (setup.downlink, out.downlink)):
         section.codec = link.codec.name
         section.error_feedback = link.error_feedback
         params = link.codec.params()
-        for f in CODEC_FIELDS:
+        for f in CODEC_FIELDS:  # fields the codec does not take (bits of sign, ...) become null
             setattr(section, f, params.get(f))
-        if link.codec.name in ("sign", "ternary", "threshold", "topk", "none", "fp16", "bf16", "sparse"):
-            section.bits = None
     out.workers = setup.workers
     if out.train.steps is None:
         out.train.steps, out.train.epochs = setup.steps, None

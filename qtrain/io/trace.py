@@ -65,10 +65,9 @@ class TraceWriter:
         kept_steps = kept_evals = None
         if resume_step is not None and self.path.exists():
             try:
-                with h5py.File(self.path, "r", swmr=True) as old:
-                    s, e = old["steps"][()], old["evals"][()]
+                s, e, _ = read_trace(self.path)
                 kept_steps, kept_evals = s[s["step"] <= resume_step], e[e["step"] <= resume_step]
-            except (OSError, KeyError):
+            except ValueError:
                 kept_steps = kept_evals = None  # unreadable: start a fresh trace
         tmp = self.path.with_name(self.path.name + ".tmp")
         self.file = h5py.File(tmp, "w", libver=("v110", "v110"))  # SWMR needs >= 1.10; Debian h5dump is 1.10
