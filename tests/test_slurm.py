@@ -42,13 +42,19 @@ def job_field(jid, field):
 
 def wait_state(jid, states, timeout=300, release_begin_time=False):
     deadline = time.monotonic() + timeout
+    held_since = None
     while time.monotonic() < deadline:
         state = job_field(jid, "JobState")
         if state in states:
             return state
         if release_begin_time and state == "PENDING" and job_field(jid, "Reason") == "BeginTime":
-            # Slurm holds a requeued job for about two minutes; the scheduler would start it then
-            subprocess.run(["scontrol", "update", f"jobid={jid}", "StartTime=now"], capture_output=True)
+            # Slurm holds a requeued job for about two minutes; the scheduler would start it then.
+            # Release it early, but not within seconds of the requeue: slurmd revokes the old run's
+            # credential with 1-second resolution, and a relaunch in that same second is refused
+            # ("Job credential revoked").
+            held_since = held_since or time.monotonic()
+            if time.monotonic() - held_since > 3:
+                subprocess.run(["scontrol", "update", f"jobid={jid}", "StartTime=now"], capture_output=True)
         time.sleep(1)
     pytest.fail(f"job {jid} still {job_field(jid, 'JobState')} after {timeout} s")
 
