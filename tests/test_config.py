@@ -80,7 +80,7 @@ def test_yaml_round_trip():
 
 
 def test_link_defaults_and_overrides():
-    from qtrain.engine.setup import resolve_links
+    from qtrain.algorithms.links import resolve_links
 
     _, up, down = resolve_links(load_config(None, ["algorithm.name=ecq-sgd"]))
     assert up.codec.name == "uniform" and up.codec.bits == 2 and up.codec.rounding == "stochastic"

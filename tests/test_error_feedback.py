@@ -86,8 +86,10 @@ def test_ecq_alpha_beta_follow_wu_et_al():
     _, server, engines, replica = build(hp, LinkConfig(codec="sign", bucket=64), numel=200, workers=1)
     e = engines[0]
     h = torch.zeros(200, dtype=torch.float64)
+    (seg,) = e.partition
     for g in gradient_stream(10, 1, 200):
-        packed = e.make_uplink(g[0], replica)
+        e.begin_step()
+        packed = e.make_uplink(seg, g[0], replica)
         q = e.uplink_codec.decode(packed).double()
         expected_q = e.uplink_codec.decode(e.uplink_codec.encode((g[0].double() + 0.5 * h).float())).double()
         assert torch.allclose(q, expected_q, atol=1e-6)

@@ -34,7 +34,13 @@ CASES = {
     "qrda-adagrad": ("configs/qrda-adagrad.yaml", SHORT, 2),
     "sgd-topk-ef": (
         "configs/sgd.yaml",
-        [*SHORT, "uplink.codec=topk", "uplink.ratio=0.05", "uplink.error_feedback=true", "downlink.codec=fp16"],
+        [
+            *SHORT,
+            "uplink.codec=topk",
+            "uplink.ratio=0.05",
+            "uplink.error_feedback=true",
+            "downlink.codec=fp16",
+        ],
         2,
     ),
     "adam-bf16-threshold-dense": (

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from qtrain.engine.topology import SERVING_RANKS
+
 app = typer.Typer(help="Slurm helpers.", no_args_is_help=True)
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "train.sbatch"
@@ -25,11 +27,12 @@ def render_script(
     template: str,
 ) -> str:
     """The template's body under #SBATCH lines for this shape; CONFIG becomes the default argument."""
-    tasks = workers + 1
-    per_node = -(-tasks // nodes)  # tasks are packed in rank order: rank 0 + workers
+    tasks = workers + SERVING_RANKS
+    per_node = -(-tasks // nodes)  # tasks are packed in rank order: the server first, then workers
     header = [
         "#!/usr/bin/env bash",
-        f"# Rendered by `qtrain slurm render {config} --nodes {nodes} --workers {workers}`: 1 server + "
+        f"# Rendered by `qtrain slurm render {config} --nodes {nodes} --workers {workers}`: "
+        f"{SERVING_RANKS} server + "
         f"{workers} workers on {nodes} node(s). Submit with: sbatch THIS_FILE [--set key=value ...]",
         "#SBATCH --job-name=qtrain",
         f"#SBATCH --nodes={nodes}",
@@ -69,8 +72,8 @@ def render(
 
     if workers < 1 or nodes < 1 or gpus_per_worker < 0:
         fail("--workers and --nodes must be at least 1, --gpus-per-worker at least 0")
-    if nodes > workers + 1:
-        fail(f"{nodes} nodes for {workers + 1} tasks: some nodes would be empty")
+    if nodes > workers + SERVING_RANKS:
+        fail(f"{nodes} nodes for {workers + SERVING_RANKS} tasks: some nodes would be empty")
     if not TIME.match(time):
         fail(f"--time {time!r} must look like HH:MM:SS or D-HH:MM:SS")
     if not Path(config).is_file():

@@ -23,10 +23,13 @@ def train(
     ),
 ) -> None:
     """Train CONFIG on MPI: rank 0 is the parameter server, ranks 1..K-1 are workers."""
-    from qtrain.runtime.launch import run_train
+    from qtrain.cli.errors import fail
+    from qtrain.cli.report import print_summary
+    from qtrain.runtime.launch import TrainRequest, run_train
 
-    sys.exit(
-        run_train(
-            config, overrides, out, echo=typer.echo, resume=resume, reset_worker_state=reset_worker_state
-        )
-    )
+    outcome = run_train(TrainRequest(config, overrides, out, resume, reset_worker_state), echo=typer.echo)
+    if outcome.error:
+        fail(outcome.error, outcome.code)
+    if outcome.summary is not None:
+        print_summary(outcome.summary, str(outcome.out_dir))
+    sys.exit(outcome.code)

@@ -1,22 +1,46 @@
-"""The codec interface and the helpers every codec shares (input checks, buckets, header checks)."""
+"""The codec interface and the helpers every codec shares (input checks, buckets, the templates of
+encoding, quantizing, decoding and decode-accumulating)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from qtrain.codecs import wire
 from qtrain.codecs.errors import WireFormatError
+from qtrain.codecs.layout import Section, chunkable, payload_bytes
+
+CHUNK_ELEMENTS = 1 << 16  # decode_add_ works through dense messages in pieces of about this size
+
+
+@dataclass
+class Quantized:
+    """What a codec's ``_quantize`` produces: the header's flags and aux, one array per section of
+    ``sections(numel, flags, aux)`` (in order), and, when asked for, Q(x) as float32."""
+
+    flags: int
+    aux: int
+    arrays: list[torch.Tensor]
+    values: torch.Tensor | None = None
 
 
 class Codec:
     """Turns a 1-D float tensor into one contiguous ``uint8`` message and back.
 
-    Subclasses set ``name``, ``bits`` and implement ``_encode``/``_decode``/``wire_bytes``.
+    A subclass sets ``name`` and ``bits`` and states three things:
+
+    - ``sections(numel, flags, aux)``: the payload layout of a message with that header (it raises
+      :class:`WireFormatError` for flags or aux this codec never writes); ``wire_bytes`` and the
+      decoder's reader both follow it;
+    - ``_quantize(x, generator, want_values)``: the arrays of those sections, and Q(x) itself when
+      ``want_values`` (error feedback uses it, so it never decodes its own message);
+    - ``_dequantize(numel, flags, aux, arrays, out)``: Q(x) written into ``out``.
+
     ``fixed_size`` is True when ``wire_bytes(n)`` is the exact message size for every input
-    (dense codecs); for variable-size codecs it is an upper bound.
+    (dense codecs); for variable-size codecs it is an upper bound (``largest_header``).
     ``stochastic`` codecs draw from the ``generator`` passed to :meth:`encode`.
     """
 
@@ -41,19 +65,58 @@ class Codec:
         """
         return None
 
-    def wire_bytes(self, numel: int) -> int:
+    # ------------------------------------------------------------------ layout
+    def sections(self, numel: int, flags: int, aux: int) -> list[Section]:
         raise NotImplementedError
 
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Encode a 1-D float tensor (any float dtype, any device) into a uint8 message."""
-        return self._encode(as_flat_float(x, self.name), generator)
+    def largest_header(self, numel: int) -> tuple[int, int]:
+        """(flags, aux) of the largest message for ``numel`` elements."""
+        return 0, 0
 
-    def decode(self, packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Validate and decode a message into a float32 tensor on the message's device.
+    def wire_bytes(self, numel: int) -> int:
+        """The message size for ``numel`` elements (the upper bound for variable-size codecs)."""
+        return wire.HEADER_SIZE + payload_bytes(self.sections(numel, *self.largest_header(numel)))
 
-        With ``out`` (a 1-D float32 tensor of the right length), the result is written there.
-        Raises :class:`WireFormatError` on any malformed, corrupted or mismatched message.
-        """
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Encode a 1-D float tensor (any float dtype, any device) into a uint8 message.
+
+        With ``out`` (a 1-D uint8 tensor of at least ``wire_bytes(x.numel())`` bytes, e.g. the
+        transport's send frame) the message is written there and a view of it is returned."""
+        return self.quantize(x, generator, out, want_values=False)[0]
+
+    def quantize(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        out: torch.Tensor | None = None,
+        want_values: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(message, Q(x)): the message of :meth:`encode` and the float32 values a receiver decodes
+        from it, bit for bit, computed from the encoder's own intermediates (Q(x) may share
+        memory with ``x`` for lossless codecs)."""
+        x = as_flat_float(x, self.name)
+        q = self._quantize(x, generator, want_values)
+        layout = self.sections(x.numel(), q.flags, q.aux)
+        _check_arrays(self.name, layout, q.arrays)
+        size = wire.HEADER_SIZE + payload_bytes(layout)
+        if out is None:
+            out = torch.empty(size, dtype=torch.uint8, device=x.device)
+        elif out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < size or not out.is_contiguous():
+            raise ValueError(
+                f"{self.name}: encode(out=...) needs a contiguous 1-D uint8 tensor of >= {size} bytes"
+            )
+        header = (self.codec_id, self.bits, q.flags, x.numel(), self.bucket, q.aux)
+        return wire.write_message(out[:size], *header, q.arrays), q.values
+
+    def _quantize(self, x: torch.Tensor, generator: torch.Generator | None, want_values: bool) -> Quantized:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ decoding
+    def _read(self, packed: torch.Tensor) -> tuple[wire.Header, dict[str, torch.Tensor], list[Section]]:
+        """Validate the header against this codec, cut the payload into its sections."""
         header = wire.read_header(packed)
         if header.codec_id != self.codec_id:
             raise WireFormatError(
@@ -65,26 +128,59 @@ class Codec:
             )
         if header.bits != self.bits:
             raise WireFormatError(f"{self.name}: message has {header.bits} bits, this codec uses {self.bits}")
-        reader = wire.SectionReader(packed, header)
-        result = self._decode(header, reader)
-        reader.finish()
+        layout = self.sections(header.numel, header.flags, header.aux)
+        return header, wire.read_sections(packed, header, layout), layout
+
+    def decode(self, packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Validate and decode a message into a float32 tensor on the message's device.
+
+        With ``out`` (a 1-D float32 tensor of the right length), the result is written there
+        directly. Raises :class:`WireFormatError` on any malformed, corrupted or mismatched message.
+        """
+        header, arrays, _ = self._read(packed)
+        n = header.numel
         if out is None:
-            return result
-        if out.dim() != 1 or out.numel() != result.numel() or out.dtype != torch.float32:
+            out = torch.empty(n, dtype=torch.float32, device=packed.device)
+        elif out.dim() != 1 or out.numel() != n or out.dtype != torch.float32:
             raise ValueError(
-                f"decode(out=...) needs a 1-D float32 tensor of {result.numel()} elements, got "
-                f"{tuple(out.shape)} {out.dtype}"
+                f"decode(out=...) needs a 1-D float32 tensor of {n} elements, "
+                f"got {tuple(out.shape)} {out.dtype}"
             )
-        return out.copy_(result)
+        self._dequantize(n, header.flags, header.aux, arrays, out)
+        return out
 
-    def _encode(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def decode_add_(self, packed: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+        """``acc += decode(packed)`` (bit for bit the same sum), without materialising the decoded
+        message: dense layouts are worked through in bucket-aligned chunks of about
+        ``CHUNK_ELEMENTS`` elements, sparse ones are scattered in. A malformed message raises
+        :class:`WireFormatError`, possibly after some chunks were added: treat it as fatal."""
+        header, arrays, layout = self._read(packed)
+        n = header.numel
+        if acc.dim() != 1 or acc.numel() != n or acc.dtype != torch.float32:
+            raise ValueError(
+                f"decode_add_ needs a 1-D float32 accumulator of {n} elements, "
+                f"got {tuple(acc.shape)} {acc.dtype}"
+            )
+        self._accumulate(n, header.flags, header.aux, arrays, layout, acc)
+        return acc
+
+    def _accumulate(self, n, flags, aux, arrays, layout, acc) -> None:
+        if not chunkable(layout):
+            raise NotImplementedError(f"{self.name}: a message-sized section needs its own _accumulate")
+        step = _chunk_size(self.bucket)
+        scratch = torch.empty(min(step, n), dtype=torch.float32, device=acc.device)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            part = {}
+            for s in layout:
+                lo, hi = s.items(start, stop, self.bucket)
+                part[s.name] = arrays[s.name][lo:hi]
+            values = scratch[: stop - start]
+            self._dequantize(stop - start, flags, aux, part, values)
+            acc[start:stop].add_(values)
+
+    def _dequantize(self, numel: int, flags: int, aux: int, arrays: dict, out: torch.Tensor) -> None:
         raise NotImplementedError
-
-    def _decode(self, header: wire.Header, reader: wire.SectionReader) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _assemble(self, x: torch.Tensor, sections: list[torch.Tensor], flags: int = 0, aux: int = 0):
-        return wire.assemble(self.codec_id, self.bits, flags, x.numel(), self.bucket, aux, sections, x.device)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
@@ -95,6 +191,20 @@ class Codec:
 
     def __hash__(self) -> int:
         return hash((self.name, tuple(sorted(self.params().items()))))
+
+
+def _chunk_size(bucket: int) -> int:
+    """A multiple of 8 elements (whole bytes of packed codes) and of the bucket, about CHUNK_ELEMENTS."""
+    unit = math.lcm(8, bucket or 1)
+    return max(unit, CHUNK_ELEMENTS // unit * unit)
+
+
+def _check_arrays(codec: str, layout: list[Section], arrays: list[torch.Tensor]) -> None:
+    """The encoder produced exactly the sections its layout declares (a bug here is the codec's)."""
+    got = [(a.dtype, a.numel()) for a in arrays]
+    want = [(s.dtype, s.count) for s in layout]
+    if got != want:
+        raise AssertionError(f"codec '{codec}' produced sections {got}, its layout declares {want}")
 
 
 def as_flat_float(x: torch.Tensor, codec: str) -> torch.Tensor:
@@ -146,3 +256,12 @@ def check_decoded_scales(scales: torch.Tensor, codec: str) -> None:
     """Decoder side: scales must be finite and non-negative."""
     if scales.numel() and not bool((torch.isfinite(scales) & (scales >= 0)).all()):
         raise WireFormatError(f"{codec}: a bucket scale is negative, NaN or Inf")
+
+
+def require_header(codec: str, flags: int, aux: int, want_flags: int = 0, want_aux: int = 0, what="") -> None:
+    """The flags and aux a layout needs; anything else is a malformed message."""
+    if flags != want_flags or aux != want_aux:
+        raise WireFormatError(
+            f"{codec}: {what or 'this layout'} needs flags 0x{want_flags:02x} and aux {want_aux}, "
+            f"message has flags 0x{flags:02x} and aux {aux}"
+        )

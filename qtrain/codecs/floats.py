@@ -4,34 +4,39 @@
 ``fp16``/``bf16`` round to nearest even: ||Q(x)-x|| <= u*||x|| with unit roundoff u = 2^-11
 (fp16) or 2^-8 (bf16), for inputs inside the format's normal range (fp16 overflows above 65504).
 They are what torch DDP's ``fp16_compress_hook``/``bf16_compress_hook`` send.
+
+Layout: the n values, nothing else; flags and aux are 0.
 """
 
 from __future__ import annotations
 
 import torch
 
-from qtrain.codecs.base import Codec
-from qtrain.codecs.errors import WireFormatError
-from qtrain.codecs.wire import HEADER_SIZE
+from qtrain.codecs.base import Codec, Quantized, require_header
+from qtrain.codecs.layout import Section
 
 
 class FloatCodec(Codec):
     dtype: torch.dtype = torch.float32
     unit_roundoff: float = 0.0
 
-    def wire_bytes(self, numel: int) -> int:
-        return HEADER_SIZE + numel * self.bits // 8
-
     def delta(self) -> float:
         return self.unit_roundoff
 
-    def _encode(self, x, generator):
-        return self._assemble(x, [x.to(self.dtype)])
+    def sections(self, numel, flags, aux):
+        require_header(self.name, flags, aux)
+        return [Section("values", self.dtype, numel, per="element", bits=self.bits)]
 
-    def _decode(self, header, reader):
-        if header.flags or header.aux:
-            raise WireFormatError(f"{self.name}: flags and aux must be 0")
-        return reader.take(header.numel, self.dtype, "values").to(torch.float32)
+    def _quantize(self, x, generator, want_values):
+        sent = x.to(self.dtype)
+        values = (sent if self.dtype == torch.float32 else sent.to(torch.float32)) if want_values else None
+        return Quantized(0, 0, [sent], values)
+
+    def _dequantize(self, numel, flags, aux, arrays, out):
+        out.copy_(arrays["values"])
+
+    def _accumulate(self, n, flags, aux, arrays, layout, acc):
+        acc.add_(arrays["values"])  # fp16/bf16 widen exactly inside the add
 
 
 class NoneCodec(FloatCodec):
@@ -40,9 +45,6 @@ class NoneCodec(FloatCodec):
     name = "none"
     bits = 32
     dtype = torch.float32
-
-    def _decode(self, header, reader):
-        return super()._decode(header, reader).clone()
 
 
 class Fp16Codec(FloatCodec):

@@ -11,6 +11,8 @@ This is the scaled sign compressor of EF-signSGD (Karimireddy et al., ICML 2019)
 compressor Efficient-Adam (Chen et al., 2022) uses on both links. It is deterministic and a
 contraction: ||Q(x)-x||^2 = ||x||^2 - ||x||_1^2/d_j per bucket <= (1 - 1/B) ||x||^2,
 so delta = sqrt(1 - 1/B) for bucket size B.
+
+Layout: one fp32 scale per bucket, then the sign bits (LSB-first).
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ import torch
 
 from qtrain.codecs.base import (
     Codec,
+    Quantized,
     bucketed,
     check_bucket,
     check_decoded_scales,
     check_scales,
     num_buckets,
     per_element,
+    require_header,
 )
 from qtrain.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
-from qtrain.codecs.errors import WireFormatError
-from qtrain.codecs.wire import HEADER_SIZE
+from qtrain.codecs.layout import Section
 
 
 class SignCodec(Codec):
@@ -46,22 +49,27 @@ class SignCodec(Codec):
     def delta(self) -> float:
         return math.sqrt(1.0 - 1.0 / self.bucket)
 
-    def wire_bytes(self, numel: int) -> int:
-        return HEADER_SIZE + 4 * num_buckets(numel, self.bucket) + packed_nbytes(numel, 1)
+    def sections(self, numel, flags, aux):
+        require_header(self.name, flags, aux)
+        return [
+            Section("scales", torch.float32, num_buckets(numel, self.bucket), per="bucket"),
+            Section("signs", torch.uint8, packed_nbytes(numel, 1), per="element", bits=1),
+        ]
 
-    def _encode(self, x, generator):
+    def _quantize(self, x, generator, want_values):
         xb, lengths = bucketed(x, self.bucket)
         scales = xb.abs().sum(dim=1) / lengths
         check_scales(scales, self.name)
-        codes = (x >= 0).to(torch.uint8)
-        return self._assemble(x, [scales, pack_bits(codes, 1)])
+        positive = x >= 0
+        values = None
+        if want_values:
+            s = per_element(scales, x.numel(), self.bucket)
+            values = torch.where(positive, s, -s)
+        return Quantized(0, 0, [scales, pack_bits(positive.to(torch.uint8), 1)], values)
 
-    def _decode(self, header, reader):
-        if header.flags or header.aux:
-            raise WireFormatError("sign: flags and aux must be 0")
-        n = header.numel
-        scales = reader.take(num_buckets(n, self.bucket), torch.float32, "bucket scales")
+    def _dequantize(self, numel, flags, aux, arrays, out):
+        scales = arrays["scales"]
         check_decoded_scales(scales, self.name)
-        codes = unpack_bits(reader.take(packed_nbytes(n, 1), torch.uint8, "sign bits"), 1, n)
-        s = per_element(scales, n, self.bucket)
-        return torch.where(codes.bool(), s, -s)
+        positive = unpack_bits(arrays["signs"], 1, numel).bool()
+        s = per_element(scales, numel, self.bucket)
+        torch.where(positive, s, -s, out=out)

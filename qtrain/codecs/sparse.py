@@ -4,17 +4,19 @@ The downlink of ``qcmd-adagrad``/``qrda-adagrad`` (Xu et al., 2022) carries the 
 model itself, whose prox step produces exact zeros. Layouts, chosen per message by size:
   sparse (FLAG_SPARSE): header aux = nnz; nnz int32 indices (increasing), then nnz fp32 values
   dense  (flags 0):     n fp32 values, as ``none``
-Q(x) = x exactly, except that -0.0 is sent as +0.0. ``wire_bytes(n)`` is the upper bound (dense).
+Q(x) = x exactly, except that -0.0 is sent as +0.0 in the sparse layout. ``wire_bytes(n)`` is the
+upper bound (dense).
 """
 
 from __future__ import annotations
 
 import torch
 
-from qtrain.codecs.base import Codec
+from qtrain.codecs.base import Codec, Quantized, require_header
 from qtrain.codecs.errors import WireFormatError
 from qtrain.codecs.indices import check_increasing_indices
-from qtrain.codecs.wire import FLAG_SPARSE, HEADER_SIZE
+from qtrain.codecs.layout import Section
+from qtrain.codecs.wire import FLAG_SPARSE
 
 
 class SparseCodec(Codec):
@@ -25,25 +27,36 @@ class SparseCodec(Codec):
     def delta(self) -> float:
         return 0.0
 
-    def wire_bytes(self, numel: int) -> int:
-        return HEADER_SIZE + 4 * numel
+    def sections(self, numel, flags, aux):
+        if flags == FLAG_SPARSE:
+            if aux > numel:
+                raise WireFormatError(f"sparse: {aux} nonzeros for {numel} elements")
+            return [Section("indices", torch.int32, aux), Section("values", torch.float32, aux)]
+        require_header(self.name, flags, aux, what="the dense layout")
+        return [Section("values", torch.float32, numel, per="element", bits=32)]
 
-    def _encode(self, x, generator):
-        idx = torch.nonzero(x != 0).view(-1)
+    def _quantize(self, x, generator, want_values):
+        nonzero = x != 0
+        idx = torch.nonzero(nonzero).view(-1)
         if 8 * idx.numel() < 4 * x.numel():
-            return self._assemble(x, [idx.to(torch.int32), x[idx]], flags=FLAG_SPARSE, aux=idx.numel())
-        return self._assemble(x, [x])
+            values = torch.where(nonzero, x, 0.0) if want_values else None
+            return Quantized(FLAG_SPARSE, idx.numel(), [idx.to(torch.int32), x[idx]], values)
+        return Quantized(0, 0, [x], x)
 
-    def _decode(self, header, reader):
-        n = header.numel
-        if header.flags == FLAG_SPARSE:
-            if header.aux > n:
-                raise WireFormatError(f"sparse: {header.aux} nonzeros for {n} elements")
-            idx = check_increasing_indices(reader.take(header.aux, torch.int32, "indices"), n, self.name)
-            vals = reader.take(header.aux, torch.float32, "values")
-            out = torch.zeros(n, dtype=torch.float32, device=vals.device)
+    def _entries(self, numel, arrays):
+        return check_increasing_indices(arrays["indices"], numel, self.name), arrays["values"]
+
+    def _dequantize(self, numel, flags, aux, arrays, out):
+        if flags == FLAG_SPARSE:
+            idx, vals = self._entries(numel, arrays)
+            out.zero_()
             out[idx] = vals
-            return out
-        if header.flags or header.aux:
-            raise WireFormatError("sparse: dense layout needs flags 0 and aux 0")
-        return reader.take(n, torch.float32, "values").clone()
+        else:
+            out.copy_(arrays["values"])
+
+    def _accumulate(self, n, flags, aux, arrays, layout, acc):
+        if flags == FLAG_SPARSE:
+            idx, vals = self._entries(n, arrays)
+            acc.index_add_(0, idx, vals)
+        else:
+            acc.add_(arrays["values"])

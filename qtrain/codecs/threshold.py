@@ -26,17 +26,20 @@ import torch
 
 from qtrain.codecs.base import (
     Codec,
+    Quantized,
     bucketed,
     check_bucket,
     check_decoded_scales,
     check_scales,
     num_buckets,
     per_element,
+    require_header,
 )
 from qtrain.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from qtrain.codecs.errors import WireFormatError
 from qtrain.codecs.indices import check_increasing_indices
-from qtrain.codecs.wire import FLAG_SPARSE, HEADER_SIZE
+from qtrain.codecs.layout import Section
+from qtrain.codecs.wire import FLAG_SPARSE
 
 REFERENCES = ("linf", "mean")
 LAYOUTS = ("auto", "dense", "sparse")
@@ -70,18 +73,27 @@ class ThresholdCodec(Codec):
     def delta(self) -> float:
         return math.sqrt(1 - 1 / self.bucket**2) if self.kappa <= 1 else 1.0
 
-    def _dense_bytes(self, numel: int) -> int:
-        return HEADER_SIZE + 4 * num_buckets(numel, self.bucket) + packed_nbytes(numel, 2)
+    def sections(self, numel, flags, aux):
+        scales = Section("scales", torch.float32, num_buckets(numel, self.bucket), per="bucket")
+        if flags == FLAG_SPARSE:
+            if aux > numel:
+                raise WireFormatError(f"threshold: {aux} kept entries for {numel} elements")
+            return [
+                scales,
+                Section("indices", torch.int32, aux),
+                Section("signs", torch.uint8, packed_nbytes(aux, 1)),
+            ]
+        require_header(self.name, flags, aux, what="the dense layout")
+        return [scales, Section("codes", torch.uint8, packed_nbytes(numel, 2), per="element", bits=2)]
 
-    def _sparse_bytes(self, numel: int, kept: int) -> int:
-        return HEADER_SIZE + 4 * num_buckets(numel, self.bucket) + 4 * kept + packed_nbytes(kept, 1)
+    def largest_header(self, numel):
+        return (FLAG_SPARSE, numel) if self.layout == "sparse" else (0, 0)
 
-    def wire_bytes(self, numel: int) -> int:
-        if self.layout == "sparse":
-            return self._sparse_bytes(numel, numel)
-        return self._dense_bytes(numel)
+    def _sparse_is_smaller(self, numel: int, kept: int) -> bool:
+        # the scales are common to both layouts: compare the rest
+        return 4 * kept + packed_nbytes(kept, 1) < packed_nbytes(numel, 2)
 
-    def _encode(self, x, generator):
+    def _quantize(self, x, generator, want_values):
         n = x.numel()
         xb, lengths = bucketed(x, self.bucket)
         ax = xb.abs()
@@ -92,34 +104,43 @@ class ThresholdCodec(Codec):
         scales = (ax * keep_b).sum(dim=1) / count.clamp(min=1).to(torch.float32)
         keep = keep_b.view(-1)[:n]
         kept = int(count.sum())
-        sparse = self.layout == "sparse" or (
-            self.layout == "auto" and self._sparse_bytes(n, kept) < self._dense_bytes(n)
-        )
+        positive = x >= 0
+        values = None
+        if want_values:
+            a = per_element(scales, n, self.bucket)
+            values = torch.where(keep, torch.where(positive, a, -a), 0.0)
+        sparse = self.layout == "sparse" or (self.layout == "auto" and self._sparse_is_smaller(n, kept))
         if sparse:
             idx = torch.nonzero(keep).view(-1)
-            signs = (x[idx] >= 0).to(torch.uint8)
-            sections = [scales, idx.to(torch.int32), pack_bits(signs, 1)]
-            return self._assemble(x, sections, flags=FLAG_SPARSE, aux=kept)
-        codes = torch.where(keep, torch.where(x >= 0, 2, 0), 1).to(torch.uint8)
-        return self._assemble(x, [scales, pack_bits(codes, 2)])
+            arrays = [scales, idx.to(torch.int32), pack_bits(positive[idx].to(torch.uint8), 1)]
+            return Quantized(FLAG_SPARSE, kept, arrays, values)
+        codes = torch.where(keep, torch.where(positive, 2, 0), 1).to(torch.uint8)
+        return Quantized(0, 0, [scales, pack_bits(codes, 2)], values)
 
-    def _decode(self, header, reader):
-        n = header.numel
-        scales = reader.take(num_buckets(n, self.bucket), torch.float32, "bucket scales")
+    def _sparse_entries(self, numel, aux, arrays):
+        """(global indices, signed values) of a sparse-layout message."""
+        scales = arrays["scales"]
         check_decoded_scales(scales, self.name)
-        if header.flags == FLAG_SPARSE:
-            kept = header.aux
-            if kept > n:
-                raise WireFormatError(f"threshold: {kept} kept entries for {n} elements")
-            idx = check_increasing_indices(reader.take(kept, torch.int32, "indices"), n, self.name)
-            signs = unpack_bits(reader.take(packed_nbytes(kept, 1), torch.uint8, "sign bits"), 1, kept)
-            a = scales[idx // self.bucket]
-            out = torch.zeros(n, dtype=torch.float32, device=scales.device)
-            out[idx] = torch.where(signs.bool(), a, -a)
-            return out
-        if header.flags or header.aux:
-            raise WireFormatError("threshold: dense layout needs flags 0 and aux 0")
-        codes = unpack_bits(reader.take(packed_nbytes(n, 2), torch.uint8, "codes"), 2, n)
-        if n and int(codes.max()) > 2:
+        idx = check_increasing_indices(arrays["indices"], numel, self.name)
+        signs = unpack_bits(arrays["signs"], 1, aux)
+        a = scales[idx // self.bucket]
+        return idx, torch.where(signs.bool(), a, -a)
+
+    def _dequantize(self, numel, flags, aux, arrays, out):
+        if flags == FLAG_SPARSE:
+            idx, vals = self._sparse_entries(numel, aux, arrays)
+            out.zero_()
+            out[idx] = vals
+            return
+        scales = arrays["scales"]
+        check_decoded_scales(scales, self.name)
+        codes = unpack_bits(arrays["codes"], 2, numel)
+        if numel and int(codes.max()) > 2:
             raise WireFormatError("threshold: code 3 is not a valid ternary code")
-        return (codes.to(torch.float32) - 1) * per_element(scales, n, self.bucket)
+        torch.mul(codes.to(torch.float32) - 1, per_element(scales, numel, self.bucket), out=out)
+
+    def _accumulate(self, n, flags, aux, arrays, layout, acc):
+        if flags != FLAG_SPARSE:
+            return super()._accumulate(n, flags, aux, arrays, layout, acc)
+        idx, vals = self._sparse_entries(n, aux, arrays)
+        acc.index_add_(0, idx, vals)

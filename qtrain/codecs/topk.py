@@ -20,10 +20,11 @@ import math
 
 import torch
 
-from qtrain.codecs.base import Codec, check_bucket, num_buckets
+from qtrain.codecs.base import Codec, Quantized, check_bucket, num_buckets
 from qtrain.codecs.errors import WireFormatError
 from qtrain.codecs.indices import check_increasing_indices
-from qtrain.codecs.wire import FLAG_LOCAL16, HEADER_SIZE
+from qtrain.codecs.layout import Section
+from qtrain.codecs.wire import FLAG_LOCAL16
 
 VALUE_TYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -57,8 +58,20 @@ class TopKCodec(Codec):
         full, rem = divmod(numel, self.bucket)
         return full * self.k + min(self.k, rem)
 
-    def wire_bytes(self, numel: int) -> int:
-        return HEADER_SIZE + self._kept(numel) * (self.bits // 8 + (2 if self.local16 else 4))
+    def sections(self, numel, flags, aux):
+        expected_flags = FLAG_LOCAL16 if self.local16 else 0
+        if flags != expected_flags:
+            raise WireFormatError(f"topk: flags 0x{flags:02x}, expected 0x{expected_flags:02x}")
+        if aux != self.k:
+            raise WireFormatError(f"topk: message has k={aux}, this codec uses k={self.k}")
+        kept = self._kept(numel)
+        return [
+            Section("values", self.value_dtype, kept),
+            Section("indices", torch.uint16 if self.local16 else torch.int32, kept),
+        ]
+
+    def largest_header(self, numel):
+        return (FLAG_LOCAL16 if self.local16 else 0), self.k
 
     def _bucket_of_entry(self, numel: int, device) -> torch.Tensor:
         nb = num_buckets(numel, self.bucket)
@@ -67,7 +80,7 @@ class TopKCodec(Codec):
             per[-1] = min(self.k, numel - (nb - 1) * self.bucket)
         return torch.repeat_interleave(torch.arange(nb, device=device), per)
 
-    def _encode(self, x, generator):
+    def _quantize(self, x, generator, want_values):
         n, b, k = x.numel(), self.bucket, self.k
         full = n // b
         local_parts, value_parts = [], []
@@ -85,29 +98,34 @@ class TopKCodec(Codec):
         vals = torch.cat(value_parts) if value_parts else torch.zeros(0, device=x.device)
         if vals.numel() and not bool(torch.isfinite(vals).all()):
             raise ValueError("codec 'topk': input has NaN or Inf")
-        if self.local16:
-            return self._assemble(x, [vals.to(self.value_dtype), local.to(torch.uint16)], FLAG_LOCAL16, k)
         glob = local + self._bucket_of_entry(n, x.device) * b
-        return self._assemble(x, [vals.to(self.value_dtype), glob.to(torch.int32)], 0, k)
-
-    def _decode(self, header, reader):
-        expected_flags = FLAG_LOCAL16 if self.local16 else 0
-        if header.flags != expected_flags:
-            raise WireFormatError(f"topk: flags 0x{header.flags:02x}, expected 0x{expected_flags:02x}")
-        if header.aux != self.k:
-            raise WireFormatError(f"topk: message has k={header.aux}, this codec uses k={self.k}")
-        n = header.numel
-        kept = self._kept(n)
-        vals = reader.take(kept, self.value_dtype, "values")
+        sent = vals.to(self.value_dtype)
+        values = None
+        if want_values:
+            values = torch.zeros(n, dtype=torch.float32, device=x.device)
+            values[glob] = sent.to(torch.float32)
         if self.local16:
-            local = reader.take(kept, torch.uint16, "indices").to(torch.int64)
-            if kept and int(local.max()) >= self.bucket:
+            return Quantized(FLAG_LOCAL16, k, [sent, local.to(torch.uint16)], values)
+        return Quantized(0, k, [sent, glob.to(torch.int32)], values)
+
+    def _entries(self, numel, arrays):
+        """(global indices, float32 values) of a message, the indices checked."""
+        if self.local16:
+            local = arrays["indices"].to(torch.int64)
+            if local.numel() and int(local.max()) >= self.bucket:
                 raise WireFormatError(f"topk: a bucket-local index is >= bucket size {self.bucket}")
-            idx = local + self._bucket_of_entry(n, local.device) * self.bucket
+            idx = local + self._bucket_of_entry(numel, local.device) * self.bucket
         else:
-            idx = reader.take(kept, torch.int32, "indices")
+            idx = arrays["indices"]
         # strictly increasing globally <=> sorted, unique and inside its own bucket
-        idx = check_increasing_indices(idx, n, self.name)
-        out = torch.zeros(n, dtype=torch.float32, device=vals.device)
-        out[idx] = vals.to(torch.float32)
-        return out
+        idx = check_increasing_indices(idx, numel, self.name)
+        return idx, arrays["values"].to(torch.float32)
+
+    def _dequantize(self, numel, flags, aux, arrays, out):
+        idx, vals = self._entries(numel, arrays)
+        out.zero_()
+        out[idx] = vals
+
+    def _accumulate(self, n, flags, aux, arrays, layout, acc):
+        idx, vals = self._entries(n, arrays)
+        acc.index_add_(0, idx, vals)

@@ -21,6 +21,8 @@ most min(|x_i|, r_j/(2s)):
 
 ``ternary`` is TernGrad (Wen et al., NeurIPS 2017): s = 1, linf scale, stochastic rounding,
 2 bits per element: Q(x)_i = r_j * sign(x_i) * Bernoulli(|x_i| / r_j).
+
+Layout (both): one fp32 scale per bucket, then the codes c_i packed LSB-first; header aux = s.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 
 from qtrain.codecs.base import (
     Codec,
+    Quantized,
     bucketed,
     check_bucket,
     check_decoded_scales,
@@ -40,7 +43,7 @@ from qtrain.codecs.base import (
 )
 from qtrain.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from qtrain.codecs.errors import WireFormatError
-from qtrain.codecs.wire import HEADER_SIZE
+from qtrain.codecs.layout import Section
 
 NORMS = ("l2", "linf")
 ROUNDINGS = ("stochastic", "nearest")
@@ -100,10 +103,20 @@ class UniformCodec(Codec):
             return min(math.sqrt(1 - 1 / b), math.sqrt(b - 1) / (2 * s))
         return min(1.0, math.sqrt(b) / (2 * s))
 
-    def wire_bytes(self, numel: int) -> int:
-        return HEADER_SIZE + 4 * num_buckets(numel, self.bucket) + packed_nbytes(numel, self.bits)
+    def sections(self, numel, flags, aux):
+        if flags:
+            raise WireFormatError(f"{self.name}: flags must be 0, got 0x{flags:02x}")
+        if aux != self.levels:
+            raise WireFormatError(f"{self.name}: message has {aux} levels, this codec uses {self.levels}")
+        return [
+            Section("scales", torch.float32, num_buckets(numel, self.bucket), per="bucket"),
+            Section("codes", torch.uint8, packed_nbytes(numel, self.bits), per="element", bits=self.bits),
+        ]
 
-    def _encode(self, x, generator):
+    def largest_header(self, numel):
+        return 0, self.levels
+
+    def _quantize(self, x, generator, want_values):
         n, s = x.numel(), self.levels
         xb, _ = bucketed(x, self.bucket)
         scales = xb.norm(dim=1) if self.norm == "l2" else xb.abs().amax(dim=1)
@@ -117,23 +130,18 @@ class UniformCodec(Codec):
             level = torch.floor(t + 0.5)
         level = level.clamp_(0, s).to(torch.uint8)
         codes = torch.where(x < 0, s - level, s + level)
-        return self._assemble(x, [scales, pack_bits(codes, self.bits)], aux=s)
+        values = (codes.to(torch.float32) - s) * (r / s) if want_values else None
+        return Quantized(0, s, [scales, pack_bits(codes, self.bits)], values)
 
-    def _decode(self, header, reader):
-        if header.flags:
-            raise WireFormatError(f"{self.name}: flags must be 0, got 0x{header.flags:02x}")
-        if header.aux != self.levels:
-            raise WireFormatError(
-                f"{self.name}: message has {header.aux} levels, this codec uses {self.levels}"
-            )
-        n, s = header.numel, self.levels
-        scales = reader.take(num_buckets(n, self.bucket), torch.float32, "bucket scales")
+    def _dequantize(self, numel, flags, aux, arrays, out):
+        s = self.levels
+        scales = arrays["scales"]
         check_decoded_scales(scales, self.name)
-        codes = unpack_bits(reader.take(packed_nbytes(n, self.bits), torch.uint8, "codes"), self.bits, n)
-        if n and int(codes.max()) > 2 * s:
+        codes = unpack_bits(arrays["codes"], self.bits, numel)
+        if numel and int(codes.max()) > 2 * s:
             raise WireFormatError(f"{self.name}: code {int(codes.max())} outside 0..{2 * s}")
-        step = per_element(scales, n, self.bucket) / s
-        return (codes.to(torch.float32) - s) * step
+        step = per_element(scales, numel, self.bucket) / s
+        torch.mul(codes.to(torch.float32) - s, step, out=out)
 
 
 class TernaryCodec(UniformCodec):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from qtrain.codecs.errors import WireFormatError
+from qtrain.codecs.layout import ITEMSIZE
 
 MAGIC = b"QTRN"
 VERSION = 1
@@ -84,7 +85,8 @@ def _crc(fields: bytes, payload: torch.Tensor) -> int:
     return zlib.crc32(_host_bytes(payload), zlib.crc32(fields)) & 0xFFFFFFFF
 
 
-def assemble(
+def write_message(
+    out: torch.Tensor,
     codec_id: int,
     bits: int,
     flags: int,
@@ -92,12 +94,15 @@ def assemble(
     bucket: int,
     aux: int,
     sections: list[torch.Tensor],
-    device: torch.device,
 ) -> torch.Tensor:
-    """Build one message: header + the given sections (any dtype, concatenated as raw bytes)."""
+    """Write header + sections (any dtype, concatenated as raw bytes) into ``out``, a contiguous
+    uint8 tensor of exactly the message size (a caller-owned frame works: no copy beyond this one)."""
     raw = [s.contiguous().reshape(-1).view(torch.uint8) for s in sections]
     payload_len = sum(r.numel() for r in raw)
-    out = torch.empty(HEADER_SIZE + payload_len, dtype=torch.uint8, device=device)
+    if out.numel() != HEADER_SIZE + payload_len:
+        raise ValueError(
+            f"message buffer holds {out.numel()} bytes, the message needs {HEADER_SIZE + payload_len}"
+        )
     offset = HEADER_SIZE
     for r in raw:
         out[offset : offset + r.numel()].copy_(r)
@@ -107,6 +112,13 @@ def assemble(
     header = torch.frombuffer(bytearray(fields + _CRC.pack(crc)), dtype=torch.uint8)
     out[:HEADER_SIZE].copy_(header)
     return out
+
+
+def assemble(codec_id, bits, flags, numel, bucket, aux, sections, device) -> torch.Tensor:
+    """A new message on ``device`` holding header + sections (see :func:`write_message`)."""
+    size = HEADER_SIZE + sum(s.numel() * s.element_size() for s in sections)
+    out = torch.empty(size, dtype=torch.uint8, device=device)
+    return write_message(out, codec_id, bits, flags, numel, bucket, aux, sections)
 
 
 def read_header(packed: torch.Tensor, check_crc: bool = True) -> Header:
@@ -152,36 +164,29 @@ def read_header(packed: torch.Tensor, check_crc: bool = True) -> Header:
     return Header(codec_id, bits, flags, numel, bucket, aux, payload_len, version, crc)
 
 
-class SectionReader:
-    """Cuts a validated payload into typed sections, checking every length."""
-
-    def __init__(self, packed: torch.Tensor, header: Header):
-        self._payload = packed[HEADER_SIZE:]
-        self._offset = 0
-        self._header = header
-
-    def take(self, count: int, dtype: torch.dtype, what: str) -> torch.Tensor:
-        """The next ``count`` elements of ``dtype`` (a view when aligned, else a copy)."""
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        nbytes = count * itemsize
-        end = self._offset + nbytes
-        if end > self._payload.numel():
+def read_sections(packed: torch.Tensor, header: Header, layout) -> dict[str, torch.Tensor]:
+    """Cut a validated payload into the typed sections of ``layout`` (a list of
+    :class:`~qtrain.codecs.layout.Section`), checking that they use the payload exactly. Aligned
+    sections are views of ``packed``; misaligned ones are copied."""
+    payload = packed[HEADER_SIZE:]
+    out, offset = {}, 0
+    for s in layout:
+        end = offset + s.nbytes
+        if end > payload.numel():
             raise WireFormatError(
-                f"{self._header.codec_name}: payload too short for {what} ({count} x {dtype}); "
-                f"needs {end} bytes, has {self._payload.numel()}"
+                f"{header.codec_name}: payload too short for {s.name} ({s.count} x {s.dtype}); "
+                f"needs {end} bytes, has {payload.numel()}"
             )
-        raw = self._payload[self._offset : end]
-        self._offset = end
-        if dtype == torch.uint8:
-            return raw
-        if (raw.storage_offset() % itemsize) != 0:
-            raw = raw.clone()
-        return raw.view(dtype)
-
-    def finish(self) -> None:
-        """Check that the sections used the payload exactly."""
-        if self._offset != self._payload.numel():
-            raise WireFormatError(
-                f"{self._header.codec_name}: payload is {self._payload.numel()} bytes but its sections "
-                f"account for {self._offset}"
-            )
+        raw = payload[offset:end]
+        if s.dtype != torch.uint8:
+            itemsize = ITEMSIZE[s.dtype]
+            if raw.storage_offset() % itemsize:
+                raw = raw.clone()
+            raw = raw.view(s.dtype)
+        out[s.name] = raw
+        offset = end
+    if offset != payload.numel():
+        raise WireFormatError(
+            f"{header.codec_name}: payload is {payload.numel()} bytes but its sections account for {offset}"
+        )
+    return out

@@ -88,6 +88,8 @@ class RuntimeConfig:
     cuda_aware: str = "auto"  # auto | on | off
     threads: int = 1  # torch intra-op threads per process (0: torch's default)
     timeout_s: float = 300.0  # watchdog: a phase that takes longer aborts the job
+    segments: int = 1  # messages per direction per step: the flat vector cut into this many segments
+    segment_bytes: int = 0  # or: segments of about this many fp32 bytes of parameters (0: use `segments`)
 
 
 @dataclass

@@ -22,8 +22,8 @@ def validate(cfg, source: str) -> None:
 
 def _validate(cfg) -> None:
     from qtrain.algorithms import ALGORITHMS
+    from qtrain.algorithms.links import resolve_links
     from qtrain.data import DATASETS
-    from qtrain.engine.setup import resolve_links
     from qtrain.models import MODELS
 
     a, t, d, r = cfg.algorithm, cfg.train, cfg.data, cfg.runtime
@@ -46,6 +46,10 @@ def _validate(cfg) -> None:
     _positive(a.lr_decay, "algorithm.lr_decay", allow_zero=True)
     _positive(r.threads, "runtime.threads", allow_zero=True)
     _positive(r.timeout_s, "runtime.timeout_s")
+    _positive(r.segments, "runtime.segments")
+    _positive(r.segment_bytes, "runtime.segment_bytes", allow_zero=True)
+    if r.segments != 1 and r.segment_bytes:
+        raise ConfigError("set runtime.segments or runtime.segment_bytes, not both")
     _positive(cfg.checkpoint.every, "checkpoint.every", allow_zero=True)
     _positive(cfg.checkpoint.keep, "checkpoint.keep")
     _positive(cfg.trace.flush_every, "trace.flush_every")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from qtrain.data.base import Dataset, split
-from qtrain.data.sampler import derive_seed
+from qtrain.seeding import derive_seed
 
 
 def digits(cfg, seed: int) -> Dataset:

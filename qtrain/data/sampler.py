@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from a tuple such as (run seed, "data", worker, epoch); stable across runs."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+from qtrain.seeding import derive_seed
 
 
 def shard_indices(num_samples: int, workers: int, worker: int, seed: int) -> torch.Tensor:

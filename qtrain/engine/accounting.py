@@ -1,39 +1,50 @@
 """What a run measured: bytes each way, evaluations, losses; and the ``summary.json`` it becomes.
 
-Bytes are counted from the packed buffers themselves. A downlink message is counted once per
-worker that receives it (what crosses the network in a parameter server). The fp32 equivalent is
-what the same messages would have cost with the ``none`` codec (40-byte header + 4 bytes/element).
+Bytes are counted from the packed buffers themselves, segment by segment. A downlink message is
+counted once per worker that receives it (what crosses the network in a parameter server). The fp32
+equivalent is what the same messages would have cost with the ``none`` codec (40-byte header +
+4 bytes/element, per segment message).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 
 import qtrain
 from qtrain.codecs import get_codec
 
 
-@dataclass
 class RunStats:
-    numel: int
-    workers: int
-    bytes_up: int = 0
-    bytes_down: int = 0
-    messages_up: int = 0
-    messages_down: int = 0
-    evals: list[dict] = field(default_factory=list)
-    last_batch_loss: float = float("nan")
-    started: float = field(default_factory=time.perf_counter)
+    """Bytes each way (counted from the packed messages, per segment), their fp32 equivalents,
+    evaluations and the last batch loss; a checkpoint stores them (``state_dict``)."""
 
-    def add_uplinks(self, sizes: list[int]) -> None:
-        self.bytes_up += sum(sizes)
+    COUNTERS = ("bytes_up", "bytes_down", "messages_up", "messages_down", "fp32_up", "fp32_down")
+
+    def __init__(self, partition, workers: int):
+        self.numel, self.workers = partition.numel, workers
+        self.segments = len(partition)
+        for key in self.COUNTERS:
+            setattr(self, key, 0)
+        self.evals: list[dict] = []
+        self.last_batch_loss = float("nan")
+        self.started = time.perf_counter()
+
+    def add_uplinks(self, sizes: list[int], numel: int) -> None:
+        """One segment's uplink messages (``numel`` elements each), one per worker."""
+        self.bytes_up += int(sum(sizes))
         self.messages_up += len(sizes)
+        self.fp32_up += len(sizes) * get_codec("none").wire_bytes(numel)
 
-    def add_downlink(self, size: int) -> None:
+    def add_downlink(self, size: int, numel: int) -> None:
+        """One segment's downlink message, received by every worker."""
         self.bytes_down += size * self.workers
         self.messages_down += self.workers
+        self.fp32_down += self.workers * get_codec("none").wire_bytes(numel)
+
+    @property
+    def compression_up(self) -> float:
+        return self.fp32_up / max(self.bytes_up, 1)
 
     def add_eval(self, step: int, ev: dict, trace=None) -> None:
         """Record an evaluation ({"loss", "accuracy"?}) in the summary history and the trace."""
@@ -41,12 +52,19 @@ class RunStats:
         if trace is not None:
             trace.add_eval(step, ev["loss"], ev.get("accuracy"))
 
-    def fp32_bytes(self, messages: int) -> int:
-        return messages * get_codec("none").wire_bytes(self.numel)
+    def state_dict(self) -> dict:
+        sd = {key: getattr(self, key) for key in self.COUNTERS}
+        sd.update({"last_batch_loss": float(self.last_batch_loss), "evals": json.dumps(self.evals)})
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        for key in self.COUNTERS:
+            setattr(self, key, int(sd[key]))
+        self.last_batch_loss, self.evals = float(sd["last_batch_loss"]), json.loads(sd["evals"])
 
     def summary(self, setup, steps_done: int, final: dict, train: dict, sha: str, **extra) -> dict:
         ds = setup.dataset
-        up32, down32 = self.fp32_bytes(self.messages_up), self.fp32_bytes(self.messages_down)
+        up32, down32 = self.fp32_up, self.fp32_down
         out = {
             "algorithm": setup.algorithm.name,
             "workers": setup.workers,
@@ -55,6 +73,7 @@ class RunStats:
             "dataset": ds.name,
             "task": ds.task,
             "numel": self.numel,
+            "segments": self.segments,
             "seed": setup.cfg.seed,
             "uplink": {
                 "codec": setup.uplink.codec.name,
@@ -92,8 +111,9 @@ class RunStats:
         return out
 
 
-def trace_attrs(setup, numel: int, world: int) -> dict:
+def trace_attrs(setup, topology, partition) -> dict:
     up, down = setup.uplink.codec, setup.downlink.codec
+    numel = partition.numel
     return {
         "algorithm": setup.algorithm.name,
         "uplink_codec": json.dumps(
@@ -102,12 +122,14 @@ def trace_attrs(setup, numel: int, world: int) -> dict:
         "downlink_codec": json.dumps(
             {"codec": down.name, **down.params(), "error_feedback": setup.downlink.error_feedback}
         ),
-        "uplink_bits_per_element": 8 * up.wire_bytes(numel) / numel,
-        "downlink_bits_per_element": 8 * down.wire_bytes(numel) / numel,
-        "fp32_message_bytes": get_codec("none").wire_bytes(numel),
+        "uplink_bits_per_element": 8 * sum(up.wire_bytes(s.numel) for s in partition) / numel,
+        "downlink_bits_per_element": 8 * sum(down.wire_bytes(s.numel) for s in partition) / numel,
+        "fp32_message_bytes": sum(get_codec("none").wire_bytes(s.numel) for s in partition),
         "numel": numel,
-        "world_size": world,
-        "workers": world - 1,
+        "segments": len(partition),
+        "world_size": topology.world_size,
+        "workers": topology.num_workers,
+        "server_ranks": json.dumps(list(topology.servers)),
         "steps_planned": setup.steps,
         "qtrain_version": qtrain.__version__,
     }

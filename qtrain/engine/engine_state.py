@@ -1,38 +1,80 @@
-"""What the worker and server engines have in common: their checkpointable state, and the
-relative compression error they report."""
+"""What the worker and server engines have in common: their checkpointable state, per-segment
+views of it, and the compression statistics they report."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 
 class EngineState:
-    """Step counter, the algorithm's state dict, the error-feedback buffer (or None) and the
-    codec generator: together, everything an engine needs to continue bit-exactly."""
+    """Step counter, the algorithm's state dict, the error-feedback buffer (or None) and one codec
+    generator per segment: together, everything an engine needs to continue bit-exactly."""
 
     step: int
     state: dict[str, torch.Tensor]
     error: torch.Tensor | None
-    generator: torch.Generator
+    generators: list[torch.Generator]
 
     def state_dict(self) -> dict:
         return {
             "step": self.step,
             "algorithm": {k: v.clone() for k, v in self.state.items()},
             "error": None if self.error is None else self.error.clone(),
-            "generator": self.generator.get_state(),
+            "generators": {str(i): g.get_state() for i, g in enumerate(self.generators)},
         }
 
     def load_state_dict(self, sd: dict) -> None:
+        if len(sd["generators"]) != len(self.generators):
+            raise ValueError(
+                f"the saved state has {len(sd['generators'])} segment streams, this run has "
+                f"{len(self.generators)} segments (runtime.segments must match the checkpoint)"
+            )
         self.step = int(sd["step"])
         for k, v in sd["algorithm"].items():
             self.state[k].copy_(v)
         if self.error is not None:
             self.error.copy_(sd["error"])
-        self.generator.set_state(sd["generator"])
+        for i, g in enumerate(self.generators):
+            g.set_state(sd["generators"][str(i)])
 
 
-def relative_error(v: torch.Tensor, q: torch.Tensor) -> float:
-    """||q - v|| / ||v|| (0 for v = 0)."""
-    norm = float(v.norm())
-    return float((q - v).norm()) / norm if norm else 0.0
+def segment_state(state: dict[str, torch.Tensor], seg) -> dict[str, torch.Tensor]:
+    """Views of an elementwise rule's state for one segment (updates land in the full buffers)."""
+    return {k: v[seg.slice] for k, v in state.items()}
+
+
+class SegmentStats:
+    """Compression statistics of one step, kept per segment as sums of squares (||Q(v) - v||^2,
+    ||v||^2, ||e||^2), so that combined over segments they equal those of the whole vector."""
+
+    def __init__(self):
+        self.parts: dict[int, list[float]] = {}
+        self.has_ef = False
+
+    def _part(self, seg) -> list[float]:
+        return self.parts.setdefault(seg.index, [0.0, 0.0, 0.0])
+
+    def add_error(self, seg, v: torch.Tensor, q: torch.Tensor) -> None:
+        part = self._part(seg)
+        part[0] += float((q - v).square().sum(dtype=torch.float64))
+        part[1] += float(v.square().sum(dtype=torch.float64))
+
+    def add_ef(self, seg, e: torch.Tensor) -> None:
+        self._part(seg)[2] += float(e.square().sum(dtype=torch.float64))
+        self.has_ef = True
+
+    def part(self, seg) -> tuple[float, float, float]:
+        return tuple(self.parts.get(seg.index, (0.0, 0.0, 0.0)))
+
+    def totals(self) -> tuple[float, float, float]:
+        return tuple(sum(p[i] for p in self.parts.values()) for i in range(3))
+
+    def summary(self, direction: str) -> dict[str, float]:
+        """{"up_rel_error": ||Q(v) - v|| / ||v|| (0 for v = 0), "up_ef_norm": ||e|| (with EF)}."""
+        err_sq, ref_sq, ef_sq = self.totals()
+        out = {f"{direction}_rel_error": math.sqrt(err_sq / ref_sq) if ref_sq else 0.0}
+        if self.has_ef:
+            out[f"{direction}_ef_norm"] = math.sqrt(ef_sq)
+        return out

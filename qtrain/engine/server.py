@@ -1,10 +1,15 @@
-"""The server's half of the step: average the decoded uplinks, run the server rule, compress the
-downlink (with the server-side error feedback of Efficient-Adam where enabled).
+"""The server's half of the step, segment by segment: average the uplinks, run the server rule,
+compress the downlink (with the server-side error feedback of Efficient-Adam where enabled).
 
-    mean = (1/N) sum_i decode(m_i)        (summed in worker order: bit-reproducible)
+    mean = (1/N) sum_i decode(m_i)        (accumulated in worker order: bit-reproducible)
     s = server_update(mean)
     update mode:   v = s + E,  d = Q(v),  E <- v - d,  x <- x - d,  send d
     weights mode:  x <- s,  send Q(x)     (master weights stay full precision on the server)
+
+The uplinks are accumulated with ``decode_add_`` (no decoded copy of any message), and d comes
+from the codec's quantize path with the message, so the server never decodes its own downlink.
+Every server rule is elementwise, so it runs on the segment's slices of the mean, the master
+weights and the rule's state.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from __future__ import annotations
 import torch
 
 from qtrain.algorithms.base import Algorithm
+from qtrain.algorithms.links import Link
 from qtrain.codecs import Codec
-from qtrain.data.sampler import derive_seed
-from qtrain.engine.engine_state import EngineState, relative_error
-from qtrain.engine.links import Link
+from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
+from qtrain.engine.partition import Partition, Segment
+from qtrain.seeding import stream_seed
 
 
 class ServerEngine(EngineState):
@@ -24,11 +30,13 @@ class ServerEngine(EngineState):
         algorithm: Algorithm,
         uplink_codec: Codec,
         downlink: Link,
+        partition: Partition,
         master: torch.Tensor,
         seed: int,
     ):
         numel, device = master.numel(), master.device
         self.algorithm = algorithm
+        self.partition = partition
         self.uplink_codec = uplink_codec
         self.downlink_codec = downlink.codec
         self.mode = algorithm.downlink_mode
@@ -37,41 +45,57 @@ class ServerEngine(EngineState):
         self.error = (
             torch.zeros(numel, dtype=torch.float32, device=device) if downlink.error_feedback else None
         )
-        self.generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "downlink"))
-        self.step = 0
+        self.generators = [
+            torch.Generator(device=device).manual_seed(stream_seed(seed, "downlink", None, s.index))
+            for s in partition
+        ]
+        self._states = [segment_state(self.state, s) for s in partition]
         self._sum = torch.zeros(numel, dtype=torch.float32, device=device)
-        self._decoded = torch.zeros(numel, dtype=torch.float32, device=device)
-        self.last_stats: dict[str, float] = {}
+        # weights mode: what every worker holds (the dequantized downlink), for checkpoints
+        self.replica = master.clone() if self.mode == "weights" else master
+        self.step = 0
+        self.stats = SegmentStats()
 
-    def initial_message(self) -> torch.Tensor | None:
+    def initial_message(self, seg: Segment) -> torch.Tensor | None:
         """Weights mode: the starting weights every worker must adopt before step 1."""
         if self.mode != "weights":
             return None
-        return self.downlink_codec.encode(self.master, generator=self.generator)
+        return self._send_weights(seg)
 
-    def aggregate(self, messages: list[torch.Tensor]) -> torch.Tensor:
-        """Mean of the decoded uplinks, summed in the order given (worker 1, 2, ...)."""
-        self._sum.zero_()
-        for m in messages:
-            self._sum.add_(self.uplink_codec.decode(m, out=self._decoded))
-        return self._sum.div_(len(messages))
-
-    def make_downlink(self, mean: torch.Tensor) -> torch.Tensor:
+    def begin_step(self) -> None:
         self.step += 1
-        s = self.algorithm.server_update(mean, self.master, self.state, self.step)
+        self.stats = SegmentStats()
+
+    def aggregate(self, seg: Segment, messages: list[torch.Tensor]) -> torch.Tensor:
+        """Mean of one segment's decoded uplinks, summed in the order given (worker 0, 1, ...)."""
+        acc = self._sum[seg.slice].zero_()
+        for m in messages:
+            self.uplink_codec.decode_add_(m, acc)
+        return acc.div_(len(messages))
+
+    def make_downlink(self, seg: Segment, mean: torch.Tensor) -> torch.Tensor:
+        sl = seg.slice
+        s = self.algorithm.server_update(mean, self.master[sl], self._states[seg.index], self.step)
         if self.mode == "weights":
-            self.master.copy_(s)
-            packed = self.downlink_codec.encode(self.master, generator=self.generator)
-            self.last_stats = {
-                "down_rel_error": relative_error(self.master, self.downlink_codec.decode(packed))
-            }
-            return packed
-        v = s.add(self.error) if self.error is not None else s
-        packed = self.downlink_codec.encode(v, generator=self.generator)
-        d = self.downlink_codec.decode(packed)
-        self.last_stats = {"down_rel_error": relative_error(v, d)}
-        if self.error is not None:
-            torch.sub(v, d, out=self.error)
-            self.last_stats["down_ef_norm"] = float(self.error.norm())
-        self.master.sub_(d)
+            self.master[sl].copy_(s)
+            return self._send_weights(seg)
+        e = self.error[sl] if self.error is not None else None
+        v = s.add(e) if e is not None else s
+        packed, d = self.downlink_codec.quantize(v, self.generators[seg.index])
+        self.stats.add_error(seg, v, d)
+        if e is not None:
+            torch.sub(v, d, out=e)
+            self.stats.add_ef(seg, e)
+        self.master[sl].sub_(d)
         return packed
+
+    def _send_weights(self, seg: Segment) -> torch.Tensor:
+        sl = seg.slice
+        packed, d = self.downlink_codec.quantize(self.master[sl], self.generators[seg.index])
+        self.stats.add_error(seg, self.master[sl], d)
+        self.replica[sl].copy_(d)
+        return packed
+
+    @property
+    def last_stats(self) -> dict[str, float]:
+        return self.stats.summary("down")

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from qtrain.algorithms import Algorithm, get_algorithm
+from qtrain.algorithms import Algorithm
+from qtrain.algorithms.links import CODEC_FIELDS, Link, resolve_links
 from qtrain.data import Dataset, ShardSampler, load_dataset, shard_indices
-from qtrain.data.sampler import derive_seed
 from qtrain.engine.flat import FlatModel
-from qtrain.engine.links import CODEC_FIELDS, Link, resolve_link
 from qtrain.models import build_model
+from qtrain.seeding import derive_seed
 
 DEFAULT_STEPS = 200  # when neither train.steps nor train.epochs is set
 
@@ -27,19 +27,6 @@ class RunSetup:
     uplink: Link
     downlink: Link
     steps: int
-
-
-def resolve_links(cfg) -> tuple[Algorithm, Link, Link]:
-    """The algorithm and both links, with the cross-checks a config must pass. Raises ValueError."""
-    algorithm = get_algorithm(cfg.algorithm)
-    uplink = resolve_link(cfg.uplink, "uplink", algorithm.uplink_codec, algorithm.uplink_ef)
-    downlink = resolve_link(cfg.downlink, "downlink", algorithm.downlink_codec, algorithm.downlink_ef)
-    if algorithm.downlink_mode == "weights" and downlink.error_feedback:
-        raise ValueError(
-            f"downlink.error_feedback: {algorithm.name} sends weights on the downlink (the server keeps "
-            "full-precision masters), so there is no downlink residual to feed back"
-        )
-    return algorithm, uplink, downlink
 
 
 def build_setup(cfg, workers: int) -> RunSetup:

@@ -79,43 +79,30 @@ def is_checkpoint_step(cfg, step: int, steps: int, stopping: bool) -> bool:
 
 
 def checkpoint_contents(
-    step,
-    master,
-    replica,
-    layout,
-    config_text,
-    server,
-    worker_snaps,
-    stats,
-    setup,
-    mpi_library: str,
-    hosts: list,
+    step: int, server, replica, worker_snaps: list, stats: dict, plan, mpi_library: str, hosts: list
 ) -> tuple[dict, dict]:
-    """(tree, root attributes) of a checkpoint; see docs/hdf5-schema.md."""
+    """(tree, root attributes) of a checkpoint; see docs/hdf5-schema.md. Worker snapshots are in
+    worker order and keyed by the worker's rank."""
+    topology, setup = plan.topology, plan.setup
+    master = server.master
     tree = {
         "step": step,
         "params": master.detach().cpu().clone(),
         "replica_params": replica.detach().cpu().clone(),
-        "layout": json.dumps(layout),
-        "config": config_text,
+        "layout": json.dumps(plan.layout),
+        "config": plan.config_text,
         "server": to_cpu({**server.state_dict(), "rng": rng_snapshot()}),
-        "workers": {str(r): snap for r, snap in enumerate(worker_snaps, start=1)},
-        "stats": {
-            "bytes_up": stats.bytes_up,
-            "bytes_down": stats.bytes_down,
-            "messages_up": stats.messages_up,
-            "messages_down": stats.messages_down,
-            "last_batch_loss": float(stats.last_batch_loss),
-            "evals": json.dumps(stats.evals),
-        },
+        "workers": {str(topology.worker_rank(i)): snap for i, snap in enumerate(worker_snaps)},
+        "stats": stats,
     }
     meta = {
         "params_sha256": params_sha256(master),
         "step": step,
-        "workers": setup.workers,
-        "world_size": setup.workers + 1,
+        "workers": topology.num_workers,
+        "world_size": topology.world_size,
+        "segments": len(plan.partition),
         "algorithm": setup.algorithm.name,
-        "roles": "rank 0 server, ranks 1.. workers",
+        "roles": topology.describe(),
         "qtrain_version": qtrain.__version__,
         "torch_version": torch.__version__,
         "mpi_library": mpi_library,

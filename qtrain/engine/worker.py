@@ -1,12 +1,16 @@
-"""A worker's half of the step: the algorithm's worker rule, uplink compression with error
-feedback, and applying the server's downlink to the local replica.
+"""A worker's half of the step, segment by segment: the algorithm's worker rule, uplink compression
+with error feedback, and applying the server's downlink to the local replica.
 
 Error feedback (Seide et al. 2014; Karimireddy et al. 2019; ECQ-SGD's alpha/beta form, Wu et al.
 2018), with p the worker rule's output and e the error buffer:
 
     v = p + alpha * e,    u = Q(v),    e <- beta * e + (p - u)
 
-With alpha = beta = 1 the residual telescopes: sum_t u_t + e_T = sum_t p_t.
+With alpha = beta = 1 the residual telescopes: sum_t u_t + e_T = sum_t p_t. u comes from the
+codec's quantize path together with the message, so the worker never decodes its own message.
+
+Every rule the algorithms define is elementwise, so the engine runs it on a segment's slices of the
+gradient, the parameters and the rule's state (views, updated in place).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from __future__ import annotations
 import torch
 
 from qtrain.algorithms.base import Algorithm
+from qtrain.algorithms.links import Link
 from qtrain.codecs import Codec
-from qtrain.data.sampler import derive_seed
-from qtrain.engine.engine_state import EngineState, relative_error
-from qtrain.engine.links import Link
+from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
+from qtrain.engine.partition import Partition, Segment
+from qtrain.seeding import stream_seed
 
 
 class WorkerEngine(EngineState):
@@ -26,39 +31,57 @@ class WorkerEngine(EngineState):
         algorithm: Algorithm,
         uplink: Link,
         downlink_codec: Codec,
-        numel: int,
+        partition: Partition,
         device: torch.device,
         seed: int,
         worker: int,
     ):
+        numel = partition.numel
         self.algorithm = algorithm
+        self.partition = partition
         self.uplink_codec = uplink.codec
         self.downlink_codec = downlink_codec
         self.mode = algorithm.downlink_mode
         self.alpha, self.beta = algorithm.hp.ef_alpha, algorithm.hp.ef_beta
         self.state = algorithm.init_worker_state(numel, device)
         self.error = torch.zeros(numel, dtype=torch.float32, device=device) if uplink.error_feedback else None
-        self.generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "uplink", worker))
+        self.generators = [
+            torch.Generator(device=device).manual_seed(stream_seed(seed, "uplink", worker, s.index))
+            for s in partition
+        ]
+        self._states = [segment_state(self.state, s) for s in partition]
+        self._decoded = torch.empty(numel, dtype=torch.float32, device=device)
         self.step = 0
-        self.last_stats: dict[str, float] = {}
+        self.stats = SegmentStats()
 
-    def make_uplink(self, grad: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """Worker rule + compression (+ error feedback): the packed message for the server."""
+    def begin_step(self) -> None:
         self.step += 1
-        p = self.algorithm.worker_update(grad, params, self.state, self.step)
-        v = p.add(self.error, alpha=self.alpha) if self.error is not None else p
-        packed = self.uplink_codec.encode(v, generator=self.generator)
-        u = self.uplink_codec.decode(packed)
-        self.last_stats = {"up_rel_error": relative_error(v, u)}
-        if self.error is not None:
-            self.error.mul_(self.beta).add_(p).sub_(u)
-            self.last_stats["up_ef_norm"] = float(self.error.norm())
+        self.stats = SegmentStats()
+
+    def make_uplink(
+        self, seg: Segment, grad: torch.Tensor, params: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Worker rule + compression (+ error feedback) of one segment: its packed message,
+        written into ``out`` (e.g. the transport's frame) when given."""
+        sl = seg.slice
+        p = self.algorithm.worker_update(grad[sl], params[sl], self._states[seg.index], self.step)
+        e = self.error[sl] if self.error is not None else None
+        v = p.add(e, alpha=self.alpha) if e is not None else p
+        packed, u = self.uplink_codec.quantize(v, self.generators[seg.index], out)
+        self.stats.add_error(seg, v, u)
+        if e is not None:
+            e.mul_(self.beta).add_(p).sub_(u)
+            self.stats.add_ef(seg, e)
         return packed
 
-    def apply_downlink(self, packed: torch.Tensor, params: torch.Tensor) -> None:
-        """x <- x - d (update mode) or x <- d (weights mode), d the decoded downlink."""
-        d = self.downlink_codec.decode(packed)
+    def apply_downlink(self, seg: Segment, packed: torch.Tensor, params: torch.Tensor) -> None:
+        """x <- x - d (update mode) or x <- d (weights mode), d the segment's decoded downlink."""
+        sl = seg.slice
         if self.mode == "update":
-            params.sub_(d)
+            params[sl].sub_(self.downlink_codec.decode(packed, out=self._decoded[sl]))
         else:
-            params.copy_(d)
+            self.downlink_codec.decode(packed, out=params[sl])
+
+    @property
+    def last_stats(self) -> dict[str, float]:
+        return self.stats.summary("up")

@@ -38,7 +38,7 @@ TRACE_DTYPE = np.dtype(
 )
 UNITS = {
     "step": "step (1-based)",
-    "rank": "MPI rank (0 = server)",
+    "rank": "MPI rank (the root attribute server_ranks names the serving ranks)",
     "role": "0 server, 1 worker",
     "bytes_sent": "bytes (packed messages; the server counts one downlink copy per worker)",
     "bytes_recv": "bytes",
@@ -129,19 +129,21 @@ class TraceWriter:
 
 def server_row(
     step: int,
+    rank: int,
     sizes,
     down_bytes: int,
-    workers: int,
+    worker_ranks,
     times: dict,
     loss: float,
     up_errors,
     up_ef,
     down_stats: dict,
 ) -> np.ndarray:
-    """The server's row of one step. ``times`` has wait_s, decode_s, encode_s, comm_s, compute_s."""
+    """The server's row of one step. ``sizes``: each worker's uplink bytes this step; ``down_bytes``:
+    the downlink bytes one worker receives; ``times`` has wait_s, decode_s, encode_s, comm_s, compute_s."""
     row = np.zeros(1, dtype=TRACE_DTYPE)
-    row["step"], row["rank"], row["role"] = step, 0, 0
-    row["bytes_sent"], row["bytes_recv"] = down_bytes * workers, int(np.sum(sizes))
+    row["step"], row["rank"], row["role"] = step, rank, 0
+    row["bytes_sent"], row["bytes_recv"] = down_bytes * len(worker_ranks), int(np.sum(sizes))
     for key, value in times.items():
         row[key] = value
     row["loss"] = loss
@@ -152,11 +154,20 @@ def server_row(
 
 
 def worker_rows(
-    step: int, sizes, down_bytes: int, compute_s, encode_s, losses, up_errors, up_ef, down_stats: dict
+    step: int,
+    worker_ranks,
+    sizes,
+    down_bytes: int,
+    compute_s,
+    encode_s,
+    losses,
+    up_errors,
+    up_ef,
+    down_stats: dict,
 ) -> np.ndarray:
-    """One row per worker (ranks 1..N); comm_s and decode_s are filled in when they are known."""
-    rows = np.zeros(len(sizes), dtype=TRACE_DTYPE)
-    rows["step"], rows["rank"], rows["role"] = step, np.arange(1, len(sizes) + 1), 1
+    """One row per worker, in worker order; comm_s and decode_s are filled in when they are known."""
+    rows = np.zeros(len(worker_ranks), dtype=TRACE_DTYPE)
+    rows["step"], rows["rank"], rows["role"] = step, worker_ranks, 1
     rows["bytes_sent"], rows["bytes_recv"] = sizes, down_bytes
     rows["compute_s"], rows["encode_s"], rows["loss"] = compute_s, encode_s, losses
     rows["up_rel_error"], rows["up_ef_norm"] = up_errors, up_ef

@@ -1,14 +1,17 @@
 """Fixed-size control records that travel with every message (no extra synchronization).
 
-Uplink record (72 bytes, one per worker per step, sent ahead of the packed message in the same
-frame): step, flags (bit 0: this rank asks to stop), message length, and the worker's per-step
-measurements (batch loss, compute/encode seconds, the previous step's communication and
-downlink-decode seconds (the record leaves before this step's downlink arrives), relative
-compression error, error-buffer norm). Rank 0 learns everything it logs from these, for free.
+Uplink record (88 bytes, one per worker per segment per step, sent ahead of the packed message in
+the same frame): step, flags (bit 0: this rank asks to stop), message length, segment, the
+segment's encode seconds and compression sums of squares (||Q(v) - v||^2, ||v||^2, ||e||^2: the
+server adds them over segments, so the combined relative error and error norm are those of the
+whole vector), and the worker's per-step measurements (batch loss, compute seconds, and the
+previous step's communication and downlink-decode seconds: the record leaves before this step's
+downlink arrives). The server reads the per-step fields from the last segment's record. Rank 0
+learns everything it logs from these, for free.
 
-Downlink record (16 bytes, broadcast ahead of the server's message): step, flags (bit 0: all ranks
-stop after this step), message length. A failing server does not report through it: it aborts
-the job (MPI_Abort).
+Downlink record (24 bytes, broadcast ahead of the server's message of each segment): step, flags
+(bit 0: all ranks stop after this step; set on the last segment), message length, segment. A
+failing server does not report through it: it aborts the job (MPI_Abort).
 """
 
 from __future__ import annotations
@@ -20,16 +23,21 @@ UPLINK_RECORD = np.dtype(
         ("step", "<u4"),
         ("flags", "<u4"),
         ("length", "<u8"),
+        ("segment", "<u4"),
+        ("reserved", "<u4"),
         ("loss", "<f8"),
         ("compute_s", "<f8"),
         ("encode_s", "<f8"),
         ("prev_comm_s", "<f8"),
         ("prev_decode_s", "<f8"),
-        ("rel_error", "<f8"),
-        ("ef_norm", "<f8"),
+        ("err_sq", "<f8"),
+        ("ref_sq", "<f8"),
+        ("ef_sq", "<f8"),
     ]
 )
-DOWNLINK_RECORD = np.dtype([("step", "<u4"), ("flags", "<u4"), ("length", "<u8")])
-assert UPLINK_RECORD.itemsize == 72 and DOWNLINK_RECORD.itemsize == 16
+DOWNLINK_RECORD = np.dtype(
+    [("step", "<u4"), ("flags", "<u4"), ("length", "<u8"), ("segment", "<u4"), ("reserved", "<u4")]
+)
+assert UPLINK_RECORD.itemsize == 88 and DOWNLINK_RECORD.itemsize == 24
 
 FLAG_STOP = 1

@@ -1,7 +1,9 @@
-"""``--resume PATH|auto``: pick and verify a checkpoint on rank 0, check that it fits this run."""
+"""``--resume PATH|auto``: the serving rank picks and verifies a checkpoint and checks that it fits
+this run; every worker gets the replica weights and its own state."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -10,6 +12,18 @@ from qtrain.io.checkpoint import CheckpointError, newest_valid, read_checkpoint
 
 # sections a resumed run may change: how long and how it logs, where it runs, how it checkpoints
 MAY_CHANGE = {"train", "runtime", "checkpoint", "trace", "workers"}
+# ... except these, which decide the random streams and the message layout
+MUST_MATCH = {"runtime.segments", "runtime.segment_bytes"}
+
+
+@dataclass
+class ResumePoint:
+    step: int
+    path: Path | None
+    tree: dict | None = None  # the whole checkpoint (serving rank)
+    replica_params: object = None  # what every worker holds (working ranks)
+    worker: dict | None = None  # this worker's saved state; None with --reset-worker-state
+    worker_state_reset: bool = False
 
 
 def _diff(a, b, prefix="") -> list[str]:
@@ -21,7 +35,9 @@ def _diff(a, b, prefix="") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def load_for_resume(spec: str, out_dir: Path, config_text: str, workers: int, reset_worker_state: bool, warn):
+def load_for_resume(
+    spec: str, out_dir: Path, config_text: str, workers: int, reset_worker_state: bool, warn, servers: int = 1
+):
     """Return (tree, path). ``spec`` is a path or ``auto`` (newest checkpoint in OUT/checkpoints
     that verifies). Raises CheckpointError with a one-line reason."""
     if spec == "auto":
@@ -31,19 +47,64 @@ def load_for_resume(spec: str, out_dir: Path, config_text: str, workers: int, re
         tree, meta = read_checkpoint(path)
     saved = yaml.safe_load(tree["config"])
     now = yaml.safe_load(config_text)
-    changed = [k for k in _diff(saved, now) if k.split(".")[0] not in MAY_CHANGE]
+    changed = [k for k in _diff(saved, now) if k.split(".")[0] not in MAY_CHANGE or k in MUST_MATCH]
     if changed:
         raise CheckpointError(
             f"{path}: the run's config differs from the checkpoint's in {', '.join(changed)} "
-            "(only train.*, runtime.*, checkpoint.*, trace.* may change on resume)"
+            "(only train.*, runtime.*, checkpoint.*, trace.* may change on resume, and not "
+            "runtime.segments or runtime.segment_bytes)"
         )
     saved_workers = int(meta["workers"])
     if saved_workers != workers and not reset_worker_state:
         raise CheckpointError(
             f"{path} was written by {saved_workers} workers, this run has {workers}: resume with "
-            f"mpiexec -n {saved_workers + 1}, or pass --reset-worker-state to start the workers' moments "
-            "and error buffers from zero (the server state is kept)"
+            f"mpiexec -n {saved_workers + servers}, or pass --reset-worker-state to start the workers' "
+            "moments and error buffers from zero (the server state is kept)"
         )
     if tree["step"] < 0:
         raise CheckpointError(f"{path}: negative step")
     return tree, path
+
+
+def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> ResumePoint:
+    """The serving rank loads and verifies the checkpoint; workers get the replica parameters and
+    their own state (numpy over MPI). Raises ``Refused`` on every rank when it does not fit."""
+    from qtrain.engine.snapshots import to_numpy, to_torch
+    from qtrain.runtime.startup import Refused
+
+    comm, server = topology.comm, topology.server
+    loaded = error = None
+    if topology.is_server:
+        try:
+            loaded = load_for_resume(
+                request.resume,
+                out_dir,
+                plan.config_text,
+                topology.num_workers,
+                request.reset_worker_state,
+                warn=lambda m: echo(f"qtrain: warning: {m}"),
+                servers=len(topology.servers),
+            )
+        except (ValueError, OSError) as exc:
+            error = str(exc)
+    error = comm.bcast(error, root=server)
+    if error:
+        raise Refused(error)
+    reset = request.reset_worker_state
+    parts = common = None
+    if topology.is_server:
+        tree, path = loaded
+        same = len(tree["workers"]) == topology.num_workers and not reset
+        parts = [None] * topology.world_size
+        for r in topology.workers:
+            parts[r] = to_numpy(tree["workers"][str(r)]) if same else None
+        common = to_numpy({"step": tree["step"], "replica_params": tree["replica_params"]})
+    mine = comm.scatter(parts, root=server)
+    common = comm.bcast(common, root=server)
+    if topology.is_server:
+        return ResumePoint(tree["step"], path, tree=tree, worker_state_reset=reset)
+    c = to_torch(common)
+    worker = to_torch(mine) if mine is not None else None
+    return ResumePoint(
+        c["step"], None, replica_params=c["replica_params"], worker=worker, worker_state_reset=reset
+    )

@@ -1,20 +1,22 @@
-"""Packed uint8 messages between workers and the server, over mpi4py's buffer API (no pickles).
+"""Packed uint8 messages between workers and the server, segment by segment, over mpi4py's buffer
+API (no pickles). Which rank serves a segment, and which ranks work, comes from the Topology; the
+segments and their MPI tags from the Partition.
 
-Uplink (worker -> rank 0), per step:
-  fixed-size codecs:    one frame = 72-byte uplink record + the message (size known from the
-                        config), ``Isend`` by each worker into rank 0's preallocated per-worker
-                        ``Irecv`` rows.
+Uplink (worker -> the segment's server), per step and segment:
+  fixed-size codecs:    one frame = uplink record + the message (size known from the config), sent
+                        with ``Isend`` into the server's preallocated per-(segment, worker) rows;
+                        the worker encodes straight into its frame when frame and data share a device.
   variable-size codecs: the record first (it carries the message length), then the message with
-                        a second tag; rank 0 posts the second receive once it knows the length.
-Downlink (rank 0 -> all), per step: the 16-byte downlink record + message in one ``Ibcast``
+                        the segment's second tag; the server posts that receive once it knows the length.
+Downlink (server -> all), per step and segment: the downlink record + message in one ``Ibcast``
 (fixed size), or record then message in two (variable size).
 
-Point-to-point receives on the server (not ``Gather``) let the deadline name exactly which worker
-is silent; ``Ibcast`` lets workers wait with a deadline too. See docs/architecture.md.
+The server posts every receive of a step at once (``post_uplinks``) and completes them segment by
+segment. Point-to-point receives (not ``Gather``) let the deadline name exactly which worker is
+silent; ``Ibcast`` lets workers wait with a deadline too. See docs/architecture.md.
 
 CUDA-aware MPI: device tensors go to MPI directly after the producing stream is synchronized;
 otherwise frames are staged through preallocated host buffers (pinned when CUDA is present).
-Everything above this module sees the same calls either way.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import torch
 from qtrain.runtime.records import DOWNLINK_RECORD, UPLINK_RECORD
 from qtrain.runtime.waiting import wait_all
 
-TAG_FRAME = 11
-TAG_MESSAGE = 12
-SERVER = 0
+UP = UPLINK_RECORD.itemsize
+DOWN = DOWNLINK_RECORD.itemsize
 
 
 def _host_buffer(nbytes: int, device: torch.device) -> torch.Tensor:
@@ -43,127 +44,152 @@ def _mpi_buffer(t: torch.Tensor):
 
 class Transport:
     def __init__(
-        self,
-        comm,
-        uplink_codec,
-        downlink_codec,
-        numel: int,
-        device: torch.device,
-        cuda_aware: bool,
-        timeout_s: float,
+        self, topology, partition, uplink_codec, downlink_codec, device, cuda_aware: bool, timeout_s: float
     ):
-        self.comm = comm
-        self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.workers = self.size - 1
+        self.topology, self.partition = topology, partition
+        self.comm = topology.comm
         self.device = device
         self.cuda_aware = cuda_aware and device.type == "cuda"
         self.timeout_s = timeout_s
-        self.up_fixed = uplink_codec.fixed_size
-        self.down_fixed = downlink_codec.fixed_size
-        self.up_max = uplink_codec.wire_bytes(numel)
-        self.down_max = downlink_codec.wire_bytes(numel)
-        self.up_frame = UPLINK_RECORD.itemsize + (self.up_max if self.up_fixed else 0)
-        self.down_frame = DOWNLINK_RECORD.itemsize + (self.down_max if self.down_fixed else 0)
-        if self.rank == SERVER:
-            self._recv = np.empty((self.workers, self.up_frame), dtype=np.uint8)
-            self._recv_msgs = [np.empty(self.up_max, dtype=np.uint8) for _ in range(self.workers)]
-            self._down = np.empty(self.down_frame, dtype=np.uint8)
-        else:
-            staging_device = device if self.cuda_aware else torch.device("cpu")
-            if self.cuda_aware:
-                self._send = torch.empty(self.up_frame, dtype=torch.uint8, device=device)
-                self._down_t = torch.empty(self.down_frame, dtype=torch.uint8, device=device)
-            else:
-                self._send = _host_buffer(self.up_frame, device)
-                self._down_t = _host_buffer(self.down_frame, device)
-            self._msg_t = None if self.down_fixed else _host_buffer(self.down_max, staging_device)
-            self._pending_send = []
+        self.up_fixed, self.down_fixed = uplink_codec.fixed_size, downlink_codec.fixed_size
+        self.up_max = [uplink_codec.wire_bytes(s.numel) for s in partition]
+        self.down_max = [downlink_codec.wire_bytes(s.numel) for s in partition]
+        up_frame = [UP + (m if self.up_fixed else 0) for m in self.up_max]
+        down_frame = [DOWN + (m if self.down_fixed else 0) for m in self.down_max]
+        workers = topology.num_workers
+        if topology.is_server:
+            self._recv = [np.empty((workers, n), dtype=np.uint8) for n in up_frame]
+            self._recv_msgs = [[np.empty(m, dtype=np.uint8) for _ in range(workers)] for m in self.up_max]
+            self._down = [np.empty(n, dtype=np.uint8) for n in down_frame]
+            self._posted: list = [None] * len(partition)
+            return
+        frames_on = device if self.cuda_aware else torch.device("cpu")
+
+        def buffer(n):
+            return (
+                torch.empty(n, dtype=torch.uint8, device=device)
+                if self.cuda_aware
+                else _host_buffer(n, device)
+            )
+
+        self._send = [buffer(n) for n in up_frame]
+        self._send_msgs = None if self.up_fixed else [buffer(m) for m in self.up_max]
+        self._down_t = [buffer(n) for n in down_frame]
+        self._down_msgs = None if self.down_fixed else [buffer(m) for m in self.down_max]
+        self._frames_on_device = frames_on == device
+        self._pending_send: list = []
+
+    def _server_of(self, seg) -> int:
+        return self.topology.servers[seg.owner]
+
+    @staticmethod
+    def _where(step: int, seg) -> str:
+        return f" (step {step}, segment {seg.index})"
 
     # ---------------------------------------------------------------- worker side
-    def send_uplink(self, record: np.ndarray, packed: torch.Tensor) -> None:
-        """Post this worker's record + message to rank 0 (completion is checked next step)."""
-        self._finish_sends()
+    def message_buffer(self, seg) -> torch.Tensor | None:
+        """Where this worker may encode segment ``seg``'s message in place (its slot of the send
+        frame), or None when the frames live on another device than the data."""
+        if not self._frames_on_device:
+            return None
+        return self._send[seg.index][UP:] if self.up_fixed else self._send_msgs[seg.index]
+
+    def send_uplink(self, seg, record: np.ndarray, packed: torch.Tensor) -> None:
+        """Post this worker's record + message of one segment (completed after the downlink)."""
         n = packed.numel()
-        record["length"] = n
+        record["length"], record["segment"] = n, seg.index
         rec_bytes = torch.from_numpy(record.view(np.uint8).copy())
         if self.cuda_aware and packed.device.type == "cuda":
             torch.cuda.current_stream(packed.device).synchronize()
-        if self.up_fixed:
-            self._send[: UPLINK_RECORD.itemsize].copy_(rec_bytes)
-            self._send[UPLINK_RECORD.itemsize : UPLINK_RECORD.itemsize + n].copy_(packed)
-            if self.cuda_aware:
-                torch.cuda.current_stream(self.device).synchronize()
-            self._pending_send = [self.comm.Isend(_mpi_buffer(self._send), dest=SERVER, tag=TAG_FRAME)]
-            return
-        self._send[: UPLINK_RECORD.itemsize].copy_(rec_bytes)
-        msg = packed if (self.cuda_aware or packed.device.type == "cpu") else packed.cpu()
+        frame = self._send[seg.index]
+        frame[:UP].copy_(rec_bytes)
+        target = frame[UP : UP + n] if self.up_fixed else self._send_msgs[seg.index][:n]
+        if target.data_ptr() != packed.data_ptr():
+            target.copy_(packed)
         if self.cuda_aware:
             torch.cuda.current_stream(self.device).synchronize()
-        self._keep = msg  # the buffer must live until the send completes
-        self._pending_send = [
-            self.comm.Isend(_mpi_buffer(self._send[: UPLINK_RECORD.itemsize]), dest=SERVER, tag=TAG_FRAME),
-            self.comm.Isend(_mpi_buffer(msg), dest=SERVER, tag=TAG_MESSAGE),
+        dest = self._server_of(seg)
+        if self.up_fixed:
+            self._pending_send.append(self.comm.Isend(_mpi_buffer(frame), dest=dest, tag=seg.tag))
+            return
+        self._pending_send += [
+            self.comm.Isend(_mpi_buffer(frame), dest=dest, tag=seg.tag),
+            self.comm.Isend(_mpi_buffer(target), dest=dest, tag=seg.tag + 1),
         ]
 
-    def _finish_sends(self) -> None:
+    def finish_sends(self, step: int) -> None:
+        """Complete this step's uplink sends (their frames are reused next step)."""
         if self._pending_send:
-            wait_all(self._pending_send, self.timeout_s, "uplink send", [SERVER] * len(self._pending_send))
+            server = self.topology.server
+            peers = [server] * len(self._pending_send)
+            wait_all(self._pending_send, self.timeout_s, "uplink send", peers, f" (step {step})")
             self._pending_send = []
 
-    def recv_downlink(self) -> tuple[np.void, torch.Tensor]:
-        """The server's record and message for this step, on this worker's device."""
-        frame = self._down_t
-        req = self.comm.Ibcast(_mpi_buffer(frame), root=SERVER)
-        wait_all([req], self.timeout_s, "downlink broadcast", [SERVER])
-        self._finish_sends()
-        head = frame[: DOWNLINK_RECORD.itemsize].cpu().numpy().view(DOWNLINK_RECORD)[0].copy()
+    def recv_downlink(self, seg, step: int) -> tuple[np.void, torch.Tensor]:
+        """The server's record and message of one segment, on this worker's device."""
+        frame = self._down_t[seg.index]
+        root = self._server_of(seg)
+        req = self.comm.Ibcast(_mpi_buffer(frame), root=root)
+        wait_all([req], self.timeout_s, "downlink broadcast", [root], self._where(step, seg))
+        head = frame[:DOWN].cpu().numpy().view(DOWNLINK_RECORD)[0].copy()
         n = int(head["length"])
         if self.down_fixed:
-            msg = frame[DOWNLINK_RECORD.itemsize : DOWNLINK_RECORD.itemsize + n]
+            msg = frame[DOWN : DOWN + n]
         else:
-            msg = self._msg_t[:n]
-            req = self.comm.Ibcast(_mpi_buffer(msg), root=SERVER)
-            wait_all([req], self.timeout_s, "downlink broadcast (message)", [SERVER])
+            msg = self._down_msgs[seg.index][:n]
+            req = self.comm.Ibcast(_mpi_buffer(msg), root=root)
+            wait_all([req], self.timeout_s, "downlink broadcast (message)", [root], self._where(step, seg))
         if msg.device != self.device:
             msg = msg.to(self.device, non_blocking=True)
         return head, msg
 
     # ---------------------------------------------------------------- server side
-    def gather_uplinks(self) -> tuple[np.ndarray, list[torch.Tensor]]:
-        """Every worker's record and message, in worker order (rank 1, 2, ...)."""
-        peers = list(range(1, self.size))
-        reqs = [self.comm.Irecv(self._recv[i], source=r, tag=TAG_FRAME) for i, r in enumerate(peers)]
-        wait_all(reqs, self.timeout_s, "uplink gather", peers)
-        records = self._recv[:, : UPLINK_RECORD.itemsize].copy().view(UPLINK_RECORD).reshape(-1)
+    def post_uplinks(self) -> None:
+        """Post the receives of every segment of this step, from every worker."""
+        for seg in self.partition:
+            rows = self._recv[seg.index]
+            self._posted[seg.index] = [
+                self.comm.Irecv(rows[i], source=r, tag=seg.tag) for i, r in enumerate(self.topology.workers)
+            ]
+
+    def gather_uplinks(self, seg, step: int) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Every worker's record and message of segment ``seg``, in worker order."""
+        peers = list(self.topology.workers)
+        rows = self._recv[seg.index]
+        wait_all(self._posted[seg.index], self.timeout_s, "uplink gather", peers, self._where(step, seg))
+        records = rows[:, :UP].copy().view(UPLINK_RECORD).reshape(-1)
         lengths = [int(n) for n in records["length"]]
-        for i, n in enumerate(lengths):
-            if n > self.up_max:
+        for rank, rec, n in zip(peers, records, lengths, strict=True):
+            if n > self.up_max[seg.index] or int(rec["step"]) != step or int(rec["segment"]) != seg.index:
                 raise RuntimeError(
-                    f"rank {i + 1} announced a {n}-byte uplink, more than the {self.up_max} possible"
+                    f"rank {rank} sent a {n}-byte uplink for step {int(rec['step'])}, segment "
+                    f"{int(rec['segment'])}; expected at most {self.up_max[seg.index]} bytes for step "
+                    f"{step}, segment {seg.index}"
                 )
         if self.up_fixed:
-            base = UPLINK_RECORD.itemsize
-            msgs = [torch.from_numpy(self._recv[i, base : base + n]) for i, n in enumerate(lengths)]
-            return records, msgs
+            return records, [torch.from_numpy(rows[i, UP : UP + n]) for i, n in enumerate(lengths)]
+        bufs = self._recv_msgs[seg.index]
         reqs = [
-            self.comm.Irecv(self._recv_msgs[i][:n], source=r, tag=TAG_MESSAGE)
+            self.comm.Irecv(bufs[i][:n], source=r, tag=seg.tag + 1)
             for i, (r, n) in enumerate(zip(peers, lengths, strict=True))
         ]
-        wait_all(reqs, self.timeout_s, "uplink gather (messages)", peers)
-        return records, [torch.from_numpy(self._recv_msgs[i][:n]) for i, n in enumerate(lengths)]
+        wait_all(reqs, self.timeout_s, "uplink gather (messages)", peers, self._where(step, seg))
+        return records, [torch.from_numpy(bufs[i][:n]) for i, n in enumerate(lengths)]
 
-    def broadcast_downlink(self, step: int, flags: int, packed: torch.Tensor) -> None:
+    def broadcast_downlink(self, seg, step: int, flags: int, packed: torch.Tensor) -> None:
         packed = packed.cpu()
         n = packed.numel()
         head = np.zeros(1, dtype=DOWNLINK_RECORD)
-        head["step"], head["flags"], head["length"] = step, flags, n
-        self._down[: DOWNLINK_RECORD.itemsize] = head.view(np.uint8)
+        head["step"], head["flags"], head["length"], head["segment"] = step, flags, n, seg.index
+        frame = self._down[seg.index]
+        frame[:DOWN] = head.view(np.uint8)
+        root = self._server_of(seg)
         if self.down_fixed:
-            self._down[DOWNLINK_RECORD.itemsize : DOWNLINK_RECORD.itemsize + n] = packed.numpy()
-            req = self.comm.Ibcast(self._down, root=SERVER)
-            wait_all([req], self.timeout_s, "downlink broadcast", None)
+            frame[DOWN : DOWN + n] = packed.numpy()
+            req = self.comm.Ibcast(frame, root=root)
+            wait_all([req], self.timeout_s, "downlink broadcast", None, self._where(step, seg))
             return
-        req = self.comm.Ibcast(self._down[: DOWNLINK_RECORD.itemsize], root=SERVER)
-        wait_all([req], self.timeout_s, "downlink broadcast", None)
-        req = self.comm.Ibcast(packed.numpy(), root=SERVER)
-        wait_all([req], self.timeout_s, "downlink broadcast (message)", None)
+        req = self.comm.Ibcast(frame[:DOWN], root=root)
+        wait_all([req], self.timeout_s, "downlink broadcast", None, self._where(step, seg))
+        req = self.comm.Ibcast(packed.numpy(), root=root)
+        wait_all([req], self.timeout_s, "downlink broadcast (message)", None, self._where(step, seg))

@@ -19,9 +19,10 @@ class Stalled(RuntimeError):
     """A communication phase did not complete within ``runtime.timeout_s``."""
 
 
-def wait_all(requests, timeout_s: float, phase: str, peers: list[int] | None = None) -> None:
-    """Wait for every request; after ``timeout_s`` raise :class:`Stalled` naming the phase and the
-    peers (ranks, parallel to ``requests``) that have not completed."""
+def wait_all(requests, timeout_s: float, phase: str, peers: list[int] | None = None, where: str = "") -> None:
+    """Wait for every request; after ``timeout_s`` raise :class:`Stalled` naming the phase, where in
+    the run it is (e.g. " (step 5, segment 0)") and the peers (ranks, parallel to ``requests``)
+    that have not completed."""
     pending = list(range(len(requests)))
     start = time.monotonic()
     deadline = start + timeout_s
@@ -36,7 +37,7 @@ def wait_all(requests, timeout_s: float, phase: str, peers: list[int] | None = N
             return
         if time.monotonic() > deadline:
             who = f" from rank(s) {', '.join(str(peers[i]) for i in pending)}" if peers else ""
-            raise Stalled(f"no progress for {timeout_s:g} s in phase '{phase}'{who}")
+            raise Stalled(f"no progress for {timeout_s:g} s in phase '{phase}'{where}{who}")
         if time.monotonic() - start < SPIN_S:
             os.sched_yield()
             continue

@@ -12,6 +12,8 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+from qtrain.algorithms.base import Algorithm
+from qtrain.algorithms.registry import get_algorithm
 from qtrain.codecs import CODECS, Codec, get_codec
 
 CODEC_FIELDS = ("bits", "levels", "norm", "rounding", "kappa", "reference", "layout", "k", "ratio", "values")
@@ -62,3 +64,16 @@ def resolve_link(section, direction: str, default_codec: dict, default_ef: bool)
         )
     ef = default_ef if section.error_feedback is None else section.error_feedback
     return Link(direction, codec, ef)
+
+
+def resolve_links(cfg) -> tuple[Algorithm, Link, Link]:
+    """The algorithm and both links, with the cross-checks a config must pass. Raises ValueError."""
+    algorithm = get_algorithm(cfg.algorithm)
+    uplink = resolve_link(cfg.uplink, "uplink", algorithm.uplink_codec, algorithm.uplink_ef)
+    downlink = resolve_link(cfg.downlink, "downlink", algorithm.downlink_codec, algorithm.downlink_ef)
+    if algorithm.downlink_mode == "weights" and downlink.error_feedback:
+        raise ValueError(
+            f"downlink.error_feedback: {algorithm.name} sends weights on the downlink (the server keeps "
+            "full-precision masters), so there is no downlink residual to feed back"
+        )
+    return algorithm, uplink, downlink

@@ -1,0 +1,35 @@
+"""Writes a run's checkpoints: ``OUT/checkpoints/step-N.h5``, atomically, keeping the newest
+``checkpoint.keep``. Shared by the MPI server and the simulator, so their files have one layout
+(docs/hdf5-schema.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtrain.engine.snapshots import checkpoint_contents
+from qtrain.io.checkpoint import checkpoint_name, prune, write_checkpoint
+
+
+class Checkpointer:
+    def __init__(self, out_dir: Path, plan, mpi_library: str, hosts: list, log=None):
+        self.plan, self.mpi_library, self.hosts, self.log = plan, mpi_library, hosts, log
+        self.dir = Path(out_dir) / "checkpoints"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, step: int, server, worker_snaps: list, recorder, replica_params) -> None:
+        """``server``: the ServerEngine (master weights and state); ``worker_snaps`` in worker
+        order; ``recorder``: whose statistics go in; ``replica_params``: what every worker holds."""
+        tree, meta = checkpoint_contents(
+            step,
+            server,
+            replica_params,
+            worker_snaps,
+            recorder.state_dict(),
+            self.plan,
+            self.mpi_library,
+            self.hosts,
+        )
+        write_checkpoint(self.dir / checkpoint_name(step), tree, meta)
+        prune(self.dir, self.plan.cfg.checkpoint.keep)
+        if self.log is not None:
+            self.log.info("checkpoint step %d written", step)

@@ -1,0 +1,82 @@
+"""The flat parameter vector cut into segments: the unit of communication.
+
+A segment is a contiguous range ``[start, stop)`` of the flat vector whose boundaries fall on codec
+bucket boundaries (a multiple of ``align``, the least common multiple of both links' buckets), so
+encoding a segment on its own gives the same buckets as encoding the whole vector. Segments are
+listed in the order the backward pass produces gradients: the flat vector follows the model's
+forward order, so segment 0 is its tail (the last layers) and the last segment its head.
+
+Each segment has its own message each way, its own slice of every error buffer, its own
+stochastic-rounding stream (``seeding.stream_seed``) and its own MPI tag. ``runtime.segments``
+sets their number (default 1: one message per direction per step, bit-identical to earlier
+versions); ``runtime.segment_bytes`` sets their size instead (fp32 bytes of parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+TAG_BASE = 16  # MPI tags below this are left to control messages
+MAX_SEGMENTS = 4096  # keeps every tag below 32767, the smallest MPI_TAG_UB the standard allows
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int  # position in backward order
+    start: int
+    stop: int
+    owner: int = 0  # index into Topology.servers of the rank that serves this segment
+
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.start, self.stop)
+
+    @property
+    def tag(self) -> int:
+        """The MPI tag of this segment's frames (``tag + 1``: its message when sent separately)."""
+        return TAG_BASE + 2 * self.index
+
+    def describe(self) -> str:
+        return f"segment {self.index} [{self.start}, {self.stop})"
+
+
+@dataclass(frozen=True)
+class Partition:
+    numel: int
+    align: int
+    segments: tuple[Segment, ...]
+
+    @classmethod
+    def build(cls, numel: int, buckets: tuple[int, ...], count: int = 1, segment_bytes: int = 0) -> Partition:
+        """``count`` segments of near-equal size (or segments of about ``segment_bytes`` fp32
+        bytes when that is set), aligned to every bucket in ``buckets`` (0: unbucketed)."""
+        align = math.lcm(*(b for b in buckets if b), 1)
+        units = -(-numel // align)  # whole buckets counted from the head; the tail one may be short
+        if segment_bytes:
+            count = -(-numel * 4 // segment_bytes)
+        count = max(1, min(count, units))
+        if count > MAX_SEGMENTS:
+            raise ValueError(f"{count} segments: at most {MAX_SEGMENTS} (raise runtime.segment_bytes)")
+        sizes = [units // count + (1 if i < units % count else 0) for i in range(count)]
+        bounds = [min(numel, align * sum(sizes[:i])) for i in range(count + 1)]  # head first
+        segments = [
+            Segment(index, bounds[count - 1 - index], bounds[count - index]) for index in range(count)
+        ]
+        return cls(numel, align, tuple(segments))
+
+    def __iter__(self):
+        return iter(self.segments)
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def describe(self) -> str:
+        if len(self) == 1:
+            return "1 segment"
+        sizes = [s.numel for s in self.segments]
+        return f"{len(self)} segments of {min(sizes)}..{max(sizes)} elements (aligned to {self.align})"

@@ -1,0 +1,229 @@
+"""The run recorder: one object that watches a run, shared by the simulator and the MPI server.
+
+It owns
+- the timing phases: ``with rec.phase("aggregate", seg):`` times the block into this step's phase
+  totals and tells the watchdog (when there is one) which phase of which step and segment is running;
+- the run statistics (:class:`~qtrain.engine.accounting.RunStats`: bytes each way, evaluations,
+  the last batch loss), with ``state_dict``/``load_state_dict`` for checkpoints;
+- the trace rows (a server row and one row per worker each step; under MPI a worker's
+  communication and decode times of step t arrive with its records of step t+1, so its rows are
+  held back one step and completed then);
+- progress on the terminal and the evaluation cadence (every ``train.eval_every`` steps, the last
+  step and an agreed stop);
+- the summary a run returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from qtrain.engine.accounting import RunStats, trace_attrs
+from qtrain.engine.progress import ProgressReporter
+from qtrain.io.trace import TraceWriter, server_row, worker_rows
+
+# server phases and the trace column each one fills in the server's row
+SERVER_COLUMNS = {
+    "gather": "wait_s",
+    "aggregate": "decode_s",
+    "server_step": "encode_s",
+    "broadcast": "comm_s",
+    "evaluate": "compute_s",
+}
+
+
+@dataclass
+class WorkerReport:
+    """One step's measurements of every worker (arrays in worker order), compression statistics as
+    sums of squares over the worker's segments. ``comm_s``/``decode_s`` are None when they arrive
+    a step late; ``prev_comm_s``/``prev_decode_s`` then carry those of the previous step."""
+
+    loss: np.ndarray
+    compute_s: np.ndarray
+    encode_s: np.ndarray
+    err_sq: np.ndarray
+    ref_sq: np.ndarray
+    ef_sq: np.ndarray
+    comm_s: np.ndarray | None = None
+    decode_s: np.ndarray | None = None
+    prev_comm_s: np.ndarray | None = None
+    prev_decode_s: np.ndarray | None = None
+
+    @property
+    def rel_error(self) -> np.ndarray:
+        return np.sqrt(
+            np.divide(self.err_sq, self.ref_sq, out=np.zeros_like(self.err_sq), where=self.ref_sq > 0)
+        )
+
+    @property
+    def ef_norm(self) -> np.ndarray:
+        return np.sqrt(self.ef_sq)
+
+
+class Recorder:
+    def __init__(
+        self,
+        setup,
+        topology,
+        partition,
+        echo,
+        out_dir=None,
+        watchdog=None,
+        progress: str = "lines",
+        mpi_library: str = "",
+        start_step: int = 0,
+    ):
+        cfg = setup.cfg
+        self.setup, self.topology, self.echo, self.watchdog = setup, topology, echo, watchdog
+        self.eval_every, self.steps = cfg.train.eval_every, setup.steps
+        self.stats = RunStats(partition, topology.num_workers)
+        self.trace = None
+        if out_dir is not None and cfg.trace.enabled:
+            self.trace = TraceWriter(
+                out_dir / "trace.h5",
+                trace_attrs(setup, topology, partition),
+                cfg.trace.flush_every,
+                resume_step=start_step or None,
+            )
+        self.progress = ProgressReporter(setup.steps, cfg.train.log_every, echo, progress, mpi_library)
+        self.start = self.step = start_step
+        self.totals: dict[str, float] = {}
+        self.times: dict[str, float] = {}
+        self.worker_totals = np.zeros(3)
+        self.accuracy = None
+        self._pending = None  # worker rows waiting for their late communication times
+        self._up = np.zeros(topology.num_workers, dtype=np.int64)
+        self._down = 0
+
+    # ------------------------------------------------------------------ a step
+    def begin_step(self, step: int) -> None:
+        self.step, self.times = step, {}
+        self._up[:] = 0
+        self._down = 0
+
+    @contextlib.contextmanager
+    def phase(self, name: str, seg=None):
+        """Time a block into this step's phase ``name``; the watchdog learns what is running."""
+        if self.watchdog is not None:
+            where = f" (segment {seg.index})" if seg is not None else ""
+            self.watchdog.enter(f"step {self.step}: {name}{where}")
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+    def uplinks(self, sizes: list[int], seg) -> None:
+        """One segment's uplink messages, in worker order."""
+        self.stats.add_uplinks(sizes, seg.numel)
+        self._up += sizes
+
+    def downlink(self, size: int, seg) -> None:
+        self.stats.add_downlink(size, seg.numel)
+        self._down += size
+
+    def eval_due(self, stopping: bool = False) -> bool:
+        return self.step % self.eval_every == 0 or self.step == self.steps or stopping
+
+    def evaluate(self, model, dataset) -> dict:
+        """Evaluate ``model`` on the test split now, and record it in the summary and trace."""
+        with self.phase("evaluate"):
+            ev = model.evaluate(dataset.x_test, dataset.y_test, dataset.task)
+        self.stats.add_eval(self.step, ev, self.trace)
+        self.accuracy = ev.get("accuracy")
+        return ev
+
+    def end_step(self, workers: WorkerReport, server_stats: dict) -> None:
+        """Statistics, trace rows and progress of the step that just ended."""
+        self.stats.last_batch_loss = float(np.mean(workers.loss))
+        for name, dt in self.times.items():
+            self.totals[name] = self.totals.get(name, 0.0) + dt
+        comm = workers.comm_s if workers.comm_s is not None else workers.prev_comm_s
+        self.worker_totals += [workers.compute_s.mean(), workers.encode_s.mean(), np.mean(comm)]
+        if self.trace is not None:
+            self._trace_step(workers, server_stats)
+        up = self.stats.bytes_up / max((self.step - self.start) * self.topology.num_workers, 1)
+        down = self.stats.bytes_down / max((self.step - self.start) * self.topology.num_workers, 1)
+        self.progress.update(
+            self.step, self.stats.last_batch_loss, self.accuracy, up, down, self.stats.compression_up
+        )
+
+    def _trace_step(self, workers: WorkerReport, server_stats: dict) -> None:
+        ranks = list(self.topology.workers)
+        if self._pending is not None and workers.prev_comm_s is not None:
+            self._pending["comm_s"], self._pending["decode_s"] = workers.prev_comm_s, workers.prev_decode_s
+            self.trace.add_rows(self._pending)
+        times = {column: self.times.get(name, 0.0) for name, column in SERVER_COLUMNS.items()}
+        rel, ef = workers.rel_error, workers.ef_norm
+        self.trace.add_rows(
+            server_row(
+                self.step,
+                self.topology.server,
+                self._up,
+                self._down,
+                ranks,
+                times,
+                self.stats.last_batch_loss,
+                rel,
+                ef,
+                server_stats,
+            )
+        )
+        rows = worker_rows(
+            self.step,
+            ranks,
+            self._up,
+            self._down,
+            workers.compute_s,
+            workers.encode_s,
+            workers.loss,
+            rel,
+            ef,
+            server_stats,
+        )
+        if workers.comm_s is None:
+            self._pending = rows
+        else:
+            rows["comm_s"], rows["decode_s"] = workers.comm_s, workers.decode_s
+            self.trace.add_rows(rows)
+        self.trace.maybe_flush(self.step)
+
+    def flush(self) -> None:
+        if self.trace is not None:
+            self.trace.flush()
+
+    # ------------------------------------------------------------------ the end
+    def close(self, last_comm_s=None, last_decode_s=None) -> None:
+        """Stop the progress display; complete the held-back rows (MPI: with the workers' final
+        report) and close the trace."""
+        self.progress.close()
+        if self.trace is None:
+            return
+        if self._pending is not None and last_comm_s is not None:
+            self._pending["comm_s"], self._pending["decode_s"] = last_comm_s, last_decode_s
+            self.trace.add_rows(self._pending)
+        self.trace.close()
+
+    def seconds_per_step(self) -> dict[str, float]:
+        done = max(self.step - self.start, 1)
+        out = {f"{name}_s": total / done for name, total in self.totals.items()}
+        w = self.worker_totals / done
+        out.update({"worker_compute_s": w[0], "worker_encode_s": w[1], "worker_comm_s": w[2]})
+        return out
+
+    def summary(self, model, dataset, sha: str, **extra) -> dict:
+        """Final evaluation on both splits and the run's summary."""
+        if self.watchdog is not None:
+            self.watchdog.enter("final evaluation")
+        final = model.evaluate(dataset.x_test, dataset.y_test, dataset.task)
+        train = model.evaluate(dataset.x_train, dataset.y_train, dataset.task)
+        return self.stats.summary(self.setup, self.step, final, train, sha, **extra)
+
+    def state_dict(self) -> dict:
+        return self.stats.state_dict()
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.stats.load_state_dict(sd)

@@ -1,0 +1,162 @@
+"""Start-up agreement: every rank builds its view of the run; all agree, or all refuse (exit 2)
+with one line from rank 0. Pickled lower-case mpi4py collectives are fine here (never on the hot
+path)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import qtrain
+
+LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "MPI_LOCALNRANKS")
+
+
+class Refused(Exception):
+    """A reason, known to every rank, to exit 2 before training."""
+
+
+@dataclass
+class Outcome:
+    """What ``run_train`` returns to the CLI on each rank."""
+
+    code: int
+    summary: dict | None = None  # the serving rank's run summary
+    out_dir: Path | None = None
+    error: str | None = None  # the one-line refusal, on rank 0
+
+
+@dataclass
+class WorldInfo:
+    """What every rank learned about the others at start-up."""
+
+    devices: list[str]
+    hosts: list[str]
+    cuda: object  # mpi_info.CudaAwareness
+    mpi_library: str
+    version: str = field(default=qtrain.__version__)
+
+    def announce(self, plan, echo, resume) -> None:
+        """What the serving rank prints before training: plan, wire cost, CUDA-aware decision, ranks."""
+        from qtrain.codecs import get_codec
+
+        s, part, topo = plan.setup, plan.partition, plan.topology
+        n = part.numel
+        fp32 = sum(get_codec("none").wire_bytes(g.numel) for g in part)
+        echo(
+            f"qtrain train: {s.algorithm.name}, {len(topo.servers)} server + {topo.num_workers} workers, "
+            f"{s.steps} steps, {n} parameters in {part.describe()}"
+        )
+        for name, link, extra in (
+            ("uplink  ", s.uplink, ""),
+            ("downlink", s.downlink, f" [{s.algorithm.downlink_mode}]"),
+        ):
+            b = sum(link.codec.wire_bytes(g.numel) for g in part)
+            note = "" if link.codec.fixed_size else " at most"
+            echo(
+                f"  {name} {link.describe()}{extra}: {8 * b / n:.3f} bits/element,{note} {b} B/worker/step "
+                f"vs {fp32} B fp32 ({fp32 / b:.1f}x less)"
+            )
+        how = "device buffers go to MPI directly" if self.cuda.enabled else "host-staged buffers"
+        echo(f"  CUDA-aware MPI: {self.cuda.answer} ({self.cuda.how}); {how}")
+        echo(
+            "  ranks: "
+            + ", ".join(
+                f"{r}: {d} on {h}" for r, (d, h) in enumerate(zip(self.devices, self.hosts, strict=True))
+            )
+        )
+        if resume is not None:
+            fresh = " with fresh worker state (--reset-worker-state)" if resume.worker_state_reset else ""
+            echo(f"  resuming from {resume.path} at step {resume.step}{fresh}")
+
+
+def _world_too_small_message() -> str:
+    for var in LAUNCHER_SIZE_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 1:
+            return (
+                f"the launcher started {value} processes ({var}) but MPI sees a world of 1: mpi4py is linked "
+                "against a different MPI than the launcher (e.g. the mpich wheel under Open MPI's mpirun); "
+                "see README, 'Ranks come up as singletons'"
+            )
+    return (
+        "qtrain train needs at least 2 MPI ranks (rank 0 = server, ranks 1.. = workers): "
+        "run `mpiexec -n 3 qtrain train CONFIG`, or `qtrain simulate CONFIG --workers N` without MPI"
+    )
+
+
+def agree_on_plan(comm, config: str, overrides: list[str], svc):
+    """Every rank: (Topology, RunPlan, this rank's model, WorldInfo), or Refused on every rank."""
+    from qtrain.config import ConfigError, load_config
+    from qtrain.engine.run_plan import RunPlan
+    from qtrain.engine.topology import Topology
+    from qtrain.runtime import faults, mpi_info
+    from qtrain.runtime.placement import choose_device, local_rank
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if size < 2:
+        raise Refused(_world_too_small_message())
+    local = local_rank(comm)  # collective: every rank calls it
+    topology = Topology.parameter_server(size, rank, comm)
+    error = fingerprint = plan = model = cuda = None
+    device = "?"
+    try:
+        cfg = load_config(config, overrides)
+        svc.watchdog.timeout_s = cfg.runtime.timeout_s
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
+        svc.fault = faults.parse()
+        device = (
+            torch.device(cfg.runtime.server_device)
+            if topology.is_server
+            else choose_device(cfg.runtime.device, local)
+        )
+        plan, model = RunPlan.build(cfg, topology, device)
+        cuda = mpi_info.decide_cuda_aware(cfg.runtime.cuda_aware)
+        text = plan.config_text + qtrain.__version__ + torch.__version__
+        fingerprint = hashlib.sha256(text.encode()).hexdigest()
+    except (ConfigError, ValueError, OSError) as exc:
+        error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported as one line, the traceback goes to stderr
+        error = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    reports = comm.allgather((error, fingerprint, str(device), f"{socket.gethostname()} pid {os.getpid()}"))
+    failed = [(r, e) for r, (e, *_rest) in enumerate(reports) if e]
+    if failed:
+        r, e = failed[0]
+        raise Refused(e + ("" if len(failed) == size else f" (on rank {r})"))
+    if len({fp for _, fp, *_ in reports}) > 1:
+        odd = [r for r, (_, fp, *_) in enumerate(reports) if fp != reports[0][1]]
+        raise Refused(
+            f"ranks disagree on the resolved config or versions: rank(s) {odd} differ from rank 0 "
+            "(different config files, overrides or qtrain/torch versions on the nodes?)"
+        )
+    world = WorldInfo(
+        [d for _, _, d, _ in reports], [h for *_, h in reports], cuda, mpi_info.library_version()
+    )
+    return topology, plan, model, world
+
+
+def prepare_outputs(comm, plan, out: str | None) -> Path:
+    """The output directory: the serving rank names it, every rank creates it."""
+    import time
+
+    from qtrain.io.run_dir import prepare_out_dir
+
+    default = f"runs/train-{plan.setup.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = Path(comm.bcast(out or default, root=plan.topology.server))
+    error = None
+    try:
+        prepare_out_dir(out_dir)
+    except ValueError as exc:
+        error = str(exc)
+    errors = [e for e in comm.allgather(error) if e]
+    if errors:
+        raise Refused(errors[0])
+    return out_dir

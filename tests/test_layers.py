@@ -1,0 +1,68 @@
+"""Imports go one way (docs/architecture.md, "Layers"): a module may import its own package and
+packages of lower layers, never a higher one. Function-level (lazy) imports count too."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "qtrain"
+
+# layer of each top-level piece of qtrain; higher numbers sit on top
+LAYERS = {
+    "__init__": 0,  # the version string
+    "seeding": 0,
+    "codecs": 0,
+    "io": 0,
+    "algorithms": 1,
+    "models": 1,
+    "data": 1,
+    "analysis": 1,
+    "config": 2,
+    "engine": 3,
+    "bench": 3,
+    "runtime": 4,
+    "cli": 5,
+    "__main__": 5,
+}
+
+
+def piece(module: str) -> str:
+    """``qtrain.engine.worker`` -> ``engine``; ``qtrain`` -> ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+    return [(line, m) for line, m in found if m == "qtrain" or m.startswith("qtrain.")]
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_piece_has_a_layer():
+    pieces = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in MODULES}
+    assert pieces <= set(LAYERS), pieces - set(LAYERS)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_a_higher_layer(path):
+    own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    upward = [
+        f"line {line}: {module} (layer {LAYERS[piece(module)]})"
+        for line, module in imports(path)
+        if LAYERS[piece(module)] > LAYERS[own]
+    ]
+    assert not upward, f"{own} (layer {LAYERS[own]}) imports upward: {upward}"
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from qtrain.runtime.launch import run_train\n")
+    assert imports(bad) == [(2, "qtrain.runtime.launch")]

@@ -1,0 +1,72 @@
+"""Topology (who serves, who works) and Partition (the flat vector cut into segments)."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qtrain.engine.partition import MAX_SEGMENTS, Partition
+from qtrain.engine.topology import Topology
+
+
+def test_parameter_server_topology():
+    t = Topology.parameter_server(4, rank=2)
+    assert t.servers == (0,) and t.server == 0 and t.workers == (1, 2, 3) and t.num_workers == 3
+    assert not t.is_server and t.worker_index == 1 and t.worker_rank(1) == 2
+    assert Topology.parameter_server(4).is_server
+    assert t.describe() == "rank 0 server, ranks 1..3 workers"
+    assert t.launch_hint(5) == "mpiexec -n 6"
+
+
+def test_topology_refusals():
+    with pytest.raises(ValueError, match="at least 2 ranks"):
+        Topology.parameter_server(1)
+    with pytest.raises(ValueError, match="only one server"):
+        Topology(5, 0, (0, 1))
+    with pytest.raises(ValueError, match="outside a world"):
+        Topology(3, 3, (0,))
+
+
+@given(
+    numel=st.integers(0, 50_000),
+    up=st.sampled_from([0, 1, 64, 512, 1000]),
+    down=st.sampled_from([0, 64, 512]),
+    count=st.integers(1, 40),
+)
+def test_segments_cover_the_vector_in_backward_order_on_bucket_boundaries(numel, up, down, count):
+    p = Partition.build(numel, (up, down), count)
+    segs = list(p)
+    assert 1 <= len(segs) <= count
+    assert [s.index for s in segs] == list(range(len(segs)))
+    assert segs[0].stop == numel and segs[-1].start == 0, "segment 0 is the tail (last layers)"
+    for later, earlier in zip(segs[:-1], segs[1:], strict=True):
+        assert earlier.stop == later.start, "contiguous, in reverse order"
+    for s in segs[1:]:
+        assert s.numel > 0
+    for s in segs:
+        for b in (up, down):
+            if b:
+                assert s.start % b == 0, "every boundary is a bucket boundary of both links"
+    assert len({s.tag for s in segs}) == len(segs) and min(s.tag for s in segs) >= 16
+    sizes = [s.numel for s in segs[1:]]  # the tail segment may hold the short bucket
+    if sizes:
+        assert max(sizes) - min(sizes) <= p.align
+
+
+def test_one_segment_is_the_whole_vector():
+    (s,) = Partition.build(4810, (512, 512))
+    assert (s.start, s.stop, s.index) == (0, 4810, 0)
+
+
+def test_segment_bytes_sets_the_size():
+    p = Partition.build(1_000_000, (512,), segment_bytes=1_000_000)
+    assert len(p) == 4
+    assert max(s.numel for s in p) * 4 <= 1_000_000 + 4 * 512
+
+
+def test_more_segments_than_buckets_gives_one_per_bucket():
+    assert len(Partition.build(1000, (512,), 10)) == 2
+
+
+def test_too_many_segments_are_refused():
+    with pytest.raises(ValueError, match="at most"):
+        Partition.build(10**7, (1,), MAX_SEGMENTS + 1)
