@@ -54,9 +54,8 @@ class WorkerReport:
 
     @property
     def rel_error(self) -> np.ndarray:
-        return np.sqrt(
-            np.divide(self.err_sq, self.ref_sq, out=np.zeros_like(self.err_sq), where=self.ref_sq > 0)
-        )
+        err, ref = np.asarray(self.err_sq, dtype=np.float64), np.asarray(self.ref_sq, dtype=np.float64)
+        return np.sqrt(np.divide(err, ref, out=np.zeros_like(err), where=ref > 0))
 
     @property
     def ef_norm(self) -> np.ndarray:

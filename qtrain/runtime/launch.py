@@ -49,6 +49,7 @@ def run_train(request: TrainRequest, echo=print) -> Outcome:
         resume = distribute_checkpoint(topology, plan, request, out_dir, echo) if request.resume else None
     except Refused as exc:
         svc.watchdog.stop()
+        # rank 0 speaks for all: the serving rank of every Topology, and each rank of a singleton world
         return Outcome(2, error=str(exc) if comm.Get_rank() == 0 else None)
     except BaseException as exc:  # noqa: BLE001 - never leave the other ranks waiting
         _fail(comm, svc, exc)

@@ -1,0 +1,103 @@
+"""The run recorder: phases tell the watchdog, statistics survive a checkpoint, trace rows are
+written once per step and rank (a step late for workers under MPI), evaluations follow the cadence."""
+
+import numpy as np
+import pytest
+
+from qtrain.config import load_config
+from qtrain.engine.partition import Partition
+from qtrain.engine.recorder import Recorder, WorkerReport
+from qtrain.engine.setup import build_setup
+from qtrain.engine.topology import Topology
+from qtrain.io.trace import read_trace
+
+
+class FakeWatchdog:
+    def __init__(self):
+        self.phases = []
+
+    def enter(self, phase):
+        self.phases.append(phase)
+
+
+def recorder(tmp_path, *sets, workers=2, watchdog=None):
+    cfg = load_config("configs/default.yaml", ["train.steps=6", "train.eval_every=3", *sets])
+    setup = build_setup(cfg, workers)
+    part = Partition.build(1000, (512, 512), 2)
+    rec = Recorder(setup, Topology.parameter_server(workers + 1), part, lambda _: None, tmp_path, watchdog)
+    return rec, part
+
+
+def report(workers, late: bool, value: float) -> WorkerReport:
+    a = np.full(workers, value)
+    if late:
+        return WorkerReport(a, a, a, a, a * 4, a, prev_comm_s=a * 10, prev_decode_s=a * 100)
+    return WorkerReport(a, a, a, a, a * 4, a, comm_s=a * 10, decode_s=a * 100)
+
+
+def test_phases_tell_the_watchdog_and_add_up(tmp_path):
+    dog = FakeWatchdog()
+    rec, part = recorder(tmp_path, watchdog=dog)
+    rec.begin_step(1)
+    for seg in part:
+        with rec.phase("aggregate", seg):
+            pass
+    with rec.phase("evaluate"):
+        pass
+    assert dog.phases == [
+        "step 1: aggregate (segment 0)",
+        "step 1: aggregate (segment 1)",
+        "step 1: evaluate",
+    ]
+    assert set(rec.times) == {"aggregate", "evaluate"} and rec.times["aggregate"] >= 0
+
+
+def test_evaluation_cadence(tmp_path):
+    rec, _ = recorder(tmp_path)
+    due = []
+    for step in range(1, 7):
+        rec.begin_step(step)
+        due.append(rec.eval_due(stopping=step == 2))
+    assert due == [False, True, True, False, False, True]
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_trace_holds_every_step_and_rank_once(tmp_path, late):
+    rec, part = recorder(tmp_path)
+    for step in range(1, 7):
+        rec.begin_step(step)
+        for seg in part:
+            rec.uplinks([10, 20], seg)
+            rec.downlink(5, seg)
+        rec.end_step(report(2, late, step), {"down_rel_error": 0.5})
+    if late:
+        rec.close(np.array([70.0, 70.0]), np.array([700.0, 700.0]))
+    else:
+        rec.close()
+    rows, _, attrs = read_trace(tmp_path / "trace.h5")
+    assert attrs["segments"] == 2 and attrs["server_ranks"] == [0]
+    assert sorted(zip(rows["step"].tolist(), rows["rank"].tolist(), strict=True)) == [
+        (s, r) for s in range(1, 7) for r in range(3)
+    ]
+    workers = rows[rows["role"] == 1]
+    step3 = workers[workers["step"] == 3]
+    assert list(step3["rank"]) == [1, 2] and list(step3["bytes_sent"]) == [20, 40]
+    # without lateness comm_s of step 3 is 3 * 10; with it, it arrives with step 4 (prev_comm_s = 40)
+    assert step3["comm_s"][0] == (40 if late else 30)
+    assert step3["up_rel_error"][0] == pytest.approx(0.5), "sqrt(err_sq / ref_sq) = sqrt(1/4)"
+    server = rows[rows["role"] == 0]
+    assert list(server["bytes_recv"]) == [60] * 6 and list(server["bytes_sent"]) == [20] * 6
+
+
+def test_statistics_survive_a_state_dict_round_trip(tmp_path):
+    rec, part = recorder(tmp_path)
+    rec.begin_step(1)
+    for seg in part:
+        rec.uplinks([10, 20], seg)
+        rec.downlink(5, seg)
+    rec.end_step(report(2, False, 1.0), {})
+    (tmp_path / "b").mkdir()
+    again, _ = recorder(tmp_path / "b")
+    again.load_state_dict(rec.state_dict())
+    assert again.state_dict() == rec.state_dict()
+    assert again.stats.bytes_up == 60 and again.stats.messages_up == 4 and again.stats.fp32_up > 0
