@@ -83,18 +83,20 @@ def test_error_feedback_telescopes_in_every_segment():
 
 def test_compression_statistics_combine_as_sums_of_squares():
     """The relative error reported for three segments is that of the whole vector."""
-    hp = AlgorithmConfig(name="efficient-adam")
-    grads = gradient_stream(1, 1, 3000)[0]
+    hp = AlgorithmConfig(name="sgd", lr=0.1)
+    sign = LinkConfig(codec="sign", error_feedback=True)
     reports = []
     for segments in (1, 3):
-        _, server, engines, replica = build(hp, numel=3000, workers=1, segments=segments)
-        step(server, engines, replica, grads)
+        _, server, engines, replica = build(hp, sign, sign, numel=3000, workers=2, segments=segments)
+        for grads in gradient_stream(2, 2, 3000):
+            step(server, engines, replica, grads)
         reports.append((engines[0].last_stats, server.last_stats))
+    assert reports[0][0]["up_rel_error"] > 0.1 and reports[0][1]["down_rel_error"] > 0.1
     (up1, down1), (up3, down3) = reports
     for a, b in ((up1, up3), (down1, down3)):
         assert a.keys() == b.keys()
         for k in a:
-            assert a[k] == pytest.approx(b[k], rel=1e-9), k
+            assert a[k] == pytest.approx(b[k], rel=1e-6), k  # float32 norms
 
 
 def test_checkpoints_hold_one_stream_per_segment_and_resume_refuses_another_count(tmp_path):
