@@ -41,9 +41,6 @@ class Segment:
         """The MPI tag of this segment's frames (``tag + 1``: its message when sent separately)."""
         return TAG_BASE + 2 * self.index
 
-    def describe(self) -> str:
-        return f"segment {self.index} [{self.start}, {self.stop})"
-
 
 @dataclass(frozen=True)
 class Partition:

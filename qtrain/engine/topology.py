@@ -69,7 +69,3 @@ class Topology:
         w = self.workers
         span = f"{w[0]}..{w[-1]}" if w == tuple(range(w[0], w[-1] + 1)) else ", ".join(map(str, w))
         return f"rank {servers} server, ranks {span} workers"
-
-    def launch_hint(self, workers: int) -> str:
-        """The world size that runs ``workers`` workers with this layout of servers."""
-        return f"mpiexec -n {workers + len(self.servers)}"

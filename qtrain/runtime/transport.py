@@ -59,7 +59,8 @@ class Transport:
         workers = topology.num_workers
         if topology.is_server:
             self._recv = [np.empty((workers, n), dtype=np.uint8) for n in up_frame]
-            self._recv_msgs = [[np.empty(m, dtype=np.uint8) for _ in range(workers)] for m in self.up_max]
+            if not self.up_fixed:  # fixed-size messages arrive inside their frames
+                self._recv_msgs = [[np.empty(m, dtype=np.uint8) for _ in range(workers)] for m in self.up_max]
             self._down = [np.empty(n, dtype=np.uint8) for n in down_frame]
             self._posted: list = [None] * len(partition)
             return
@@ -109,20 +110,17 @@ class Transport:
         if self.cuda_aware:
             torch.cuda.current_stream(self.device).synchronize()
         dest = self._server_of(seg)
-        if self.up_fixed:
-            self._pending_send.append(self.comm.Isend(_mpi_buffer(frame), dest=dest, tag=seg.tag))
-            return
-        self._pending_send += [
-            self.comm.Isend(_mpi_buffer(frame), dest=dest, tag=seg.tag),
-            self.comm.Isend(_mpi_buffer(target), dest=dest, tag=seg.tag + 1),
-        ]
+        self._pending_send.append((self.comm.Isend(_mpi_buffer(frame), dest=dest, tag=seg.tag), dest))
+        if not self.up_fixed:
+            self._pending_send.append(
+                (self.comm.Isend(_mpi_buffer(target), dest=dest, tag=seg.tag + 1), dest)
+            )
 
     def finish_sends(self, step: int) -> None:
         """Complete this step's uplink sends (their frames are reused next step)."""
         if self._pending_send:
-            server = self.topology.server
-            peers = [server] * len(self._pending_send)
-            wait_all(self._pending_send, self.timeout_s, "uplink send", peers, f" (step {step})")
+            requests, peers = zip(*self._pending_send, strict=True)
+            wait_all(list(requests), self.timeout_s, "uplink send", list(peers), f" (step {step})")
             self._pending_send = []
 
     def recv_downlink(self, seg, step: int) -> tuple[np.void, torch.Tensor]:
