@@ -35,16 +35,17 @@ export QTRAIN_MPIEXEC := $(MPIEXEC)
 .PHONY: venv install sysdeps run test test-fast bench lint format clean info
 
 # Debian tools the test suite uses: h5dump/h5clear (hdf5-tools) read the HDF5 files qtrain writes;
-# slurm-wlm + munge run the one-node Slurm cluster of the `slurm` tests (slurm/local-cluster.sh).
+# slurm-wlm + munge run the one-node Slurm cluster of the `slurm` tests (slurm/local-cluster.sh);
+# ip/tc (iproute2) build the emulated networks of `qtrain bench network` and the `netns` tests.
 # Installed when missing and we are root on a Debian-like machine (CI); elsewhere the tests that
 # need them are skipped, except under CI=true where they fail.
-SYSDEPS_BIN := h5dump slurmctld slurmd munged
+SYSDEPS_BIN := h5dump slurmctld slurmd munged ip tc
 sysdeps:
 	@missing=""; for b in $(SYSDEPS_BIN); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing hdf5-tools slurm-wlm munge (for:$$missing)"; \
+	  echo "installing hdf5-tools slurm-wlm munge iproute2 (for:$$missing)"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hdf5-tools slurm-wlm munge >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hdf5-tools slurm-wlm munge iproute2 >/dev/null; \
 	fi
 
 venv: $(PY)
@@ -72,7 +73,7 @@ test: install sysdeps
 	$(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not mpi and not slurm"
+	$(PY) -m pytest -q -m "not mpi and not slurm and not netns"
 
 bench: install
 	$(BIN)/qtrain bench codec

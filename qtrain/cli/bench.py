@@ -6,8 +6,11 @@ import json
 
 import typer
 
+from qtrain.cli.bench_network import network
+
 app = typer.Typer(
-    help="Measure speed: codec encode/decode against the stream-copy bandwidth.", no_args_is_help=True
+    help="Measure speed: codecs against the copy bandwidth; training on an emulated network.",
+    no_args_is_help=True,
 )
 
 
@@ -43,3 +46,6 @@ def codec(
             f"{r['encode_s'] * 1e3:>9.2f}{r['encode_gbps']:>9.2f}{r['encode_floor_ratio']:>10.1f}"
             f"{r['decode_s'] * 1e3:>9.2f}{r['decode_gbps']:>9.2f}{r['decode_floor_ratio']:>10.1f}"
         )
+
+
+app.command("network")(network)

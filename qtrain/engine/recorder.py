@@ -74,6 +74,7 @@ class Recorder:
         progress: str = "lines",
         mpi_library: str = "",
         start_step: int = 0,
+        counters=None,
     ):
         cfg = setup.cfg
         self.setup, self.topology, self.echo, self.watchdog = setup, topology, echo, watchdog
@@ -89,6 +90,8 @@ class Recorder:
             )
         self.progress = ProgressReporter(setup.steps, cfg.train.log_every, echo, progress, mpi_library)
         self.start = self.step = start_step
+        self.counters = counters  # io.net_counters.NetCounters of this rank's link, or None
+        self.t0 = time.perf_counter()
         self.totals: dict[str, float] = {}
         self.times: dict[str, float] = {}
         self.worker_totals = np.zeros(3)
@@ -156,6 +159,8 @@ class Recorder:
             self._pending["comm_s"], self._pending["decode_s"] = workers.prev_comm_s, workers.prev_decode_s
             self.trace.add_rows(self._pending)
         times = {column: self.times.get(name, 0.0) for name, column in SERVER_COLUMNS.items()}
+        times["wall_s"] = time.perf_counter() - self.t0
+        wire = self.counters.delta() if self.counters is not None else (0, 0)
         rel, ef = workers.rel_error, workers.ef_norm
         self.trace.add_rows(
             server_row(
@@ -169,6 +174,7 @@ class Recorder:
                 rel,
                 ef,
                 server_stats,
+                wire,
             )
         )
         rows = worker_rows(
@@ -183,6 +189,7 @@ class Recorder:
             ef,
             server_stats,
         )
+        rows["wall_s"] = times["wall_s"]
         if workers.comm_s is None:
             self._pending = rows
         else:

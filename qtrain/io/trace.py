@@ -34,6 +34,9 @@ TRACE_DTYPE = np.dtype(
         ("up_ef_norm", "<f8"),
         ("down_rel_error", "<f8"),
         ("down_ef_norm", "<f8"),
+        ("wall_s", "<f8"),
+        ("wire_recv_bytes", "<u8"),
+        ("wire_sent_bytes", "<u8"),
     ]
 )
 UNITS = {
@@ -52,6 +55,10 @@ UNITS = {
     "up_ef_norm": "||e|| worker error buffer after the step (0 without EF; server: mean)",
     "down_rel_error": "||Q(v) - v|| / ||v|| of the downlink",
     "down_ef_norm": "||E|| server error buffer after the step (0 without EF)",
+    "wall_s": "seconds since the run (this process) started, at the end of the step",
+    "wire_recv_bytes": "bytes the server's network interface received in the step, headers included "
+    "(QTRAIN_WIRE_DEVICE; 0 when not measured)",
+    "wire_sent_bytes": "bytes the server's network interface sent in the step (as wire_recv_bytes)",
 }
 EVAL_DTYPE = np.dtype([("step", "<u4"), ("test_loss", "<f8"), ("test_accuracy", "<f8")])
 
@@ -138,10 +145,13 @@ def server_row(
     up_errors,
     up_ef,
     down_stats: dict,
+    wire: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
     """The server's row of one step. ``sizes``: each worker's uplink bytes this step; ``down_bytes``:
-    the downlink bytes one worker receives; ``times`` has wait_s, decode_s, encode_s, comm_s, compute_s."""
+    the downlink bytes one worker receives; ``times`` has wait_s, decode_s, encode_s, comm_s,
+    compute_s and wall_s; ``wire``: (received, sent) bytes on the server's interface."""
     row = np.zeros(1, dtype=TRACE_DTYPE)
+    row["wire_recv_bytes"], row["wire_sent_bytes"] = wire
     row["step"], row["rank"], row["role"] = step, rank, 0
     row["bytes_sent"], row["bytes_recv"] = down_bytes * len(worker_ranks), int(np.sum(sizes))
     for key, value in times.items():

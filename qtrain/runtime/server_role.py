@@ -9,6 +9,7 @@ import numpy as np
 from qtrain.engine.checkpointer import Checkpointer
 from qtrain.engine.recorder import Recorder, WorkerReport
 from qtrain.engine.snapshots import is_checkpoint_step, rng_restore, to_torch
+from qtrain.io.net_counters import NetCounters
 from qtrain.io.run_dir import params_sha256
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.records import FLAG_STOP
@@ -19,7 +20,16 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
     server = plan.server_engine(model.params)
     start = resume.step if resume is not None else 0
     rec = Recorder(
-        setup, topo, part, svc.echo, out_dir, svc.watchdog, cfg.train.progress, world.mpi_library, start
+        setup,
+        topo,
+        part,
+        svc.echo,
+        out_dir,
+        svc.watchdog,
+        cfg.train.progress,
+        world.mpi_library,
+        start,
+        counters=NetCounters.from_env(),
     )
     _start(plan, server, rec, transport, svc, resume)
     checkpointer = Checkpointer(out_dir, plan, world.mpi_library, world.hosts, svc.log)

@@ -1,0 +1,253 @@
+"""``qtrain bench network``: qtrain configs and torch DDP peers on an emulated cluster network.
+
+Every run uses the same EmulatedNetwork (one namespace and shaped link per rank, see
+:mod:`qtrain.bench.netem`), the same model, data, batch and step count. qtrain runs are
+``mpiexec`` jobs of 1 server + W workers over TCP; DDP peers are W gloo ranks (no server) with the
+first config's model, data and learning rate and ``torch.optim.Adam``.
+
+Per run: seconds per step (the serving rank's step ends, median after ``warmup`` steps, with min
+and max), bytes per step each way as the server's link counted them (qtrain: received = uplinks,
+sent = downlinks, headers included; DDP: rank 0's link, whose traffic is symmetric in a ring),
+qtrain's time per phase (from its trace), the final test accuracy, and the wall time to reach
+``target_accuracy``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qtrain.bench.netem import EmulatedNetwork, LinkSpec
+
+QTRAIN = [sys.executable, "-m", "qtrain"]
+MASTER_PORT = 29517
+
+
+@dataclass
+class BenchPlan:
+    configs: list[str]
+    link: LinkSpec
+    workers: int = 4
+    steps: int = 30
+    warmup: int = 5
+    peers: list[str] = field(default_factory=lambda: ["ddp", "ddp-fp16", "ddp-powersgd:4"])
+    target_accuracy: float | None = None
+    overrides: list[str] = field(default_factory=list)
+    eval_every: int = 10
+    timeout_s: float = 900.0
+
+
+def peer_hook(name: str) -> str:
+    """``ddp`` -> none, ``ddp-fp16`` -> fp16, ``ddp-powersgd:4`` -> powersgd:4."""
+    if name == "ddp":
+        return "none"
+    if name == "ddp-fp16":
+        return "fp16"
+    if name.startswith("ddp-powersgd:") and name.split(":")[1].isdigit() and int(name.split(":")[1]) > 0:
+        return "powersgd:" + name.split(":")[1]
+    raise ValueError(f"--peers: unknown peer {name!r}; choose ddp, ddp-fp16 or ddp-powersgd:RANK")
+
+
+def step_stats(step_end_s: list[float], warmup: int) -> dict:
+    """Median, min and max seconds per step from the wall times at which steps ended, leaving out
+    the first ``warmup`` steps."""
+    ends = np.asarray(step_end_s, dtype=np.float64)
+    if len(ends) < warmup + 2:
+        raise ValueError(f"{len(ends)} steps leave too few after {warmup} warm-up steps")
+    per = np.diff(ends[warmup:])
+    return {"median_s": float(np.median(per)), "min_s": float(per.min()), "max_s": float(per.max())}
+
+
+def time_to_accuracy(evals: list[dict], target: float | None) -> float | None:
+    """Wall seconds of the first evaluation reaching ``target`` (None: never, or no target)."""
+    if target is None:
+        return None
+    hits = [e["wall_s"] for e in evals if e.get("test_accuracy", -1.0) >= target]
+    return min(hits) if hits else None
+
+
+def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mpiexec: list[str]) -> dict:
+    from qtrain.io.trace import read_trace
+
+    name = Path(config).stem
+    run_dir = out / "runs" / name
+    sets = [
+        f"train.steps={plan.steps}",
+        f"train.eval_every={plan.eval_every}",
+        "train.progress=lines",
+        *plan.overrides,
+    ]
+    argv = [*QTRAIN, "train", config, "--out", str(run_dir)] + [a for s in sets for a in ("--set", s)]
+    cmd = net.mpi_command(mpiexec, argv)
+    # the serving rank measures its own link
+    cmd = _with_wire_device(cmd, net)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=plan.timeout_s)
+    (run_dir / "bench-output.txt").write_text(p.stdout + p.stderr)
+    if p.returncode != 0:
+        raise RuntimeError(
+            f"qtrain run {name} failed (rc {p.returncode}); see {run_dir / 'bench-output.txt'}"
+        )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    steps, evals, _ = read_trace(run_dir / "trace.h5")
+    server = np.sort(steps[steps["role"] == 0], order="step")
+    workers = steps[steps["role"] == 1]
+    wall = {int(s): float(w) for s, w in zip(server["step"], server["wall_s"], strict=True)}
+    late = server[plan.warmup :]
+    phases = {f"server_{k}": float(late[k].mean()) for k in ("wait_s", "decode_s", "encode_s", "comm_s")}
+    wlate = workers[workers["step"] > plan.warmup]
+    phases.update(
+        {f"worker_{k}": float(wlate[k].mean()) for k in ("compute_s", "encode_s", "comm_s", "decode_s")}
+    )
+    ev = [
+        {"step": int(e["step"]), "wall_s": wall[int(e["step"])], "test_accuracy": float(e["test_accuracy"])}
+        for e in evals
+    ]
+    return {
+        "name": name,
+        "kind": "qtrain",
+        "algorithm": summary["algorithm"],
+        "uplink": summary["uplink"]["codec"],
+        "downlink": summary["downlink"]["codec"],
+        "numel": summary["numel"],
+        "seconds_per_step": step_stats(list(server["wall_s"]), plan.warmup),
+        "wire_bytes_per_step": {
+            "up": float(late["wire_recv_bytes"].mean()),
+            "down": float(late["wire_sent_bytes"].mean()),
+        },
+        "packed_bytes_per_step": {
+            "up": float(late["bytes_recv"].mean()),
+            "down": float(late["bytes_sent"].mean()),
+        },
+        "phases_s": phases,
+        "final_test_accuracy": summary.get("final_test_accuracy"),
+        "evals": ev,
+        "time_to_target_s": time_to_accuracy(ev, plan.target_accuracy),
+    }
+
+
+def _with_wire_device(cmd: list[str], net: EmulatedNetwork) -> list[str]:
+    """Add ``QTRAIN_WIRE_DEVICE`` to the environment of the serving rank (the first MPMD block)."""
+    i = cmd.index("env") + 1
+    return [*cmd[:i], f"QTRAIN_WIRE_DEVICE={net.device(0)}", *cmd[i:]]
+
+
+def run_peer(net: EmulatedNetwork, plan: BenchPlan, peer: str, out: Path) -> dict:
+    hook = peer_hook(peer)
+    run_dir = out / "runs" / peer.replace(":", "-")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_file = run_dir / "peer.json"
+    master = f"{net.address(0)}:{MASTER_PORT}"
+    procs = []
+    try:
+        for r in range(plan.workers):
+            argv = [
+                sys.executable,
+                "-m",
+                "qtrain.bench.ddp_peer",
+                plan.configs[0],
+                "--rank",
+                str(r),
+                "--world",
+                str(plan.workers),
+                "--master",
+                master,
+                "--hook",
+                hook,
+                "--steps",
+                str(plan.steps),
+                "--eval-every",
+                str(plan.eval_every),
+                "--out",
+                str(result_file),
+                "--wire-device",
+                net.device(r),
+                "--warmup",
+                str(plan.warmup),
+            ] + [a for s in plan.overrides for a in ("--set", s)]
+            env = {"GLOO_SOCKET_IFNAME": net.device(r)}
+            log = open(run_dir / f"rank-{r}.txt", "w")  # noqa: SIM115 - closed with the process
+            procs.append(
+                (subprocess.Popen(net.wrap(r, argv, env), stdout=log, stderr=subprocess.STDOUT), log)
+            )
+        codes = [p.wait(timeout=plan.timeout_s) for p, _ in procs]
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+    if any(codes):
+        raise RuntimeError(f"DDP peer {peer} failed (exit codes {codes}); see {run_dir}/rank-*.txt")
+    res = json.loads(result_file.read_text())
+    wire = res["wire_bytes"]
+    measured = max(plan.steps - plan.warmup, 1)
+    return {
+        "name": peer,
+        "kind": "ddp",
+        "hook": hook,
+        "seconds_per_step": step_stats(res["step_end_s"], plan.warmup),
+        "wire_bytes_per_step": {"up": wire["tx"] / measured, "down": wire["rx"] / measured},
+        "phases_s": {},
+        "final_test_accuracy": res["evals"][-1].get("test_accuracy") if res["evals"] else None,
+        "evals": res["evals"],
+        "time_to_target_s": time_to_accuracy(res["evals"], plan.target_accuracy),
+    }
+
+
+def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) -> dict:
+    """Build the network, check the link, run every config and peer, tear the network down;
+    write ``OUT/results.json`` and return the results."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "link": {
+            "rate_bps": plan.link.rate_bps,
+            "latency_s": plan.link.latency_s,
+            "shared": plan.link.shared,
+        },
+        "cores": os.cpu_count(),
+        "workers": plan.workers,
+        "steps": plan.steps,
+        "warmup": plan.warmup,
+        "target_accuracy": plan.target_accuracy,
+        "runs": [],
+    }
+    with EmulatedNetwork(plan.workers + 1, plan.link) as net:
+        measured = net.check_link()
+        results["link"]["measured_bps"] = measured
+        echo(f"link check: {measured / 1e6:.0f} Mbit/s measured on {plan.link.describe()}")
+        for config in plan.configs:
+            echo(f"running qtrain {config} ...")
+            results["runs"].append(run_qtrain(net, plan, config, out, mpiexec))
+        for peer in plan.peers:
+            echo(f"running {peer} ...")
+            results["runs"].append(run_peer(net, plan, peer, out))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def table(results: dict) -> list[str]:
+    """The terminal table: one line per run."""
+    link = results["link"]
+    lines = [
+        f"{link['rate_bps'] / 1e9:g} Gbit/s ({link.get('measured_bps', 0) / 1e6:.0f} Mbit/s measured), "
+        f"{results['workers']} workers, {results['cores']} cores, {results['steps']} steps "
+        f"(median after {results['warmup']})",
+        f"{'run':<22}{'s/step':>8}{'min':>8}{'max':>8}{'up MB':>9}{'down MB':>9}"
+        f"{'accuracy':>10}{'to target s':>12}",
+    ]
+    for r in results["runs"]:
+        s, w = r["seconds_per_step"], r["wire_bytes_per_step"]
+        acc = r["final_test_accuracy"]
+        tt = r["time_to_target_s"]
+        lines.append(
+            f"{r['name']:<22}{s['median_s']:>8.3f}{s['min_s']:>8.3f}{s['max_s']:>8.3f}{w['up'] / 1e6:>9.2f}"
+            f"{w['down'] / 1e6:>9.2f}{(f'{acc:.4f}' if acc is not None else '-'):>10}"
+            f"{(f'{tt:.1f}' if tt is not None else '-'):>12}"
+        )
+    return lines

@@ -1,0 +1,60 @@
+"""``qtrain bench network``: qtrain against fp32 and torch DDP's hooks on an emulated network."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+
+def network(
+    configs: list[str] = typer.Argument(..., help="qtrain config files to run (each under MPI over TCP)."),
+    bandwidth: str = typer.Option("1gbit", "--bandwidth", help="Rate of every link, each direction."),
+    latency: str = typer.Option("0", "--latency", help="One-way rank-to-rank latency (needs tc netem)."),
+    workers: int = typer.Option(4, "--workers", help="Workers (qtrain adds one server rank)."),
+    steps: int = typer.Option(30, "--steps", help="Training steps of every run."),
+    warmup: int = typer.Option(5, "--warmup", help="Steps left out of the timings."),
+    peers: str = typer.Option(
+        "ddp,ddp-fp16,ddp-powersgd:4",
+        "--peers",
+        help="DDP peers: ddp, ddp-fp16, ddp-powersgd:RANK ('' for none).",
+    ),
+    target_accuracy: float = typer.Option(
+        None, "--target-accuracy", help="Report the wall time to reach it."
+    ),
+    shared_link: bool = typer.Option(False, "--shared-link", help="All ranks share one shaped link."),
+    overrides: list[str] = typer.Option([], "--set", help="Config override for every run (repeatable)."),
+    out: str = typer.Option("runs/bench-network", "--out", help="Output directory (results.json, runs/)."),
+) -> None:
+    """Run CONFIGS and DDP peers on an emulated cluster network (root, Linux) and compare them."""
+    from qtrain.bench.netem import LinkSpec, NetworkError, check_privileges, parse_latency, parse_rate
+    from qtrain.bench.network import BenchPlan, bench_network, peer_hook, table
+    from qtrain.cli.errors import fail
+    from qtrain.config import ConfigError, load_config
+
+    try:
+        check_privileges()
+        link = LinkSpec(parse_rate(bandwidth), parse_latency(latency), shared_link)
+        peer_list = [p.strip() for p in peers.split(",") if p.strip()]
+        for p in peer_list:
+            peer_hook(p)
+        for c in configs:
+            load_config(c, overrides)
+    except (NetworkError, ValueError, ConfigError) as exc:
+        fail(str(exc))
+    if workers < 1 or steps < warmup + 2:
+        fail(f"--workers must be >= 1 and --steps at least --warmup + 2, got {workers} and {steps}")
+    plan = BenchPlan(configs, link, workers, steps, warmup, peer_list, target_accuracy, overrides)
+    launcher = shlex.split(os.environ.get("QTRAIN_MPIEXEC", "")) or [
+        str(Path(sys.executable).parent / "mpiexec")
+    ]
+    try:
+        results = bench_network(plan, Path(out), launcher, echo=typer.echo)
+    except (NetworkError, RuntimeError) as exc:
+        fail(str(exc), 1)
+    for line in table(results):
+        typer.echo(line)
+    typer.echo(f"results: {Path(out) / 'results.json'}")

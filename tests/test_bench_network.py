@@ -1,0 +1,98 @@
+"""``qtrain bench network``: the arithmetic of its results, its refusals, and one small real run
+(2 workers, a few steps, a small model) whose results file is checked field by field."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from test_netem import namespaces, root  # noqa: F401 - the root fixture
+
+from qtrain.bench.network import peer_hook, step_stats, time_to_accuracy
+
+QTRAIN = [sys.executable, "-m", "qtrain"]
+
+
+def test_step_stats_leave_out_the_warm_up():
+    ends = [5.0, 5.5, 6.0, 6.1, 6.3, 6.6, 7.0]  # steps 1..7 ended at these times
+    s = step_stats(ends, warmup=2)
+    assert s == pytest.approx({"median_s": 0.25, "min_s": 0.1, "max_s": 0.4})
+    with pytest.raises(ValueError, match="too few"):
+        step_stats(ends[:3], warmup=2)
+
+
+def test_time_to_accuracy():
+    evals = [{"wall_s": 1.0, "test_accuracy": 0.5}, {"wall_s": 2.0, "test_accuracy": 0.9}]
+    assert time_to_accuracy(evals, 0.8) == 2.0 and time_to_accuracy(evals, 0.5) == 1.0
+    assert time_to_accuracy(evals, 0.95) is None and time_to_accuracy(evals, None) is None
+
+
+def test_peer_names():
+    assert [peer_hook(p) for p in ("ddp", "ddp-fp16", "ddp-powersgd:4")] == ["none", "fp16", "powersgd:4"]
+    for bad in ("ddp-powersgd", "ddp-powersgd:0", "horovod"):
+        with pytest.raises(ValueError, match="unknown peer"):
+            peer_hook(bad)
+
+
+def test_refuses_in_one_line_without_ip_and_tc(tmp_path):
+    p = subprocess.run(
+        [*QTRAIN, "bench", "network", "configs/default.yaml", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": str(tmp_path)},
+        timeout=60,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        "qtrain: error: qtrain bench network needs ip and tc (Debian: apt-get install iproute2)"
+    ]
+
+
+@pytest.mark.netns
+@pytest.mark.mpi
+def test_a_small_comparison_end_to_end(root, tmp_path):  # noqa: F811
+    out = tmp_path / "bench"
+    args = ["configs/efficient-adam.yaml", "--workers", "2", "--steps", "8", "--warmup", "2"]
+    args += ["--peers", "ddp-fp16", "--set", "model.hidden=[128]", "--target-accuracy", "0.2"]
+    p = subprocess.run(
+        [*QTRAIN, "bench", "network", *args, "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "link check:" in p.stdout and "efficient-adam" in p.stdout and "ddp-fp16" in p.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["workers"] == 2 and res["steps"] == 8 and res["cores"] == os.cpu_count()
+    assert abs(res["link"]["measured_bps"] - 1e9) <= 0.1e9
+    qt, ddp = res["runs"]
+    assert (qt["name"], qt["kind"], ddp["name"], ddp["kind"]) == (
+        "efficient-adam",
+        "qtrain",
+        "ddp-fp16",
+        "ddp",
+    )
+    for run in (qt, ddp):
+        s = run["seconds_per_step"]
+        assert 0 < s["min_s"] <= s["median_s"] <= s["max_s"]
+        assert run["wire_bytes_per_step"]["up"] > 0 and run["wire_bytes_per_step"]["down"] > 0
+        assert 0 <= run["final_test_accuracy"] <= 1 and run["evals"]
+    # the wire carries at least the packed messages (plus headers, records and protocol traffic)
+    assert qt["wire_bytes_per_step"]["up"] >= qt["packed_bytes_per_step"]["up"]
+    assert set(qt["phases_s"]) >= {"server_wait_s", "worker_compute_s", "worker_comm_s"}
+    assert not any(n.startswith("qtb") for n in namespaces()), "the network was torn down"
+
+
+@pytest.mark.netns
+@pytest.mark.mpi
+def test_a_failing_run_is_one_line_and_the_network_is_torn_down(root, tmp_path):  # noqa: F811
+    args = ["configs/efficient-adam.yaml", "--workers", "2", "--steps", "8", "--peers", ""]
+    p = subprocess.run(
+        [*QTRAIN, "bench", "network", *args, "--out", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "QTRAIN_INJECT_FAULT": "1:3:raise"},
+    )
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1].startswith("qtrain: error: qtrain run efficient-adam failed (rc")
+    assert not any(n.startswith("qtb") for n in namespaces())
+    assert not (tmp_path / "b" / "results.json").exists(), "no results from a failed comparison"
