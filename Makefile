@@ -32,7 +32,7 @@ else
 endif
 export QTRAIN_MPIEXEC := $(MPIEXEC)
 
-.PHONY: venv install sysdeps run test test-fast bench lint format clean info
+.PHONY: venv install sysdeps run test test-fast bench bench-network lint format clean info
 
 # Debian tools the test suite uses: h5dump/h5clear (hdf5-tools) read the HDF5 files qtrain writes;
 # slurm-wlm + munge run the one-node Slurm cluster of the `slurm` tests (slurm/local-cluster.sh);
@@ -78,6 +78,17 @@ test-fast: install
 bench: install
 	$(BIN)/qtrain bench codec
 	$(PY) benchmarks/convergence.py
+
+# The reference comparison of docs/benchmarks.md (root, Linux): 1 Gbit/s links, 4 workers, an MLP
+# 64-2048-2048-10 (4.35M parameters) on digits; qtrain's fp32 parameter server (adam), the four
+# papers' compressed algorithms at their defaults, and torch DDP with no hook, fp16 and PowerSGD.
+# --latency 0: this kernel has no netem qdisc (see docs/benchmarks.md).
+BENCH_NET_OUT ?= runs/bench-network
+bench-network: install sysdeps
+	$(BIN)/qtrain bench network configs/adam.yaml configs/ecq-sgd.yaml configs/qadam.yaml \
+	  configs/efficient-adam.yaml configs/qcmd-adagrad.yaml --bandwidth 1gbit --latency 0 --workers 4 \
+	  --steps 30 --warmup 5 --eval-every 5 --target-accuracy 0.8 --set model.hidden=[2048,2048] \
+	  --peers ddp,ddp-fp16,ddp-powersgd:4 --out $(BENCH_NET_OUT)
 
 lint: install
 	$(BIN)/ruff check qtrain tests benchmarks

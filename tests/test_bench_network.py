@@ -3,8 +3,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from test_netem import namespaces, root  # noqa: F401 - the root fixture
@@ -61,6 +63,7 @@ def test_a_small_comparison_end_to_end(root, tmp_path):  # noqa: F811
     assert p.returncode == 0, p.stdout + p.stderr
     assert "link check:" in p.stdout and "efficient-adam" in p.stdout and "ddp-fp16" in p.stdout
     res = json.loads((out / "results.json").read_text())
+    assert (out / "results.png").stat().st_size > 10_000
     assert res["workers"] == 2 and res["steps"] == 8 and res["cores"] == os.cpu_count()
     assert abs(res["link"]["measured_bps"] - 1e9) <= 0.1e9
     qt, ddp = res["runs"]
@@ -96,3 +99,29 @@ def test_a_failing_run_is_one_line_and_the_network_is_torn_down(root, tmp_path):
     assert p.stderr.strip().splitlines()[-1].startswith("qtrain: error: qtrain run efficient-adam failed (rc")
     assert not any(n.startswith("qtb") for n in namespaces())
     assert not (tmp_path / "b" / "results.json").exists(), "no results from a failed comparison"
+
+
+@pytest.mark.netns
+@pytest.mark.mpi
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_comparison_tears_the_network_down(root, tmp_path, sig):  # noqa: F811
+    args = ["configs/efficient-adam.yaml", "--workers", "2", "--steps", "100000", "--peers", ""]
+    proc = subprocess.Popen(
+        [*QTRAIN, "bench", "network", *args, "--out", str(tmp_path / "b")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    mine = f"qtb{proc.pid}-"
+    deadline = time.monotonic() + 120
+    while (
+        time.monotonic() < deadline and not (tmp_path / "b" / "runs" / "efficient-adam" / "trace.h5").exists()
+    ):
+        time.sleep(0.2)
+    assert any(n.startswith(mine) for n in namespaces()), "the run is under way"
+    os.killpg(proc.pid, sig)  # what a terminal's Ctrl-C does: the whole foreground group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "interrupted: the emulated network was torn down" in err
+    assert not any(n.startswith(mine) for n in namespaces())

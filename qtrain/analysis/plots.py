@@ -105,3 +105,50 @@ def plot_compare(runs: list[dict], path: str) -> list[str]:
     drawn = [a.get_title() for a in fig.get_axes() if a.has_data()]
     plt.close(fig)
     return drawn
+
+
+BENCH_PANELS = ("Seconds per step, split by phase", "Test accuracy against wall-clock time")
+# qtrain's worker-side phases in the order a step runs them (their sum is the worker's step time)
+BENCH_PHASES = ("worker_compute_s", "worker_encode_s", "worker_comm_s", "worker_decode_s")
+
+
+def plot_bench_network(results: dict, path: str) -> list[str]:
+    """Two panels of a `qtrain bench network` comparison: each run's median step time, qtrain's
+    split into its worker phases (DDP peers as one bar: their communication overlaps backward),
+    and accuracy against wall-clock time. Returns the axes titles drawn."""
+    plt, (fig, axes) = _figure(1, 2)
+    bars, curves = axes
+    names = [r["name"] for r in results["runs"]]
+    x = np.arange(len(names))
+    bottom = np.zeros(len(names))
+    for phase in BENCH_PHASES:
+        heights = np.array([r["phases_s"].get(phase, 0.0) for r in results["runs"]])
+        if heights.any():
+            bars.bar(x, heights, bottom=bottom, label=phase.removeprefix("worker_").removesuffix("_s"))
+            bottom += heights
+    rest = np.array([r["seconds_per_step"]["median_s"] for r in results["runs"]]) - bottom
+    bars.bar(x, np.clip(rest, 0, None), bottom=bottom, label="other / total (DDP)", color="0.7")
+    bars.set_xticks(x, names, rotation=30, ha="right")
+    bars.set_ylabel("seconds per step (median)")
+    bars.legend(fontsize=8)
+    link = results["link"]
+    bars.set_title(BENCH_PANELS[0])
+    for r in results["runs"]:
+        ev = [e for e in r["evals"] if "test_accuracy" in e]
+        if ev:
+            curves.plot(
+                [e["wall_s"] for e in ev], [e["test_accuracy"] for e in ev], marker="o", label=r["name"]
+            )
+    if results.get("target_accuracy") is not None:
+        curves.axhline(results["target_accuracy"], color="k", linestyle=":", linewidth=1, label="target")
+    curves.set_xlabel("wall-clock seconds")
+    curves.set_ylabel("test accuracy")
+    curves.legend(fontsize=8)
+    curves.set_title(BENCH_PANELS[1])
+    fig.suptitle(
+        f"{link['rate_bps'] / 1e9:g} Gbit/s links, {results['workers']} workers, {results['cores']} cores"
+    )
+    fig.savefig(path, dpi=110)
+    titles = [ax.get_title() for ax in axes]
+    plt.close(fig)
+    return titles

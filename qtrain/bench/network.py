@@ -202,7 +202,7 @@ def run_peer(net: EmulatedNetwork, plan: BenchPlan, peer: str, out: Path) -> dic
 
 def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) -> dict:
     """Build the network, check the link, run every config and peer, tear the network down;
-    write ``OUT/results.json`` and return the results."""
+    write ``OUT/results.json`` and ``OUT/results.png`` and return the results."""
     out.mkdir(parents=True, exist_ok=True)
     results = {
         "link": {
@@ -228,6 +228,9 @@ def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) ->
             echo(f"running {peer} ...")
             results["runs"].append(run_peer(net, plan, peer, out))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    from qtrain.analysis.plots import plot_bench_network
+
+    plot_bench_network(results, str(out / "results.png"))
     return results
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def network(
     target_accuracy: float = typer.Option(
         None, "--target-accuracy", help="Report the wall time to reach it."
     ),
+    eval_every: int = typer.Option(10, "--eval-every", help="Evaluate every N steps (and at the end)."),
     shared_link: bool = typer.Option(False, "--shared-link", help="All ranks share one shaped link."),
     overrides: list[str] = typer.Option([], "--set", help="Config override for every run (repeatable)."),
     out: str = typer.Option("runs/bench-network", "--out", help="Output directory (results.json, runs/)."),
@@ -45,16 +47,26 @@ def network(
             load_config(c, overrides)
     except (NetworkError, ValueError, ConfigError) as exc:
         fail(str(exc))
-    if workers < 1 or steps < warmup + 2:
-        fail(f"--workers must be >= 1 and --steps at least --warmup + 2, got {workers} and {steps}")
-    plan = BenchPlan(configs, link, workers, steps, warmup, peer_list, target_accuracy, overrides)
+    if workers < 1 or eval_every < 1 or steps < warmup + 2:
+        fail(
+            "--workers and --eval-every must be >= 1 and --steps >= --warmup + 2, "
+            f"got {workers}, {eval_every}, {steps}"
+        )
+    plan = BenchPlan(configs, link, workers, steps, warmup, peer_list, target_accuracy, overrides, eval_every)
     launcher = shlex.split(os.environ.get("QTRAIN_MPIEXEC", "")) or [
         str(Path(sys.executable).parent / "mpiexec")
     ]
+    signal.signal(signal.SIGTERM, _interrupted)  # tear the network down on SIGTERM too
     try:
         results = bench_network(plan, Path(out), launcher, echo=typer.echo)
     except (NetworkError, RuntimeError) as exc:
         fail(str(exc), 1)
+    except KeyboardInterrupt:
+        fail("interrupted: the emulated network was torn down, no results were written", 130)
     for line in table(results):
         typer.echo(line)
-    typer.echo(f"results: {Path(out) / 'results.json'}")
+    typer.echo(f"results: {Path(out) / 'results.json'}, {Path(out) / 'results.png'}")
+
+
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt
