@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "qtrain"
 LAYERS = {
     "__init__": 0,  # the version string
     "seeding": 0,
+    "units": 0,
     "codecs": 0,
     "io": 0,
     "algorithms": 1,

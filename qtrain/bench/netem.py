@@ -19,35 +19,16 @@ collide and ``down`` only removes its own.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 
 SUBNET = "10.77.0"
-_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
 class NetworkError(RuntimeError):
     """A one-line reason the emulated network cannot be built or does not behave."""
-
-
-def parse_rate(text: str) -> float:
-    """``"1gbit"``, ``"100mbit"``, ``"2.5gbit"`` -> bits per second."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)bit\s*", text.lower())
-    if not m or float(m.group(1)) <= 0:
-        raise NetworkError(f"bandwidth {text!r}: expected a positive rate such as 1gbit or 100mbit")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_latency(text: str) -> float:
-    """``"0.1ms"``, ``"50us"``, ``"0"`` -> seconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|ms|us)?\s*", text.lower())
-    if not m:
-        raise NetworkError(f"latency {text!r}: expected a time such as 0.1ms or 50us")
-    return float(m.group(1)) * _TIME_UNITS[m.group(2) or "s"]
 
 
 def check_privileges() -> None:

@@ -14,6 +14,13 @@ def analyze(
     plot: str = typer.Option(None, "--plot", help="Write a six-panel figure (PNG) here."),
     csv_path: str = typer.Option(None, "--csv", help="Write the per-step series as CSV here."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    project: str = typer.Option(
+        None,
+        "--project",
+        help="Predict the step time elsewhere: bandwidth=10gbit[,workers=64][,latency=0.1ms] "
+        "(model: docs/benchmarks.md).",
+    ),
+    warmup: int = typer.Option(5, "--warmup", help="Steps the projection leaves out."),
 ) -> None:
     """Bytes per step and compression vs fp32, time per phase, stragglers, loss/accuracy/error over steps."""
     from qtrain.analysis.trace_report import format_report, per_step, report
@@ -38,7 +45,20 @@ def analyze(
         from qtrain.analysis.plots import plot_trace
 
         plot_trace(steps, evals, attrs, rep, plot)
+    if project:
+        from qtrain.analysis.projection import PerfModel, format_projection, parse_project
+
+        try:
+            model = PerfModel.from_trace(steps, attrs, warmup)
+            rep["projection"] = {
+                "model": model.__dict__,
+                "predicted": model.predict(**parse_project(project)),
+            }
+        except ValueError as exc:
+            fail(str(exc))
     typer.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))
+    if project and not as_json:
+        typer.echo(format_projection(rep["projection"]))
 
 
 def compare(

@@ -32,10 +32,11 @@ def network(
     out: str = typer.Option("runs/bench-network", "--out", help="Output directory (results.json, runs/)."),
 ) -> None:
     """Run CONFIGS and DDP peers on an emulated cluster network (root, Linux) and compare them."""
-    from qtrain.bench.netem import LinkSpec, NetworkError, check_privileges, parse_latency, parse_rate
+    from qtrain.bench.netem import LinkSpec, NetworkError, check_privileges
     from qtrain.bench.network import BenchPlan, bench_network, peer_hook, table
     from qtrain.cli.errors import fail
     from qtrain.config import ConfigError, load_config
+    from qtrain.units import parse_latency, parse_rate
 
     try:
         check_privileges()

@@ -1,0 +1,116 @@
+"""The what-if projection of `qtrain analyze --project`: its arithmetic on known numbers, what it
+reads from a trace (with and without interface counters), its input checks, and the CLI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qtrain.analysis.projection import FRAMING, PerfModel, parse_project, tree_depth
+from qtrain.io.trace import TRACE_DTYPE
+
+MODEL = PerfModel(
+    compute_s=0.1,
+    worker_encode_s=0.02,
+    worker_decode_s=0.01,
+    server_decode_per_uplink_s=0.005,
+    server_encode_s=0.03,
+    up_bytes=1e6,
+    down_bytes=2e6,
+    workers=4,
+    measured_step_s=0.5,
+    bytes_source="interface counters",
+)
+
+
+def test_tree_depth_is_the_binomial_broadcast_depth():
+    assert [tree_depth(n) for n in (1, 2, 3, 4, 7, 8, 63, 64)] == [1, 2, 2, 3, 3, 4, 6, 7]
+
+
+def test_prediction_arithmetic():
+    p = MODEL.predict(8e8, workers=64, latency_s=1e-4)  # 100 MB/s
+    parts = p["parts"]
+    assert parts["uplink_s"] == pytest.approx(64 * 1e6 / 1e8 + 1e-4)
+    assert parts["server_decode_s"] == pytest.approx(64 * 0.005)
+    assert parts["downlink_s"] == pytest.approx(7 * (2e6 / 1e8 + 1e-4))
+    assert p["step_s"] == pytest.approx(0.1 + 0.02 + 0.6401 + 0.32 + 0.03 + 0.1407 + 0.01)
+    assert MODEL.predict(8e8)["workers"] == 4
+
+
+def synthetic_trace(wire: bool) -> tuple[np.ndarray, dict]:
+    rows = []
+    for step in range(1, 11):
+        srv = np.zeros(1, dtype=TRACE_DTYPE)
+        srv["step"], srv["role"], srv["wall_s"] = step, 0, 0.5 * step
+        srv["decode_s"], srv["encode_s"] = 0.02, 0.03
+        srv["bytes_recv"], srv["bytes_sent"] = 4 * 1000, 4 * 500
+        if wire:
+            srv["wire_recv_bytes"], srv["wire_sent_bytes"] = 4 * 1100, 3 * 600
+        rows.append(srv)
+        w = np.zeros(4, dtype=TRACE_DTYPE)
+        w["step"], w["role"], w["rank"] = step, 1, np.arange(1, 5)
+        w["compute_s"], w["encode_s"], w["decode_s"] = 0.1, 0.2, 0.05
+        rows.append(w)
+    return np.concatenate(rows), {"workers": 4, "segments": 1}
+
+
+@pytest.mark.parametrize("wire", [True, False], ids=["interface-counters", "packed"])
+def test_model_from_a_trace(wire):
+    steps, attrs = synthetic_trace(wire)
+    m = PerfModel.from_trace(steps, attrs, warmup=3)
+    assert (m.compute_s, m.worker_encode_s, m.worker_decode_s) == pytest.approx((0.1, 0.2, 0.05))
+    assert m.server_decode_per_uplink_s == pytest.approx(0.005) and m.server_encode_s == pytest.approx(0.03)
+    assert m.measured_step_s == pytest.approx(0.5)
+    if wire:
+        assert (m.up_bytes, m.down_bytes) == pytest.approx((1100, 600))  # 3 = tree_depth(4) copies sent
+    else:
+        assert m.up_bytes == pytest.approx((1000 + 88) * FRAMING)
+        assert m.down_bytes == pytest.approx((500 + 24) * FRAMING)
+    with pytest.raises(ValueError, match="too few"):
+        PerfModel.from_trace(steps, attrs, warmup=9)
+
+
+def test_parse_project():
+    assert parse_project("bandwidth=10gbit,workers=64,latency=0.1ms") == pytest.approx(
+        {"bandwidth_bps": 1e10, "workers": 64, "latency_s": 1e-4}
+    )
+    for bad, match in (
+        ("workers=4", "bandwidth= is required"),
+        ("bandwidth=fast", "bandwidth"),
+        ("bandwidth=1gbit,workers=0", "unknown or bad item"),
+        ("bandwidth=1gbit,nodes=3", "unknown or bad item"),
+        ("10gbit", "key=value"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            parse_project(bad)
+
+
+def test_cli_projects_a_simulated_run(tmp_path):
+    run = [sys.executable, "-m", "qtrain"]
+    sim = [
+        "simulate",
+        "configs/default.yaml",
+        "--workers",
+        "2",
+        "--set",
+        "train.steps=12",
+        "--out",
+        str(tmp_path),
+        "-q",
+    ]
+    assert subprocess.run([*run, *sim], capture_output=True, timeout=120).returncode == 0
+    p = subprocess.run(
+        [*run, "analyze", str(tmp_path), "--project", "bandwidth=10gbit,workers=64", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    pred = json.loads(p.stdout)["projection"]["predicted"]
+    assert pred["workers"] == 64 and pred["step_s"] == pytest.approx(sum(pred["parts"].values()))
+    bad = subprocess.run(
+        [*run, "analyze", str(tmp_path), "--project", "workers=3"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "bandwidth= is required" in bad.stderr
