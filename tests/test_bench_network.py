@@ -16,6 +16,12 @@ from qtrain.bench.network import peer_hook, step_stats, time_to_accuracy
 QTRAIN = [sys.executable, "-m", "qtrain"]
 
 
+def small_comparison(out, steps: int, peers: str = "", *extra: str) -> list[str]:
+    """efficient-adam (and ``peers``) on 200 Mbit/s links with 2 workers."""
+    args = ["configs/efficient-adam.yaml", "--workers", "2", "--steps", str(steps), "--bandwidth", "200mbit"]
+    return [*QTRAIN, "bench", "network", *args, "--peers", peers, *extra, "--out", str(out)]
+
+
 def test_step_stats_leave_out_the_warm_up():
     ends = [5.0, 5.5, 6.0, 6.1, 6.3, 6.6, 7.0]  # steps 1..7 ended at these times
     s = step_stats(ends, warmup=2)
@@ -55,20 +61,9 @@ def test_refuses_in_one_line_without_ip_and_tc(tmp_path):
 @pytest.mark.mpi
 def test_a_small_comparison_end_to_end(root, tmp_path):  # noqa: F811
     out = tmp_path / "bench"
-    args = [
-        "configs/efficient-adam.yaml",
-        "--workers",
-        "2",
-        "--steps",
-        "8",
-        "--warmup",
-        "2",
-        "--bandwidth",
-        "200mbit",
-    ]
-    args += ["--peers", "ddp-fp16", "--set", "model.hidden=[128]", "--target-accuracy", "0.2"]
+    extra = ["--warmup", "2", "--set", "model.hidden=[128]", "--target-accuracy", "0.2"]
     p = subprocess.run(
-        [*QTRAIN, "bench", "network", *args, "--out", str(out)], capture_output=True, text=True, timeout=600
+        small_comparison(out, 8, "ddp-fp16", *extra), capture_output=True, text=True, timeout=600
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "link check:" in p.stdout and "efficient-adam" in p.stdout and "ddp-fp16" in p.stdout
@@ -97,19 +92,8 @@ def test_a_small_comparison_end_to_end(root, tmp_path):  # noqa: F811
 @pytest.mark.netns
 @pytest.mark.mpi
 def test_a_failing_run_is_one_line_and_the_network_is_torn_down(root, tmp_path):  # noqa: F811
-    args = [
-        "configs/efficient-adam.yaml",
-        "--workers",
-        "2",
-        "--steps",
-        "8",
-        "--peers",
-        "",
-        "--bandwidth",
-        "200mbit",
-    ]
     p = subprocess.run(
-        [*QTRAIN, "bench", "network", *args, "--out", str(tmp_path / "b")],
+        small_comparison(tmp_path / "b", steps=8),
         capture_output=True,
         text=True,
         timeout=300,
@@ -125,19 +109,8 @@ def test_a_failing_run_is_one_line_and_the_network_is_torn_down(root, tmp_path):
 @pytest.mark.mpi
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_comparison_tears_the_network_down(root, tmp_path, sig):  # noqa: F811
-    args = [
-        "configs/efficient-adam.yaml",
-        "--workers",
-        "2",
-        "--steps",
-        "100000",
-        "--peers",
-        "",
-        "--bandwidth",
-        "200mbit",
-    ]
     proc = subprocess.Popen(
-        [*QTRAIN, "bench", "network", *args, "--out", str(tmp_path / "b")],
+        small_comparison(tmp_path / "b", steps=100_000),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

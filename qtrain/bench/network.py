@@ -221,12 +221,17 @@ def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) ->
         measured = net.check_link()
         results["link"]["measured_bps"] = measured
         echo(f"link check: {measured / 1e6:.0f} Mbit/s measured on {plan.link.describe()}")
-        for config in plan.configs:
-            echo(f"running qtrain {config} ...")
-            results["runs"].append(run_qtrain(net, plan, config, out, mpiexec))
-        for peer in plan.peers:
-            echo(f"running {peer} ...")
-            results["runs"].append(run_peer(net, plan, peer, out))
+        try:
+            for config in plan.configs:
+                echo(f"running qtrain {config} ...")
+                results["runs"].append(run_qtrain(net, plan, config, out, mpiexec))
+            for peer in plan.peers:
+                echo(f"running {peer} ...")
+                results["runs"].append(run_peer(net, plan, peer, out))
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(
+                f"a run did not finish within {exc.timeout:g} s: {' '.join(exc.cmd[-8:])}"
+            ) from exc
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     from qtrain.analysis.plots import plot_bench_network
 
