@@ -77,7 +77,7 @@ class Recorder:
         counters=None,
     ):
         cfg = setup.cfg
-        self.setup, self.topology, self.echo, self.watchdog = setup, topology, echo, watchdog
+        self.setup, self.topology, self.watchdog = setup, topology, watchdog
         self.eval_every, self.steps = cfg.train.eval_every, setup.steps
         self.stats = RunStats(partition, topology.num_workers)
         self.trace = None
