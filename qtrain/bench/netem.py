@@ -84,15 +84,17 @@ class EmulatedNetwork:
         extra = [f"{k}={v}" for k, v in (env or {}).items()]
         return ["ip", "netns", "exec", self.namespace(rank), "env", *extra, *argv]
 
-    def mpi_command(self, launcher: list[str], argv: list[str]) -> list[str]:
+    def mpi_command(self, launcher: list[str], argv: list[str], rank_env: dict | None = None) -> list[str]:
         """An MPMD ``mpiexec`` command that runs ``argv`` once per rank, rank ``i`` inside its
         namespace, with MPICH told to use TCP sockets only: ``UCX_TLS=tcp,self`` (the PyPI
         wheel's UCX netmod would otherwise reach the other ranks through shared memory, which
         namespaces do not separate), ``UCX_NET_DEVICES`` = the rank's link, and
-        ``MPIR_CVAR_NOLOCAL=1`` (no shared-memory path between ranks on one host)."""
+        ``MPIR_CVAR_NOLOCAL=1`` (no shared-memory path between ranks on one host). ``rank_env``
+        maps a rank to more environment for it alone."""
         cmd = list(launcher)
         for r in range(self.ranks):
             env = {"UCX_TLS": "tcp,self", "UCX_NET_DEVICES": self.device(r), "MPIR_CVAR_NOLOCAL": "1"}
+            env.update((rank_env or {}).get(r, {}))
             cmd += [*([":"] if r else []), "-n", "1", *self.wrap(r, argv, env)]
         return cmd
 

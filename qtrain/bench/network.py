@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from qtrain.bench.netem import EmulatedNetwork, LinkSpec
+from qtrain.engine.topology import Topology
 
 QTRAIN = [sys.executable, "-m", "qtrain"]
 MASTER_PORT = 29517
@@ -84,9 +85,9 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
         *plan.overrides,
     ]
     argv = [*QTRAIN, "train", config, "--out", str(run_dir)] + [a for s in sets for a in ("--set", s)]
-    cmd = net.mpi_command(mpiexec, argv)
-    # the serving rank measures its own link
-    cmd = _with_wire_device(cmd, net)
+    server = Topology.parameter_server(plan.workers + 1).server
+    # the serving rank counts the bytes on its own link
+    cmd = net.mpi_command(mpiexec, argv, {server: {"QTRAIN_WIRE_DEVICE": net.device(server)}})
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=plan.timeout_s)
     (run_dir / "bench-output.txt").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
@@ -129,12 +130,6 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
         "evals": ev,
         "time_to_target_s": time_to_accuracy(ev, plan.target_accuracy),
     }
-
-
-def _with_wire_device(cmd: list[str], net: EmulatedNetwork) -> list[str]:
-    """Add ``QTRAIN_WIRE_DEVICE`` to the environment of the serving rank (the first MPMD block)."""
-    i = cmd.index("env") + 1
-    return [*cmd[:i], f"QTRAIN_WIRE_DEVICE={net.device(0)}", *cmd[i:]]
 
 
 def run_peer(net: EmulatedNetwork, plan: BenchPlan, peer: str, out: Path) -> dict:
