@@ -105,18 +105,14 @@ def main(argv: list[str]) -> int:
 
 
 def _evaluate(model, ds) -> dict:
+    """The test split, as the qtrain server evaluates it (engine.flat.evaluate_module)."""
     import torch
 
-    from qtrain.engine.flat import loss_fn
+    from qtrain.engine.flat import evaluate_module
 
-    model.eval()
-    with torch.no_grad():
-        out = model(ds.x_test)
-        result = {"test_loss": float(loss_fn(out, ds.y_test, ds.task))}
-        if ds.task == "classification":
-            result["test_accuracy"] = float((out.argmax(dim=1) == ds.y_test).float().mean())
+    ev = evaluate_module(model, ds.x_test, ds.y_test, ds.task, torch.device("cpu"))
     model.train()
-    return result
+    return {f"test_{k}": v for k, v in ev.items()}
 
 
 if __name__ == "__main__":

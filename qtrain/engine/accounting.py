@@ -122,9 +122,9 @@ def trace_attrs(setup, topology, partition) -> dict:
         "downlink_codec": json.dumps(
             {"codec": down.name, **down.params(), "error_feedback": setup.downlink.error_feedback}
         ),
-        "uplink_bits_per_element": 8 * sum(up.wire_bytes(s.numel) for s in partition) / numel,
-        "downlink_bits_per_element": 8 * sum(down.wire_bytes(s.numel) for s in partition) / numel,
-        "fp32_message_bytes": sum(get_codec("none").wire_bytes(s.numel) for s in partition),
+        "uplink_bits_per_element": 8 * partition.wire_bytes(up) / numel,
+        "downlink_bits_per_element": 8 * partition.wire_bytes(down) / numel,
+        "fp32_message_bytes": partition.wire_bytes(get_codec("none")),
         "numel": numel,
         "segments": len(partition),
         "world_size": topology.world_size,

@@ -42,22 +42,27 @@ class FlatModel:
         loss.backward()
         return float(loss.detach())
 
-    @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, task: str, batch: int = 1024) -> dict:
         """Mean loss (and accuracy for classification) over a whole split."""
-        self.module.eval()
-        total, correct, n = 0.0, 0, len(x)
-        for start in range(0, n, batch):
-            xb = x[start : start + batch].to(self.device)
-            yb = y[start : start + batch].to(self.device)
-            out = self.module(xb)
-            total += float(loss_fn(out, yb, task, reduction="sum"))
-            if task == "classification":
-                correct += int((out.argmax(dim=1) == yb).sum())
-        result = {"loss": total / max(n, 1)}
+        return evaluate_module(self.module, x, y, task, self.device, batch)
+
+
+@torch.no_grad()
+def evaluate_module(module, x, y, task: str, device: torch.device, batch: int = 1024) -> dict:
+    """Mean loss (and accuracy for classification) of ``module`` over a whole split, in eval mode."""
+    module.eval()
+    total, correct, n = 0.0, 0, len(x)
+    for start in range(0, n, batch):
+        xb = x[start : start + batch].to(device)
+        yb = y[start : start + batch].to(device)
+        out = module(xb)
+        total += float(loss_fn(out, yb, task, reduction="sum"))
         if task == "classification":
-            result["accuracy"] = correct / max(n, 1)
-        return result
+            correct += int((out.argmax(dim=1) == yb).sum())
+    result = {"loss": total / max(n, 1)}
+    if task == "classification":
+        result["accuracy"] = correct / max(n, 1)
+    return result
 
 
 def loss_fn(out: torch.Tensor, y: torch.Tensor, task: str, reduction: str = "mean") -> torch.Tensor:

@@ -72,6 +72,11 @@ class Partition:
     def __len__(self) -> int:
         return len(self.segments)
 
+    def wire_bytes(self, codec) -> int:
+        """Bytes of one step's messages in one direction with ``codec``: one message per segment
+        (the upper bound for variable-size codecs)."""
+        return sum(codec.wire_bytes(s.numel) for s in self.segments)
+
     def describe(self) -> str:
         if len(self) == 1:
             return "1 segment"

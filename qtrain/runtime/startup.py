@@ -48,7 +48,7 @@ class WorldInfo:
 
         s, part, topo = plan.setup, plan.partition, plan.topology
         n = part.numel
-        fp32 = sum(get_codec("none").wire_bytes(g.numel) for g in part)
+        fp32 = part.wire_bytes(get_codec("none"))
         echo(
             f"qtrain train: {s.algorithm.name}, {len(topo.servers)} server + {topo.num_workers} workers, "
             f"{s.steps} steps, {n} parameters in {part.describe()}"
@@ -57,7 +57,7 @@ class WorldInfo:
             ("uplink  ", s.uplink, ""),
             ("downlink", s.downlink, f" [{s.algorithm.downlink_mode}]"),
         ):
-            b = sum(link.codec.wire_bytes(g.numel) for g in part)
+            b = part.wire_bytes(link.codec)
             note = "" if link.codec.fixed_size else " at most"
             echo(
                 f"  {name} {link.describe()}{extra}: {8 * b / n:.3f} bits/element,{note} {b} B/worker/step "
