@@ -1,9 +1,9 @@
 """Seeds for every random stream of a run, derived from the run seed by name.
 
 ``derive_seed(seed, "data", worker, epoch)`` hashes its parts, so streams never collide and a run
-is reproducible from its seed alone. ``stream_seed`` names the codecs' stochastic-rounding streams:
-one per (direction, worker, segment). Segment 0 keeps the key of the one-segment layout, so a run
-with the default single segment draws exactly what earlier versions drew.
+is reproducible from its seed alone. ``stream_seed`` is the Philox key of the codecs'
+stochastic-rounding stream of one link of one rank (``codecs.philox``): the step and the element
+index are the counter, so segments need no streams of their own.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def stream_seed(seed: int, direction: str, worker: int | None, segment: int) -> int:
-    """The stochastic-rounding stream of one segment of one link: ``direction`` is "uplink"
-    (``worker`` 0-based) or "downlink" (``worker`` None: the server's one stream)."""
-    key = (seed, direction) if worker is None else (seed, direction, worker)
-    return derive_seed(*key) if segment == 0 else derive_seed(*key, "segment", segment)
+def stream_seed(seed: int, direction: str, worker: int | None) -> int:
+    """The Philox key of one link's stochastic rounding: ``direction`` is "uplink" (``worker``
+    0-based) or "downlink" (``worker`` None: the server's one stream)."""
+    return derive_seed(seed, direction) if worker is None else derive_seed(seed, direction, worker)

@@ -15,6 +15,7 @@ LAYERS = {
     "units": 0,
     "codecs": 0,
     "io": 0,
+    "kernels": 1,  # compiled fast paths of the codecs
     "algorithms": 1,
     "models": 1,
     "data": 1,

@@ -24,13 +24,23 @@ def run(config, *sets, workers=2, out=None):
         ("configs/sgd.yaml", ["algorithm.momentum=0.9", "uplink.codec=topk", "uplink.error_feedback=true"]),
         ("configs/qcmd-adagrad.yaml", ["algorithm.l1=0.01"]),
         ("configs/adam.yaml", ["uplink.codec=fp16"]),
+        ("configs/ecq-sgd.yaml", []),
+        ("configs/sgd.yaml", ["uplink.codec=ternary", "downlink.codec=uniform", "downlink.bits=3"]),
     ],
-    ids=["efficient-adam-sign", "sgd-momentum-topk", "qcmd-threshold-sparse", "adam-fp16"],
+    ids=[
+        "efficient-adam-sign",
+        "sgd-momentum-topk",
+        "qcmd-threshold-sparse",
+        "adam-fp16",
+        "ecq-sgd-stochastic-uniform",
+        "sgd-ternary-up-uniform3-down",
+    ],
 )
-def test_elementwise_rules_with_deterministic_codecs_do_not_depend_on_the_segments(config, sets):
-    """Every rule here is elementwise and every codec deterministic per bucket, and segments fall
-    on bucket boundaries: cutting the vector changes no bit of the result, and no byte count but
-    the headers (one per segment message)."""
+def test_elementwise_rules_do_not_depend_on_the_segments(config, sets):
+    """Every rule here is elementwise, every codec works per bucket, segments fall on bucket
+    boundaries, and stochastic rounding draws the Philox counter of each element's flat index:
+    cutting the vector changes no bit of the result, and no byte count but the headers (one per
+    segment message)."""
     one, four = run(config, *sets), run(config, *sets, "runtime.segments=4")
     assert four["segments"] == 4 and one["segments"] == 1
     assert four["params_sha256"] == one["params_sha256"]
@@ -48,19 +58,18 @@ def test_bytes_add_up_over_segment_messages():
     assert s["bytes_fp32_equivalent_up"] == 25 * 2 * sum(get_codec("none").wire_bytes(g.numel) for g in part)
 
 
-def test_stochastic_streams_are_per_segment_and_segment_0_keeps_the_old_key():
-    assert stream_seed(5, "uplink", 2, 0) == derive_seed(5, "uplink", 2)
-    assert stream_seed(5, "downlink", None, 0) == derive_seed(5, "downlink")
-    seeds = {
-        stream_seed(5, d, w, k)
-        for d, w in (("uplink", 0), ("uplink", 1), ("downlink", None))
-        for k in range(3)
-    }
-    assert len(seeds) == 9
+def test_each_link_has_its_own_key_and_each_segment_its_own_counters():
+    assert stream_seed(5, "uplink", 2) == derive_seed(5, "uplink", 2)
+    assert stream_seed(5, "downlink", None) == derive_seed(5, "downlink")
     hp = AlgorithmConfig(name="ecq-sgd")
-    _, _, engines, _ = build(hp, numel=2000, workers=2, segments=3)
-    states = [g.get_state() for e in engines for g in e.generators]
-    assert len(states) == 6 and len({bytes(s.numpy()) for s in states}) == 6
+    server, engines = build(hp, numel=2000, workers=2, segments=3)[1:3]
+    keys = {e.stream_key for e in engines} | {server.stream_key}
+    assert len(keys) == 3
+    for e in (*engines, server):
+        e.begin_step()
+        streams = [e.random_stream(seg) for seg in e.partition]
+        assert [s.offset for s in streams] == [seg.start for seg in e.partition]
+        assert {s.step for s in streams} == {1} and {s.key for s in streams} == {e.stream_key}
 
 
 def test_error_feedback_telescopes_in_every_segment():
@@ -99,14 +108,14 @@ def test_compression_statistics_combine_as_sums_of_squares():
             assert a[k] == pytest.approx(b[k], rel=1e-6), k  # float32 norms
 
 
-def test_checkpoints_hold_one_stream_per_segment_and_resume_refuses_another_count(tmp_path):
+def test_checkpoints_record_the_segments_and_resume_refuses_another_count(tmp_path):
     from qtrain.io.checkpoint import CheckpointError, checkpoint_name, read_checkpoint
     from qtrain.runtime.resume import load_for_resume
 
     run("configs/ecq-sgd.yaml", "runtime.segments=3", out=tmp_path)
     tree, meta = read_checkpoint(tmp_path / "checkpoints" / checkpoint_name(25))
     assert meta["segments"] == 3
-    assert sorted(tree["workers"]["1"]["engine"]["generators"]) == ["0", "1", "2"]
+    assert "generators" not in tree["workers"]["1"]["engine"]  # counter-based: nothing to keep
     other = load_config("configs/ecq-sgd.yaml", [*SHORT, "runtime.segments=2"])
     from qtrain.config import dump_yaml
     from qtrain.engine.setup import build_setup, resolved_config

@@ -1,18 +1,36 @@
-"""Encode/decode speed of every codec against the same run's stream-copy bandwidth.
+"""Codec speed against the same run's copy bandwidth: the paths the engine runs, each as a ratio to
+its memory-traffic floor.
 
-The memory-traffic floor of an operation is the bytes it must read plus the bytes it must write,
-divided by the measured copy bandwidth (copy moves 2 * 4 * n bytes: read x, write y):
-  encode: reads 4n bytes of float32, writes wire_bytes(n)
-  decode: reads wire_bytes(n), writes 4n bytes of float32
-``*_floor_ratio`` = measured time / floor time (1.0 would be at the bandwidth floor).
+For n float32 elements, W bytes of one message and N workers, the bytes each path must move:
+
+=============  =====================================================================  ==========
+path           what runs                                                              floor
+=============  =====================================================================  ==========
+encode         ``codec.encode(x)`` (the torch reference, no error feedback)            4n + W
+encode+EF      the worker's uplink: v = p + e, the message of Q(v), e <- p + e - Q(v)  12n + W
+               (``WorkerEngine.make_uplink``: the numba kernel where one exists)
+decode         ``codec.decode(msg, out)`` (the torch reference)                        W + 4n
+aggregate      the server's mean of N uplinks (``ServerEngine.aggregate``)             N W + 4n
+worker step    efficient-adam's whole worker step: local Adam moments, EF, sign        28n + W
+=============  =====================================================================  ==========
+
+The floor time is those bytes divided by the copy bandwidth, 8n / (time of ``y.copy_(x)``) measured
+in the same run with the same threads; ``*_floor_ratio`` = measured time / floor time.
 """
 
 from __future__ import annotations
 
 import torch
 
+from qtrain.algorithms.links import Link
+from qtrain.algorithms.registry import get_algorithm
 from qtrain.bench.timing import median_seconds
-from qtrain.codecs import get_codec
+from qtrain.codecs import CounterStream, get_codec
+from qtrain.config import AlgorithmConfig
+from qtrain.engine.partition import Partition
+from qtrain.engine.server import ServerEngine
+from qtrain.engine.worker import WorkerEngine
+from qtrain.kernels import kernel_codec, set_threads
 
 # (label, codec name, params): every codec, and the bit widths users pick most for uniform
 DEFAULT_CASES = [
@@ -28,42 +46,119 @@ DEFAULT_CASES = [
     ("topk-1%", "topk", {"ratio": 0.01}),
     ("sparse", "sparse", {}),
 ]
+AGGREGATE_WORKERS = 4
 
 
-def bench_codecs(numel: int = 2**24, repeats: int = 5, device: str = "cpu", seed: int = 0) -> list[dict]:
+def _engines(algorithm: str, codec, numel: int, device, kernels: str):
+    """A worker engine with EF on the uplink and a server engine, one segment, on ``codec``."""
+    algo = get_algorithm(AlgorithmConfig(name=algorithm))
+    uplink = Link("uplink", codec, True)
+    downlink = Link("downlink", codec, False)
+    part = Partition.build(numel, (codec.bucket, codec.bucket), 1)
+    master = torch.zeros(numel, device=device)
+    worker = WorkerEngine(algo, uplink, codec, part, device, 0, 0, kernels)
+    server = ServerEngine(algo, codec, downlink, part, master, 0, kernels)
+    return part[0], worker, server
+
+
+def bench_codecs(
+    numel: int = 2**24,
+    repeats: int = 5,
+    device: str = "cpu",
+    seed: int = 0,
+    threads: int = 0,
+    kernels: str = "auto",
+    cases: list | None = None,
+) -> list[dict]:
     dev = torch.device(device)
+    if threads:
+        torch.set_num_threads(threads)
+        set_threads(threads)
     gen = torch.Generator(device=dev).manual_seed(seed)
     x = torch.randn(numel, generator=gen, device=dev)
     y = torch.empty_like(x)
     copy_s = median_seconds(lambda: y.copy_(x), dev, repeats)
-    copy_bps = 2 * 4 * numel / copy_s
+    bps = 2 * 4 * numel / copy_s
+    n4 = 4 * numel
     rows = []
-    for label, name, params in DEFAULT_CASES:
+    for label, name, params in cases or DEFAULT_CASES:
         codec = get_codec(name, **params)
-        packed = codec.encode(x, generator=gen)
-        out = torch.empty_like(x)
-        encode_s = median_seconds(lambda c=codec: c.encode(x, generator=gen), dev, repeats)
-        decode_s = median_seconds(lambda c=codec, p=packed, o=out: c.decode(p, out=o), dev, repeats)
+        packed = codec.encode(x, CounterStream(seed))
         wire = packed.numel()
-        rows.append(
-            {
-                "codec": label,
-                "name": name,
-                "params": codec.params(),
-                "bits": codec.bits,
-                "numel": numel,
-                "wire_bytes": wire,
-                "compression_vs_fp32": 4 * numel / wire,
-                "encode_s": encode_s,
-                "decode_s": decode_s,
-                "encode_gbps": 4 * numel / encode_s / 1e9,
-                "decode_gbps": 4 * numel / decode_s / 1e9,
-                "copy_s": copy_s,
-                "copy_gbps": copy_bps / 1e9,
-                "encode_floor_ratio": encode_s / ((4 * numel + wire) / copy_bps),
-                "decode_floor_ratio": decode_s / ((4 * numel + wire) / copy_bps),
-                "device": str(dev),
-                "threads": torch.get_num_threads(),
-            }
-        )
+        timings = _time_paths(codec, x, packed, dev, repeats, seed, kernels)
+        floors = {
+            "encode": n4 + wire,
+            "encode_ef": 3 * n4 + wire,
+            "decode": wire + n4,
+            "aggregate": AGGREGATE_WORKERS * wire + n4,
+        }
+        row = {
+            "codec": label,
+            "name": name,
+            "params": codec.params(),
+            "bits": codec.bits,
+            "numel": numel,
+            "wire_bytes": wire,
+            "compression_vs_fp32": n4 / wire,
+            "path": "numba" if kernel_codec(codec, dev, kernels) is not None else "torch",
+            "aggregate_workers": AGGREGATE_WORKERS,
+            "copy_s": copy_s,
+            "copy_gbps": bps / 1e9,
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+        }
+        for key, seconds in timings.items():
+            row[f"{key}_s"] = seconds
+            row[f"{key}_floor_ratio"] = seconds / (floors[key] / bps)
+        row["encode_gbps"] = n4 / timings["encode"] / 1e9
+        row["decode_gbps"] = n4 / timings["decode"] / 1e9
+        rows.append(row)
     return rows
+
+
+def _time_paths(codec, x, packed, dev, repeats, seed, kernels) -> dict[str, float]:
+    numel = x.numel()
+    rng = CounterStream(seed)
+    seg, worker, server = _engines("sgd", codec, numel, dev, kernels)
+    worker.begin_step()
+    frame = torch.empty(codec.wire_bytes(numel), dtype=torch.uint8, device=dev)
+    msgs = [codec.encode(x * (1 + w), CounterStream(seed, 1, w)) for w in range(AGGREGATE_WORKERS)]
+    out = torch.empty_like(x)
+    return {
+        "encode": median_seconds(lambda: codec.encode(x, rng), dev, repeats),
+        "encode_ef": median_seconds(lambda: worker.make_uplink(seg, x, x, frame), dev, repeats),
+        "decode": median_seconds(lambda: codec.decode(packed, out=out), dev, repeats),
+        "aggregate": median_seconds(lambda: server.aggregate(seg, msgs), dev, repeats),
+    }
+
+
+def bench_worker_step(
+    numel: int = 2**24, repeats: int = 5, device: str = "cpu", seed: int = 0, kernels: str = "auto"
+) -> dict:
+    """efficient-adam's worker step (local Adam, EF, 1-bit sign) against its floor: read g, m, v, e;
+    write m, v, e and the message."""
+    dev = torch.device(device)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    g = torch.randn(numel, generator=gen, device=dev)
+    y = torch.empty_like(g)
+    copy_s = median_seconds(lambda: y.copy_(g), dev, repeats)
+    bps = 8 * numel / copy_s
+    codec = get_codec("sign")
+    seg, worker, _ = _engines("efficient-adam", codec, numel, dev, kernels)
+    frame = torch.empty(codec.wire_bytes(numel), dtype=torch.uint8, device=dev)
+
+    def step():
+        worker.begin_step()
+        worker.make_uplink(seg, g, g, frame)
+
+    seconds = median_seconds(step, dev, repeats)
+    floor = 7 * 4 * numel + codec.wire_bytes(numel)
+    return {
+        "path": "efficient-adam worker step (Adam + EF + sign)",
+        "numel": numel,
+        "seconds": seconds,
+        "floor_ratio": seconds / (floor / bps),
+        "copy_gbps": bps / 1e9,
+        "threads": torch.get_num_threads(),
+        "kernels": kernels,
+    }

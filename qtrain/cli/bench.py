@@ -19,33 +19,48 @@ def codec(
     numel: int = typer.Option(2**24, "--numel", help="Elements of the random float32 input."),
     repeats: int = typer.Option(5, "--repeats", help="Timed runs per measurement (the median is reported)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    threads: int = typer.Option(0, "--threads", help="torch and numba threads (0: leave their defaults)."),
+    kernels: str = typer.Option("auto", "--kernels", help="auto | numba | torch (runtime.kernels)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (codec rows and the worker step)."),
 ) -> None:
-    """Encode and decode every codec on NUMEL random floats; report time, GB/s and the floor ratio."""
-    from qtrain.bench.codec import bench_codecs
+    """Time every codec's paths (encode, encode with error feedback, decode, the server's
+    aggregate of 4 uplinks) and efficient-adam's worker step against the copy-bandwidth floor."""
+    from qtrain.bench.codec import bench_codecs, bench_worker_step
     from qtrain.cli.errors import fail
+    from qtrain.kernels import KERNEL_CHOICES
 
-    if numel < 1 or repeats < 1:
-        fail("--numel and --repeats must be positive")
-    rows = bench_codecs(numel=numel, repeats=repeats, device=device)
+    if numel < 1 or repeats < 1 or threads < 0:
+        fail("--numel and --repeats must be positive, --threads >= 0")
+    if kernels not in KERNEL_CHOICES:
+        fail(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, not {kernels!r}")
+    try:
+        rows = bench_codecs(numel=numel, repeats=repeats, device=device, threads=threads, kernels=kernels)
+        step = bench_worker_step(numel=numel, repeats=repeats, device=device, kernels=kernels)
+    except ValueError as exc:
+        fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps({"codecs": rows, "worker_step": step}, indent=2))
         return
     first = rows[0]
     typer.echo(
-        f"numel={numel} device={first['device']} threads={first['threads']} "
-        f"copy={first['copy_gbps']:.2f} GB/s ({first['copy_s'] * 1e3:.2f} ms), median of {repeats}"
+        f"numel={numel} device={first['device']} threads={first['threads']} kernels={kernels} "
+        f"copy={first['copy_gbps']:.2f} GB/s ({first['copy_s'] * 1e3:.2f} ms), median of {repeats}; "
+        "each path: ms and x its memory-traffic floor"
     )
     typer.echo(
-        f"{'codec':<12}{'bits':>5}{'wire MB':>9}{'ratio':>7}{'enc ms':>9}{'enc GB/s':>9}{'enc/floor':>10}"
-        f"{'dec ms':>9}{'dec GB/s':>9}{'dec/floor':>10}"
+        f"{'codec':<12}{'bits':>5}{'ratio':>7}{'path':>7}{'encode':>15}{'encode+EF':>15}{'decode':>15}"
+        f"{'aggregate x' + str(first['aggregate_workers']):>17}"
     )
+
+    def cell(r, key, width=15):
+        return f"{r[key + '_s'] * 1e3:>{width - 7}.1f} {r[key + '_floor_ratio']:>5.1f}x"
+
     for r in rows:
         typer.echo(
-            f"{r['codec']:<12}{r['bits']:>5}{r['wire_bytes'] / 1e6:>9.2f}{r['compression_vs_fp32']:>7.1f}"
-            f"{r['encode_s'] * 1e3:>9.2f}{r['encode_gbps']:>9.2f}{r['encode_floor_ratio']:>10.1f}"
-            f"{r['decode_s'] * 1e3:>9.2f}{r['decode_gbps']:>9.2f}{r['decode_floor_ratio']:>10.1f}"
+            f"{r['codec']:<12}{r['bits']:>5}{r['compression_vs_fp32']:>7.1f}{r['path']:>7}"
+            f"{cell(r, 'encode')}{cell(r, 'encode_ef')}{cell(r, 'decode')}{cell(r, 'aggregate', 17)}"
         )
+    typer.echo(f"{step['path']}: {step['seconds'] * 1e3:.1f} ms, {step['floor_ratio']:.1f}x its floor")
 
 
 app.command("network")(network)

@@ -10,7 +10,17 @@ Public API::
 
 from qtrain.codecs.base import Codec
 from qtrain.codecs.errors import WireFormatError
+from qtrain.codecs.philox import CounterStream
 from qtrain.codecs.registry import CODECS, get_codec
 from qtrain.codecs.wire import HEADER_SIZE, Header, read_header
 
-__all__ = ["CODECS", "Codec", "HEADER_SIZE", "Header", "WireFormatError", "get_codec", "read_header"]
+__all__ = [
+    "CODECS",
+    "Codec",
+    "CounterStream",
+    "HEADER_SIZE",
+    "Header",
+    "WireFormatError",
+    "get_codec",
+    "read_header",
+]

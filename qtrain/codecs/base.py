@@ -7,11 +7,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from qtrain.codecs import wire
 from qtrain.codecs.errors import WireFormatError
 from qtrain.codecs.layout import Section, chunkable, payload_bytes
+from qtrain.codecs.philox import CounterStream
+
+DEFAULT_STREAM = CounterStream(key=0)
 
 CHUNK_ELEMENTS = 1 << 16  # decode_add_ works through dense messages in pieces of about this size
 
@@ -35,13 +39,17 @@ class Codec:
     - ``sections(numel, flags, aux)``: the payload layout of a message with that header (it raises
       :class:`WireFormatError` for flags or aux this codec never writes); ``wire_bytes`` and the
       decoder's reader both follow it;
-    - ``_quantize(x, generator, want_values)``: the arrays of those sections, and Q(x) itself when
+    - ``_quantize(x, rng, want_values)``: the arrays of those sections, and Q(x) itself when
       ``want_values`` (error feedback uses it, so it never decodes its own message);
     - ``_dequantize(numel, flags, aux, arrays, out)``: Q(x) written into ``out``.
 
     ``fixed_size`` is True when ``wire_bytes(n)`` is the exact message size for every input
     (dense codecs); for variable-size codecs it is an upper bound (``largest_header``).
-    ``stochastic`` codecs draw from the ``generator`` passed to :meth:`encode`.
+    ``stochastic`` codecs draw from the :class:`~qtrain.codecs.philox.CounterStream` passed to
+    :meth:`encode` (``DEFAULT_STREAM`` when none is given: the same draws on every call).
+
+    Sums over a bucket (the sign scale, the l2 norm, the threshold's mean) are :func:`bucket_sums`:
+    a fixed pairwise tree, so that the compiled kernels reproduce them bit for bit.
     """
 
     name: str = ""
@@ -79,18 +87,18 @@ class Codec:
 
     # ------------------------------------------------------------------ encoding
     def encode(
-        self, x: torch.Tensor, generator: torch.Generator | None = None, out: torch.Tensor | None = None
+        self, x: torch.Tensor, rng: CounterStream | None = None, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Encode a 1-D float tensor (any float dtype, any device) into a uint8 message.
 
         With ``out`` (a 1-D uint8 tensor of at least ``wire_bytes(x.numel())`` bytes, e.g. the
         transport's send frame) the message is written there and a view of it is returned."""
-        return self.quantize(x, generator, out, want_values=False)[0]
+        return self.quantize(x, rng, out, want_values=False)[0]
 
     def quantize(
         self,
         x: torch.Tensor,
-        generator: torch.Generator | None = None,
+        rng: CounterStream | None = None,
         out: torch.Tensor | None = None,
         want_values: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -98,7 +106,7 @@ class Codec:
         from it, bit for bit, computed from the encoder's own intermediates (Q(x) may share
         memory with ``x`` for lossless codecs)."""
         x = as_flat_float(x, self.name)
-        q = self._quantize(x, generator, want_values)
+        q = self._quantize(x, rng or DEFAULT_STREAM, want_values)
         layout = self.sections(x.numel(), q.flags, q.aux)
         _check_arrays(self.name, layout, q.arrays)
         size = wire.HEADER_SIZE + payload_bytes(layout)
@@ -111,7 +119,7 @@ class Codec:
         header = (self.codec_id, self.bits, q.flags, x.numel(), self.bucket, q.aux)
         return wire.write_message(out[:size], *header, q.arrays), q.values
 
-    def _quantize(self, x: torch.Tensor, generator: torch.Generator | None, want_values: bool) -> Quantized:
+    def _quantize(self, x: torch.Tensor, rng: CounterStream, want_values: bool) -> Quantized:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ decoding
@@ -238,6 +246,29 @@ def bucketed(x: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
     if pad:
         lengths[-1] = bucket - pad
     return xb, lengths
+
+
+def bucket_sums(values: torch.Tensor) -> torch.Tensor:
+    """Row sums of a ``(nb, B)`` float32 tensor in a fixed pairwise tree: pad each row with zeros
+    to a power of two P >= B, then add neighbours (2k, 2k+1) level by level until one is left.
+    Every addition is a single float32 rounding in a fixed order, which a compiled kernel repeats
+    exactly (torch's own ``sum`` picks its order by vector width and threads)."""
+    width = 1 << max(0, values.shape[1] - 1).bit_length()
+    if width != values.shape[1]:
+        values = torch.nn.functional.pad(values, (0, width - values.shape[1]))
+    while width > 1:
+        values = values[:, 0::2] + values[:, 1::2]
+        width //= 2
+    return values[:, 0] if values.shape[1] else values.new_zeros(values.shape[0])
+
+
+def exact_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """The correctly rounded float32 square root (IEEE 754's ``sqrt``). torch's CPU ``sqrt`` is
+    not: its AVX-512 path rounds about 15% of float32 results the other way, so on the CPU this
+    goes through numpy (the hardware instruction). Used for the few per-bucket scales only."""
+    if x.device.type == "cpu" and x.numel():
+        return torch.from_numpy(np.sqrt(x.contiguous().numpy()))
+    return torch.sqrt(x)  # CUDA's sqrtf is correctly rounded
 
 
 def per_element(per_bucket: torch.Tensor, numel: int, bucket: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ class FloatCodec(Codec):
         require_header(self.name, flags, aux)
         return [Section("values", self.dtype, numel, per="element", bits=self.bits)]
 
-    def _quantize(self, x, generator, want_values):
+    def _quantize(self, x, rng, want_values):
         sent = x.to(self.dtype)
         values = (sent if self.dtype == torch.float32 else sent.to(torch.float32)) if want_values else None
         return Quantized(0, 0, [sent], values)

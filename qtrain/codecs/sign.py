@@ -2,7 +2,8 @@
 
 For bucket j with elements x_i (i in bucket j, d_j of them):
 
-    a_j = (1/d_j) * sum_i |x_i|          (mean absolute value, the least-squares scale)
+    a_j = (1/d_j) * sum_i |x_i|          (mean absolute value, the least-squares scale; the sum
+                                          is ``bucket_sums``' fixed pairwise tree)
     Q(x)_i = a_j * s_i,   s_i = +1 if x_i >= 0 else -1
 
 Zero (+0.0 and -0.0) maps to +a_j: the code bit is 1 for x_i >= 0, 0 for x_i < 0.
@@ -24,6 +25,7 @@ import torch
 from qtrain.codecs.base import (
     Codec,
     Quantized,
+    bucket_sums,
     bucketed,
     check_bucket,
     check_decoded_scales,
@@ -56,9 +58,9 @@ class SignCodec(Codec):
             Section("signs", torch.uint8, packed_nbytes(numel, 1), per="element", bits=1),
         ]
 
-    def _quantize(self, x, generator, want_values):
+    def _quantize(self, x, rng, want_values):
         xb, lengths = bucketed(x, self.bucket)
-        scales = xb.abs().sum(dim=1) / lengths
+        scales = bucket_sums(xb.abs()) / lengths
         check_scales(scales, self.name)
         positive = x >= 0
         values = None

@@ -35,7 +35,7 @@ class SparseCodec(Codec):
         require_header(self.name, flags, aux, what="the dense layout")
         return [Section("values", torch.float32, numel, per="element", bits=32)]
 
-    def _quantize(self, x, generator, want_values):
+    def _quantize(self, x, rng, want_values):
         nonzero = x != 0
         idx = torch.nonzero(nonzero).view(-1)
         if 8 * idx.numel() < 4 * x.numel():

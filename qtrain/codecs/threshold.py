@@ -27,6 +27,7 @@ import torch
 from qtrain.codecs.base import (
     Codec,
     Quantized,
+    bucket_sums,
     bucketed,
     check_bucket,
     check_decoded_scales,
@@ -93,15 +94,16 @@ class ThresholdCodec(Codec):
         # the scales are common to both layouts: compare the rest
         return 4 * kept + packed_nbytes(kept, 1) < packed_nbytes(numel, 2)
 
-    def _quantize(self, x, generator, want_values):
+    def _quantize(self, x, rng, want_values):
         n = x.numel()
         xb, lengths = bucketed(x, self.bucket)
         ax = xb.abs()
-        ref = ax.amax(dim=1) if self.reference == "linf" else ax.sum(dim=1) / lengths
+        ref = ax.amax(dim=1) if self.reference == "linf" else bucket_sums(ax) / lengths
         check_scales(ref, self.name)
         keep_b = (ax >= (self.kappa * ref)[:, None]) & (ax > 0)
         count = keep_b.sum(dim=1)
-        scales = (ax * keep_b).sum(dim=1) / count.clamp(min=1).to(torch.float32)
+        scales = bucket_sums(ax * keep_b) / count.clamp(min=1).to(torch.float32)
+        check_scales(scales, self.name)  # the kept sum can overflow where the reference did not
         keep = keep_b.view(-1)[:n]
         kept = int(count.sum())
         positive = x >= 0

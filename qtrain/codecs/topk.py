@@ -80,7 +80,7 @@ class TopKCodec(Codec):
             per[-1] = min(self.k, numel - (nb - 1) * self.bucket)
         return torch.repeat_interleave(torch.arange(nb, device=device), per)
 
-    def _quantize(self, x, generator, want_values):
+    def _quantize(self, x, rng, want_values):
         n, b, k = x.numel(), self.bucket, self.k
         full = n // b
         local_parts, value_parts = [], []

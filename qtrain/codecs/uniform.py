@@ -1,11 +1,13 @@
 """``uniform`` (s-level quantizer, QSGD / ECQ-SGD) and ``ternary`` (TernGrad).
 
-For bucket j with scale r_j (``norm="l2"``: ||x_bucket||_2, QSGD; ``norm="linf"``:
+For bucket j with scale r_j (``norm="l2"``: ||x_bucket||_2, QSGD, its sum of squares in
+``bucket_sums``' fixed order; ``norm="linf"``:
 max |x_i|, ECQ-SGD/TernGrad) and s levels, each element is mapped to the grid
 {-s, ..., s} * r_j / s:
 
     t_i = s * |x_i| / r_j  in [0, s]
-    l_i = floor(t_i) + Bernoulli(t_i - floor(t_i))   (``rounding="stochastic"``: E[l_i] = t_i)
+    l_i = floor(t_i + u_i), u_i ~ U[0, 1)            (``rounding="stochastic"``: E[l_i] = t_i;
+                                                      u_i from Philox, ``codecs.philox``)
     l_i = floor(t_i + 1/2)                           (``rounding="nearest"``)
     Q(x)_i = sign(x_i) * l_i * r_j / s
 
@@ -34,16 +36,19 @@ import torch
 from qtrain.codecs.base import (
     Codec,
     Quantized,
+    bucket_sums,
     bucketed,
     check_bucket,
     check_decoded_scales,
     check_scales,
+    exact_sqrt,
     num_buckets,
     per_element,
 )
 from qtrain.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from qtrain.codecs.errors import WireFormatError
 from qtrain.codecs.layout import Section
+from qtrain.codecs.philox import uniforms
 
 NORMS = ("l2", "linf")
 ROUNDINGS = ("stochastic", "nearest")
@@ -116,15 +121,15 @@ class UniformCodec(Codec):
     def largest_header(self, numel):
         return 0, self.levels
 
-    def _quantize(self, x, generator, want_values):
+    def _quantize(self, x, rng, want_values):
         n, s = x.numel(), self.levels
         xb, _ = bucketed(x, self.bucket)
-        scales = xb.norm(dim=1) if self.norm == "l2" else xb.abs().amax(dim=1)
+        scales = exact_sqrt(bucket_sums(xb * xb)) if self.norm == "l2" else xb.abs().amax(dim=1)
         check_scales(scales, self.name)
         r = per_element(scales, n, self.bucket)
         t = x.abs() * torch.where(r > 0, s / r, torch.zeros_like(r))
         if self.stochastic:
-            u = torch.rand(n, generator=generator, device=x.device, dtype=torch.float32)
+            u = uniforms(rng, n, x.device)
             level = torch.floor(t + u)
         else:
             level = torch.floor(t + 0.5)

@@ -109,7 +109,17 @@ def write_message(
     for r in raw:
         out[offset : offset + r.numel()].copy_(r)
         offset += r.numel()
-    fields = _FIELDS.pack(MAGIC, VERSION, codec_id, bits, flags, numel, bucket, aux, payload_len, 0)
+    return finish_message(out, codec_id, bits, flags, numel, bucket, aux)
+
+
+def finish_message(
+    out: torch.Tensor, codec_id: int, bits: int, flags: int, numel: int, bucket: int, aux: int
+) -> torch.Tensor:
+    """Write the header (with the CRC of header and payload) in front of a payload that is already
+    in place in ``out[HEADER_SIZE:]`` (how the compiled kernels encode: straight into the frame)."""
+    fields = _FIELDS.pack(
+        MAGIC, VERSION, codec_id, bits, flags, numel, bucket, aux, out.numel() - HEADER_SIZE, 0
+    )
     crc = _crc(fields, out[HEADER_SIZE:])
     header = torch.frombuffer(bytearray(fields + _CRC.pack(crc)), dtype=torch.uint8)
     out[:HEADER_SIZE].copy_(header)

@@ -86,7 +86,8 @@ class RuntimeConfig:
     device: str = "auto"  # workers: auto | cpu | cuda
     server_device: str = "cpu"
     cuda_aware: str = "auto"  # auto | on | off
-    threads: int = 1  # torch intra-op threads per process (0: torch's default)
+    threads: int = 1  # torch intra-op and numba kernel threads per process (0: their defaults)
+    kernels: str = "auto"  # codec fast path: auto (numba on CPU where a kernel exists) | numba | torch
     timeout_s: float = 300.0  # watchdog: a phase that takes longer aborts the job
     segments: int = 1  # messages per direction per step: the flat vector cut into this many segments
     segment_bytes: int = 0  # or: segments of about this many fp32 bytes of parameters (0: use `segments`)

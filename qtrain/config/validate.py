@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qtrain.config.loader import ConfigError
+from qtrain.kernels import KERNEL_CHOICES
 
 
 def _positive(value, key: str, allow_zero: bool = False) -> None:
@@ -45,6 +46,8 @@ def _validate(cfg) -> None:
     _positive(a.l1, "algorithm.l1", allow_zero=True)
     _positive(a.lr_decay, "algorithm.lr_decay", allow_zero=True)
     _positive(r.threads, "runtime.threads", allow_zero=True)
+    if r.kernels not in KERNEL_CHOICES:
+        raise ConfigError(f"runtime.kernels must be one of {', '.join(KERNEL_CHOICES)}, got {r.kernels!r}")
     _positive(r.timeout_s, "runtime.timeout_s")
     _positive(r.segments, "runtime.segments")
     _positive(r.segment_bytes, "runtime.segment_bytes", allow_zero=True)

@@ -7,37 +7,36 @@ import math
 
 import torch
 
+from qtrain.codecs import CounterStream
+
 
 class EngineState:
-    """Step counter, the algorithm's state dict, the error-feedback buffer (or None) and one codec
-    generator per segment: together, everything an engine needs to continue bit-exactly."""
+    """Step counter, the algorithm's state dict and the error-feedback buffer (or None): together,
+    everything an engine needs to continue bit-exactly (stochastic rounding is counter-based:
+    ``random_stream`` is a function of the key, the step and the segment, and holds no state)."""
 
     step: int
     state: dict[str, torch.Tensor]
     error: torch.Tensor | None
-    generators: list[torch.Generator]
+    stream_key: int
+
+    def random_stream(self, seg) -> CounterStream:
+        """The Philox stream of this step's encoding of ``seg`` (counter: step, flat element index)."""
+        return CounterStream(self.stream_key, self.step, seg.start)
 
     def state_dict(self) -> dict:
         return {
             "step": self.step,
             "algorithm": {k: v.clone() for k, v in self.state.items()},
             "error": None if self.error is None else self.error.clone(),
-            "generators": {str(i): g.get_state() for i, g in enumerate(self.generators)},
         }
 
     def load_state_dict(self, sd: dict) -> None:
-        if len(sd["generators"]) != len(self.generators):
-            raise ValueError(
-                f"the saved state has {len(sd['generators'])} segment streams, this run has "
-                f"{len(self.generators)} segments (runtime.segments must match the checkpoint)"
-            )
         self.step = int(sd["step"])
         for k, v in sd["algorithm"].items():
             self.state[k].copy_(v)
         if self.error is not None:
             self.error.copy_(sd["error"])
-        for i, g in enumerate(self.generators):
-            g.set_state(sd["generators"][str(i)])
 
 
 def segment_state(state: dict[str, torch.Tensor], seg) -> dict[str, torch.Tensor]:
@@ -60,6 +59,16 @@ class SegmentStats:
         part = self._part(seg)
         part[0] += _norm_sq(q - v)
         part[1] += _norm_sq(v)
+
+    def add_sums(self, seg, err_sq: float, ref_sq: float, ef_sq: float | None) -> None:
+        """The same statistics as sums a compiled kernel computed in its pass (``ef_sq`` None:
+        no error feedback)."""
+        part = self._part(seg)
+        part[0] += err_sq
+        part[1] += ref_sq
+        if ef_sq is not None:
+            part[2] += ef_sq
+            self.has_ef = True
 
     def add_ef(self, seg, e: torch.Tensor) -> None:
         self._part(seg)[2] += _norm_sq(e)

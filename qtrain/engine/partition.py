@@ -6,10 +6,11 @@ encoding a segment on its own gives the same buckets as encoding the whole vecto
 listed in the order the backward pass produces gradients: the flat vector follows the model's
 forward order, so segment 0 is its tail (the last layers) and the last segment its head.
 
-Each segment has its own message each way, its own slice of every error buffer, its own
-stochastic-rounding stream (``seeding.stream_seed``) and its own MPI tag. ``runtime.segments``
-sets their number (default 1: one message per direction per step, bit-identical to earlier
-versions); ``runtime.segment_bytes`` sets their size instead (fp32 bytes of parameters).
+Each segment has its own message each way, its own slice of every error buffer and its own MPI
+tag; its stochastic rounding draws the Philox counters of its own elements (``codecs.philox``), so
+cutting the vector differently changes no draw. ``runtime.segments`` sets their number (default
+1: one message per direction per step); ``runtime.segment_bytes`` sets their size instead (fp32
+bytes of parameters).
 """
 
 from __future__ import annotations

@@ -45,12 +45,27 @@ class RunPlan:
 
     def server_engine(self, master: torch.Tensor) -> ServerEngine:
         s = self.setup
-        return ServerEngine(s.algorithm, s.uplink.codec, s.downlink, self.partition, master, self.cfg.seed)
+        return ServerEngine(
+            s.algorithm,
+            s.uplink.codec,
+            s.downlink,
+            self.partition,
+            master,
+            self.cfg.seed,
+            self.cfg.runtime.kernels,
+        )
 
     def worker_engine(self, worker: int, device: torch.device) -> WorkerEngine:
         s = self.setup
         return WorkerEngine(
-            s.algorithm, s.uplink, s.downlink.codec, self.partition, device, self.cfg.seed, worker
+            s.algorithm,
+            s.uplink,
+            s.downlink.codec,
+            self.partition,
+            device,
+            self.cfg.seed,
+            worker,
+            self.cfg.runtime.kernels,
         )
 
     def sampler(self, worker: int):

@@ -21,6 +21,7 @@ from qtrain.algorithms.links import Link
 from qtrain.codecs import Codec
 from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
 from qtrain.engine.partition import Partition, Segment
+from qtrain.kernels import kernel_codec
 from qtrain.seeding import stream_seed
 
 
@@ -33,6 +34,7 @@ class ServerEngine(EngineState):
         partition: Partition,
         master: torch.Tensor,
         seed: int,
+        kernels: str = "auto",
     ):
         numel, device = master.numel(), master.device
         self.algorithm = algorithm
@@ -45,10 +47,9 @@ class ServerEngine(EngineState):
         self.error = (
             torch.zeros(numel, dtype=torch.float32, device=device) if downlink.error_feedback else None
         )
-        self.generators = [
-            torch.Generator(device=device).manual_seed(stream_seed(seed, "downlink", None, s.index))
-            for s in partition
-        ]
+        self.stream_key = stream_seed(seed, "downlink", None)
+        self.fast_up = kernel_codec(uplink_codec, device, kernels)
+        self.fast_down = kernel_codec(self.downlink_codec, device, kernels)
         self._states = [segment_state(self.state, s) for s in partition]
         self._sum = torch.zeros(numel, dtype=torch.float32, device=device)
         # weights mode: what every worker holds (the dequantized downlink), for checkpoints
@@ -68,7 +69,10 @@ class ServerEngine(EngineState):
 
     def aggregate(self, seg: Segment, messages: list[torch.Tensor]) -> torch.Tensor:
         """Mean of one segment's decoded uplinks, summed in the order given (worker 0, 1, ...)."""
-        acc = self._sum[seg.slice].zero_()
+        acc = self._sum[seg.slice]
+        if self.fast_up is not None:  # one pass over all N messages
+            return self.fast_up.decode_combine(messages, acc, "mean")
+        acc.zero_()
         for m in messages:
             self.uplink_codec.decode_add_(m, acc)
         return acc.div_(len(messages))
@@ -80,8 +84,14 @@ class ServerEngine(EngineState):
             self.master[sl].copy_(s)
             return self._send_weights(seg)
         e = self.error[sl] if self.error is not None else None
+        if self.fast_down is not None:  # v = s + E, d = Q(v), E = v - d, x -= d in one pass
+            packed, (err, ref, ef) = self.fast_down.encode_ef(
+                s, e, 1.0, 1.0, self.random_stream(seg), target=self.master[sl]
+            )
+            self.stats.add_sums(seg, err, ref, ef if e is not None else None)
+            return packed
         v = s.add(e) if e is not None else s
-        packed, d = self.downlink_codec.quantize(v, self.generators[seg.index])
+        packed, d = self.downlink_codec.quantize(v, self.random_stream(seg))
         self.stats.add_error(seg, v, d)
         if e is not None:
             torch.sub(v, d, out=e)
@@ -91,7 +101,13 @@ class ServerEngine(EngineState):
 
     def _send_weights(self, seg: Segment) -> torch.Tensor:
         sl = seg.slice
-        packed, d = self.downlink_codec.quantize(self.master[sl], self.generators[seg.index])
+        if self.fast_down is not None:
+            packed, (err, ref, _) = self.fast_down.encode_ef(
+                self.master[sl], rng=self.random_stream(seg), values=self.replica[sl]
+            )
+            self.stats.add_sums(seg, err, ref, None)
+            return packed
+        packed, d = self.downlink_codec.quantize(self.master[sl], self.random_stream(seg))
         self.stats.add_error(seg, self.master[sl], d)
         self.replica[sl].copy_(d)
         return packed

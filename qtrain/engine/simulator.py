@@ -23,6 +23,7 @@ from qtrain.engine.run_plan import RunPlan
 from qtrain.engine.snapshots import is_checkpoint_step, worker_snapshot
 from qtrain.engine.topology import Topology
 from qtrain.io.run_dir import params_sha256, prepare_out_dir, write_config, write_summary
+from qtrain.kernels import set_threads as set_kernel_threads
 
 
 def simulate(cfg, workers: int, out: str | Path | None, log=print) -> dict:
@@ -30,6 +31,7 @@ def simulate(cfg, workers: int, out: str | Path | None, log=print) -> dict:
     checkpoints and ``OUT/summary.json`` when ``out`` is given; return the summary."""
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+        set_kernel_threads(cfg.runtime.threads)
     device = torch.device("cpu")
     plan, server_model = RunPlan.build(cfg, Topology.parameter_server(workers + 1), device)
     replica = plan.model(device)

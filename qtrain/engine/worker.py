@@ -22,6 +22,7 @@ from qtrain.algorithms.links import Link
 from qtrain.codecs import Codec
 from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
 from qtrain.engine.partition import Partition, Segment
+from qtrain.kernels import kernel_codec
 from qtrain.seeding import stream_seed
 
 
@@ -35,6 +36,7 @@ class WorkerEngine(EngineState):
         device: torch.device,
         seed: int,
         worker: int,
+        kernels: str = "auto",
     ):
         numel = partition.numel
         self.algorithm = algorithm
@@ -45,10 +47,9 @@ class WorkerEngine(EngineState):
         self.alpha, self.beta = algorithm.hp.ef_alpha, algorithm.hp.ef_beta
         self.state = algorithm.init_worker_state(numel, device)
         self.error = torch.zeros(numel, dtype=torch.float32, device=device) if uplink.error_feedback else None
-        self.generators = [
-            torch.Generator(device=device).manual_seed(stream_seed(seed, "uplink", worker, s.index))
-            for s in partition
-        ]
+        self.stream_key = stream_seed(seed, "uplink", worker)
+        self.fast_up = kernel_codec(self.uplink_codec, device, kernels)
+        self.fast_down = kernel_codec(self.downlink_codec, device, kernels)
         self._states = [segment_state(self.state, s) for s in partition]
         self._decoded = torch.empty(numel, dtype=torch.float32, device=device)
         self.step = 0
@@ -66,8 +67,13 @@ class WorkerEngine(EngineState):
         sl = seg.slice
         p = self.algorithm.worker_update(grad[sl], params[sl], self._states[seg.index], self.step)
         e = self.error[sl] if self.error is not None else None
-        v = p.add(e, alpha=self.alpha) if e is not None else p
-        packed, u = self.uplink_codec.quantize(v, self.generators[seg.index], out)
+        if self.fast_up is not None:  # the same bytes and floats in one pass
+            rng = self.random_stream(seg)
+            packed, sums = self.fast_up.encode_ef(p, e, self.alpha, self.beta, rng, out)
+            self.stats.add_sums(seg, *sums[:2], sums[2] if e is not None else None)
+            return packed
+        v = p if e is None else p + (e if self.alpha == 1 else e * self.alpha)  # two roundings, no FMA
+        packed, u = self.uplink_codec.quantize(v, self.random_stream(seg), out)
         self.stats.add_error(seg, v, u)
         if e is not None:
             e.mul_(self.beta).add_(p).sub_(u)
@@ -77,6 +83,11 @@ class WorkerEngine(EngineState):
     def apply_downlink(self, seg: Segment, packed: torch.Tensor, params: torch.Tensor) -> None:
         """x <- x - d (update mode) or x <- d (weights mode), d the segment's decoded downlink."""
         sl = seg.slice
+        if self.fast_down is not None:
+            self.fast_down.decode_combine(
+                [packed], params[sl], "subtract" if self.mode == "update" else "set"
+            )
+            return
         if self.mode == "update":
             params[sl].sub_(self.downlink_codec.decode(packed, out=self._decoded[sl]))
         else:

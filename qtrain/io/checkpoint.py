@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 FORMAT = "qtrain-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: no generator states (stochastic rounding is counter-based Philox)
 NAME = re.compile(r"^step-(\d{7,})\.h5$")
 
 

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from qtrain.codecs import get_codec
+from qtrain.codecs import CounterStream, get_codec
 from qtrain.engine.topology import Topology
 
 NUMEL = 10_007  # not a multiple of the bucket: exercises the short last bucket
@@ -38,7 +38,7 @@ def worker_message(rank: int, name: str, params: dict) -> tuple[torch.Tensor, to
     x = torch.randn(NUMEL, generator=gen)
     if name == "sparse":
         x[torch.rand(NUMEL, generator=gen) < 0.9] = 0
-    return x, get_codec(name, **params).encode(x, generator=gen)
+    return x, get_codec(name, **params).encode(x, rng=CounterStream(1000 + rank))
 
 
 def main() -> int:

@@ -96,6 +96,7 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
     from qtrain.config import ConfigError, load_config
     from qtrain.engine.run_plan import RunPlan
     from qtrain.engine.topology import Topology
+    from qtrain.kernels import set_threads as set_kernel_threads
     from qtrain.runtime import faults, mpi_info
     from qtrain.runtime.placement import choose_device, local_rank
 
@@ -111,6 +112,7 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
         svc.watchdog.timeout_s = cfg.runtime.timeout_s
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
+            set_kernel_threads(cfg.runtime.threads)
         svc.fault = faults.parse()
         device = (
             torch.device(cfg.runtime.server_device)

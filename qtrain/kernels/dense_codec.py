@@ -1,0 +1,230 @@
+"""The compiled fast path of one dense bucketed codec: the engine's encode-with-error-feedback and
+decode-combine, producing exactly the bytes and floats of the torch reference (``qtrain.codecs``).
+
+Where the kernel cannot do a case in one pass it says so and hands over to the reference:
+- ``threshold`` picks the sparse layout when it is smaller: the kernel writes the dense codes and
+  does the error feedback in its one pass, then the sparse message is built from those codes
+  (one more pass over n/4 bytes of codes);
+- a set of uplinks that holds a sparse-layout message is accumulated by the reference, in worker
+  order, so the sum stays bit for bit the same.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from qtrain.codecs import Codec, CounterStream, WireFormatError, wire
+from qtrain.codecs.base import DEFAULT_STREAM, check_decoded_scales, num_buckets
+from qtrain.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from qtrain.codecs.uniform import UniformCodec
+from qtrain.codecs.wire import FLAG_SPARSE
+from qtrain.kernels import cpu_dense as K
+
+CHUNK_ELEMENTS = 8192  # elements per parallel task (rounded to whole bytes of codes and buckets)
+
+MODES = {"mean": K.MODE_MEAN, "subtract": K.MODE_SUBTRACT, "set": K.MODE_SET}
+
+
+def kernel_kind(codec: Codec) -> int | None:
+    """The kernel family of ``codec``, or None when it has no dense kernel."""
+    if codec.name == "sign":
+        return K.KIND_SIGN
+    if isinstance(codec, UniformCodec):
+        return K.KIND_UNIFORM
+    if codec.name == "threshold":
+        return K.KIND_THRESHOLD
+    return None
+
+
+def _chunk(bucket: int) -> int:
+    unit = math.lcm(8, bucket)
+    return max(unit, CHUNK_ELEMENTS // unit * unit)
+
+
+def _numpy(t: torch.Tensor | None, dtype=np.float32) -> np.ndarray:
+    """A numpy view of a contiguous CPU tensor; an empty array for None (the kernels' 'absent')."""
+    if t is None:
+        return np.empty(0, dtype=dtype)
+    if t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError("the numba kernels work on contiguous CPU tensors")
+    return t.numpy()
+
+
+class DenseKernelCodec:
+    """Fast path of ``codec`` (sign, uniform/ternary, threshold) on CPU tensors."""
+
+    def __init__(self, codec: Codec):
+        kind = kernel_kind(codec)
+        if kind is None:
+            raise ValueError(f"codec '{codec.name}' has no dense kernel")
+        self.codec, self.kind = codec, kind
+        self.bucket = codec.bucket
+        self.chunk = _chunk(codec.bucket)
+        self.bits = 2 if kind == K.KIND_THRESHOLD else codec.bits
+        self.levels = getattr(codec, "levels", 1)
+
+    def __repr__(self) -> str:
+        return f"DenseKernelCodec({self.codec!r})"
+
+    # ------------------------------------------------------------------ encode
+    def encode_ef(
+        self,
+        p: torch.Tensor,
+        e: torch.Tensor | None = None,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        rng: CounterStream | None = None,
+        out: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[float, float, float]]:
+        """One pass: v = p + alpha*e; message of Q(v) (into ``out`` when given); e <- beta*e + p -
+        Q(v); target -= Q(v); values = Q(v). Returns the message and (||Q(v)-v||^2, ||v||^2,
+        ||e||^2) as float64 sums."""
+        codec, n = self.codec, p.numel()
+        if p.dtype != torch.float32 or p.dim() != 1:
+            raise TypeError(f"codec '{codec.name}' kernel encodes 1-D float32 tensors, got {p.dtype}")
+        rng = rng or DEFAULT_STREAM
+        flags, aux = (0, self.levels) if self.kind == K.KIND_UNIFORM else (0, 0)
+        layout = codec.sections(n, flags, aux)
+        size = wire.HEADER_SIZE + sum(s.nbytes for s in layout)
+        if out is None:
+            out = torch.empty(size, dtype=torch.uint8)
+        elif out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < size or not out.is_contiguous():
+            raise ValueError(
+                f"{codec.name}: encode(out=...) needs a contiguous 1-D uint8 tensor of >= {size} bytes"
+            )
+        msg = out[:size]
+        nb = num_buckets(n, self.bucket)
+        scales_at = wire.HEADER_SIZE
+        frame = msg.numpy()
+        aligned = frame.ctypes.data % 4 == 0
+        scales = (
+            frame[scales_at : scales_at + 4 * nb].view(np.float32) if aligned else np.empty(nb, np.float32)
+        )
+        codes = frame[scales_at + 4 * nb :]
+        nchunks = -(-n // self.chunk)
+        stats = np.zeros((nchunks, 4), dtype=np.float64)
+        bad = np.empty(nchunks, dtype=np.int64)
+        c = codec
+        K.encode(
+            self.kind,
+            _numpy(p),
+            _numpy(e),
+            np.float32(alpha),
+            np.float32(beta),
+            _numpy(target),
+            _numpy(values),
+            self.bucket,
+            self.chunk,
+            self.levels,
+            getattr(c, "norm", "linf") == "l2",
+            bool(c.stochastic),
+            np.float32(getattr(c, "kappa", 0.0)),
+            getattr(c, "reference", "linf") == "linf",
+            np.uint64(rng.key),
+            np.uint64(rng.step),
+            rng.offset,
+            self.bits,
+            scales,
+            codes,
+            stats,
+            bad,
+        )
+        first_bad = bad[bad >= 0]
+        if first_bad.size:
+            raise ValueError(f"codec '{codec.name}': input has NaN or Inf in bucket {int(first_bad.min())}")
+        if not aligned:
+            frame[scales_at : scales_at + 4 * nb] = scales.view(np.uint8)
+        err_sq, ref_sq, ef_sq, kept = (float(x) for x in stats.sum(axis=0))
+        if self.kind == K.KIND_THRESHOLD and self._sparse_wins(n, int(kept)):
+            msg = self._rewrite_sparse(msg, n, nb, int(kept))
+        else:
+            wire.finish_message(msg, codec.codec_id, codec.bits, flags, n, self.bucket, aux)
+        return msg, (err_sq, ref_sq, ef_sq)
+
+    def _sparse_wins(self, n: int, kept: int) -> bool:
+        layout = self.codec.layout
+        return layout == "sparse" or (layout == "auto" and self.codec._sparse_is_smaller(n, kept))
+
+    def _rewrite_sparse(self, msg: torch.Tensor, n: int, nb: int, kept: int) -> torch.Tensor:
+        """The sparse layout of a threshold message from the dense codes the kernel wrote."""
+        payload = msg[wire.HEADER_SIZE :]
+        scales = payload[: 4 * nb].clone().view(torch.float32)
+        codes = unpack_bits(payload[4 * nb :], 2, n)
+        idx = torch.nonzero(codes != 1).view(-1)
+        positive = (codes[idx] == 2).to(torch.uint8)
+        arrays = [scales, idx.to(torch.int32), pack_bits(positive, 1)]
+        size = wire.HEADER_SIZE + sum(a.numel() * a.element_size() for a in arrays)
+        if size > msg.numel():  # layout="sparse" forced with more kept entries than the dense size
+            msg = torch.empty(size, dtype=torch.uint8)
+        c = self.codec
+        return wire.write_message(msg[:size], c.codec_id, c.bits, FLAG_SPARSE, n, c.bucket, kept, arrays)
+
+    # ------------------------------------------------------------------ decode
+    def decode_combine(self, messages: list[torch.Tensor], out: torch.Tensor, mode: str) -> torch.Tensor:
+        """``mode`` "mean": out = (sum of the decoded messages, in list order) / len(messages);
+        "subtract": out -= decode(messages[0]); "set": out = decode(messages[0]). Bit for bit
+        what the reference's decode / decode_add_ give. Raises WireFormatError on a bad message."""
+        codec, n = self.codec, out.numel()
+        if mode != "mean" and len(messages) != 1:
+            raise ValueError(f"decode_combine: mode {mode!r} takes one message, got {len(messages)}")
+        headers = [codec._read(m) for m in messages]
+        if any(h.numel != n for h, _, _ in headers):
+            raise WireFormatError(f"{codec.name}: a message holds a different element count than {n}")
+        if any(h.flags for h, _, _ in headers):  # threshold's sparse layout: the reference, in order
+            return self._reference_combine(messages, out, mode)
+        nb = num_buckets(n, self.bucket)
+        scales = np.stack([a["scales"].numpy() for _, a, _ in headers]) if n else np.zeros((len(messages), 0))
+        check_decoded_scales(torch.from_numpy(scales).view(-1), codec.name)
+        name = "signs" if self.kind == K.KIND_SIGN else "codes"
+        codes = _rows([a[name] for _, a, _ in headers], packed_nbytes(n, self.bits))
+        used = (n * self.bits) % 8
+        if used and codes.shape[1] and int(codes[:, -1].max()) >> used:
+            raise WireFormatError("nonzero padding bits after the last code")
+        bad = np.zeros(-(-n // self.chunk), dtype=np.int64)
+        K.decode(
+            self.kind,
+            codes,
+            scales.astype(np.float32, copy=False).reshape(len(messages), nb),
+            self.levels,
+            self.bits,
+            self.bucket,
+            self.chunk,
+            n,
+            _numpy(out),
+            MODES[mode],
+            bad,
+        )
+        if bad.any():
+            top = 2 * self.levels if self.kind == K.KIND_UNIFORM else 2
+            raise WireFormatError(f"{codec.name}: a code is outside 0..{top}")
+        return out
+
+    def _reference_combine(self, messages, out, mode):
+        codec = self.codec
+        if mode == "mean":
+            out.zero_()
+            for m in messages:
+                codec.decode_add_(m, out)
+            return out.div_(len(messages))
+        if mode == "set":
+            return codec.decode(messages[0], out=out)
+        return out.sub_(codec.decode(messages[0]))
+
+
+def _rows(arrays: list[torch.Tensor], nbytes: int) -> np.ndarray:
+    """The code sections of N messages as one (N, nbytes) uint8 array: a strided view when they sit
+    at equal distances in one buffer (the transport's receive rows), else a stacked copy."""
+    views = [a.numpy() for a in arrays]
+    if len(views) == 1:
+        return views[0].reshape(1, nbytes)
+    addr = [v.ctypes.data for v in views]
+    stride = addr[1] - addr[0]
+    if stride >= nbytes and all(addr[i] - addr[0] == i * stride for i in range(len(addr))):
+        # row i starts exactly at views[i] (checked above) and spans its nbytes: only their bytes are read
+        return np.lib.stride_tricks.as_strided(views[0], shape=(len(views), nbytes), strides=(stride, 1))
+    return np.stack(views)

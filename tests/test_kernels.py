@@ -1,0 +1,270 @@
+"""The numba kernels against the torch reference codecs, byte for byte and bit for bit: messages,
+Q(v), error-feedback buffers, subtract targets and decoded sums, over every dense codec and width,
+several buckets (powers of two and not), ragged tails, offsets into the Philox stream and steps."""
+
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qtrain.codecs import CounterStream, WireFormatError, get_codec
+from qtrain.codecs.philox import uniforms
+
+pytest.importorskip("numba")
+from qtrain.kernels import kernel_codec  # noqa: E402
+from qtrain.kernels.cpu_dense import _fill_uniforms  # noqa: E402
+
+CODECS = [
+    ("sign", {}),
+    ("ternary", {}),
+    *[("uniform", {"bits": b}) for b in range(2, 9)],
+    ("uniform", {"bits": 4, "norm": "l2"}),
+    ("uniform", {"bits": 2, "rounding": "nearest"}),
+    ("uniform", {"bits": 3, "norm": "l2", "rounding": "nearest"}),
+    ("threshold", {"layout": "dense"}),
+    ("threshold", {"reference": "linf", "kappa": 0.5, "layout": "dense"}),
+    ("threshold", {"kappa": 2.0}),
+]
+BUCKETS = [1, 3, 8, 100, 512]
+SIZES = [0, 1, 7, 8, 9, 1000, 20_011]
+
+
+def ids(case):
+    name, params = case
+    return name + "".join(f"-{k}={v}" for k, v in params.items())
+
+
+def data(n, seed, sparse=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g) * torch.exp(2 * torch.randn(n, generator=g))
+    if sparse:
+        x[torch.rand(n, generator=g) < 0.7] = 0
+        x[torch.rand(n, generator=g) < 0.1] = -0.0
+    return x
+
+
+def reference_step(codec, p, e, alpha, beta, rng):
+    """What the engine's torch path does: v = p + alpha e; (message, u) = quantize; e update."""
+    v = p if e is None else p + (e if alpha == 1 else e * alpha)
+    packed, u = codec.quantize(v, rng)
+    new_e = None if e is None else e.mul(beta).add_(p).sub_(u)
+    return packed, u, v, new_e
+
+
+@pytest.mark.parametrize("case", CODECS, ids=ids)
+@pytest.mark.parametrize("bucket", BUCKETS)
+def test_encode_with_error_feedback_matches_the_reference(case, bucket):
+    name, params = case
+    codec = get_codec(name, bucket=bucket, **params)
+    fast = kernel_codec(codec, "cpu", "numba")
+    for n in SIZES:
+        for ef, alpha, beta in ((False, 1.0, 1.0), (True, 1.0, 1.0), (True, 0.7, 0.9)):
+            p = data(n, n + 1, sparse=name == "threshold")
+            e0 = data(n, n + 2) * 0.1 if ef else None
+            rng = CounterStream(key=12345 + n, step=7, offset=bucket * 3)
+            want, u, v, want_e = reference_step(codec, p, e0, alpha, beta, rng)
+            e = None if e0 is None else e0.clone()
+            target = data(n, n + 3)
+            want_target = target - u
+            values = torch.full((n,), float("nan"))
+            got, sums = fast.encode_ef(p, e, alpha, beta, rng, target=target, values=values)
+            assert bytes(got.numpy()) == bytes(want.numpy()), (n, ef)
+            assert torch.equal(values, u) and torch.equal(target, want_target)
+            assert ef == (e is not None) and (e is None or torch.equal(e, want_e))
+            err_sq, ref_sq, ef_sq = sums
+            assert err_sq == pytest.approx(float(((u - v).double() ** 2).sum()), rel=1e-9, abs=1e-30)
+            assert ref_sq == pytest.approx(float((v.double() ** 2).sum()), rel=1e-9, abs=1e-30)
+            if ef:
+                assert ef_sq == pytest.approx(float((want_e.double() ** 2).sum()), rel=1e-9, abs=1e-30)
+
+
+@pytest.mark.parametrize("case", CODECS, ids=ids)
+@pytest.mark.parametrize("bucket", [3, 512])
+def test_decode_combine_matches_the_reference(case, bucket):
+    name, params = case
+    codec = get_codec(name, bucket=bucket, **params)
+    fast = kernel_codec(codec, "cpu", "numba")
+    for n in (1, 9, 5000):
+        msgs = [codec.encode(data(n, 10 * w + n, sparse=True), CounterStream(w, 1)) for w in range(4)]
+        want = torch.zeros(n)
+        for m in msgs:
+            codec.decode_add_(m, want)
+        want.div_(4)
+        got = torch.full((n,), float("nan"))
+        assert torch.equal(fast.decode_combine(msgs, got, "mean"), want)
+        base = data(n, 99)
+        assert torch.equal(
+            fast.decode_combine(msgs[:1], base.clone(), "subtract"), base - codec.decode(msgs[0])
+        )
+        assert torch.equal(fast.decode_combine(msgs[:1], got, "set"), codec.decode(msgs[0]))
+
+
+def test_decode_combine_reads_rows_of_one_receive_buffer():
+    """The server's uplinks arrive as rows of one array: the kernel reads them in place."""
+    codec = get_codec("uniform", bits=4, bucket=64)
+    fast = kernel_codec(codec, "cpu", "numba")
+    n, frame = 3000, codec.wire_bytes(3000) + 24
+    rows = torch.zeros(3, frame, dtype=torch.uint8)
+    msgs = []
+    for w in range(3):
+        m = codec.encode(data(n, w), CounterStream(5, 2))
+        rows[w, 24 : 24 + m.numel()] = m
+        msgs.append(rows[w, 24 : 24 + m.numel()])
+    want = sum(codec.decode(m) for m in [rows[w, 24:].clone() for w in range(3)]) / 3
+    ref = torch.zeros(n)
+    for m in msgs:
+        codec.decode_add_(m, ref)
+    got = fast.decode_combine(msgs, torch.empty(n), "mean")
+    assert torch.equal(got, ref.div_(3)) and torch.allclose(got, want)
+
+
+def test_threshold_auto_layout_picks_sparse_like_the_reference():
+    codec = get_codec("threshold", kappa=8.0, bucket=64)
+    fast = kernel_codec(codec, "cpu", "numba")
+    x = data(10_000, 3, sparse=True)
+    want = codec.encode(x)
+    got, _ = fast.encode_ef(x, out=torch.empty(codec.wire_bytes(10_000) + 100, dtype=torch.uint8))
+    assert got.numel() < codec.wire_bytes(10_000)  # the sparse layout won
+    assert bytes(got.numpy()) == bytes(want.numpy())
+    mixed = [codec.encode(data(10_000, s, sparse=True)) for s in range(3)] + [
+        get_codec("threshold", kappa=0.1, bucket=64).encode(data(10_000, 9))
+    ]
+    ref = torch.zeros(10_000)
+    for m in mixed:
+        codec.decode_add_(m, ref)
+    assert torch.equal(fast.decode_combine(mixed, torch.empty(10_000), "mean"), ref.div_(4))
+
+
+def test_philox_uniforms_match_the_reference_at_any_offset():
+    import numpy as np
+
+    for first, n in ((0, 1), (1, 5), (3, 17), (2**33 + 1, 10), (4096, 4096)):
+        for key, step in ((0, 0), (2**64 - 1, 2**40 + 3), (987654321, 12)):
+            got = np.empty(n, dtype=np.float32)
+            _fill_uniforms(got, first, np.uint64(key), np.uint64(step))
+            want = uniforms(CounterStream(key, step, first), n)
+            assert torch.equal(torch.from_numpy(got), want)
+
+
+def test_bytes_do_not_depend_on_the_thread_count():
+    import numba
+
+    codec = get_codec("uniform", bits=2, bucket=128)
+    fast = kernel_codec(codec, "cpu", "numba")
+    x = data(100_000, 4)
+    messages = []
+    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        numba.set_num_threads(threads)
+        messages.append(bytes(fast.encode_ef(x, rng=CounterStream(3, 4, 5))[0].numpy()))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert len(set(messages)) == 1 and messages[0] == bytes(codec.encode(x, CounterStream(3, 4, 5)).numpy())
+
+
+@pytest.mark.parametrize("name", ["sign", "uniform", "threshold"])
+def test_non_finite_input_is_refused_like_the_reference(name):
+    codec = get_codec(name, bucket=16)
+    fast = kernel_codec(codec, "cpu", "numba")
+    for bad in (float("nan"), float("inf")):
+        x = data(100, 1)
+        x[40] = bad
+        with pytest.raises(ValueError, match=rf"codec '{name}': input has NaN or Inf in bucket 2"):
+            codec.encode(x)
+        with pytest.raises(ValueError, match=rf"codec '{name}': input has NaN or Inf in bucket 2"):
+            fast.encode_ef(x)
+
+
+def test_damaged_messages_are_rejected():
+    codec = get_codec("uniform", levels=2, bucket=8)  # 3-bit codes 0..4: 5, 6, 7 are invalid
+    fast = kernel_codec(codec, "cpu", "numba")
+    from qtrain.codecs import wire
+
+    n = 16
+    scales = torch.ones(2)
+    codes = torch.zeros(6, dtype=torch.uint8)
+    codes[0] = 7  # first code 7
+    bad = wire.assemble(codec.codec_id, 3, 0, n, 8, 2, [scales, codes], "cpu")
+    with pytest.raises(WireFormatError, match="outside"):
+        fast.decode_combine([bad], torch.zeros(n), "set")
+    good = codec.encode(data(n, 1))
+    flipped = good.clone()
+    flipped[-1] ^= 1
+    with pytest.raises(WireFormatError, match="CRC"):
+        fast.decode_combine([good, flipped], torch.zeros(n), "mean")
+
+
+FLOATS = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=st.lists(FLOATS, min_size=1, max_size=300),
+    case=st.sampled_from(CODECS),
+    bucket=st.sampled_from([1, 2, 5, 16, 64]),
+    step=st.integers(0, 2**40),
+    offset=st.integers(0, 2**40),
+    ef_scale=st.sampled_from([0.0, 1e-30, 1.0, 1e30]),
+)
+def test_property_kernel_equals_reference(values, case, bucket, step, offset, ef_scale):
+    """Any finite float32 input (subnormals, huge values, signed zeros) gives the same bytes."""
+    name, params = case
+    codec = get_codec(name, bucket=bucket, **params)
+    fast = kernel_codec(codec, "cpu", "numba")
+    p = torch.tensor(values, dtype=torch.float32)
+    e0 = torch.flip(p, [0]) * ef_scale
+    rng = CounterStream(7, step, offset)
+    try:
+        want, u, _, want_e = reference_step(codec, p, e0, 1.0, 1.0, rng)
+    except ValueError as exc:  # the sum overflowed: both must refuse
+        assert "NaN or Inf" in str(exc)
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            fast.encode_ef(p, e0.clone(), rng=rng)
+        return
+    e = e0.clone()
+    got, _ = fast.encode_ef(p, e, rng=rng)
+    assert bytes(got.numpy()) == bytes(want.numpy())
+    assert torch.equal(e, want_e) or (torch.isnan(e) == torch.isnan(want_e)).all()
+    dec = torch.empty(p.numel())
+    fast.decode_combine([got], dec, "set")
+    assert torch.equal(dec, codec.decode(want))
+
+
+RUNS = [
+    ("configs/efficient-adam.yaml", []),
+    ("configs/ecq-sgd.yaml", []),
+    ("configs/qadam.yaml", []),
+    ("configs/qadam.yaml", ["downlink.codec=uniform", "downlink.bits=8"]),  # weights mode
+    ("configs/qcmd-adagrad.yaml", ["algorithm.l1=0.01"]),
+    (
+        "configs/sgd.yaml",
+        ["uplink.codec=ternary", "downlink.codec=threshold", "downlink.error_feedback=true"],
+    ),
+    ("configs/sgd.yaml", ["uplink.codec=uniform", "uplink.norm=l2", "uplink.bits=3", "uplink.bucket=100"]),
+    (
+        "configs/efficient-adam.yaml",
+        ["runtime.segments=3", "algorithm.ef_alpha=0.5", "algorithm.ef_beta=0.9"],
+    ),
+]
+
+
+@pytest.mark.parametrize("config, sets", RUNS, ids=lambda v: v if isinstance(v, str) else ",".join(v))
+def test_training_with_kernels_is_bit_identical_to_the_torch_reference(config, sets, monkeypatch):
+    """The simulator (and so MPI, which is bit-identical to it) with runtime.kernels=numba ends
+    with exactly the parameters and statistics of runtime.kernels=torch."""
+    from qtrain.config import load_config
+    from qtrain.engine.simulator import simulate
+    from qtrain.kernels.dense_codec import DenseKernelCodec
+
+    calls = []
+    for name in ("encode_ef", "decode_combine"):
+        real = getattr(DenseKernelCodec, name)
+        monkeypatch.setattr(DenseKernelCodec, name, lambda *a, _r=real, **k: calls.append(1) or _r(*a, **k))
+    short = ["train.steps=12", "train.eval_every=12", "model.hidden=[64]"]
+    runs = {}
+    for k in ("torch", "numba"):
+        calls.clear()
+        cfg = load_config(config, [*short, *sets, f"runtime.kernels={k}"])
+        runs[k] = simulate(cfg, 2, None, log=lambda _: None)
+        assert bool(calls) == (k == "numba")  # the kernels really ran, and only when asked for
+    assert runs["numba"]["params_sha256"] == runs["torch"]["params_sha256"]
+    assert runs["numba"]["final_train_loss"] == runs["torch"]["final_train_loss"]
