@@ -64,9 +64,15 @@ def test_cuda_aware_config_setting_wins(monkeypatch):
 
 
 def test_bench_codec_json_fields():
-    result = runner.invoke(app, ["bench", "codec", "--numel", "4096", "--repeats", "1", "--json"])
+    result = runner.invoke(
+        app, ["bench", "codec", "--numel", "4096", "--repeats", "1", "--json", "--threads", "1"]
+    )
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    report = json.loads(result.output)
+    rows = report["codecs"]
+    assert report["worker_step"]["floor_ratio"] > 0 and report["worker_step"]["threads"] == 1
+    paths = {r["name"]: r["path"] for r in rows}
+    assert paths["sign"] == paths["uniform"] == paths["threshold"] == "numba" and paths["topk"] == "torch"
     assert {r["name"] for r in rows} >= {
         "none",
         "fp16",
@@ -88,6 +94,10 @@ def test_bench_codec_json_fields():
             "copy_gbps",
             "encode_floor_ratio",
             "decode_floor_ratio",
+            "encode_ef_floor_ratio",
+            "aggregate_floor_ratio",
+            "path",
         ):
             assert key in r
         assert r["numel"] == 4096 and r["encode_s"] > 0 and r["encode_floor_ratio"] > 0
+        assert r["threads"] == 1

@@ -2,7 +2,6 @@
 Q(v), error-feedback buffers, subtract targets and decoded sums, over every dense codec and width,
 several buckets (powers of two and not), ragged tails, offsets into the Philox stream and steps."""
 
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -73,7 +72,7 @@ def test_encode_with_error_feedback_matches_the_reference(case, bucket):
             assert torch.equal(values, u) and torch.equal(target, want_target)
             assert ef == (e is not None) and (e is None or torch.equal(e, want_e))
             err_sq, ref_sq, ef_sq = sums
-            assert err_sq == pytest.approx(float(((u - v).double() ** 2).sum()), rel=1e-9, abs=1e-30)
+            assert err_sq == pytest.approx(float(((u.double() - v.double()) ** 2).sum()), rel=1e-9, abs=1e-30)
             assert ref_sq == pytest.approx(float((v.double() ** 2).sum()), rel=1e-9, abs=1e-30)
             if ef:
                 assert ef_sq == pytest.approx(float((want_e.double() ** 2).sum()), rel=1e-9, abs=1e-30)

@@ -58,7 +58,13 @@ def _engines(algorithm: str, codec, numel: int, device, kernels: str):
     master = torch.zeros(numel, device=device)
     worker = WorkerEngine(algo, uplink, codec, part, device, 0, 0, kernels)
     server = ServerEngine(algo, codec, downlink, part, master, 0, kernels)
-    return part[0], worker, server
+    return part.segments[0], worker, server
+
+
+def _use_threads(threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+        set_threads(threads)
 
 
 def bench_codecs(
@@ -71,9 +77,7 @@ def bench_codecs(
     cases: list | None = None,
 ) -> list[dict]:
     dev = torch.device(device)
-    if threads:
-        torch.set_num_threads(threads)
-        set_threads(threads)
+    _use_threads(threads)
     gen = torch.Generator(device=dev).manual_seed(seed)
     x = torch.randn(numel, generator=gen, device=dev)
     y = torch.empty_like(x)
@@ -133,10 +137,16 @@ def _time_paths(codec, x, packed, dev, repeats, seed, kernels) -> dict[str, floa
 
 
 def bench_worker_step(
-    numel: int = 2**24, repeats: int = 5, device: str = "cpu", seed: int = 0, kernels: str = "auto"
+    numel: int = 2**24,
+    repeats: int = 5,
+    device: str = "cpu",
+    seed: int = 0,
+    threads: int = 0,
+    kernels: str = "auto",
 ) -> dict:
     """efficient-adam's worker step (local Adam, EF, 1-bit sign) against its floor: read g, m, v, e;
     write m, v, e and the message."""
+    _use_threads(threads)
     dev = torch.device(device)
     gen = torch.Generator(device=dev).manual_seed(seed)
     g = torch.randn(numel, generator=gen, device=dev)

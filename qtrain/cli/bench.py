@@ -34,8 +34,15 @@ def codec(
     if kernels not in KERNEL_CHOICES:
         fail(f"--kernels must be one of {', '.join(KERNEL_CHOICES)}, not {kernels!r}")
     try:
-        rows = bench_codecs(numel=numel, repeats=repeats, device=device, threads=threads, kernels=kernels)
-        step = bench_worker_step(numel=numel, repeats=repeats, device=device, kernels=kernels)
+        common = {
+            "numel": numel,
+            "repeats": repeats,
+            "device": device,
+            "threads": threads,
+            "kernels": kernels,
+        }
+        rows = bench_codecs(**common)
+        step = bench_worker_step(**common)
     except ValueError as exc:
         fail(str(exc))
     if as_json:

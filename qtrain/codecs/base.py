@@ -250,15 +250,16 @@ def bucketed(x: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def bucket_sums(values: torch.Tensor) -> torch.Tensor:
     """Row sums of a ``(nb, B)`` float32 tensor in a fixed pairwise tree: pad each row with zeros
-    to a power of two P >= B, then add neighbours (2k, 2k+1) level by level until one is left.
-    Every addition is a single float32 rounding in a fixed order, which a compiled kernel repeats
-    exactly (torch's own ``sum`` picks its order by vector width and threads)."""
+    to a power of two P >= B, then fold it in half until one value is left (``x[k] += x[k + P/2]``
+    for k < P/2, then P/4, ...). Every addition is a single float32 rounding in a fixed order,
+    which a compiled kernel repeats exactly with contiguous vector loads (torch's own ``sum``
+    picks its order by vector width and threads)."""
     width = 1 << max(0, values.shape[1] - 1).bit_length()
     if width != values.shape[1]:
         values = torch.nn.functional.pad(values, (0, width - values.shape[1]))
     while width > 1:
-        values = values[:, 0::2] + values[:, 1::2]
         width //= 2
+        values = values[:, :width] + values[:, width:]
     return values[:, 0] if values.shape[1] else values.new_zeros(values.shape[0])
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 KERNEL_CHOICES = ("auto", "numba", "torch")
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "qtrain" / "numba"))
+# numba's own thread pool: its OpenMP layer would share (and reset) torch's OpenMP thread count
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 
 def numba_available() -> bool:

@@ -1,24 +1,28 @@
 """numba kernels for the dense bucketed codecs (``sign``, ``uniform``/``ternary``, ``threshold``'s
 dense layout): one pass over memory per direction.
 
-Encode (worker uplink, server downlink): for each element of a chunk of whole buckets,
+Encode (worker uplink, server downlink), for each element of a chunk of whole buckets:
 
     v = p + alpha * e                      (error feedback; e empty: v = p)
-    scale of v's bucket (sum/max in the fixed pairwise tree of ``codecs.base.bucket_sums``)
-    code = quantize(v); packed into the message in place
+    scale of v's bucket (sums in the fixed pairwise tree of ``codecs.base.bucket_sums``)
+    code = quantize(v), packed into the message in place
     u = Q(v);  e <- beta * e + p - u;  target -= u;  values <- u      (each when asked for)
     statistics: sum (u - v)^2, sum v^2, sum e^2 (float64, per chunk)
 
-reading p and e once and writing e and the message once. Decode-accumulate sums N messages in
-worker order per element (``out = (sum_w Q_w) / N``, ``out -= Q``, ``out = Q``), reading each
-message once and writing ``out`` once.
+reading p and e once and writing e and the message once. Decode-accumulate combines N messages in
+worker order per element (``out = (0 + Q_0 + Q_1 + ...) / N``, ``out -= Q_0``, ``out = Q_0``),
+reading each message once and writing ``out`` once.
 
 Every float32 operation is the one the torch reference does (``codecs/*.py``), in the same order
-and with the same rounding: no fast-math, no fused multiply-add, the same pairwise tree for sums,
-``s / r`` as torch's ``(1 / r) * s``. The stochastic codes draw Philox4x32-10 (``codecs.philox``)
-by flat element index, so bytes depend on neither the thread count nor the chunking.
-The chunk is a multiple of 8 elements and of the bucket: each chunk owns whole bytes of codes and
-whole buckets, and chunks run in parallel (numba ``prange``; ``numba.set_num_threads``).
+and with the same rounding: no fast-math in the arithmetic (the statistics alone are summed with
+reassociation), no fused multiply-add, the same folding tree for sums, ``s / r`` as torch's
+``(1 / r) * s``. Stochastic codes draw Philox4x32-10 (``codecs.philox``) by flat element index, so
+the bytes depend on neither the thread count nor the chunking.
+
+A chunk is a multiple of 8 elements and of the bucket, so it owns whole bytes of codes and whole
+buckets; chunks run in parallel (``prange``; ``numba.set_num_threads``). Inside a chunk the work
+goes in phases over small arrays that stay in L1 (v, |v|, codes, Q(v)), each a simple loop that
+LLVM vectorizes; main memory is touched once.
 """
 
 from __future__ import annotations
@@ -47,57 +51,137 @@ _ONE = np.float32(1.0)
 _JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
-@njit(inline="always", **_JIT)
-def _philox(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-10 on uint64 values holding 32-bit words (see ``codecs.philox``)."""
-    for r in range(10):
-        if r:
-            k0 = (k0 + _W0) & _MASK
-            k1 = (k1 + _W1) & _MASK
-        p0 = c0 * _M0
-        p1 = c2 * _M1
-        c0, c1, c2, c3 = (p1 >> _S32) ^ c1 ^ k0, p1 & _MASK, (p0 >> _S32) ^ c3 ^ k1, p0 & _MASK
-    return c0, c1, c2, c3
-
-
 @njit(**_JIT)
 def _fill_uniforms(u, first, key, step):
-    """u[j] = uniform of flat element ``first + j`` (Philox words, 24 bits each, in [0, 1))."""
+    """u[j] = uniform of flat element ``first + j``: word ``(first + j) % 4`` of Philox4x32-10 of
+    counter ``((first + j) // 4, step)`` under ``key``, as ``(word >> 8) * 2^-24``."""
     n = u.shape[0]
+    if n == 0:
+        return
     k0 = np.uint64(key) & _MASK
     k1 = (np.uint64(key) >> _S32) & _MASK
     s0 = np.uint64(step) & _MASK
     s1 = (np.uint64(step) >> _S32) & _MASK
     g0 = first // 4
-    g1 = (first + n + 3) // 4
-    for g in range(g0, g1):
-        gg = np.uint64(g)
-        w0, w1, w2, w3 = _philox(gg & _MASK, gg >> _S32, s0, s1, k0, k1)
-        base = 4 * g - first
-        if base >= 0 and base + 3 < n:
-            u[base] = np.float32(w0 >> _S8) * _TWO_M24
-            u[base + 1] = np.float32(w1 >> _S8) * _TWO_M24
-            u[base + 2] = np.float32(w2 >> _S8) * _TWO_M24
-            u[base + 3] = np.float32(w3 >> _S8) * _TWO_M24
-        else:
-            for j in range(4):
-                if 0 <= base + j < n:
-                    w = w0 if j == 0 else (w1 if j == 1 else (w2 if j == 2 else w3))
-                    u[base + j] = np.float32(w >> _S8) * _TWO_M24
+    groups = (first + n + 3) // 4 - g0
+    words = np.empty(4 * groups, dtype=np.float32)
+    for i in range(groups):
+        g = np.uint64(g0 + i)
+        c0, c1, c2, c3 = g & _MASK, g >> _S32, s0, s1
+        a0, a1 = k0, k1
+        for _round in range(10):
+            p0 = c0 * _M0
+            p1 = c2 * _M1
+            c0, c1, c2, c3 = (p1 >> _S32) ^ c1 ^ a0, p1 & _MASK, (p0 >> _S32) ^ c3 ^ a1, p0 & _MASK
+            a0 = (a0 + _W0) & _MASK
+            a1 = (a1 + _W1) & _MASK
+        words[4 * i] = np.float32(c0 >> _S8) * _TWO_M24
+        words[4 * i + 1] = np.float32(c1 >> _S8) * _TWO_M24
+        words[4 * i + 2] = np.float32(c2 >> _S8) * _TWO_M24
+        words[4 * i + 3] = np.float32(c3 >> _S8) * _TWO_M24
+    skip = first - 4 * g0
+    for j in range(n):
+        u[j] = words[skip + j]
 
 
 @njit(inline="always", **_JIT)
-def _tree_sum(buf, d, width):
-    """Pairwise sum of buf[:d] padded with zeros to ``width`` (a power of two): bucket_sums."""
+def _fold_sum(buf, d, width):
+    """bucket_sums of buf[:d]: zero-pad to ``width`` (a power of two), fold halves together."""
     for k in range(d, width):
         buf[k] = _ZERO
     w = width
     while w > 1:
-        h = w // 2
-        for k in range(h):
-            buf[k] = buf[2 * k] + buf[2 * k + 1]
-        w = h
+        w //= 2
+        low, high = buf[:w], buf[w : 2 * w]  # slices: plain indices let LLVM vectorize
+        for k in range(w):
+            low[k] = low[k] + high[k]
     return buf[0]
+
+
+@njit(inline="always", **_JIT)
+def _fold_max(buf, d, width):
+    """max of buf[:d] (non-negative values): order does not matter for a maximum."""
+    for k in range(d, width):
+        buf[k] = _ZERO
+    w = width
+    while w > 1:
+        w //= 2
+        low, high = buf[:w], buf[w : 2 * w]
+        for k in range(w):
+            low[k] = low[k] if low[k] >= high[k] else high[k]
+    return buf[0]
+
+
+@njit(fastmath={"reassoc"}, **_JIT)
+def _error_sums(q, v, m):
+    """(sum (q - v)^2, sum v^2) in float64: statistics, reassociated so that they vectorize."""
+    err = 0.0
+    ref = 0.0
+    for k in range(m):
+        d = np.float64(q[k]) - np.float64(v[k])
+        err += d * d
+        ref += np.float64(v[k]) * np.float64(v[k])
+    return err, ref
+
+
+@njit(fastmath={"reassoc"}, **_JIT)
+def _square_sum(x):
+    s = 0.0
+    for i in range(x.shape[0]):
+        s += np.float64(x[i]) * np.float64(x[i])
+    return s
+
+
+@njit(inline="always", **_JIT)
+def _pack(codes, m, bits, out, byte0):
+    """Pack codes[:m] (codes[m:] must be zero up to a multiple of 8) LSB-first into out[byte0:]:
+    8 codes (one uint64 of code bytes) become ``bits`` bytes."""
+    groups = (m + 7) // 8
+    words = codes[: 8 * groups].view(np.uint64)
+    mask = np.uint64((1 << bits) - 1)
+    b = np.uint64(bits)
+    nbytes = (m * bits + 7) // 8
+    dst = out[byte0 : byte0 + nbytes]
+    full = nbytes // bits  # groups whose ``bits`` bytes are all in the message
+    for j in range(groups):
+        w = words[j]
+        packed = np.uint64(0)
+        for t in range(8):
+            packed |= ((w >> np.uint64(8 * t)) & mask) << (b * np.uint64(t))
+        if bits == 1:
+            if j < nbytes:
+                dst[j] = np.uint8(packed & np.uint64(255))
+        elif j < full:
+            for k in range(bits):
+                dst[j * bits + k] = np.uint8((packed >> np.uint64(8 * k)) & np.uint64(255))
+        else:
+            for k in range(bits):
+                if j * bits + k < nbytes:
+                    dst[j * bits + k] = np.uint8((packed >> np.uint64(8 * k)) & np.uint64(255))
+
+
+@njit(inline="always", **_JIT)
+def _unpack(src, byte0, m, bits, codes):
+    """codes[:m] from the LSB-first packed bytes src[byte0:]; returns the largest code."""
+    groups = (m + 7) // 8
+    words = codes[: 8 * groups].view(np.uint64)
+    mask = np.uint64((1 << bits) - 1)
+    b = np.uint64(bits)
+    nbytes = (m * bits + 7) // 8
+    data = src[byte0 : byte0 + nbytes]
+    for j in range(groups):
+        packed = np.uint64(0)
+        for k in range(bits):
+            if j * bits + k < nbytes:
+                packed |= np.uint64(data[j * bits + k]) << np.uint64(8 * k)
+        w = np.uint64(0)
+        for t in range(8):
+            w |= ((packed >> (b * np.uint64(t))) & mask) << np.uint64(8 * t)
+        words[j] = w
+    top = 0
+    for k in range(m):
+        top = max(top, codes[k])
+    return top
 
 
 @njit(parallel=True, **_JIT)
@@ -138,182 +222,188 @@ def encode(
     while width < bucket:
         width *= 2
     s32 = np.float32(levels)
+    kap = np.float32(kappa)
     for c in prange(nchunks):
         lo = c * chunk
         hi = min(lo + chunk, n)
         m = hi - lo
+        # slices of this chunk: loops index them from 0, which LLVM vectorizes
+        ps = p[lo:hi]
         v = np.empty(m, dtype=np.float32)
+        q = np.empty(m, dtype=np.float32)
         buf = np.empty(width, dtype=np.float32)
+        cl = np.zeros(8 * ((m + 7) // 8), dtype=np.uint8)
         u = np.empty(m if stochastic else 0, dtype=np.float32)
         if stochastic:
             _fill_uniforms(u, offset + lo, key, step)
-        nb_lo = lo // bucket
-        nb = (m + bucket - 1) // bucket
-        sc = np.empty(nb, dtype=np.float32)  # the bucket's scale as sent
-        aux = np.empty(nb, dtype=np.float32)  # uniform: 1/r*s; threshold: tau
+        if has_e:
+            es = e[lo:hi]
+            for k in range(m):
+                v[k] = ps[k] + es[k] * alpha
+        else:
+            for k in range(m):
+                v[k] = ps[k]
         bad[c] = -1
-        for b in range(nb):
-            b0 = b * bucket
-            b1 = min(b0 + bucket, m)
-            d = b1 - b0
-            finite = True
+        kept = 0
+        for b0 in range(0, m, bucket):
+            d = min(bucket, m - b0)
+            j = (lo + b0) // bucket
+            vb, qb, cb = v[b0 : b0 + d], q[b0 : b0 + d], cl[b0 : b0 + d]
+            nonfinite = 0
             for k in range(d):
-                x = p[lo + b0 + k]
-                if has_e:
-                    x = x + e[lo + b0 + k] * alpha
-                v[b0 + k] = x
-                ax = abs(x)
-                if not ax <= _FLT_MAX:
-                    finite = False
-                buf[k] = x * x if (kind == KIND_UNIFORM and l2) else ax
+                a = abs(vb[k])
+                nonfinite += 0 if a <= _FLT_MAX else 1
+                buf[k] = a
             if kind == KIND_SIGN:
-                r = _tree_sum(buf, d, width) / np.float32(d)
-                sc[b] = r
+                r = _fold_sum(buf, d, width) / np.float32(d)
+                for k in range(d):
+                    x = vb[k]
+                    cb[k] = 1 if x >= _ZERO else 0
+                    qb[k] = r if x >= _ZERO else -r
             elif kind == KIND_UNIFORM:
                 if l2:
-                    r = np.float32(math.sqrt(_tree_sum(buf, d, width)))
-                else:
-                    r = _ZERO
                     for k in range(d):
-                        if buf[k] > r:
-                            r = buf[k]
-                sc[b] = r
-                aux[b] = (_ONE / r) * s32 if r > _ZERO else _ZERO
+                        buf[k] = vb[k] * vb[k]
+                    r = np.float32(math.sqrt(_fold_sum(buf, d, width)))
+                else:
+                    r = _fold_max(buf, d, width)
+                inv = (_ONE / r) * s32 if r > _ZERO else _ZERO
+                step_val = r / s32
+                if stochastic:
+                    ub = u[b0 : b0 + d]
+                    for k in range(d):
+                        x = vb[k]
+                        lvl = min(max(np.floor(abs(x) * inv + ub[k]), _ZERO), s32)
+                        code = s32 - lvl if x < _ZERO else s32 + lvl
+                        cb[k] = np.uint8(code)
+                        qb[k] = (code - s32) * step_val
+                else:
+                    for k in range(d):
+                        x = vb[k]
+                        lvl = min(max(np.floor(abs(x) * inv + _HALF), _ZERO), s32)
+                        code = s32 - lvl if x < _ZERO else s32 + lvl
+                        cb[k] = np.uint8(code)
+                        qb[k] = (code - s32) * step_val
             else:  # threshold: reference (max or mean), threshold tau, mean of the kept
                 if linf_reference:
-                    r = _ZERO
-                    for k in range(d):
-                        if buf[k] > r:
-                            r = buf[k]
+                    ref = _fold_max(buf, d, width)
                 else:
-                    r = _tree_sum(buf, d, width) / np.float32(d)
-                tau = np.float32(kappa) * r
+                    ref = _fold_sum(buf, d, width) / np.float32(d)
+                tau = kap * ref
                 count = 0
                 for k in range(d):
-                    ax = abs(v[b0 + k])
+                    ax = abs(vb[k])
                     keep = ax >= tau and ax > _ZERO
                     buf[k] = ax if keep else _ZERO
                     count += 1 if keep else 0
-                sc[b] = _tree_sum(buf, d, width) / np.float32(max(count, 1))
-                aux[b] = tau
-                if not r <= _FLT_MAX:
-                    finite = False
-            if not finite or not sc[b] <= _FLT_MAX:
-                if bad[c] < 0:
-                    bad[c] = nb_lo + b
-            scales[nb_lo + b] = sc[b]
-        # codes, values and error feedback, 8 codes (``bits`` bytes) at a time
-        err = 0.0
-        ref = 0.0
-        efs = 0.0
-        kept = 0
-        word = np.uint64(0)
-        cnt = 0
-        byte = lo * bits // 8
-        for b in range(nb):
-            b0 = b * bucket
-            b1 = min(b0 + bucket, m)
-            a = sc[b]
-            step_val = a / s32 if kind == KIND_UNIFORM else _ZERO
-            for k in range(b0, b1):
-                x = v[k]
-                if kind == KIND_SIGN:
-                    code = 1 if x >= _ZERO else 0
-                    q = a if x >= _ZERO else -a
-                elif kind == KIND_UNIFORM:
-                    t = abs(x) * aux[b]
-                    if stochastic:
-                        lvl = np.floor(t + u[k])
-                    else:
-                        lvl = np.floor(t + _HALF)
-                    lvl = min(max(lvl, _ZERO), s32)
-                    li = int(lvl)
-                    code = levels - li if x < _ZERO else levels + li
-                    q = np.float32(code - levels) * step_val
-                else:
+                r = _fold_sum(buf, d, width) / np.float32(max(count, 1))
+                kept += count
+                if not ref <= _FLT_MAX:
+                    nonfinite += 1
+                for k in range(d):
+                    x = vb[k]
                     ax = abs(x)
-                    if ax >= aux[b] and ax > _ZERO:
-                        code = 2 if x >= _ZERO else 0
-                        q = a if x >= _ZERO else -a
-                        kept += 1
-                    else:
-                        code = 1
-                        q = _ZERO
-                word |= np.uint64(code) << np.uint64(cnt * bits)
-                cnt += 1
-                if cnt == 8:
-                    for j in range(bits):
-                        codes[byte + j] = np.uint8((word >> np.uint64(8 * j)) & np.uint64(255))
-                    byte += bits
-                    word = np.uint64(0)
-                    cnt = 0
-                diff = q - x
-                err += np.float64(diff) * np.float64(diff)
-                ref += np.float64(x) * np.float64(x)
-                i = lo + k
-                if has_e:
-                    ne = (e[i] * beta + p[i]) - q
-                    e[i] = ne
-                    efs += np.float64(ne) * np.float64(ne)
-                if has_t:
-                    target[i] = target[i] - q
-                if has_v:
-                    values[i] = q
-        if cnt:
-            for j in range((cnt * bits + 7) // 8):
-                codes[byte + j] = np.uint8((word >> np.uint64(8 * j)) & np.uint64(255))
+                    keep = ax >= tau and ax > _ZERO
+                    cb[k] = (2 if x >= _ZERO else 0) if keep else 1
+                    qb[k] = (r if x >= _ZERO else -r) if keep else _ZERO
+            if (nonfinite or not r <= _FLT_MAX) and bad[c] < 0:
+                bad[c] = j
+            scales[j] = r
+        if has_e:
+            es = e[lo:hi]
+            for k in range(m):
+                es[k] = (es[k] * beta + ps[k]) - q[k]
+            stats[c, 2] = _square_sum(es)
+        else:
+            stats[c, 2] = 0.0
+        if has_t:
+            ts = target[lo:hi]
+            for k in range(m):
+                ts[k] = ts[k] - q[k]
+        if has_v:
+            vs = values[lo:hi]
+            for k in range(m):
+                vs[k] = q[k]
+        err, ref_sq = _error_sums(q, v, m)
         stats[c, 0] = err
-        stats[c, 1] = ref
-        stats[c, 2] = efs
+        stats[c, 1] = ref_sq
         stats[c, 3] = kept
+        _pack(cl, m, bits, codes, lo * bits // 8)
+
+
+def unit_table(kind: int, bits: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """For widths 1, 2, 4, 8: the ``unit`` of every code of every byte value, ``(256, 8 // bits)``
+    float32, and each byte's largest code. Q = unit * a (sign: +-1; threshold: code - 1) or
+    unit * (r / s) (uniform: code - s), the reference's own product. Other widths: empty tables."""
+    if 8 % bits:
+        return np.zeros((0, 1), np.float32), np.zeros(0, np.int64)
+    per = 8 // bits
+    byte = np.arange(256)[:, None]
+    code = (byte >> (bits * np.arange(per))[None, :]) & ((1 << bits) - 1)
+    if kind == KIND_SIGN:
+        units = np.where(code == 1, 1.0, -1.0)
+    elif kind == KIND_UNIFORM:
+        units = code - float(levels)
+    else:
+        units = code - 1.0
+    return units.astype(np.float32), code.max(axis=1).astype(np.int64)
 
 
 @njit(parallel=True, **_JIT)
-def decode(kind, codes, scales, levels, bits, bucket, chunk, n, out, mode, bad):
+def decode(kind, codes, scales, levels, bits, bucket, chunk, n, out, mode, units_of, top_of, bad):
     """Decode N messages (row w of ``codes``/``scales``: worker w) and combine them per element in
     worker order: MODE_MEAN ``out = (0 + Q_0 + Q_1 + ...) / N``, MODE_SUBTRACT ``out -= Q_0``,
-    MODE_SET ``out = Q_0``. ``bad[c]`` = 1 when chunk c holds a code outside the codec's range."""
+    MODE_SET ``out = Q_0``. ``units_of``/``top_of``: :func:`unit_table` (empty: unpack bit by bit).
+    ``bad[c]`` = 1 when chunk c holds a code outside the codec's range."""
     nmsg = codes.shape[0]
     nchunks = (n + chunk - 1) // chunk
-    mask = (1 << bits) - 1
     s32 = np.float32(levels)
     top = 2 * levels if kind == KIND_UNIFORM else (1 if kind == KIND_SIGN else 2)
-    nbytes = codes.shape[1]
+    per = units_of.shape[1]
+    table = units_of.shape[0] > 0
     for c in prange(nchunks):
         lo = c * chunk
         hi = min(lo + chunk, n)
-        acc = np.zeros(hi - lo, dtype=np.float32)
+        m = hi - lo
+        nbytes = (m * bits + 7) // 8
+        acc = np.zeros(m, dtype=np.float32)
+        units = np.empty(max(per * nbytes, m), dtype=np.float32)
+        cl = np.zeros(0 if table else 8 * ((m + 7) // 8), dtype=np.uint8)
         worst = 0
         for w in range(nmsg):
-            for b0 in range(lo, hi, bucket):
-                b1 = min(b0 + bucket, hi)
-                a = scales[w, b0 // bucket]
-                step_val = a / s32 if kind == KIND_UNIFORM else a
-                for i in range(b0, b1):
-                    bit = i * bits
-                    at = bit >> 3
-                    word = np.int64(codes[w, at])
-                    if at + 1 < nbytes:
-                        word |= np.int64(codes[w, at + 1]) << 8
-                    code = (word >> (bit & 7)) & mask
-                    worst = max(worst, code)
-                    if kind == KIND_SIGN:
-                        q = a if code else -a
-                    elif kind == KIND_UNIFORM:
-                        q = np.float32(code - levels) * step_val
-                    else:
-                        q = np.float32(code - 1) * a
-                    if w == 0 and mode != MODE_MEAN:
-                        acc[i - lo] = q  # Q itself (keeps a -0.0), as the reference decodes it
-                    else:
-                        acc[i - lo] = acc[i - lo] + q
+            if table:  # one table row per byte: the units of its codes
+                data = codes[w, lo * bits // 8 : lo * bits // 8 + nbytes]
+                for j in range(nbytes):
+                    byte = data[j]
+                    worst = max(worst, top_of[byte])
+                    row = units_of[byte]
+                    for t in range(per):
+                        units[per * j + t] = row[t]
+            else:
+                worst = max(worst, _unpack(codes[w], lo * bits // 8, m, bits, cl))
+                for k in range(m):
+                    units[k] = np.float32(cl[k]) - s32
+            first = w == 0 and mode != MODE_MEAN  # Q itself (keeps a -0.0), as the reference decodes
+            for b0 in range(0, m, bucket):
+                d = min(bucket, m - b0)
+                a = scales[w, (lo + b0) // bucket]
+                mult = a / s32 if kind == KIND_UNIFORM else a
+                ab, ub = acc[b0 : b0 + d], units[b0 : b0 + d]
+                if first:
+                    for k in range(d):
+                        ab[k] = ub[k] * mult
+                else:
+                    for k in range(d):
+                        ab[k] = ab[k] + ub[k] * mult
         bad[c] = 1 if worst > top else 0
+        os = out[lo:hi]
         if mode == MODE_MEAN:
-            for i in range(lo, hi):
-                out[i] = acc[i - lo] / np.float32(nmsg)
+            div = np.float32(nmsg)
+            for k in range(m):
+                os[k] = acc[k] / div
         elif mode == MODE_SUBTRACT:
-            for i in range(lo, hi):
-                out[i] = out[i] - acc[i - lo]
+            for k in range(m):
+                os[k] = os[k] - acc[k]
         else:
-            for i in range(lo, hi):
-                out[i] = acc[i - lo]
+            for k in range(m):
+                os[k] = acc[k]

@@ -65,6 +65,7 @@ class DenseKernelCodec:
         self.chunk = _chunk(codec.bucket)
         self.bits = 2 if kind == K.KIND_THRESHOLD else codec.bits
         self.levels = getattr(codec, "levels", 1)
+        self.units_of, self.top_of = K.unit_table(kind, self.bits, self.levels)
 
     def __repr__(self) -> str:
         return f"DenseKernelCodec({self.codec!r})"
@@ -197,6 +198,8 @@ class DenseKernelCodec:
             n,
             _numpy(out),
             MODES[mode],
+            self.units_of,
+            self.top_of,
             bad,
         )
         if bad.any():
