@@ -29,6 +29,10 @@ BUCKETS = [1, 3, 8, 100, 512]
 SIZES = [0, 1, 7, 8, 9, 1000, 20_011]
 
 
+def ids_of(params):
+    return "-".join(f"{k}={v}" for k, v in params.items())
+
+
 def ids(case):
     name, params = case
     return name + "".join(f"-{k}={v}" for k, v in params.items())
@@ -243,6 +247,11 @@ RUNS = [
         "configs/efficient-adam.yaml",
         ["runtime.segments=3", "algorithm.ef_alpha=0.5", "algorithm.ef_beta=0.9"],
     ),
+    (
+        "configs/efficient-adam.yaml",
+        ["algorithm.amsgrad=true", "algorithm.weight_decay=0.01", "algorithm.eps_inside_sqrt=true"],
+    ),
+    ("configs/qadam.yaml", ["algorithm.bias_correction=false", "uplink.bits=2"]),
 ]
 
 
@@ -267,3 +276,44 @@ def test_training_with_kernels_is_bit_identical_to_the_torch_reference(config, s
         assert bool(calls) == (k == "numba")  # the kernels really ran, and only when asked for
     assert runs["numba"]["params_sha256"] == runs["torch"]["params_sha256"]
     assert runs["numba"]["final_train_loss"] == runs["torch"]["final_train_loss"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"amsgrad": True}, {"weight_decay": 0.05}, {"eps_inside_sqrt": True, "bias_correction": False}],
+    ids=["plain", "amsgrad", "weight-decay", "eps-inside-no-bias-correction"],
+)
+@pytest.mark.parametrize(
+    "codec", [{"codec": "sign"}, {"codec": "uniform", "bits": 3, "bucket": 100}], ids=ids_of
+)
+def test_fused_local_adam_step_equals_the_rule_then_the_codec(options, codec):
+    """efficient-adam's worker with the Adam step fused into the uplink kernel: the same messages,
+    moments and error buffers as the torch rule followed by the torch codec, step after step."""
+    from qtrain.algorithms.links import resolve_links
+    from qtrain.config import AlgorithmConfig, LinkConfig
+    from qtrain.engine import WorkerEngine
+    from qtrain.engine.partition import Partition
+
+    class Cfg:
+        algorithm = AlgorithmConfig(name="efficient-adam", lr=0.01, **options)
+        uplink = LinkConfig(**codec)
+        downlink = LinkConfig()
+
+    algo, up, down = resolve_links(Cfg)
+    n = 5000
+    part = Partition.build(n, (up.codec.bucket, down.codec.bucket), 2)
+    engines = {
+        k: WorkerEngine(algo, up, down.codec, part, torch.device("cpu"), 3, 1, k) for k in ("torch", "numba")
+    }
+    assert engines["numba"].fast_up is not None and engines["torch"].fast_up is None
+    params = data(n, 1)
+    for step in range(4):
+        grad = data(n, 10 + step)
+        sent = {}
+        for k, eng in engines.items():
+            eng.begin_step()
+            sent[k] = [bytes(eng.make_uplink(seg, grad, params).numpy()) for seg in part]
+        assert sent["numba"] == sent["torch"], step
+        for key in engines["torch"].state:
+            assert torch.equal(engines["numba"].state[key], engines["torch"].state[key]), key
+        assert torch.equal(engines["numba"].error, engines["torch"].error)

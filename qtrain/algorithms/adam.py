@@ -6,7 +6,7 @@ which equals ``torch.optim.Adam(lr, betas, eps, weight_decay, amsgrad)`` applied
 
 from __future__ import annotations
 
-from qtrain.algorithms.adam_math import adam_direction, init_moments
+from qtrain.algorithms.adam_math import adam_direction, init_moments, with_weight_decay
 from qtrain.algorithms.base import Algorithm
 
 
@@ -17,5 +17,5 @@ class Adam(Algorithm):
         return init_moments(numel, device, self.hp.amsgrad)
 
     def server_update(self, mean, master, state, step):
-        g = mean.add(master, alpha=self.hp.weight_decay) if self.hp.weight_decay else mean
+        g = with_weight_decay(mean, master, self.hp.weight_decay)
         return adam_direction(g, state, step, self.hp)

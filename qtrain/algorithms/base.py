@@ -26,6 +26,9 @@ class Algorithm:
     uplink_ef: bool = False
     downlink_codec: dict[str, Any] = {"codec": "none"}
     downlink_ef: bool = False
+    #: the worker rule in a form the fused kernels know: "identity" (p = g) or "adam" (the local
+    #: Adam step of adam_math); None: only ``worker_update`` knows it (the engine calls it)
+    fused_worker_rule: str | None = "identity"
 
     def __init__(self, hp):
         """``hp`` is the ``algorithm`` section of the config (an AlgorithmConfig)."""

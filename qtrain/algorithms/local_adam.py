@@ -6,14 +6,16 @@ p_i = lr * mhat_i / (sqrt(vhat_i) + eps)          (what the worker compresses an
 
 from __future__ import annotations
 
-from qtrain.algorithms.adam_math import adam_direction, init_moments
+from qtrain.algorithms.adam_math import adam_direction, init_moments, with_weight_decay
 from qtrain.algorithms.base import Algorithm
 
 
 class LocalAdamWorker(Algorithm):
+    fused_worker_rule = "adam"
+
     def init_worker_state(self, numel, device):
         return init_moments(numel, device, self.hp.amsgrad)
 
     def worker_update(self, grad, params, state, step):
-        g = grad.add(params, alpha=self.hp.weight_decay) if self.hp.weight_decay else grad
+        g = with_weight_decay(grad, params, self.hp.weight_decay)
         return adam_direction(g, state, step, self.hp)

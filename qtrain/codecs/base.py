@@ -266,7 +266,8 @@ def bucket_sums(values: torch.Tensor) -> torch.Tensor:
 def exact_sqrt(x: torch.Tensor) -> torch.Tensor:
     """The correctly rounded float32 square root (IEEE 754's ``sqrt``). torch's CPU ``sqrt`` is
     not: its AVX-512 path rounds about 15% of float32 results the other way, so on the CPU this
-    goes through numpy (the hardware instruction). Used for the few per-bucket scales only."""
+    goes through numpy (the hardware instruction). The l2 bucket scales and Adam's denominator use
+    it, so that the compiled kernels (whose sqrt is IEEE) reproduce them."""
     if x.device.type == "cpu" and x.numel():
         return torch.from_numpy(np.sqrt(x.contiguous().numpy()))
     return torch.sqrt(x)  # CUDA's sqrtf is correctly rounded

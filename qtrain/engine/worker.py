@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import torch
 
+from qtrain.algorithms.adam_math import AdamConstants
 from qtrain.algorithms.base import Algorithm
 from qtrain.algorithms.links import Link
 from qtrain.codecs import Codec
 from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
 from qtrain.engine.partition import Partition, Segment
 from qtrain.kernels import kernel_codec
+from qtrain.kernels.fusion import AdamFusion
 from qtrain.seeding import stream_seed
 
 
@@ -65,13 +67,15 @@ class WorkerEngine(EngineState):
         """Worker rule + compression (+ error feedback) of one segment: its packed message,
         written into ``out`` (e.g. the transport's frame) when given."""
         sl = seg.slice
-        p = self.algorithm.worker_update(grad[sl], params[sl], self._states[seg.index], self.step)
         e = self.error[sl] if self.error is not None else None
-        if self.fast_up is not None:  # the same bytes and floats in one pass
+        rule = self.algorithm.fused_worker_rule
+        if self.fast_up is not None and rule is not None:  # the same bytes and floats in one pass
+            adam = self._adam_fusion(seg, params) if rule == "adam" else None
             rng = self.random_stream(seg)
-            packed, sums = self.fast_up.encode_ef(p, e, self.alpha, self.beta, rng, out)
+            packed, sums = self.fast_up.encode_ef(grad[sl], e, self.alpha, self.beta, rng, out, adam=adam)
             self.stats.add_sums(seg, *sums[:2], sums[2] if e is not None else None)
             return packed
+        p = self.algorithm.worker_update(grad[sl], params[sl], self._states[seg.index], self.step)
         v = p if e is None else p + (e if self.alpha == 1 else e * self.alpha)  # two roundings, no FMA
         packed, u = self.uplink_codec.quantize(v, self.random_stream(seg), out)
         self.stats.add_error(seg, v, u)
@@ -79,6 +83,17 @@ class WorkerEngine(EngineState):
             e.mul_(self.beta).add_(p).sub_(u)
             self.stats.add_ef(seg, e)
         return packed
+
+    def _adam_fusion(self, seg: Segment, params: torch.Tensor) -> AdamFusion:
+        state, hp = self._states[seg.index], self.algorithm.hp
+        return AdamFusion(
+            state["m"],
+            state["v"],
+            state.get("vmax"),
+            params[seg.slice],
+            hp.weight_decay,
+            AdamConstants.of(hp, self.step),
+        )
 
     def apply_downlink(self, seg: Segment, packed: torch.Tensor, params: torch.Tensor) -> None:
         """x <- x - d (update mode) or x <- d (weights mode), d the segment's decoded downlink."""

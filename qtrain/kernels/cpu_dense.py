@@ -133,6 +133,48 @@ def _square_sum(x):
 
 
 @njit(inline="always", **_JIT)
+def _adam_step(gs, m1, m2, vmax, wparams, ac, eps_inside, lo, hi):
+    """The Adam direction of elements lo..hi (adam_math.adam_direction, the same roundings)."""
+    n = hi - lo
+    out = np.empty(n, dtype=np.float32)
+    ms, vs = m1[lo:hi], m2[lo:hi]
+    b1, omb1, b2, omb2, step_size, rbc2, rbc2sq, eps, wd = (
+        ac[0],
+        ac[1],
+        ac[2],
+        ac[3],
+        ac[4],
+        ac[5],
+        ac[6],
+        ac[7],
+        ac[8],
+    )
+    g = np.empty(n, dtype=np.float32)
+    if wparams.shape[0] > 0:
+        xs = wparams[lo:hi]
+        for k in range(n):
+            g[k] = gs[k] + xs[k] * wd
+    else:
+        for k in range(n):
+            g[k] = gs[k]
+    for k in range(n):
+        ms[k] = ms[k] * b1 + g[k] * omb1
+        vs[k] = vs[k] * b2 + (g[k] * g[k]) * omb2
+    if vmax.shape[0] > 0:
+        xm = vmax[lo:hi]
+        for k in range(n):
+            xm[k] = max(xm[k], vs[k])
+        vs = xm
+    if eps_inside:
+        for k in range(n):
+            out[k] = (ms[k] / np.sqrt(vs[k] / rbc2sq + eps)) * step_size
+    else:
+        for k in range(n):
+            out[k] = (ms[k] / (np.sqrt(vs[k]) / rbc2 + eps)) * step_size
+    return out
+
+
+@njit(inline="always", **_JIT)
 def _pack(codes, m, bits, out, byte0):
     """Pack codes[:m] (codes[m:] must be zero up to a multiple of 8) LSB-first into out[byte0:]:
     8 codes (one uint64 of code bytes) become ``bits`` bytes."""
@@ -208,9 +250,20 @@ def encode(
     codes,
     stats,
     bad,
+    adam,
+    m1,
+    m2,
+    vmax,
+    wparams,
+    ac,
+    eps_inside,
 ):
     """Quantize-and-pack with error feedback; see the module docstring. ``e``, ``target`` and
-    ``values`` may be empty (not wanted). ``stats[c] = (err_sq, ref_sq, ef_sq, kept)`` of chunk c
+    ``values`` may be empty (not wanted). With ``adam``, ``p`` is the gradient and the local Adam
+    step of ``algorithms.adam_math`` runs first: g = p + wparams * wd (wparams empty: no weight
+    decay), moments m1, m2 (and vmax for AMSGrad, else empty) updated in place, p <- the Adam
+    direction; ``ac`` = float32 (beta1, 1 - beta1, beta2, 1 - beta2, lr / (1 - beta1^t),
+    sqrt(1 - beta2^t), its square, eps, wd). ``stats[c] = (err_sq, ref_sq, ef_sq, kept)`` of chunk c
     (kept: threshold's nonzero codes); ``bad[c]`` = the first bucket of chunk c with a non-finite
     input or scale, else -1."""
     n = p.shape[0]
@@ -228,7 +281,10 @@ def encode(
         hi = min(lo + chunk, n)
         m = hi - lo
         # slices of this chunk: loops index them from 0, which LLVM vectorizes
-        ps = p[lo:hi]
+        if adam:
+            ps = _adam_step(p[lo:hi], m1, m2, vmax, wparams, ac, eps_inside, lo, hi)
+        else:
+            ps = p[lo:hi]
         v = np.empty(m, dtype=np.float32)
         q = np.empty(m, dtype=np.float32)
         buf = np.empty(width, dtype=np.float32)

@@ -22,6 +22,7 @@ from qtrain.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from qtrain.codecs.uniform import UniformCodec
 from qtrain.codecs.wire import FLAG_SPARSE
 from qtrain.kernels import cpu_dense as K
+from qtrain.kernels.fusion import AdamFusion
 
 CHUNK_ELEMENTS = 8192  # elements per parallel task (rounded to whole bytes of codes and buckets)
 
@@ -81,10 +82,12 @@ class DenseKernelCodec:
         out: torch.Tensor | None = None,
         target: torch.Tensor | None = None,
         values: torch.Tensor | None = None,
+        adam: AdamFusion | None = None,
     ) -> tuple[torch.Tensor, tuple[float, float, float]]:
         """One pass: v = p + alpha*e; message of Q(v) (into ``out`` when given); e <- beta*e + p -
         Q(v); target -= Q(v); values = Q(v). Returns the message and (||Q(v)-v||^2, ||v||^2,
-        ||e||^2) as float64 sums."""
+        ||e||^2) as float64 sums. With ``adam``, ``p`` is the gradient and the local Adam step
+        (moments updated in place) produces the p above, in the same pass."""
         codec, n = self.codec, p.numel()
         if p.dtype != torch.float32 or p.dim() != 1:
             raise TypeError(f"codec '{codec.name}' kernel encodes 1-D float32 tensors, got {p.dtype}")
@@ -134,6 +137,7 @@ class DenseKernelCodec:
             codes,
             stats,
             bad,
+            *_adam_args(adam, n),
         )
         first_bad = bad[bad >= 0]
         if first_bad.size:
@@ -217,6 +221,32 @@ class DenseKernelCodec:
         if mode == "set":
             return codec.decode(messages[0], out=out)
         return out.sub_(codec.decode(messages[0]))
+
+
+def _adam_args(adam: AdamFusion | None, n: int) -> tuple:
+    if adam is None:
+        empty = np.empty(0, dtype=np.float32)
+        return False, empty, empty, empty, empty, np.zeros(9, np.float32), False
+    for t in (adam.m, adam.v, adam.vmax, adam.params):
+        if t is not None and t.numel() != n:
+            raise ValueError(f"Adam fusion: a state tensor holds {t.numel()} elements, not {n}")
+    c = adam.constants
+    ac = np.array(
+        [
+            c.beta1,
+            c.one_minus_beta1,
+            c.beta2,
+            c.one_minus_beta2,
+            c.step_size,
+            c.root_bc2,
+            c.root_bc2_sq,
+            c.eps,
+            adam.weight_decay,
+        ],
+        dtype=np.float32,
+    )
+    wd = adam.params if adam.weight_decay else None
+    return True, _numpy(adam.m), _numpy(adam.v), _numpy(adam.vmax), _numpy(wd), ac, bool(c.eps_inside_sqrt)
 
 
 def _rows(arrays: list[torch.Tensor], nbytes: int) -> np.ndarray:
