@@ -32,7 +32,7 @@ else
 endif
 export QTRAIN_MPIEXEC := $(MPIEXEC)
 
-.PHONY: venv install sysdeps run test test-fast bench bench-network lint format clean info
+.PHONY: venv install sysdeps run test test-gpu test-fast bench bench-network lint format clean info
 
 # Debian tools the test suite uses: h5dump/h5clear (hdf5-tools) read the HDF5 files qtrain writes;
 # slurm-wlm + munge run the one-node Slurm cluster of the `slurm` tests (slurm/local-cluster.sh);
@@ -72,6 +72,12 @@ run: install
 
 test: install sysdeps
 	$(PY) -m pytest -q
+
+# The GPU half of the kernel tests, compiled and run on a CUDA device (the CPU suite runs the same
+# comparisons in Triton's interpreter); fails where there is no GPU.
+test-gpu: install
+	$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA device')"
+	QTRAIN_TRITON_COMPILED=1 $(PY) -m pytest -q tests/test_triton_kernels.py tests/test_bitpack.py tests/test_gpu_engine.py
 
 test-fast: install
 	$(PY) -m pytest -q -m "not mpi and not slurm and not netns"

@@ -317,3 +317,21 @@ def test_fused_local_adam_step_equals_the_rule_then_the_codec(options, codec):
         for key in engines["torch"].state:
             assert torch.equal(engines["numba"].state[key], engines["torch"].state[key]), key
         assert torch.equal(engines["numba"].error, engines["torch"].error)
+
+
+def test_kernel_choice_per_device():
+    sign = get_codec("sign")
+    assert kernel_codec(sign, "cpu", "torch") is None and kernel_codec(sign, "cuda", "torch") is None
+    assert kernel_codec(get_codec("topk", ratio=0.1), "cpu", "numba") is None  # no dense kernel
+    with pytest.raises(ValueError, match="runtime.kernels=triton runs on CUDA devices"):
+        kernel_codec(sign, "cpu", "triton")
+    with pytest.raises(ValueError, match="runtime.kernels=numba runs on the CPU"):
+        kernel_codec(sign, "cuda", "numba")
+    with pytest.raises(ValueError, match="runtime.kernels must be one of"):
+        kernel_codec(sign, "cpu", "fast")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return
+    assert type(kernel_codec(sign, "cuda", "auto")).__name__ == "TritonDenseCodec"
+    assert kernel_codec(get_codec("uniform", bits=3), "cuda", "auto") is None  # codes across bytes

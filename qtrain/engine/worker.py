@@ -68,11 +68,17 @@ class WorkerEngine(EngineState):
         written into ``out`` (e.g. the transport's frame) when given."""
         sl = seg.slice
         e = self.error[sl] if self.error is not None else None
-        rule = self.algorithm.fused_worker_rule
-        if self.fast_up is not None and rule is not None:  # the same bytes and floats in one pass
-            adam = self._adam_fusion(seg, params) if rule == "adam" else None
+        rule, fast = self.algorithm.fused_worker_rule, self.fast_up
+        if fast is not None:  # the same bytes and floats, in one pass where the kernel can fuse the rule
+            if rule == "identity" or (rule == "adam" and fast.fuses_adam):
+                p, adam = grad[sl], self._adam_fusion(seg, params) if rule == "adam" else None
+            else:
+                p, adam = (
+                    self.algorithm.worker_update(grad[sl], params[sl], self._states[seg.index], self.step),
+                    None,
+                )
             rng = self.random_stream(seg)
-            packed, sums = self.fast_up.encode_ef(grad[sl], e, self.alpha, self.beta, rng, out, adam=adam)
+            packed, sums = fast.encode_ef(p, e, self.alpha, self.beta, rng, out, adam=adam)
             self.stats.add_sums(seg, *sums[:2], sums[2] if e is not None else None)
             return packed
         p = self.algorithm.worker_update(grad[sl], params[sl], self._states[seg.index], self.step)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-KERNEL_CHOICES = ("auto", "numba", "torch")
+import torch
+
+KERNEL_CHOICES = ("auto", "numba", "triton", "torch")
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "qtrain" / "numba"))
 # numba's own thread pool: its OpenMP layer would share (and reset) torch's OpenMP thread count
@@ -39,14 +41,22 @@ def set_threads(threads: int) -> None:
 
 
 def kernel_codec(codec, device, choice: str = "auto"):
-    """The compiled fast path of ``codec`` on ``device``, or None where the torch reference runs:
-    ``choice`` "torch", a device other than the CPU, a codec without a dense kernel (none, fp16,
-    bf16: already one torch pass; topk, sparse: selection and scatter), or numba missing under
-    "auto". "numba" without numba installed raises."""
+    """The compiled fast path of ``codec`` on ``device``, or None where the torch reference runs.
+
+    CPU: numba (``choice`` auto or numba); CUDA: Triton (auto or triton). None for "torch", for a
+    codec without a dense kernel (none, fp16, bf16: already one torch pass; topk, sparse: a
+    selection and a scatter), for a layout the Triton kernels do not cover, and under "auto" when
+    the compiler is not installed. Asking for a compiler that is missing, or for the other
+    device's, raises ValueError."""
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"runtime.kernels must be one of {KERNEL_CHOICES}, got {choice!r}")
-    if choice == "torch" or str(device) != "cpu":
+    if choice == "torch":
         return None
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _triton_codec(codec, choice)
+    if choice == "triton":
+        raise ValueError("runtime.kernels=triton runs on CUDA devices; this rank computes on the CPU")
     if not numba_available():
         if choice == "numba":
             raise ValueError("runtime.kernels=numba, but numba is not installed (pip install numba)")
@@ -54,3 +64,15 @@ def kernel_codec(codec, device, choice: str = "auto"):
     from qtrain.kernels.dense_codec import DenseKernelCodec, kernel_kind
 
     return DenseKernelCodec(codec) if kernel_kind(codec) is not None else None
+
+
+def _triton_codec(codec, choice: str):
+    if choice == "numba":
+        raise ValueError("runtime.kernels=numba runs on the CPU; this rank computes on a CUDA device")
+    try:
+        from qtrain.kernels.triton_codec import TritonDenseCodec, triton_supports
+    except ImportError as exc:
+        if choice == "triton":
+            raise ValueError(f"runtime.kernels=triton, but triton cannot be imported ({exc})") from exc
+        return None
+    return TritonDenseCodec(codec) if triton_supports(codec) else None

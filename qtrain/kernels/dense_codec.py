@@ -57,6 +57,8 @@ def _numpy(t: torch.Tensor | None, dtype=np.float32) -> np.ndarray:
 class DenseKernelCodec:
     """Fast path of ``codec`` (sign, uniform/ternary, threshold) on CPU tensors."""
 
+    fuses_adam = True  # encode_ef(adam=...) runs the local Adam step inside the kernel
+
     def __init__(self, codec: Codec):
         kind = kernel_kind(codec)
         if kind is None:
@@ -96,13 +98,28 @@ class DenseKernelCodec:
         layout = codec.sections(n, flags, aux)
         size = wire.HEADER_SIZE + sum(s.nbytes for s in layout)
         if out is None:
-            out = torch.empty(size, dtype=torch.uint8)
+            out = torch.empty(size, dtype=torch.uint8, device=p.device)
         elif out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < size or not out.is_contiguous():
             raise ValueError(
                 f"{codec.name}: encode(out=...) needs a contiguous 1-D uint8 tensor of >= {size} bytes"
             )
         msg = out[:size]
         nb = num_buckets(n, self.bucket)
+        stats, bad = self._encode(msg, nb, p, e, alpha, beta, target, values, rng, adam)
+        first_bad = bad[bad >= 0]
+        if first_bad.size:
+            raise ValueError(f"codec '{codec.name}': input has NaN or Inf in bucket {int(first_bad.min())}")
+        err_sq, ref_sq, ef_sq, kept = (float(x) for x in stats.sum(axis=0))
+        if self.kind == K.KIND_THRESHOLD and self._sparse_wins(n, int(kept)):
+            msg = self._rewrite_sparse(msg, n, nb, int(kept))
+        else:
+            wire.finish_message(msg, codec.codec_id, codec.bits, flags, n, self.bucket, aux)
+        return msg, (err_sq, ref_sq, ef_sq)
+
+    def _encode(self, msg, nb, p, e, alpha, beta, target, values, rng, adam):
+        """Run the encode kernel into the message's payload; returns (stats, bad) as numpy:
+        per-chunk (err_sq, ref_sq, ef_sq, kept) and per-chunk first bad bucket (or -1)."""
+        n = p.numel()
         scales_at = wire.HEADER_SIZE
         frame = msg.numpy()
         aligned = frame.ctypes.data % 4 == 0
@@ -113,7 +130,7 @@ class DenseKernelCodec:
         nchunks = -(-n // self.chunk)
         stats = np.zeros((nchunks, 4), dtype=np.float64)
         bad = np.empty(nchunks, dtype=np.int64)
-        c = codec
+        c = self.codec
         K.encode(
             self.kind,
             _numpy(p),
@@ -139,17 +156,9 @@ class DenseKernelCodec:
             bad,
             *_adam_args(adam, n),
         )
-        first_bad = bad[bad >= 0]
-        if first_bad.size:
-            raise ValueError(f"codec '{codec.name}': input has NaN or Inf in bucket {int(first_bad.min())}")
         if not aligned:
             frame[scales_at : scales_at + 4 * nb] = scales.view(np.uint8)
-        err_sq, ref_sq, ef_sq, kept = (float(x) for x in stats.sum(axis=0))
-        if self.kind == K.KIND_THRESHOLD and self._sparse_wins(n, int(kept)):
-            msg = self._rewrite_sparse(msg, n, nb, int(kept))
-        else:
-            wire.finish_message(msg, codec.codec_id, codec.bits, flags, n, self.bucket, aux)
-        return msg, (err_sq, ref_sq, ef_sq)
+        return stats, bad
 
     def _sparse_wins(self, n: int, kept: int) -> bool:
         layout = self.codec.layout
@@ -165,7 +174,7 @@ class DenseKernelCodec:
         arrays = [scales, idx.to(torch.int32), pack_bits(positive, 1)]
         size = wire.HEADER_SIZE + sum(a.numel() * a.element_size() for a in arrays)
         if size > msg.numel():  # layout="sparse" forced with more kept entries than the dense size
-            msg = torch.empty(size, dtype=torch.uint8)
+            msg = torch.empty(size, dtype=torch.uint8, device=msg.device)
         c = self.codec
         return wire.write_message(msg[:size], c.codec_id, c.bits, FLAG_SPARSE, n, c.bucket, kept, arrays)
 
@@ -182,19 +191,28 @@ class DenseKernelCodec:
             raise WireFormatError(f"{codec.name}: a message holds a different element count than {n}")
         if any(h.flags for h, _, _ in headers):  # threshold's sparse layout: the reference, in order
             return self._reference_combine(messages, out, mode)
-        nb = num_buckets(n, self.bucket)
-        scales = np.stack([a["scales"].numpy() for _, a, _ in headers]) if n else np.zeros((len(messages), 0))
-        check_decoded_scales(torch.from_numpy(scales).view(-1), codec.name)
         name = "signs" if self.kind == K.KIND_SIGN else "codes"
-        codes = _rows([a[name] for _, a, _ in headers], packed_nbytes(n, self.bits))
+        sections = [(a["scales"], a[name]) for _, a, _ in headers]
+        for scales, _ in sections:
+            check_decoded_scales(scales, codec.name)
         used = (n * self.bits) % 8
-        if used and codes.shape[1] and int(codes[:, -1].max()) >> used:
+        if used and n and any(int(codes[-1]) >> used for _, codes in sections):
             raise WireFormatError("nonzero padding bits after the last code")
+        if self._decode(sections, n, out, mode):
+            top = 2 * self.levels if self.kind == K.KIND_UNIFORM else 2
+            raise WireFormatError(f"{codec.name}: a code is outside 0..{top}")
+        return out
+
+    def _decode(self, sections, n, out, mode) -> bool:
+        """Run the decode kernel; True when a code is out of range."""
+        nb = num_buckets(n, self.bucket)
+        scales = np.stack([s.numpy() for s, _ in sections]) if n else np.zeros((len(sections), 0))
+        codes = _rows([c for _, c in sections], packed_nbytes(n, self.bits))
         bad = np.zeros(-(-n // self.chunk), dtype=np.int64)
         K.decode(
             self.kind,
             codes,
-            scales.astype(np.float32, copy=False).reshape(len(messages), nb),
+            scales.astype(np.float32, copy=False).reshape(len(sections), nb),
             self.levels,
             self.bits,
             self.bucket,
@@ -206,10 +224,7 @@ class DenseKernelCodec:
             self.top_of,
             bad,
         )
-        if bad.any():
-            top = 2 * self.levels if self.kind == K.KIND_UNIFORM else 2
-            raise WireFormatError(f"{codec.name}: a code is outside 0..{top}")
-        return out
+        return bool(bad.any())
 
     def _reference_combine(self, messages, out, mode):
         codec = self.codec
