@@ -387,6 +387,26 @@ def encode(
         _pack(cl, m, bits, codes, lo * bits // 8)
 
 
+@njit(inline="always", **_JIT)
+def _expand(data, nbytes, units_of, units, per):
+    """units[per*j + t] = units_of[data[j], t] for 4, 2 or 1 codes per byte, with the row length a
+    literal in each branch so that the copy unrolls (8 per byte: the caller's own loop is faster)."""
+    flat = units_of.ravel()
+    if per == 4:
+        for j in range(nbytes):
+            r = np.int64(data[j]) * 4
+            for t in range(4):
+                units[4 * j + t] = flat[r + t]
+    elif per == 2:
+        for j in range(nbytes):
+            r = np.int64(data[j]) * 2
+            units[2 * j] = flat[r]
+            units[2 * j + 1] = flat[r + 1]
+    else:
+        for j in range(nbytes):
+            units[j] = flat[np.int64(data[j])]
+
+
 def unit_table(kind: int, bits: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
     """For widths 1, 2, 4, 8: the ``unit`` of every code of every byte value, ``(256, 8 // bits)``
     float32, and each byte's largest code. Q = unit * a (sign: +-1; threshold: code - 1) or
@@ -429,12 +449,17 @@ def decode(kind, codes, scales, levels, bits, bucket, chunk, n, out, mode, units
         for w in range(nmsg):
             if table:  # one table row per byte: the units of its codes
                 data = codes[w, lo * bits // 8 : lo * bits // 8 + nbytes]
-                for j in range(nbytes):
-                    byte = data[j]
-                    worst = max(worst, top_of[byte])
-                    row = units_of[byte]
-                    for t in range(per):
-                        units[per * j + t] = row[t]
+                if per == 8:
+                    for j in range(nbytes):
+                        byte = data[j]
+                        worst = max(worst, top_of[byte])
+                        row = units_of[byte]
+                        for t in range(per):
+                            units[per * j + t] = row[t]
+                else:
+                    for j in range(nbytes):
+                        worst = max(worst, top_of[data[j]])
+                    _expand(data, nbytes, units_of, units, per)
             else:
                 worst = max(worst, _unpack(codes[w], lo * bits // 8, m, bits, cl))
                 for k in range(m):
