@@ -25,6 +25,7 @@ CODECS = [
     ("threshold", {"reference": "linf", "kappa": 0.5, "layout": "dense"}),
     ("threshold", {"kappa": 2.0}),
 ]
+FLOAT_CODECS = [("none", {}), ("fp16", {}), ("bf16", {})]
 BUCKETS = [1, 3, 8, 100, 512]
 SIZES = [0, 1, 7, 8, 9, 1000, 20_011]
 
@@ -252,6 +253,8 @@ RUNS = [
         ["algorithm.amsgrad=true", "algorithm.weight_decay=0.01", "algorithm.eps_inside_sqrt=true"],
     ),
     ("configs/qadam.yaml", ["algorithm.bias_correction=false", "uplink.bits=2"]),
+    ("configs/adam.yaml", []),  # none both ways
+    ("configs/sgd.yaml", ["uplink.codec=fp16", "uplink.error_feedback=true", "downlink.codec=bf16"]),
 ]
 
 
@@ -262,11 +265,13 @@ def test_training_with_kernels_is_bit_identical_to_the_torch_reference(config, s
     from qtrain.config import load_config
     from qtrain.engine.simulator import simulate
     from qtrain.kernels.dense_codec import DenseKernelCodec
+    from qtrain.kernels.float_codec import FloatKernelCodec
 
     calls = []
-    for name in ("encode_ef", "decode_combine"):
-        real = getattr(DenseKernelCodec, name)
-        monkeypatch.setattr(DenseKernelCodec, name, lambda *a, _r=real, **k: calls.append(1) or _r(*a, **k))
+    for cls in (DenseKernelCodec, FloatKernelCodec):
+        for name in ("encode_ef", "decode_combine"):
+            real = getattr(cls, name)
+            monkeypatch.setattr(cls, name, lambda *a, _r=real, **k: calls.append(1) or _r(*a, **k))
     short = ["train.steps=12", "train.eval_every=12", "model.hidden=[64]"]
     runs = {}
     for k in ("torch", "numba"):
@@ -322,7 +327,8 @@ def test_fused_local_adam_step_equals_the_rule_then_the_codec(options, codec):
 def test_kernel_choice_per_device():
     sign = get_codec("sign")
     assert kernel_codec(sign, "cpu", "torch") is None and kernel_codec(sign, "cuda", "torch") is None
-    assert kernel_codec(get_codec("topk", ratio=0.1), "cpu", "numba") is None  # no dense kernel
+    assert kernel_codec(get_codec("topk", ratio=0.1), "cpu", "numba") is None  # no kernel
+    assert kernel_codec(get_codec("fp16"), "cuda", "auto") is None  # float codecs: torch on a GPU
     with pytest.raises(ValueError, match="runtime.kernels=triton runs on CUDA devices"):
         kernel_codec(sign, "cpu", "triton")
     with pytest.raises(ValueError, match="runtime.kernels=numba runs on the CPU"):
@@ -335,3 +341,58 @@ def test_kernel_choice_per_device():
         return
     assert type(kernel_codec(sign, "cuda", "auto")).__name__ == "TritonDenseCodec"
     assert kernel_codec(get_codec("uniform", bits=3), "cuda", "auto") is None  # codes across bytes
+
+
+def same_or_both_nan(a, b):
+    nan = torch.isnan(a)
+    return torch.equal(nan, torch.isnan(b)) and bytes(a[~nan].numpy()) == bytes(b[~nan].numpy())
+
+
+@pytest.mark.parametrize("case", FLOAT_CODECS, ids=ids)
+def test_float_codec_kernels_match_the_reference(case):
+    """none/fp16/bf16: the rounding (subnormals, overflow to inf, NaN patterns), error feedback,
+    targets and the N-message decode, bit for bit."""
+    name, _ = case
+    codec = get_codec(name)
+    fast = kernel_codec(codec, "cpu", "numba")
+    assert type(fast).__name__ == "FloatKernelCodec"
+    for n in (0, 1, 7, 20_011):
+        p = data(n, n) * 1e3
+        if n > 12:
+            p[:12] = torch.tensor(
+                [
+                    float("nan"),
+                    -float("nan"),
+                    1e6,
+                    65520,
+                    65519,
+                    1e-8,
+                    5.96e-8,
+                    2.98e-8,
+                    2.99e-8,
+                    -0.0,
+                    float("inf"),
+                    -float("inf"),
+                ]
+            )
+        e0 = data(n, n + 1)
+        for alpha, beta in ((1.0, 1.0), (0.5, 0.9)):
+            want, u, v, want_e = reference_step(codec, p, e0, alpha, beta, None)
+            e, target = e0.clone(), data(n, 3)
+            want_target = target - u
+            got, _ = fast.encode_ef(p, e, alpha, beta, target=target)
+            assert bytes(got.numpy()) == bytes(want.numpy()), (n, alpha)
+            # arithmetic on a NaN input may keep either operand's NaN payload: compare NaN-aware
+            assert same_or_both_nan(e, want_e) and same_or_both_nan(target, want_target)
+        rows = torch.empty((3, codec.wire_bytes(n)), dtype=torch.uint8)  # as the transport holds them
+        msgs = [codec.encode(data(n, 7 + w) * 1e4, out=rows[w]) for w in range(3)]
+        ref = torch.zeros(n)
+        for m in msgs:
+            codec.decode_add_(m, ref)
+        ref.div_(3)
+        same = lambda a, b: bytes(a.numpy()) == bytes(b.numpy())  # noqa: E731  (NaN-safe equality)
+        assert same(fast.decode_combine(msgs, torch.empty(n), "mean"), ref)
+        assert same(fast.decode_combine([m.clone() for m in msgs], torch.empty(n), "mean"), ref)  # scattered
+        base = data(n, 5)
+        assert same(fast.decode_combine(msgs[:1], base.clone(), "subtract"), base - codec.decode(msgs[0]))
+        assert same(fast.decode_combine(msgs[:1], torch.empty(n), "set"), codec.decode(msgs[0]))

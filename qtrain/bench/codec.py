@@ -126,7 +126,11 @@ def _time_paths(codec, x, packed, dev, repeats, seed, kernels) -> dict[str, floa
     seg, worker, server = _engines("sgd", codec, numel, dev, kernels)
     worker.begin_step()
     frame = torch.empty(codec.wire_bytes(numel), dtype=torch.uint8, device=dev)
-    msgs = [codec.encode(x * (1 + w), CounterStream(seed, 1, w)) for w in range(AGGREGATE_WORKERS)]
+    # the uplinks in rows of one receive buffer, as the MPI transport holds them
+    rows = torch.empty((AGGREGATE_WORKERS, codec.wire_bytes(numel)), dtype=torch.uint8, device=dev)
+    msgs = [
+        codec.encode(x * (1 + w), CounterStream(seed, 1, w), out=rows[w]) for w in range(AGGREGATE_WORKERS)
+    ]
     out = torch.empty_like(x)
     return {
         "encode": median_seconds(lambda: codec.encode(x, rng), dev, repeats),

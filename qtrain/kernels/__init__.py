@@ -43,11 +43,10 @@ def set_threads(threads: int) -> None:
 def kernel_codec(codec, device, choice: str = "auto"):
     """The compiled fast path of ``codec`` on ``device``, or None where the torch reference runs.
 
-    CPU: numba (``choice`` auto or numba); CUDA: Triton (auto or triton). None for "torch", for a
-    codec without a dense kernel (none, fp16, bf16: already one torch pass; topk, sparse: a
-    selection and a scatter), for a layout the Triton kernels do not cover, and under "auto" when
-    the compiler is not installed. Asking for a compiler that is missing, or for the other
-    device's, raises ValueError."""
+    CPU: numba (``choice`` auto or numba); CUDA: Triton (auto or triton). None for "torch", for
+    topk and sparse (a selection and a scatter), on CUDA for the float codecs and the layouts the
+    Triton kernels do not cover, and under "auto" when the compiler is not installed. Asking for
+    a compiler that is missing, or for the other device's, raises ValueError."""
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"runtime.kernels must be one of {KERNEL_CHOICES}, got {choice!r}")
     if choice == "torch":
@@ -62,7 +61,10 @@ def kernel_codec(codec, device, choice: str = "auto"):
             raise ValueError("runtime.kernels=numba, but numba is not installed (pip install numba)")
         return None
     from qtrain.kernels.dense_codec import DenseKernelCodec, kernel_kind
+    from qtrain.kernels.float_codec import FORMATS, FloatKernelCodec
 
+    if codec.name in FORMATS:
+        return FloatKernelCodec(codec)
     return DenseKernelCodec(codec) if kernel_kind(codec) is not None else None
 
 

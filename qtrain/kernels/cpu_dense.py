@@ -488,3 +488,155 @@ def decode(kind, codes, scales, levels, bits, bucket, chunk, n, out, mode, units
         else:
             for k in range(m):
                 os[k] = acc[k]
+
+
+# ---------------------------------------------------------------------------------------------
+# The float codecs: none (fp32), fp16, bf16. No buckets, no scales: each element is sent as
+# itself rounded to nearest even, so the kernel's job is the error feedback around that rounding.
+
+FMT_NONE, FMT_FP16, FMT_BF16 = 0, 1, 2
+_SCALE_TO_INF = np.float32(2.0**112)
+_SCALE_TO_ZERO = np.float32(2.0**-110)
+
+
+@njit(inline="always", **_JIT)
+def _fp16_bits(v, out16, half_to_float, q):
+    """IEEE binary16 bits of float32 ``v`` (a chunk), round to nearest even, and their float32
+    values: the float trick of the FP16 library behind torch's conversion (NaN -> sign | 0x7E00,
+    overflow -> inf), written as whole-chunk loops over bit views so that they vectorize."""
+    m = v.shape[0]
+    vw = v.view(np.uint32)
+    base = np.empty(m, dtype=np.float32)
+    bias = np.empty(m, dtype=np.uint32)
+    for k in range(m):
+        base[k] = (abs(v[k]) * _SCALE_TO_INF) * _SCALE_TO_ZERO
+        b = ((vw[k] + vw[k]) & np.uint32(0xFFFFFFFF)) & np.uint32(0xFF000000)
+        b = max(b, np.uint32(0x71000000))
+        bias[k] = (b >> np.uint32(1)) + np.uint32(0x07800000)
+    bf = bias.view(np.float32)
+    for k in range(m):
+        base[k] = bf[k] + base[k]
+    bits = base.view(np.uint32)
+    for k in range(m):
+        w = vw[k]
+        shl1 = (w + w) & np.uint32(0xFFFFFFFF)
+        nonsign = ((bits[k] >> np.uint32(13)) & np.uint32(0x7C00)) + (bits[k] & np.uint32(0x0FFF))
+        h = ((w & np.uint32(0x80000000)) >> np.uint32(16)) | (
+            np.uint32(0x7E00) if shl1 > np.uint32(0xFF000000) else nonsign
+        )
+        out16[k] = np.uint16(h)
+        q[k] = half_to_float[h]
+
+
+@njit(parallel=True, **_JIT)
+def encode_float(fmt, p, e, alpha, beta, target, values, half_to_float, out32, out16, stats, chunk):
+    """Float codecs with error feedback: v = p + alpha e, sent = round(v) (fp32: v itself; fp16,
+    bf16: round to nearest even, as torch's ``.to``), u = float32(sent), e <- beta e + p - u,
+    target -= u, values = u; ``stats[c]`` = (sum (u - v)^2, sum v^2, sum e^2, 0) of chunk c."""
+    n = p.shape[0]
+    nchunks = (n + chunk - 1) // chunk
+    has_e = e.shape[0] > 0
+    has_t = target.shape[0] > 0
+    has_v = values.shape[0] > 0
+    for c in prange(nchunks):
+        lo = c * chunk
+        hi = min(lo + chunk, n)
+        m = hi - lo
+        ps = p[lo:hi]
+        v = np.empty(m, dtype=np.float32)
+        q = np.empty(m, dtype=np.float32)
+        if has_e:
+            es = e[lo:hi]
+            for k in range(m):
+                v[k] = ps[k] + es[k] * alpha
+        else:
+            for k in range(m):
+                v[k] = ps[k]
+        if fmt == FMT_NONE:
+            dst = out32[lo:hi]
+            for k in range(m):
+                dst[k] = v[k]
+                q[k] = v[k]
+        else:
+            dst16 = out16[lo:hi]
+            vw = v.view(np.uint32)
+            qw = q.view(np.uint32)
+            if fmt == FMT_BF16:
+                for k in range(m):
+                    w = vw[k]
+                    if v[k] != v[k]:  # NaN: torch's vectorized conversion writes 0xFFFF
+                        h = np.uint32(0xFFFF)
+                    else:
+                        h = (
+                            (w + np.uint32(0x7FFF) + ((w >> np.uint32(16)) & np.uint32(1)))
+                            & np.uint32(0xFFFFFFFF)
+                        ) >> np.uint32(16)
+                    dst16[k] = np.uint16(h)
+                    qw[k] = h << np.uint32(16)
+            else:
+                _fp16_bits(v, dst16, half_to_float, q)
+        if has_e:
+            es = e[lo:hi]
+            for k in range(m):
+                es[k] = (es[k] * beta + ps[k]) - q[k]
+            stats[c, 2] = _square_sum(es)
+        else:
+            stats[c, 2] = 0.0
+        if has_t:
+            ts = target[lo:hi]
+            for k in range(m):
+                ts[k] = ts[k] - q[k]
+        if has_v:
+            vs = values[lo:hi]
+            for k in range(m):
+                vs[k] = q[k]
+        err, ref_sq = _error_sums(q, v, m)
+        stats[c, 0] = err
+        stats[c, 1] = ref_sq
+        stats[c, 3] = 0.0
+
+
+@njit(parallel=True, **_JIT)
+def decode_float(fmt, rows32, rows16, half_to_float, n, chunk, out, mode):
+    """Combine N float messages (rows of ``rows32`` for fp32, ``rows16`` for fp16/bf16 bits) as
+    :func:`decode` does: mean in worker order, subtract or set."""
+    nmsg = rows32.shape[0] if fmt == FMT_NONE else rows16.shape[0]
+    nchunks = (n + chunk - 1) // chunk
+    for c in prange(nchunks):
+        lo = c * chunk
+        hi = min(lo + chunk, n)
+        m = hi - lo
+        acc = np.zeros(m, dtype=np.float32)
+        aw = acc.view(np.uint32)
+        q = np.empty(m, dtype=np.float32)
+        qw = q.view(np.uint32)
+        for w in range(nmsg):
+            if fmt == FMT_NONE:
+                src = rows32[w, lo:hi]
+                for k in range(m):
+                    q[k] = src[k]
+            elif fmt == FMT_BF16:
+                src16 = rows16[w, lo:hi]
+                for k in range(m):
+                    qw[k] = np.uint32(src16[k]) << np.uint32(16)
+            else:
+                src16 = rows16[w, lo:hi]
+                for k in range(m):
+                    q[k] = half_to_float[src16[k]]
+            if w == 0 and mode != MODE_MEAN:
+                for k in range(m):
+                    aw[k] = qw[k]  # the bits themselves: keeps a -0.0 and a NaN's payload
+            else:
+                for k in range(m):
+                    acc[k] = acc[k] + q[k]
+        os = out[lo:hi]
+        if mode == MODE_MEAN:
+            div = np.float32(nmsg)
+            for k in range(m):
+                os[k] = acc[k] / div
+        elif mode == MODE_SUBTRACT:
+            for k in range(m):
+                os[k] = os[k] - acc[k]
+        else:
+            for k in range(m):
+                os[k] = acc[k]

@@ -264,15 +264,23 @@ def _adam_args(adam: AdamFusion | None, n: int) -> tuple:
     return True, _numpy(adam.m), _numpy(adam.v), _numpy(adam.vmax), _numpy(wd), ac, bool(c.eps_inside_sqrt)
 
 
-def _rows(arrays: list[torch.Tensor], nbytes: int) -> np.ndarray:
-    """The code sections of N messages as one (N, nbytes) uint8 array: a strided view when they sit
-    at equal distances in one buffer (the transport's receive rows), else a stacked copy."""
-    views = [a.numpy() for a in arrays]
+def strided_rows(arrays: list, count: int) -> np.ndarray | None:
+    """N sections (tensors or numpy arrays of one dtype, ``count`` items each) as one (N, count)
+    strided view when they sit at equal distances in memory (the transport's receive rows, one
+    section each), else None."""
+    views = [a.numpy() if isinstance(a, torch.Tensor) else a for a in arrays]
     if len(views) == 1:
-        return views[0].reshape(1, nbytes)
+        return views[0].reshape(1, count)
+    item = views[0].itemsize
     addr = [v.ctypes.data for v in views]
     stride = addr[1] - addr[0]
-    if stride >= nbytes and all(addr[i] - addr[0] == i * stride for i in range(len(addr))):
-        # row i starts exactly at views[i] (checked above) and spans its nbytes: only their bytes are read
-        return np.lib.stride_tricks.as_strided(views[0], shape=(len(views), nbytes), strides=(stride, 1))
-    return np.stack(views)
+    if stride >= count * item and all(addr[i] - addr[0] == i * stride for i in range(len(addr))):
+        # row i starts exactly at views[i] (checked above) and spans its items: only those are read
+        return np.lib.stride_tricks.as_strided(views[0], shape=(len(views), count), strides=(stride, item))
+    return None
+
+
+def _rows(arrays: list, count: int) -> np.ndarray:
+    """:func:`strided_rows`, or a stacked copy (cheap for packed codes)."""
+    rows = strided_rows(arrays, count)
+    return rows if rows is not None else np.stack([a.numpy() for a in arrays])
