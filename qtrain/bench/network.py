@@ -95,6 +95,11 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
             f"qtrain run {name} failed (rc {p.returncode}); see {run_dir / 'bench-output.txt'}"
         )
     summary = json.loads((run_dir / "summary.json").read_text())
+    if summary["steps"] < plan.steps:  # an agreed stop (a signal reached the ranks): no comparison
+        raise RuntimeError(
+            f"qtrain run {name} stopped after {summary['steps']} of {plan.steps} steps; "
+            f"see {run_dir / 'bench-output.txt'}"
+        )
     steps, evals, _ = read_trace(run_dir / "trace.h5")
     server = np.sort(steps[steps["role"] == 0], order="step")
     workers = steps[steps["role"] == 1]

@@ -57,7 +57,10 @@ def network(
     launcher = shlex.split(os.environ.get("QTRAIN_MPIEXEC", "")) or [
         str(Path(sys.executable).parent / "mpiexec")
     ]
-    signal.signal(signal.SIGTERM, _interrupted)  # tear the network down on SIGTERM too
+    # tear the network down on Ctrl-C and SIGTERM, also where the shell started us with SIGINT
+    # ignored (a background job of a non-interactive shell inherits SIG_IGN)
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         results = bench_network(plan, Path(out), launcher, echo=typer.echo)
     except (NetworkError, RuntimeError) as exc:
