@@ -42,6 +42,7 @@ def test_every_algorithm_under_mpiexec_n3_matches_the_simulator(tmp_path, name):
         ("configs/ecq-sgd.yaml", ["runtime.segments=3", "model.hidden=[256]"]),
         ("configs/qcmd-adagrad.yaml", ["runtime.segments=4", "algorithm.l1=0.01"]),
         ("configs/qadam.yaml", ["runtime.segments=3", "algorithm.weight_quantization=true"]),
+        ("configs/efficient-adam.yaml", ["runtime.segments=5", "runtime.overlap=off"]),
     ],
     ids=[
         "efficient-adam",
@@ -50,9 +51,12 @@ def test_every_algorithm_under_mpiexec_n3_matches_the_simulator(tmp_path, name):
         "ecq-sgd-3-segments",
         "qcmd-4-segments-variable-size",
         "qadam-weights-3-segments",
+        "efficient-adam-5-segments-sent-after-backward",
     ],
 )
 def test_four_ranks_match_three_simulated_workers(tmp_path, config, sets):
+    """CPU workers send each segment from a backward hook (runtime.overlap=auto) except where the
+    case turns it off: either way the result is the simulator's, bit for bit."""
     p = mpi_train(4, config, tmp_path / "mpi", STEPS, *sets)
     assert p.returncode == 0, p.stdout + p.stderr
     ref = simulate(config, 3, tmp_path / "sim", STEPS, *sets)

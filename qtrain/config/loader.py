@@ -60,6 +60,8 @@ def _coerce(value: Any, tp, where: str) -> Any:
             raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans: the auto|on|off keys
+            return "on" if value else "off"
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value

@@ -46,6 +46,8 @@ def _validate(cfg) -> None:
     _positive(a.l1, "algorithm.l1", allow_zero=True)
     _positive(a.lr_decay, "algorithm.lr_decay", allow_zero=True)
     _positive(r.threads, "runtime.threads", allow_zero=True)
+    if r.overlap not in ("auto", "on", "off"):
+        raise ConfigError(f"runtime.overlap must be auto, on or off, got {r.overlap!r}")
     if r.kernels not in KERNEL_CHOICES:
         raise ConfigError(f"runtime.kernels must be one of {', '.join(KERNEL_CHOICES)}, got {r.kernels!r}")
     _positive(r.timeout_s, "runtime.timeout_s")

@@ -28,18 +28,38 @@ class FlatModel:
             p.data = self.params[offset : offset + n].view_as(p)
             p.grad = self.grads[offset : offset + n].view_as(p)
             self.layout.append((name, offset, tuple(p.shape)))
+            p.register_post_accumulate_grad_hook(self._reporter(len(self.layout) - 1))
             offset += n
+        self._on_param_ready = None
 
     @property
     def numel(self) -> int:
         return self.params.numel()
 
-    def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor, task: str) -> float:
-        """Forward and backward on one batch; the gradient lands in ``self.grads``."""
+    def _reporter(self, index: int):
+        def hook(_param) -> None:
+            if self._on_param_ready is not None:
+                self._on_param_ready(index)
+
+        return hook
+
+    def loss_and_grad(
+        self, x: torch.Tensor, y: torch.Tensor, task: str, on_param_ready=None, on_loss=None
+    ) -> float:
+        """Forward and backward on one batch; the gradient lands in ``self.grads``. With
+        ``on_param_ready``, it is called with a parameter's index in ``layout`` as soon as that
+        parameter's gradient is final, during backward (from autograd's post-accumulate hook);
+        ``on_loss`` gets the batch loss between forward and backward."""
         self.grads.zero_()
         self.module.train()
         loss = loss_fn(self.module(x), y, task)
-        loss.backward()
+        if on_loss is not None:
+            on_loss(float(loss.detach()))
+        self._on_param_ready = on_param_ready
+        try:
+            loss.backward()
+        finally:
+            self._on_param_ready = None
         return float(loss.detach())
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, task: str, batch: int = 1024) -> dict:

@@ -116,6 +116,12 @@ class Transport:
                 (self.comm.Isend(_mpi_buffer(target), dest=dest, tag=seg.tag + 1), dest)
             )
 
+    def progress(self) -> None:
+        """Let the posted uplinks move (MPI progresses a large send only inside MPI calls): a
+        non-blocking test, called after each segment posted during backward."""
+        for request, _ in self._pending_send:
+            request.Test()
+
     def finish_sends(self, step: int) -> None:
         """Complete this step's uplink sends (their frames are reused next step)."""
         if self._pending_send:

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from qtrain.engine.readiness import SegmentReadiness
 from qtrain.engine.snapshots import is_checkpoint_step, to_numpy, worker_restore, worker_snapshot
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.records import FLAG_STOP, UPLINK_RECORD
@@ -18,6 +19,10 @@ def run_worker(plan, model, transport, svc, resume) -> None:
     sampler = plan.sampler(topo.worker_index)
     start = _start(plan, model, engine, sampler, transport, svc, resume)
     record = np.zeros(1, dtype=UPLINK_RECORD)
+    overlap = uses_overlap(cfg.runtime.overlap, model.device)
+    readiness = SegmentReadiness(model.layout, part)
+    if overlap and len(part) > 1:
+        svc.log.info("overlap: each of %d segments is sent as soon as backward completes it", len(part))
     comm_s = decode_s = 0.0
     for step in range(start + 1, plan.setup.steps + 1):
         svc.watchdog.enter(f"step {step}: compute")
@@ -25,20 +30,23 @@ def run_worker(plan, model, transport, svc, resume) -> None:
         engine.begin_step()
         t0 = time.perf_counter()
         idx = sampler.next_batch()
-        loss = model.loss_and_grad(
-            ds.x_train[idx].to(model.device), ds.y_train[idx].to(model.device), ds.task
-        )
-        t1 = time.perf_counter()
-        record["step"], record["loss"], record["compute_s"] = step, loss, t1 - t0
+        record["step"], record["loss"], record["compute_s"] = step, np.nan, 0.0
         record["prev_comm_s"], record["prev_decode_s"] = comm_s, decode_s
         record["flags"] = FLAG_STOP if svc.stop.requested else 0
-        for seg in part:
-            svc.watchdog.enter(f"step {step}: encode + send (segment {seg.index})")
-            te = time.perf_counter()
-            packed = engine.make_uplink(seg, model.grads, model.params, out=transport.message_buffer(seg))
-            record["encode_s"] = time.perf_counter() - te
-            record["err_sq"], record["ref_sq"], record["ef_sq"] = engine.stats.part(seg)
-            transport.send_uplink(seg, record, packed)
+        sender = _SegmentSender(engine, model, transport, svc, record, step, t0)
+        ready = None
+        if overlap:  # encode and post each segment as soon as backward completes it
+            readiness.begin()
+            ready = sender.hook(readiness)
+        loss = model.loss_and_grad(
+            ds.x_train[idx].to(model.device),
+            ds.y_train[idx].to(model.device),
+            ds.task,
+            ready,
+            on_loss=lambda value: record.__setitem__("loss", value),
+        )
+        t1 = time.perf_counter() - sender.busy_s  # forward + backward, without encodes inside it
+        sender.send_all(readiness.rest() if overlap else list(part))
         t2 = time.perf_counter()
         decode_s, stopping = 0.0, False
         for seg in part:
@@ -60,6 +68,51 @@ def run_worker(plan, model, transport, svc, resume) -> None:
             break
     svc.watchdog.enter("final timing report")
     topo.comm.gather((comm_s, decode_s), root=topo.server)
+
+
+def uses_overlap(setting: str, device) -> bool:
+    """``runtime.overlap``: on, off, or auto (on for CPU workers: autograd runs their hooks on the
+    thread that called backward, the one that talks MPI; a CUDA backward runs hooks on its own
+    device thread, which would need MPI_THREAD_MULTIPLE, so auto leaves it off there)."""
+    if setting == "auto":
+        return str(device) == "cpu"
+    return setting == "on"
+
+
+class _SegmentSender:
+    """Encode a segment into its send frame and post it; keeps the per-step record current (the
+    compute time up to this segment, its encode time and statistics)."""
+
+    def __init__(self, engine, model, transport, svc, record, step: int, t0: float):
+        self.engine, self.model, self.transport, self.svc = engine, model, transport, svc
+        self.record, self.step, self.t0 = record, step, t0
+        self.busy_s = 0.0
+
+    def hook(self, readiness):
+        """The per-parameter callback of the backward pass: send what each parameter completes."""
+
+        def ready(param: int) -> None:
+            done = readiness.param_ready(param)
+            if done:
+                self.send_all(done)
+                self.svc.watchdog.enter(f"step {self.step}: compute (backward)")
+
+        return ready
+
+    def send_all(self, segments) -> None:
+        for seg in segments:
+            te = time.perf_counter()
+            self.svc.watchdog.enter(f"step {self.step}: encode + send (segment {seg.index})")
+            rec = self.record
+            rec["compute_s"] = te - self.t0 - self.busy_s
+            packed = self.engine.make_uplink(
+                seg, self.model.grads, self.model.params, out=self.transport.message_buffer(seg)
+            )
+            rec["encode_s"] = time.perf_counter() - te
+            rec["err_sq"], rec["ref_sq"], rec["ef_sq"] = self.engine.stats.part(seg)
+            self.transport.send_uplink(seg, rec, packed)
+            self.transport.progress()
+            self.busy_s += time.perf_counter() - te
 
 
 def _start(plan, model, engine, sampler, transport, svc, resume) -> int:
