@@ -175,6 +175,59 @@ def _adam_step(gs, m1, m2, vmax, wparams, ac, eps_inside, lo, hi):
 
 
 @njit(inline="always", **_JIT)
+def _with_feedback(ps, e, alpha, lo, hi, v):
+    """v = p + alpha * e over one chunk (``e`` empty: v = p)."""
+    if e.shape[0] > 0:
+        es = e[lo:hi]
+        for k in range(hi - lo):
+            v[k] = ps[k] + es[k] * alpha
+    else:
+        for k in range(hi - lo):
+            v[k] = ps[k]
+
+
+@njit(inline="always", **_JIT)
+def _apply_quantized(ps, q, v, e, beta, target, values, lo, hi, row):
+    """Given u = Q(v) of one chunk (``q``): e <- beta e + p - u, target -= u, values = u (each
+    array empty when not wanted), and row[:3] = (sum (u - v)^2, sum v^2, sum e^2)."""
+    m = hi - lo
+    if e.shape[0] > 0:
+        es = e[lo:hi]
+        for k in range(m):
+            es[k] = (es[k] * beta + ps[k]) - q[k]
+        row[2] = _square_sum(es)
+    else:
+        row[2] = 0.0
+    if target.shape[0] > 0:
+        ts = target[lo:hi]
+        for k in range(m):
+            ts[k] = ts[k] - q[k]
+    if values.shape[0] > 0:
+        vs = values[lo:hi]
+        for k in range(m):
+            vs[k] = q[k]
+    err, ref_sq = _error_sums(q, v, m)
+    row[0] = err
+    row[1] = ref_sq
+
+
+@njit(inline="always", **_JIT)
+def _combine_into(os, acc, mode, nmsg):
+    """The decoders' last step over one chunk: MODE_MEAN os = acc / N, MODE_SUBTRACT os -= acc,
+    MODE_SET os = acc."""
+    if mode == MODE_MEAN:
+        div = np.float32(nmsg)
+        for k in range(os.shape[0]):
+            os[k] = acc[k] / div
+    elif mode == MODE_SUBTRACT:
+        for k in range(os.shape[0]):
+            os[k] = os[k] - acc[k]
+    else:
+        for k in range(os.shape[0]):
+            os[k] = acc[k]
+
+
+@njit(inline="always", **_JIT)
 def _pack(codes, m, bits, out, byte0):
     """Pack codes[:m] (codes[m:] must be zero up to a multiple of 8) LSB-first into out[byte0:]:
     8 codes (one uint64 of code bytes) become ``bits`` bytes."""
@@ -268,9 +321,6 @@ def encode(
     input or scale, else -1."""
     n = p.shape[0]
     nchunks = (n + chunk - 1) // chunk
-    has_e = e.shape[0] > 0
-    has_t = target.shape[0] > 0
-    has_v = values.shape[0] > 0
     width = 1
     while width < bucket:
         width *= 2
@@ -292,13 +342,7 @@ def encode(
         u = np.empty(m if stochastic else 0, dtype=np.float32)
         if stochastic:
             _fill_uniforms(u, offset + lo, key, step)
-        if has_e:
-            es = e[lo:hi]
-            for k in range(m):
-                v[k] = ps[k] + es[k] * alpha
-        else:
-            for k in range(m):
-                v[k] = ps[k]
+        _with_feedback(ps, e, alpha, lo, hi, v)
         bad[c] = -1
         kept = 0
         for b0 in range(0, m, bucket):
@@ -365,24 +409,7 @@ def encode(
             if (nonfinite or not r <= _FLT_MAX) and bad[c] < 0:
                 bad[c] = j
             scales[j] = r
-        if has_e:
-            es = e[lo:hi]
-            for k in range(m):
-                es[k] = (es[k] * beta + ps[k]) - q[k]
-            stats[c, 2] = _square_sum(es)
-        else:
-            stats[c, 2] = 0.0
-        if has_t:
-            ts = target[lo:hi]
-            for k in range(m):
-                ts[k] = ts[k] - q[k]
-        if has_v:
-            vs = values[lo:hi]
-            for k in range(m):
-                vs[k] = q[k]
-        err, ref_sq = _error_sums(q, v, m)
-        stats[c, 0] = err
-        stats[c, 1] = ref_sq
+        _apply_quantized(ps, q, v, e, beta, target, values, lo, hi, stats[c])
         stats[c, 3] = kept
         _pack(cl, m, bits, codes, lo * bits // 8)
 
@@ -477,17 +504,7 @@ def decode(kind, codes, scales, levels, bits, bucket, chunk, n, out, mode, units
                     for k in range(d):
                         ab[k] = ab[k] + ub[k] * mult
         bad[c] = 1 if worst > top else 0
-        os = out[lo:hi]
-        if mode == MODE_MEAN:
-            div = np.float32(nmsg)
-            for k in range(m):
-                os[k] = acc[k] / div
-        elif mode == MODE_SUBTRACT:
-            for k in range(m):
-                os[k] = os[k] - acc[k]
-        else:
-            for k in range(m):
-                os[k] = acc[k]
+        _combine_into(out[lo:hi], acc, mode, nmsg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,9 +552,6 @@ def encode_float(fmt, p, e, alpha, beta, target, values, half_to_float, out32, o
     target -= u, values = u; ``stats[c]`` = (sum (u - v)^2, sum v^2, sum e^2, 0) of chunk c."""
     n = p.shape[0]
     nchunks = (n + chunk - 1) // chunk
-    has_e = e.shape[0] > 0
-    has_t = target.shape[0] > 0
-    has_v = values.shape[0] > 0
     for c in prange(nchunks):
         lo = c * chunk
         hi = min(lo + chunk, n)
@@ -545,13 +559,7 @@ def encode_float(fmt, p, e, alpha, beta, target, values, half_to_float, out32, o
         ps = p[lo:hi]
         v = np.empty(m, dtype=np.float32)
         q = np.empty(m, dtype=np.float32)
-        if has_e:
-            es = e[lo:hi]
-            for k in range(m):
-                v[k] = ps[k] + es[k] * alpha
-        else:
-            for k in range(m):
-                v[k] = ps[k]
+        _with_feedback(ps, e, alpha, lo, hi, v)
         if fmt == FMT_NONE:
             dst = out32[lo:hi]
             for k in range(m):
@@ -575,24 +583,7 @@ def encode_float(fmt, p, e, alpha, beta, target, values, half_to_float, out32, o
                     qw[k] = h << np.uint32(16)
             else:
                 _fp16_bits(v, dst16, half_to_float, q)
-        if has_e:
-            es = e[lo:hi]
-            for k in range(m):
-                es[k] = (es[k] * beta + ps[k]) - q[k]
-            stats[c, 2] = _square_sum(es)
-        else:
-            stats[c, 2] = 0.0
-        if has_t:
-            ts = target[lo:hi]
-            for k in range(m):
-                ts[k] = ts[k] - q[k]
-        if has_v:
-            vs = values[lo:hi]
-            for k in range(m):
-                vs[k] = q[k]
-        err, ref_sq = _error_sums(q, v, m)
-        stats[c, 0] = err
-        stats[c, 1] = ref_sq
+        _apply_quantized(ps, q, v, e, beta, target, values, lo, hi, stats[c])
         stats[c, 3] = 0.0
 
 
@@ -629,14 +620,4 @@ def decode_float(fmt, rows32, rows16, half_to_float, n, chunk, out, mode):
             else:
                 for k in range(m):
                     acc[k] = acc[k] + q[k]
-        os = out[lo:hi]
-        if mode == MODE_MEAN:
-            div = np.float32(nmsg)
-            for k in range(m):
-                os[k] = acc[k] / div
-        elif mode == MODE_SUBTRACT:
-            for k in range(m):
-                os[k] = os[k] - acc[k]
-        else:
-            for k in range(m):
-                os[k] = acc[k]
+        _combine_into(out[lo:hi], acc, mode, nmsg)
