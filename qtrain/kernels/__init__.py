@@ -60,7 +60,8 @@ def kernel_codec(codec, device, choice: str = "auto"):
         if choice == "numba":
             raise ValueError("runtime.kernels=numba, but numba is not installed (pip install numba)")
         return None
-    from qtrain.kernels.dense_codec import DenseKernelCodec, kernel_kind
+    from qtrain.kernels.codec_base import kernel_kind
+    from qtrain.kernels.dense_codec import DenseKernelCodec
     from qtrain.kernels.float_codec import FORMATS, FloatKernelCodec
 
     if codec.name in FORMATS:

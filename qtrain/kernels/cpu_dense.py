@@ -32,8 +32,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-KIND_SIGN, KIND_UNIFORM, KIND_THRESHOLD = 0, 1, 2
-MODE_MEAN, MODE_SUBTRACT, MODE_SET = 0, 1, 2
+from qtrain.kernels.codec_base import KIND_SIGN, KIND_UNIFORM, MODE_MEAN, MODE_SUBTRACT
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)

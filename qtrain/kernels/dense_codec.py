@@ -19,25 +19,21 @@ import torch
 from qtrain.codecs import Codec, CounterStream, WireFormatError, wire
 from qtrain.codecs.base import DEFAULT_STREAM, check_decoded_scales, num_buckets
 from qtrain.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
-from qtrain.codecs.uniform import UniformCodec
+from qtrain.codecs.layout import payload_bytes
 from qtrain.codecs.wire import FLAG_SPARSE
 from qtrain.kernels import cpu_dense as K
+from qtrain.kernels.codec_base import (
+    KIND_SIGN,
+    KIND_THRESHOLD,
+    KIND_UNIFORM,
+    MODES,
+    KernelCodec,
+    as_numpy,
+    kernel_kind,
+)
 from qtrain.kernels.fusion import AdamFusion
 
 CHUNK_ELEMENTS = 8192  # elements per parallel task (rounded to whole bytes of codes and buckets)
-
-MODES = {"mean": K.MODE_MEAN, "subtract": K.MODE_SUBTRACT, "set": K.MODE_SET}
-
-
-def kernel_kind(codec: Codec) -> int | None:
-    """The kernel family of ``codec``, or None when it has no dense kernel."""
-    if codec.name == "sign":
-        return K.KIND_SIGN
-    if isinstance(codec, UniformCodec):
-        return K.KIND_UNIFORM
-    if codec.name == "threshold":
-        return K.KIND_THRESHOLD
-    return None
 
 
 def _chunk(bucket: int) -> int:
@@ -45,33 +41,22 @@ def _chunk(bucket: int) -> int:
     return max(unit, CHUNK_ELEMENTS // unit * unit)
 
 
-def _numpy(t: torch.Tensor | None, dtype=np.float32) -> np.ndarray:
-    """A numpy view of a contiguous CPU tensor; an empty array for None (the kernels' 'absent')."""
-    if t is None:
-        return np.empty(0, dtype=dtype)
-    if t.device.type != "cpu" or not t.is_contiguous():
-        raise ValueError("the numba kernels work on contiguous CPU tensors")
-    return t.numpy()
-
-
-class DenseKernelCodec:
+class DenseKernelCodec(KernelCodec):
     """Fast path of ``codec`` (sign, uniform/ternary, threshold) on CPU tensors."""
 
-    fuses_adam = True  # encode_ef(adam=...) runs the local Adam step inside the kernel
+    fuses_adam = True
 
     def __init__(self, codec: Codec):
         kind = kernel_kind(codec)
         if kind is None:
             raise ValueError(f"codec '{codec.name}' has no dense kernel")
-        self.codec, self.kind = codec, kind
+        super().__init__(codec)
+        self.kind = kind
         self.bucket = codec.bucket
         self.chunk = _chunk(codec.bucket)
-        self.bits = 2 if kind == K.KIND_THRESHOLD else codec.bits
+        self.bits = 2 if kind == KIND_THRESHOLD else codec.bits
         self.levels = getattr(codec, "levels", 1)
         self.units_of, self.top_of = K.unit_table(kind, self.bits, self.levels)
-
-    def __repr__(self) -> str:
-        return f"DenseKernelCodec({self.codec!r})"
 
     # ------------------------------------------------------------------ encode
     def encode_ef(
@@ -91,26 +76,16 @@ class DenseKernelCodec:
         ||e||^2) as float64 sums. With ``adam``, ``p`` is the gradient and the local Adam step
         (moments updated in place) produces the p above, in the same pass."""
         codec, n = self.codec, p.numel()
-        if p.dtype != torch.float32 or p.dim() != 1:
-            raise TypeError(f"codec '{codec.name}' kernel encodes 1-D float32 tensors, got {p.dtype}")
         rng = rng or DEFAULT_STREAM
-        flags, aux = (0, self.levels) if self.kind == K.KIND_UNIFORM else (0, 0)
-        layout = codec.sections(n, flags, aux)
-        size = wire.HEADER_SIZE + sum(s.nbytes for s in layout)
-        if out is None:
-            out = torch.empty(size, dtype=torch.uint8, device=p.device)
-        elif out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < size or not out.is_contiguous():
-            raise ValueError(
-                f"{codec.name}: encode(out=...) needs a contiguous 1-D uint8 tensor of >= {size} bytes"
-            )
-        msg = out[:size]
+        flags, aux = (0, self.levels) if self.kind == KIND_UNIFORM else (0, 0)
+        msg = self._frame(p, out, wire.HEADER_SIZE + payload_bytes(codec.sections(n, flags, aux)))
         nb = num_buckets(n, self.bucket)
         stats, bad = self._encode(msg, nb, p, e, alpha, beta, target, values, rng, adam)
         first_bad = bad[bad >= 0]
         if first_bad.size:
             raise ValueError(f"codec '{codec.name}': input has NaN or Inf in bucket {int(first_bad.min())}")
         err_sq, ref_sq, ef_sq, kept = (float(x) for x in stats.sum(axis=0))
-        if self.kind == K.KIND_THRESHOLD and self._sparse_wins(n, int(kept)):
+        if self.kind == KIND_THRESHOLD and self._sparse_wins(n, int(kept)):
             msg = self._rewrite_sparse(msg, n, nb, int(kept))
         else:
             wire.finish_message(msg, codec.codec_id, codec.bits, flags, n, self.bucket, aux)
@@ -133,12 +108,12 @@ class DenseKernelCodec:
         c = self.codec
         K.encode(
             self.kind,
-            _numpy(p),
-            _numpy(e),
+            as_numpy(p),
+            as_numpy(e),
             np.float32(alpha),
             np.float32(beta),
-            _numpy(target),
-            _numpy(values),
+            as_numpy(target),
+            as_numpy(values),
             self.bucket,
             self.chunk,
             self.levels,
@@ -184,14 +159,10 @@ class DenseKernelCodec:
         "subtract": out -= decode(messages[0]); "set": out = decode(messages[0]). Bit for bit
         what the reference's decode / decode_add_ give. Raises WireFormatError on a bad message."""
         codec, n = self.codec, out.numel()
-        if mode != "mean" and len(messages) != 1:
-            raise ValueError(f"decode_combine: mode {mode!r} takes one message, got {len(messages)}")
-        headers = [codec._read(m) for m in messages]
-        if any(h.numel != n for h, _, _ in headers):
-            raise WireFormatError(f"{codec.name}: a message holds a different element count than {n}")
+        headers = self._read_all(messages, n, mode)
         if any(h.flags for h, _, _ in headers):  # threshold's sparse layout: the reference, in order
             return self._reference_combine(messages, out, mode)
-        name = "signs" if self.kind == K.KIND_SIGN else "codes"
+        name = "signs" if self.kind == KIND_SIGN else "codes"
         sections = [(a["scales"], a[name]) for _, a, _ in headers]
         for scales, _ in sections:
             check_decoded_scales(scales, codec.name)
@@ -199,7 +170,7 @@ class DenseKernelCodec:
         if used and n and any(int(codes[-1]) >> used for _, codes in sections):
             raise WireFormatError("nonzero padding bits after the last code")
         if self._decode(sections, n, out, mode):
-            top = 2 * self.levels if self.kind == K.KIND_UNIFORM else 2
+            top = 2 * self.levels if self.kind == KIND_UNIFORM else 2
             raise WireFormatError(f"{codec.name}: a code is outside 0..{top}")
         return out
 
@@ -218,24 +189,13 @@ class DenseKernelCodec:
             self.bucket,
             self.chunk,
             n,
-            _numpy(out),
+            as_numpy(out),
             MODES[mode],
             self.units_of,
             self.top_of,
             bad,
         )
         return bool(bad.any())
-
-    def _reference_combine(self, messages, out, mode):
-        codec = self.codec
-        if mode == "mean":
-            out.zero_()
-            for m in messages:
-                codec.decode_add_(m, out)
-            return out.div_(len(messages))
-        if mode == "set":
-            return codec.decode(messages[0], out=out)
-        return out.sub_(codec.decode(messages[0]))
 
 
 def _adam_args(adam: AdamFusion | None, n: int) -> tuple:
@@ -261,7 +221,15 @@ def _adam_args(adam: AdamFusion | None, n: int) -> tuple:
         dtype=np.float32,
     )
     wd = adam.params if adam.weight_decay else None
-    return True, _numpy(adam.m), _numpy(adam.v), _numpy(adam.vmax), _numpy(wd), ac, bool(c.eps_inside_sqrt)
+    return (
+        True,
+        as_numpy(adam.m),
+        as_numpy(adam.v),
+        as_numpy(adam.vmax),
+        as_numpy(wd),
+        ac,
+        bool(c.eps_inside_sqrt),
+    )
 
 
 def strided_rows(arrays: list, count: int) -> np.ndarray | None:

@@ -8,28 +8,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qtrain.codecs import Codec, CounterStream, WireFormatError, wire
+from qtrain.codecs import Codec, CounterStream, wire
 from qtrain.kernels import cpu_dense as K
-from qtrain.kernels.dense_codec import _numpy, strided_rows
+from qtrain.kernels.codec_base import MODES, KernelCodec, as_numpy
+from qtrain.kernels.dense_codec import strided_rows
 
 CHUNK_ELEMENTS = 8192
 FORMATS = {"none": K.FMT_NONE, "fp16": K.FMT_FP16, "bf16": K.FMT_BF16}
-MODES = {"mean": K.MODE_MEAN, "subtract": K.MODE_SUBTRACT, "set": K.MODE_SET}
 HALF_TO_FLOAT = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 
-class FloatKernelCodec:
+class FloatKernelCodec(KernelCodec):
     """Fast path of a float codec on CPU tensors (same interface as DenseKernelCodec)."""
-
-    fuses_adam = False
 
     def __init__(self, codec: Codec):
         if codec.name not in FORMATS:
             raise ValueError(f"codec '{codec.name}' is not a float codec")
-        self.codec, self.fmt = codec, FORMATS[codec.name]
-
-    def __repr__(self) -> str:
-        return f"FloatKernelCodec({self.codec!r})"
+        super().__init__(codec)
+        self.fmt = FORMATS[codec.name]
 
     def encode_ef(
         self,
@@ -47,16 +43,7 @@ class FloatKernelCodec:
         codec, n = self.codec, p.numel()
         if adam is not None:
             raise ValueError("the float-codec kernel does not fuse the Adam step")
-        if p.dtype != torch.float32 or p.dim() != 1:
-            raise TypeError(f"codec '{codec.name}' kernel encodes 1-D float32 tensors, got {p.dtype}")
-        size = codec.wire_bytes(n)
-        if out is None:
-            out = torch.empty(size, dtype=torch.uint8)
-        elif out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < size or not out.is_contiguous():
-            raise ValueError(
-                f"{codec.name}: encode(out=...) needs a contiguous 1-D uint8 tensor of >= {size} bytes"
-            )
-        msg = out[:size]
+        msg = self._frame(p, out, codec.wire_bytes(n))
         payload = msg.numpy()[wire.HEADER_SIZE :]
         wide = self.fmt == K.FMT_NONE
         item = 4 if wide else 2
@@ -71,12 +58,12 @@ class FloatKernelCodec:
         stats = np.zeros((-(-n // CHUNK_ELEMENTS), 4), dtype=np.float64)
         K.encode_float(
             self.fmt,
-            _numpy(p),
-            _numpy(e),
+            as_numpy(p),
+            as_numpy(e),
             np.float32(alpha),
             np.float32(beta),
-            _numpy(target),
-            _numpy(values),
+            as_numpy(target),
+            as_numpy(values),
             HALF_TO_FLOAT,
             out32,
             out16,
@@ -91,12 +78,8 @@ class FloatKernelCodec:
 
     def decode_combine(self, messages: list[torch.Tensor], out: torch.Tensor, mode: str) -> torch.Tensor:
         """See DenseKernelCodec.decode_combine."""
-        codec, n = self.codec, out.numel()
-        if mode != "mean" and len(messages) != 1:
-            raise ValueError(f"decode_combine: mode {mode!r} takes one message, got {len(messages)}")
-        headers = [codec._read(m) for m in messages]
-        if any(h.numel != n for h, _, _ in headers):
-            raise WireFormatError(f"{codec.name}: a message holds a different element count than {n}")
+        n = out.numel()
+        headers = self._read_all(messages, n, mode)
         sections = [a["values"] for _, a, _ in headers]
         if self.fmt == K.FMT_NONE:
             rows32, rows16 = strided_rows([s.numpy() for s in sections], n), np.empty((0, 0), np.uint16)
@@ -107,16 +90,5 @@ class FloatKernelCodec:
             rows = rows16
         if rows is None:  # scattered messages: copying them together would cost more than the pass
             return self._reference_combine(messages, out, mode)
-        K.decode_float(self.fmt, rows32, rows16, HALF_TO_FLOAT, n, CHUNK_ELEMENTS, _numpy(out), MODES[mode])
+        K.decode_float(self.fmt, rows32, rows16, HALF_TO_FLOAT, n, CHUNK_ELEMENTS, as_numpy(out), MODES[mode])
         return out
-
-    def _reference_combine(self, messages, out, mode):
-        codec = self.codec
-        if mode == "mean":
-            out.zero_()
-            for m in messages:
-                codec.decode_add_(m, out)
-            return out.div_(len(messages))
-        if mode == "set":
-            return codec.decode(messages[0], out=out)
-        return out.sub_(codec.decode(messages[0]))

@@ -10,9 +10,8 @@ from qtrain.codecs import Codec
 from qtrain.codecs.base import num_buckets
 from qtrain.codecs.wire import HEADER_SIZE
 from qtrain.kernels import triton_dense as T
-from qtrain.kernels.dense_codec import DenseKernelCodec, kernel_kind
-
-MODES = {"mean": T.MODE_MEAN, "subtract": T.MODE_SUBTRACT, "set": T.MODE_SET}
+from qtrain.kernels.codec_base import KIND_THRESHOLD, MODES, kernel_kind
+from qtrain.kernels.dense_codec import DenseKernelCodec
 
 
 def triton_supports(codec: Codec) -> bool:
@@ -20,7 +19,7 @@ def triton_supports(codec: Codec) -> bool:
     kind = kernel_kind(codec)
     if kind is None:
         return False
-    bits = 2 if kind == T.KIND_THRESHOLD else codec.bits
+    bits = 2 if kind == KIND_THRESHOLD else codec.bits
     return bits in (1, 2, 4, 8) and codec.bucket * bits % 8 == 0 and codec.bucket <= T.MAX_BUCKET
 
 
@@ -35,9 +34,6 @@ class TritonDenseCodec(DenseKernelCodec):
             raise ValueError(f"codec {codec!r} has no Triton kernel")
         super().__init__(codec)
         self.block = 1 << max(0, codec.bucket - 1).bit_length()
-
-    def __repr__(self) -> str:
-        return f"TritonDenseCodec({self.codec!r})"
 
     def _encode(self, msg, nb, p, e, alpha, beta, target, values, rng, adam):
         if adam is not None:

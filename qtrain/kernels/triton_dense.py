@@ -22,9 +22,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-KIND_SIGN, KIND_UNIFORM, KIND_THRESHOLD = 0, 1, 2
-MODE_MEAN, MODE_SUBTRACT, MODE_SET = 0, 1, 2
 MAX_BUCKET = 16384
+# KIND and MODE are the numbers of ``kernel_codec`` (0 sign, 1 uniform, 2 threshold; 0 mean,
+# 1 subtract, 2 set), written as literals inside the kernels
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 
