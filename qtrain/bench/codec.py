@@ -61,10 +61,17 @@ def _engines(algorithm: str, codec, numel: int, device, kernels: str):
     return part.segments[0], worker, server
 
 
-def _use_threads(threads: int) -> None:
+def _input_and_copy(numel: int, device: str, seed: int, threads: int, repeats: int):
+    """Set the threads; the random float32 input, its device and the copy time and bandwidth
+    (8n bytes moved) of the same run: every floor is measured against it."""
     if threads:
         torch.set_num_threads(threads)
         set_threads(threads)
+    dev = torch.device(device)
+    x = torch.randn(numel, generator=torch.Generator(device=dev).manual_seed(seed), device=dev)
+    y = torch.empty_like(x)
+    copy_s = median_seconds(lambda: y.copy_(x), dev, repeats)
+    return x, dev, copy_s, 8 * numel / copy_s
 
 
 def bench_codecs(
@@ -76,13 +83,7 @@ def bench_codecs(
     kernels: str = "auto",
     cases: list | None = None,
 ) -> list[dict]:
-    dev = torch.device(device)
-    _use_threads(threads)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    x = torch.randn(numel, generator=gen, device=dev)
-    y = torch.empty_like(x)
-    copy_s = median_seconds(lambda: y.copy_(x), dev, repeats)
-    bps = 2 * 4 * numel / copy_s
+    x, dev, copy_s, bps = _input_and_copy(numel, device, seed, threads, repeats)
     n4 = 4 * numel
     rows = []
     for label, name, params in cases or DEFAULT_CASES:
@@ -150,13 +151,7 @@ def bench_worker_step(
 ) -> dict:
     """efficient-adam's worker step (local Adam, EF, 1-bit sign) against its floor: read g, m, v, e;
     write m, v, e and the message."""
-    _use_threads(threads)
-    dev = torch.device(device)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    g = torch.randn(numel, generator=gen, device=dev)
-    y = torch.empty_like(g)
-    copy_s = median_seconds(lambda: y.copy_(g), dev, repeats)
-    bps = 8 * numel / copy_s
+    g, dev, _, bps = _input_and_copy(numel, device, seed, threads, repeats)
     codec = get_codec("sign")
     seg, worker, _ = _engines("efficient-adam", codec, numel, dev, kernels)
     frame = torch.empty(codec.wire_bytes(numel), dtype=torch.uint8, device=dev)
