@@ -1,4 +1,6 @@
-"""Codec configurations the tests sweep over."""
+"""Codec configurations and inputs the tests sweep over."""
+
+import torch
 
 from qtrain.codecs import get_codec
 
@@ -37,3 +39,14 @@ def case_id(case):
 def build(case):
     name, params = case
     return get_codec(name, **params)
+
+
+def wide_range_floats(n: int, seed: int, zeros: float = 0.0) -> torch.Tensor:
+    """n float32 values over many orders of magnitude (normal times e^(2 normal)); with ``zeros``,
+    that share set to 0 and then a tenth of all set to -0.0."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g) * torch.exp(2 * torch.randn(n, generator=g))
+    if zeros:
+        x[torch.rand(n, generator=g) < zeros] = 0
+        x[torch.rand(n, generator=g) < 0.1] = -0.0
+    return x

@@ -4,6 +4,7 @@ several buckets (powers of two and not), ragged tails, offsets into the Philox s
 
 import pytest
 import torch
+from codec_cases import case_id, wide_range_floats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,18 +35,8 @@ def ids_of(params):
     return "-".join(f"{k}={v}" for k, v in params.items())
 
 
-def ids(case):
-    name, params = case
-    return name + "".join(f"-{k}={v}" for k, v in params.items())
-
-
 def data(n, seed, sparse=False):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, generator=g) * torch.exp(2 * torch.randn(n, generator=g))
-    if sparse:
-        x[torch.rand(n, generator=g) < 0.7] = 0
-        x[torch.rand(n, generator=g) < 0.1] = -0.0
-    return x
+    return wide_range_floats(n, seed, zeros=0.7 if sparse else 0.0)
 
 
 def reference_step(codec, p, e, alpha, beta, rng):
@@ -56,7 +47,7 @@ def reference_step(codec, p, e, alpha, beta, rng):
     return packed, u, v, new_e
 
 
-@pytest.mark.parametrize("case", CODECS, ids=ids)
+@pytest.mark.parametrize("case", CODECS, ids=case_id)
 @pytest.mark.parametrize("bucket", BUCKETS)
 def test_encode_with_error_feedback_matches_the_reference(case, bucket):
     name, params = case
@@ -83,7 +74,7 @@ def test_encode_with_error_feedback_matches_the_reference(case, bucket):
                 assert ef_sq == pytest.approx(float((want_e.double() ** 2).sum()), rel=1e-9, abs=1e-30)
 
 
-@pytest.mark.parametrize("case", CODECS, ids=ids)
+@pytest.mark.parametrize("case", CODECS, ids=case_id)
 @pytest.mark.parametrize("bucket", [3, 512])
 def test_decode_combine_matches_the_reference(case, bucket):
     name, params = case
@@ -348,7 +339,7 @@ def same_or_both_nan(a, b):
     return torch.equal(nan, torch.isnan(b)) and bytes(a[~nan].numpy()) == bytes(b[~nan].numpy())
 
 
-@pytest.mark.parametrize("case", FLOAT_CODECS, ids=ids)
+@pytest.mark.parametrize("case", FLOAT_CODECS, ids=case_id)
 def test_float_codec_kernels_match_the_reference(case):
     """none/fp16/bf16: the rounding (subnormals, overflow to inf, NaN patterns), error feedback,
     targets and the N-message decode, bit for bit."""

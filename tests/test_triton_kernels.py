@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from codec_cases import case_id, wide_range_floats
 
 if not os.environ.get("QTRAIN_TRITON_COMPILED"):
     os.environ["TRITON_INTERPRET"] = "1"
@@ -28,20 +29,11 @@ CASES = [
 ]
 
 
-def ids(case):
-    return case[0] + "".join(f"-{k}={v}" for k, v in case[1].items())
-
-
 def data(n, seed, sparse=False):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, generator=g) * torch.exp(2 * torch.randn(n, generator=g))
-    if sparse:
-        x[torch.rand(n, generator=g) < 0.6] = 0
-        x[torch.rand(n, generator=g) < 0.1] = -0.0
-    return x.to(DEVICE)
+    return wide_range_floats(n, seed, zeros=0.6 if sparse else 0.0).to(DEVICE)
 
 
-@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_triton_encode_with_error_feedback_matches_the_reference(case):
     name, params = case
     codec = get_codec(name, **params)
@@ -61,7 +53,7 @@ def test_triton_encode_with_error_feedback_matches_the_reference(case):
             assert torch.equal(e, want_e) and torch.equal(values, u) and torch.equal(target, want_target)
 
 
-@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_triton_decode_combine_matches_the_reference(case):
     name, params = case
     codec = get_codec(name, **params)
