@@ -69,19 +69,17 @@ class WorkerEngine(EngineState):
         sl = seg.slice
         e = self.error[sl] if self.error is not None else None
         rule, fast = self.algorithm.fused_worker_rule, self.fast_up
-        if fast is not None:  # the same bytes and floats, in one pass where the kernel can fuse the rule
-            if rule == "identity" or (rule == "adam" and fast.fuses_adam):
-                p, adam = grad[sl], self._adam_fusion(seg, params) if rule == "adam" else None
-            else:
-                p, adam = (
-                    self.algorithm.worker_update(grad[sl], params[sl], self._states[seg.index], self.step),
-                    None,
-                )
+        fused = fast is not None and (rule == "identity" or (rule == "adam" and fast.fuses_adam))
+        if fused:  # the kernel runs the rule itself (the identity needs nothing)
+            p = grad[sl]
+        else:
+            p = self.algorithm.worker_update(grad[sl], params[sl], self._states[seg.index], self.step)
+        if fast is not None:  # the same bytes and floats, in one pass
+            adam = self._adam_fusion(seg, params) if fused and rule == "adam" else None
             rng = self.random_stream(seg)
             packed, sums = fast.encode_ef(p, e, self.alpha, self.beta, rng, out, adam=adam)
             self.stats.add_sums(seg, *sums[:2], sums[2] if e is not None else None)
             return packed
-        p = self.algorithm.worker_update(grad[sl], params[sl], self._states[seg.index], self.step)
         v = p if e is None else p + (e if self.alpha == 1 else e * self.alpha)  # two roundings, no FMA
         packed, u = self.uplink_codec.quantize(v, self.random_stream(seg), out)
         self.stats.add_error(seg, v, u)
