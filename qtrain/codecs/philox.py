@@ -77,28 +77,18 @@ def philox4x32(counters: list[torch.Tensor], key: int) -> list[torch.Tensor]:
     return [c0, c1, c2, c3]
 
 
-GROUPS_PER_BLOCK = 1 << 16  # counters per block: the int64 temporaries stay in cache on a CPU
-
-
-def _words_of_groups(first: int, last: int, stream: CounterStream, device) -> torch.Tensor:
-    """The four words of counters ``first .. last`` as one int64 tensor, counter-major."""
-    group = torch.arange(first, last, dtype=torch.int64, device=device)
-    step = torch.full_like(group, stream.step & MASK32)
-    words = philox4x32(
-        [group & MASK32, group >> 32, step, torch.full_like(group, stream.step >> 32)], stream.key
-    )
-    return torch.stack(words, dim=1).view(-1)
+BLOCK_ELEMENTS = 1 << 18  # CPU: uniforms are made in blocks whose int64 temporaries stay in cache
 
 
 def random_words(stream: CounterStream, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The 32-bit words (as int64) of elements ``offset .. offset + n`` of ``stream``."""
     first, last = stream.offset // 4, (stream.offset + n + 3) // 4
-    device = torch.device(device)
-    block = GROUPS_PER_BLOCK if device.type == "cpu" else max(1, last - first)
-    parts = [
-        _words_of_groups(g, min(g + block, last), stream, device) for g in range(first, last, block)
-    ] or [torch.empty(0, dtype=torch.int64, device=device)]
-    flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+    group = torch.arange(first, last, dtype=torch.int64, device=device)
+    step = torch.full_like(group, stream.step & MASK32)
+    words = philox4x32(
+        [group & MASK32, group >> 32, step, torch.full_like(group, stream.step >> 32)], stream.key
+    )
+    flat = torch.stack(words, dim=1).view(-1)
     skip = stream.offset - 4 * first
     return flat[skip : skip + n]
 
@@ -106,15 +96,9 @@ def random_words(stream: CounterStream, n: int, device: torch.device | str = "cp
 def uniforms(stream: CounterStream, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """u_i = (word_i >> 8) * 2^-24 as float32: 24 random bits, exactly representable, in [0, 1)."""
     device = torch.device(device)
-    first = stream.offset // 4
-    if device.type != "cpu" or n <= 4 * GROUPS_PER_BLOCK:
-        return (random_words(stream, n, device) >> 8).to(torch.float32) * TWO_POW_M24
-    out = torch.empty(n, dtype=torch.float32)
-    skip = stream.offset - 4 * first
-    done = 0
-    while done < n:  # blocks of whole counters; each block's words become floats while in cache
-        take = min(4 * GROUPS_PER_BLOCK - (skip if done == 0 else 0), n - done)
-        words = random_words(stream.at(stream.offset + done), take, device)
-        torch.mul((words >> 8).to(torch.float32), TWO_POW_M24, out=out[done : done + take])
-        done += take
+    block = max(1, n if device.type != "cpu" else BLOCK_ELEMENTS)
+    out = torch.empty(n, dtype=torch.float32, device=device)
+    for done in range(0, n, block):  # counter-based: any block boundary gives the same draws
+        words = random_words(stream.at(stream.offset + done), min(block, n - done), device)
+        torch.mul((words >> 8).to(torch.float32), TWO_POW_M24, out=out[done : done + words.numel()])
     return out
