@@ -72,6 +72,8 @@ def test_encode_with_error_feedback_matches_the_reference(case, bucket):
             assert ref_sq == pytest.approx(float((v.double() ** 2).sum()), rel=1e-9, abs=1e-30)
             if ef:
                 assert ef_sq == pytest.approx(float((want_e.double() ** 2).sum()), rel=1e-9, abs=1e-30)
+            else:
+                assert ef_sq is None
 
 
 @pytest.mark.parametrize("case", CODECS, ids=case_id)
@@ -318,6 +320,7 @@ def test_fused_local_adam_step_equals_the_rule_then_the_codec(options, codec):
 def test_kernel_choice_per_device():
     sign = get_codec("sign")
     assert kernel_codec(sign, "cpu", "torch") is None and kernel_codec(sign, "cuda", "torch") is None
+    assert kernel_codec(sign, "meta", "auto") is None  # another device: torch expressions on it
     assert kernel_codec(get_codec("topk", ratio=0.1), "cpu", "numba") is None  # no kernel
     assert kernel_codec(get_codec("fp16"), "cuda", "auto") is None  # float codecs: torch on a GPU
     with pytest.raises(ValueError, match="runtime.kernels=triton runs on CUDA devices"):

@@ -85,10 +85,10 @@ class ServerEngine(EngineState):
             return self._send_weights(seg)
         e = self.error[sl] if self.error is not None else None
         if self.fast_down is not None:  # v = s + E, d = Q(v), E = v - d, x -= d in one pass
-            packed, (err, ref, ef) = self.fast_down.encode_ef(
+            packed, sums = self.fast_down.encode_ef(
                 s, e, 1.0, 1.0, self.random_stream(seg), target=self.master[sl]
             )
-            self.stats.add_sums(seg, err, ref, ef if e is not None else None)
+            self.stats.add_sums(seg, *sums)
             return packed
         v = s.add(e) if e is not None else s
         packed, d = self.downlink_codec.quantize(v, self.random_stream(seg))
@@ -102,10 +102,10 @@ class ServerEngine(EngineState):
     def _send_weights(self, seg: Segment) -> torch.Tensor:
         sl = seg.slice
         if self.fast_down is not None:
-            packed, (err, ref, _) = self.fast_down.encode_ef(
+            packed, sums = self.fast_down.encode_ef(
                 self.master[sl], rng=self.random_stream(seg), values=self.replica[sl]
             )
-            self.stats.add_sums(seg, err, ref, None)
+            self.stats.add_sums(seg, *sums)
             return packed
         packed, d = self.downlink_codec.quantize(self.master[sl], self.random_stream(seg))
         self.stats.add_error(seg, self.master[sl], d)

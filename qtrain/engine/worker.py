@@ -78,7 +78,7 @@ class WorkerEngine(EngineState):
             adam = self._adam_fusion(seg, params) if fused and rule == "adam" else None
             rng = self.random_stream(seg)
             packed, sums = fast.encode_ef(p, e, self.alpha, self.beta, rng, out, adam=adam)
-            self.stats.add_sums(seg, *sums[:2], sums[2] if e is not None else None)
+            self.stats.add_sums(seg, *sums)
             return packed
         v = p if e is None else p + (e if self.alpha == 1 else e * self.alpha)  # two roundings, no FMA
         packed, u = self.uplink_codec.quantize(v, self.random_stream(seg), out)

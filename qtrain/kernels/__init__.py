@@ -56,6 +56,8 @@ def kernel_codec(codec, device, choice: str = "auto"):
         return _triton_codec(codec, choice)
     if choice == "triton":
         raise ValueError("runtime.kernels=triton runs on CUDA devices; this rank computes on the CPU")
+    if device.type != "cpu":  # another accelerator: the torch expressions on it
+        return None
     if not numba_available():
         if choice == "numba":
             raise ValueError("runtime.kernels=numba, but numba is not installed (pip install numba)")

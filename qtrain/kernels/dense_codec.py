@@ -73,8 +73,9 @@ class DenseKernelCodec(KernelCodec):
     ) -> tuple[torch.Tensor, tuple[float, float, float]]:
         """One pass: v = p + alpha*e; message of Q(v) (into ``out`` when given); e <- beta*e + p -
         Q(v); target -= Q(v); values = Q(v). Returns the message and (||Q(v)-v||^2, ||v||^2,
-        ||e||^2) as float64 sums. With ``adam``, ``p`` is the gradient and the local Adam step
-        (moments updated in place) produces the p above, in the same pass."""
+        ||e||^2 or None without ``e``) as float64 sums, what ``SegmentStats.add_sums`` takes.
+        With ``adam``, ``p`` is the gradient and the local Adam step (moments updated in place)
+        produces the p above, in the same pass."""
         codec, n = self.codec, p.numel()
         rng = rng or DEFAULT_STREAM
         flags, aux = (0, self.levels) if self.kind == KIND_UNIFORM else (0, 0)
@@ -89,7 +90,7 @@ class DenseKernelCodec(KernelCodec):
             msg = self._rewrite_sparse(msg, n, nb, int(kept))
         else:
             wire.finish_message(msg, codec.codec_id, codec.bits, flags, n, self.bucket, aux)
-        return msg, (err_sq, ref_sq, ef_sq)
+        return msg, (err_sq, ref_sq, ef_sq if e is not None else None)
 
     def _encode(self, msg, nb, p, e, alpha, beta, target, values, rng, adam):
         """Run the encode kernel into the message's payload; returns (stats, bad) as numpy:

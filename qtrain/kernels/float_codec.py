@@ -74,7 +74,7 @@ class FloatKernelCodec(KernelCodec):
             payload[:] = dst.view(np.uint8)
         wire.finish_message(msg, codec.codec_id, codec.bits, 0, n, 0, 0)
         err_sq, ref_sq, ef_sq, _ = (float(x) for x in stats.sum(axis=0))
-        return msg, (err_sq, ref_sq, ef_sq)
+        return msg, (err_sq, ref_sq, ef_sq if e is not None else None)
 
     def decode_combine(self, messages: list[torch.Tensor], out: torch.Tensor, mode: str) -> torch.Tensor:
         """See DenseKernelCodec.decode_combine."""
