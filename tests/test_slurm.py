@@ -40,6 +40,10 @@ def job_field(jid, field):
     return m.group(1) if m else None
 
 
+def _text(path):
+    return path.read_text() if path.exists() else ""
+
+
 def wait_state(jid, states, timeout=300, release_begin_time=False):
     deadline = time.monotonic() + timeout
     held_since = None
@@ -84,7 +88,7 @@ def test_default_output_directory_is_per_job(cluster, tmp_path):
 
 
 def test_preemption_checkpoints_requeues_resumes_and_matches(cluster, tmp_path):
-    steps = 3000
+    steps = 6000  # about 15 s of training here: the warning must land well before the end
     out = tmp_path / "slurm"
     jid = sbatch(
         "-n",
@@ -99,10 +103,10 @@ def test_preemption_checkpoints_requeues_resumes_and_matches(cluster, tmp_path):
         str(out),
     )
     wait_state(jid, {"RUNNING"}, timeout=60)
+    log = REPO / f"slurm-qtrain-{jid}.out"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (out / "trace.h5").exists():
-        time.sleep(0.5)
-    time.sleep(3)  # well into training
+    while time.monotonic() < deadline and not re.search(rf"^step 100/{steps} ", _text(log), re.M):
+        time.sleep(0.2)  # signal once training is under way (a fixed sleep raced the faster kernels)
     subprocess.run(["scancel", "--signal=USR1", "--batch", jid], check=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and job_field(jid, "Restarts") == "0":
