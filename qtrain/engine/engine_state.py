@@ -78,7 +78,9 @@ class SegmentStats:
         return tuple(self.parts.get(seg.index, (0.0, 0.0, 0.0)))
 
     def totals(self) -> tuple[float, float, float]:
-        return tuple(sum(p[i] for p in self.parts.values()) for i in range(3))
+        """Sums over segments in index order (the server meets them in arrival order)."""
+        parts = [self.parts[k] for k in sorted(self.parts)]
+        return tuple(sum(p[i] for p in parts) for i in range(3))
 
     def summary(self, direction: str) -> dict[str, float]:
         """{"up_rel_error": ||Q(v) - v|| / ||v|| (0 for v = 0), "up_ef_norm": ||e|| (with EF)}."""

@@ -10,7 +10,8 @@ downlink arrives). The server reads the per-step fields from the last segment's 
 learns everything it logs from these, for free.
 
 Downlink record (24 bytes, broadcast ahead of the server's message of each segment): step, flags
-(bit 0: all ranks stop after this step; set on the last segment), message length, segment. A
+(bit 0: all ranks stop after this step; set on the segment the server completes last, and a worker
+stops when any segment of the step carries it), message length, segment. A
 failing server does not report through it: it aborts the job (MPI_Abort).
 """
 

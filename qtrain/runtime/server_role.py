@@ -1,4 +1,5 @@
-"""The serving rank: gathers each segment's uplinks, runs the server rule, broadcasts the downlink,
+"""The serving rank: takes each segment as soon as all its uplinks are in, runs the server rule and
+posts the segment's downlink broadcast while later segments still arrive,
 and through the Recorder evaluates, traces and shows progress; writes the checkpoints and returns
 the summary."""
 
@@ -33,29 +34,31 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
     )
     _start(plan, server, rec, transport, svc, resume)
     checkpointer = Checkpointer(out_dir, plan, world.mpi_library, world.hosts, svc.log)
-    stop_reason, step, last = None, start, part.segments[-1]
+    stop_reason, step = None, start
     try:
         for step in range(start + 1, setup.steps + 1):
             maybe_fail(svc.fault, topo.rank, step)
             rec.begin_step(step)
             server.begin_step()
             transport.post_uplinks()
-            records = []
-            for seg in part:
-                with rec.phase("gather", seg):
-                    recs, messages = transport.gather_uplinks(seg, step)
-                records.append(recs)
+            records: list = [None] * len(part)
+            arrivals = transport.uplinks(step)
+            for n in range(1, len(part) + 1):  # segments in the order their uplinks complete
+                with rec.phase("gather"):
+                    seg, recs, messages = next(arrivals)
+                records[seg.index] = recs
                 rec.uplinks([m.numel() for m in messages], seg)
                 with rec.phase("aggregate", seg):
                     mean = server.aggregate(seg, messages)
                 with rec.phase("server_step", seg):
                     down = server.make_downlink(seg, mean)
-                if seg is last:
+                if n == len(part):  # every record of the step is in: decide the stop
                     stop_reason = _agreed_stop(svc.stop, records, topo)
                 with rec.phase("broadcast", seg):
-                    flags = FLAG_STOP if stop_reason and seg is last else 0
-                    transport.broadcast_downlink(seg, step, flags, down)
+                    transport.post_downlink(seg, step, FLAG_STOP if stop_reason else 0, down)
                 rec.downlink(down.numel(), seg)
+            with rec.phase("broadcast"):
+                transport.finish_downlinks(step)
             if rec.eval_due(stop_reason is not None):
                 svc.log.info("step %d eval %s", step, rec.evaluate(model, setup.dataset))
             rec.end_step(_report(records), server.last_stats)
@@ -100,12 +103,14 @@ def _start(plan, server, rec, transport, svc, resume) -> None:
         rec.load_state_dict(t["stats"])
         svc.log.info("resumed at step %d from %s", resume.step, resume.path)
         return
+    if plan.setup.algorithm.downlink_mode != "weights":
+        return
+    svc.watchdog.enter("initial weights broadcast")
     for seg in plan.partition:
         initial = server.initial_message(seg)
-        if initial is not None:
-            svc.watchdog.enter("initial weights broadcast")
-            transport.broadcast_downlink(seg, 0, 0, initial)
-            rec.downlink(initial.numel(), seg)
+        transport.post_downlink(seg, 0, 0, initial)
+        rec.downlink(initial.numel(), seg)
+    transport.finish_downlinks(0)
 
 
 def _agreed_stop(stop, records: list, topo) -> str | None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from qtrain.runtime.records import DOWNLINK_RECORD, UPLINK_RECORD
-from qtrain.runtime.waiting import wait_all
+from qtrain.runtime.waiting import wait_all, wait_some
 
 UP = UPLINK_RECORD.itemsize
 DOWN = DOWNLINK_RECORD.itemsize
@@ -62,7 +62,9 @@ class Transport:
             if not self.up_fixed:  # fixed-size messages arrive inside their frames
                 self._recv_msgs = [[np.empty(m, dtype=np.uint8) for _ in range(workers)] for m in self.up_max]
             self._down = [np.empty(n, dtype=np.uint8) for n in down_frame]
-            self._posted: list = [None] * len(partition)
+            self._queued: list = [None] * len(partition)  # per segment: the buffers to broadcast
+            self._down_reqs: list = []
+            self._next_down = 0  # the lowest segment whose broadcast is not posted yet
             return
         frames_on = device if self.cuda_aware else torch.device("cpu")
 
@@ -129,71 +131,164 @@ class Transport:
             wait_all(list(requests), self.timeout_s, "uplink send", list(peers), f" (step {step})")
             self._pending_send = []
 
-    def recv_downlink(self, seg, step: int) -> tuple[np.void, torch.Tensor]:
-        """The server's record and message of one segment, on this worker's device."""
-        frame = self._down_t[seg.index]
+    def post_downlinks(self, step: int) -> None:
+        """Post this step's downlink receives: with fixed-size downlinks one ``Ibcast`` per segment,
+        all at once, in segment order (the order the server posts them in); variable-size ones are
+        posted one at a time by :meth:`downlinks` (the message size comes with the record)."""
+        self._down_step = step
+        root = self._server_of(self.partition.segments[0])
+        self._down_reqs = (
+            [self.comm.Ibcast(_mpi_buffer(self._down_t[s.index]), root=root) for s in self.partition]
+            if self.down_fixed
+            else []
+        )
+
+    def downlinks(self, step: int):
+        """Yield ``(segment, record, message)`` for every segment of this step's downlink: in the
+        order they complete (fixed-size), or in segment order (variable-size). The message is on
+        this worker's device."""
+        if not self.down_fixed:
+            for seg in self.partition:
+                yield (seg, *self._recv_variable(seg, step))
+            return
+        reqs, left = self._down_reqs, len(self.partition)
+        while left:
+            done = wait_some(reqs, self.timeout_s, "downlink broadcast", lambda: self._silent_down(step))
+            for k in done:
+                reqs[k] = None
+                left -= 1
+                seg = self.partition.segments[k]
+                frame = self._down_t[k]
+                head = self._check_downlink(frame[:DOWN], seg, step)
+                yield seg, head, self._on_device(frame[DOWN : DOWN + int(head["length"])])
+
+    def _silent_down(self, step: int) -> str:
+        pending = [k for k, r in enumerate(self._down_reqs) if r is not None]
+        seg = self.partition.segments[pending[0]]
+        return f"{self._where(step, seg)} from rank(s) {self._server_of(seg)}"
+
+    def _recv_variable(self, seg, step: int) -> tuple[np.void, torch.Tensor]:
         root = self._server_of(seg)
+        frame = self._down_t[seg.index]
         req = self.comm.Ibcast(_mpi_buffer(frame), root=root)
         wait_all([req], self.timeout_s, "downlink broadcast", [root], self._where(step, seg))
-        head = frame[:DOWN].cpu().numpy().view(DOWNLINK_RECORD)[0].copy()
-        n = int(head["length"])
-        if self.down_fixed:
-            msg = frame[DOWN : DOWN + n]
-        else:
-            msg = self._down_msgs[seg.index][:n]
-            req = self.comm.Ibcast(_mpi_buffer(msg), root=root)
-            wait_all([req], self.timeout_s, "downlink broadcast (message)", [root], self._where(step, seg))
-        if msg.device != self.device:
-            msg = msg.to(self.device, non_blocking=True)
-        return head, msg
+        head = self._check_downlink(frame[:DOWN], seg, step)
+        msg = self._down_msgs[seg.index][: int(head["length"])]
+        req = self.comm.Ibcast(_mpi_buffer(msg), root=root)
+        wait_all([req], self.timeout_s, "downlink broadcast (message)", [root], self._where(step, seg))
+        return head, self._on_device(msg)
+
+    def _check_downlink(self, head_bytes: torch.Tensor, seg, step: int) -> np.void:
+        head = head_bytes.cpu().numpy().view(DOWNLINK_RECORD)[0].copy()
+        n, got_step, got_seg = int(head["length"]), int(head["step"]), int(head["segment"])
+        if n > self.down_max[seg.index] or got_step != step or got_seg != seg.index:
+            raise RuntimeError(
+                f"rank {self._server_of(seg)} sent a {n}-byte downlink for step {got_step}, segment "
+                f"{got_seg}; expected at most {self.down_max[seg.index]} bytes for step {step}, "
+                f"segment {seg.index}"
+            )
+        return head
+
+    def _on_device(self, msg: torch.Tensor) -> torch.Tensor:
+        return msg.to(self.device, non_blocking=True) if msg.device != self.device else msg
 
     # ---------------------------------------------------------------- server side
     def post_uplinks(self) -> None:
-        """Post the receives of every segment of this step, from every worker."""
+        """Post the receives of every segment of this step, from every worker (the messages of
+        variable-size codecs follow once their records are in, see :meth:`uplinks`)."""
+        workers = self.topology.workers
+        self._up_reqs, self._up_of = [], []
         for seg in self.partition:
             rows = self._recv[seg.index]
-            self._posted[seg.index] = [
-                self.comm.Irecv(rows[i], source=r, tag=seg.tag) for i, r in enumerate(self.topology.workers)
-            ]
+            for i, r in enumerate(workers):
+                self._up_reqs.append(self.comm.Irecv(rows[i], source=r, tag=seg.tag))
+                self._up_of.append((seg.index, i))
+        self._missing = [len(workers)] * len(self.partition)
 
-    def gather_uplinks(self, seg, step: int) -> tuple[np.ndarray, list[torch.Tensor]]:
-        """Every worker's record and message of segment ``seg``, in worker order."""
-        peers = list(self.topology.workers)
-        rows = self._recv[seg.index]
-        wait_all(self._posted[seg.index], self.timeout_s, "uplink gather", peers, self._where(step, seg))
-        records = rows[:, :UP].copy().view(UPLINK_RECORD).reshape(-1)
-        lengths = [int(n) for n in records["length"]]
-        for rank, rec, n in zip(peers, records, lengths, strict=True):
+    def uplinks(self, step: int):
+        """Yield ``(segment, records, messages)`` for each segment as soon as every worker's copy
+        of it is in (``Testsome`` over all of the step's receives: segments in the order they
+        complete); records and messages in worker order."""
+        workers, reqs = list(self.topology.workers), self._up_reqs
+        records: list = [None] * len(self.partition)
+        left = len(self.partition)
+        while left:
+            done = wait_some(reqs, self.timeout_s, "uplink gather", lambda: self._silent_up(step))
+            complete = []
+            for j in done:
+                reqs[j] = None
+                k = self._up_of[j][0]
+                self._missing[k] -= 1
+                if self._missing[k]:
+                    continue
+                seg = self.partition.segments[k]
+                if records[k] is None:
+                    records[k] = self._check_uplinks(seg, step, workers)
+                    if not self.up_fixed:  # the records are in: now the messages, of known length
+                        self._post_messages(seg, records[k]["length"], workers)
+                        continue
+                complete.append(k)
+            for k in sorted(complete):
+                left -= 1
+                seg, lengths = self.partition.segments[k], [int(n) for n in records[k]["length"]]
+                if self.up_fixed:
+                    rows = self._recv[k]
+                    messages = [torch.from_numpy(rows[i, UP : UP + n]) for i, n in enumerate(lengths)]
+                else:
+                    messages = [torch.from_numpy(self._recv_msgs[k][i][:n]) for i, n in enumerate(lengths)]
+                yield seg, records[k], messages
+
+    def _silent_up(self, step: int) -> str:
+        """Where the gather stalls: the lowest incomplete segment and the workers it waits for."""
+        pending = [self._up_of[j] for j, r in enumerate(self._up_reqs) if r is not None]
+        k = min(k for k, _ in pending)
+        ranks = sorted({self.topology.workers[i] for kk, i in pending if kk == k})
+        return f"{self._where(step, self.partition.segments[k])} from rank(s) {', '.join(map(str, ranks))}"
+
+    def _check_uplinks(self, seg, step: int, workers: list[int]) -> np.ndarray:
+        records = self._recv[seg.index][:, :UP].copy().view(UPLINK_RECORD).reshape(-1)
+        for rank, rec in zip(workers, records, strict=True):
+            n = int(rec["length"])
             if n > self.up_max[seg.index] or int(rec["step"]) != step or int(rec["segment"]) != seg.index:
                 raise RuntimeError(
                     f"rank {rank} sent a {n}-byte uplink for step {int(rec['step'])}, segment "
                     f"{int(rec['segment'])}; expected at most {self.up_max[seg.index]} bytes for step "
                     f"{step}, segment {seg.index}"
                 )
-        if self.up_fixed:
-            return records, [torch.from_numpy(rows[i, UP : UP + n]) for i, n in enumerate(lengths)]
-        bufs = self._recv_msgs[seg.index]
-        reqs = [
-            self.comm.Irecv(bufs[i][:n], source=r, tag=seg.tag + 1)
-            for i, (r, n) in enumerate(zip(peers, lengths, strict=True))
-        ]
-        wait_all(reqs, self.timeout_s, "uplink gather (messages)", peers, self._where(step, seg))
-        return records, [torch.from_numpy(bufs[i][:n]) for i, n in enumerate(lengths)]
+        return records
 
-    def broadcast_downlink(self, seg, step: int, flags: int, packed: torch.Tensor) -> None:
+    def _post_messages(self, seg, lengths, workers: list[int]) -> None:
+        bufs = self._recv_msgs[seg.index]
+        for i, (r, n) in enumerate(zip(workers, lengths, strict=True)):
+            self._up_reqs.append(self.comm.Irecv(bufs[i][: int(n)], source=r, tag=seg.tag + 1))
+            self._up_of.append((seg.index, i))
+        self._missing[seg.index] = len(workers)
+
+    def post_downlink(self, seg, step: int, flags: int, packed: torch.Tensor) -> None:
+        """Queue segment ``seg``'s downlink. Its broadcast is posted as soon as it and every lower
+        segment are queued: MPI matches non-blocking collectives in the order each rank posts
+        them, and the workers post theirs in segment order. :meth:`finish_downlinks` completes them."""
         packed = packed.cpu()
         n = packed.numel()
         head = np.zeros(1, dtype=DOWNLINK_RECORD)
         head["step"], head["flags"], head["length"], head["segment"] = step, flags, n, seg.index
         frame = self._down[seg.index]
         frame[:DOWN] = head.view(np.uint8)
-        root = self._server_of(seg)
         if self.down_fixed:
             frame[DOWN : DOWN + n] = packed.numpy()
-            req = self.comm.Ibcast(frame, root=root)
-            wait_all([req], self.timeout_s, "downlink broadcast", None, self._where(step, seg))
-            return
-        req = self.comm.Ibcast(frame[:DOWN], root=root)
-        wait_all([req], self.timeout_s, "downlink broadcast", None, self._where(step, seg))
-        req = self.comm.Ibcast(packed.numpy(), root=root)
-        wait_all([req], self.timeout_s, "downlink broadcast (message)", None, self._where(step, seg))
+            self._queued[seg.index] = [frame]
+        else:
+            self._queued[seg.index] = [frame[:DOWN], packed.numpy()]
+        while self._next_down < len(self._queued) and self._queued[self._next_down] is not None:
+            k = self._next_down
+            root = self._server_of(self.partition.segments[k])
+            self._down_reqs += [self.comm.Ibcast(buf, root=root) for buf in self._queued[k]]
+            self._next_down += 1
+
+    def finish_downlinks(self, step: int) -> None:
+        """Complete this step's downlink broadcasts (their frames are reused next step)."""
+        if self._next_down != len(self.partition):
+            raise RuntimeError(f"step {step}: downlinks of segments {self._next_down}.. were never queued")
+        wait_all(self._down_reqs, self.timeout_s, "downlink broadcast", None, f" (step {step})")
+        self._down_reqs, self._next_down = [], 0
+        self._queued = [None] * len(self.partition)

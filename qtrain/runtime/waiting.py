@@ -43,3 +43,22 @@ def wait_all(requests, timeout_s: float, phase: str, peers: list[int] | None = N
             continue
         time.sleep(pause)
         pause = min(2 * pause or 1e-5, 1e-3)
+
+
+def wait_some(requests, timeout_s: float, phase: str, who) -> list[int]:
+    """Wait until at least one of ``requests`` (None entries are done already) completes; return
+    the indices that completed. After ``timeout_s`` without any, raise :class:`Stalled`; ``who()``
+    then says where and from whom (e.g. " (step 5, segment 2) from rank(s) 3")."""
+    start = time.monotonic()
+    pause = 0.0
+    while True:
+        done = [i for i, r in enumerate(requests) if r is not None and r.Test()]
+        if done or all(r is None for r in requests):
+            return done
+        if time.monotonic() - start > timeout_s:
+            raise Stalled(f"no progress for {timeout_s:g} s in phase '{phase}'{who()}")
+        if time.monotonic() - start < SPIN_S:
+            os.sched_yield()
+            continue
+        time.sleep(pause)
+        pause = min(2 * pause or 1e-5, 1e-3)

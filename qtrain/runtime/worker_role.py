@@ -49,13 +49,14 @@ def run_worker(plan, model, transport, svc, resume) -> None:
         sender.send_all(readiness.rest() if overlap else list(part))
         t2 = time.perf_counter()
         decode_s, stopping = 0.0, False
-        for seg in part:
-            svc.watchdog.enter(f"step {step}: downlink (segment {seg.index})")
-            head, msg = transport.recv_downlink(seg, step)
+        svc.watchdog.enter(f"step {step}: downlink")
+        transport.post_downlinks(step)
+        for seg, head, msg in transport.downlinks(step):  # as they complete
             td = time.perf_counter()
             engine.apply_downlink(seg, msg, model.params)
             decode_s += time.perf_counter() - td
-            stopping = bool(int(head["flags"]) & FLAG_STOP)  # the last segment's record decides
+            stopping |= bool(int(head["flags"]) & FLAG_STOP)  # set on the server's last segment
+            svc.watchdog.enter(f"step {step}: downlink")
         transport.finish_sends(step)
         comm_s = time.perf_counter() - t2 - decode_s
         if step % cfg.train.log_every == 0:
@@ -128,7 +129,7 @@ def _start(plan, model, engine, sampler, transport, svc, resume) -> int:
         return resume.step
     if plan.setup.algorithm.downlink_mode == "weights":
         svc.watchdog.enter("initial weights broadcast")
-        for seg in plan.partition:
-            _, msg = transport.recv_downlink(seg, 0)
+        transport.post_downlinks(0)
+        for seg, _, msg in transport.downlinks(0):
             engine.apply_downlink(seg, msg, model.params)
     return 0
