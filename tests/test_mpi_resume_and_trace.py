@@ -14,6 +14,8 @@ import pytest
 import torch
 from mpi_helpers import QTRAIN, mpi_train, summary, train_command
 
+from qtrain.io.trace import read_timeline
+
 pytestmark = pytest.mark.mpi
 
 ALGORITHMS = ["sgd", "adam", "ecq-sgd", "qadam", "efficient-adam", "qcmd-adagrad", "qrda-adagrad"]
@@ -23,13 +25,12 @@ N = 8
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_resume_equals_uninterrupted(tmp_path, name):
     cfg = f"configs/{name}.yaml"
-    full = mpi_train(3, cfg, tmp_path / "full", f"train.steps={2 * N}", "train.eval_every=5")
+    sets = ("train.eval_every=5", "trace.timeline_every=3")
+    full = mpi_train(3, cfg, tmp_path / "full", f"train.steps={2 * N}", *sets)
     assert full.returncode == 0, full.stderr
-    first = mpi_train(3, cfg, tmp_path / "split", f"train.steps={N}", "train.eval_every=5")
+    first = mpi_train(3, cfg, tmp_path / "split", f"train.steps={N}", *sets)
     assert first.returncode == 0, first.stderr
-    second = mpi_train(
-        3, cfg, tmp_path / "split", f"train.steps={2 * N}", "train.eval_every=5", extra=("--resume", "auto")
-    )
+    second = mpi_train(3, cfg, tmp_path / "split", f"train.steps={2 * N}", *sets, extra=("--resume", "auto"))
     assert second.returncode == 0, second.stderr
     assert (
         f"resuming from {tmp_path / 'split' / 'checkpoints' / 'step-0000008.h5'} at step {N}" in second.stdout
@@ -41,6 +42,13 @@ def test_resume_equals_uninterrupted(tmp_path, name):
     with h5py.File(tmp_path / "split" / "trace.h5", "r") as f:
         steps = f["steps"][()]
     assert sorted(steps["step"][steps["rank"] == 1].tolist()) == list(range(1, 2 * N + 1))
+    # and so does its timeline: every third step, each (step, rank, segment) once
+    keys = {}
+    for run in ("full", "split"):
+        t = read_timeline(tmp_path / run / "trace.h5")
+        keys[run] = sorted(zip(*(t["timeline_workers"][k].tolist() for k in ("step", "rank", "segment"))))
+        assert sorted(t["timeline_server"]["step"].tolist()) == [3, 6, 9, 12, 15]
+    assert keys["split"] == keys["full"] == [(t, r, 0) for t in (3, 6, 9, 12, 15) for r in (1, 2)]
 
 
 def _run_until_checkpoint_then_kill(out, total, every, seed):
@@ -272,3 +280,62 @@ def test_compare_runs(tmp_path):
     assert [r["algorithm"] for r in rows] == ["efficient-adam", "adam"]
     assert rows[0]["compression_up"] > 28 and rows[1]["compression_up"] < 1.01
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("overlap", ["on", "off"])
+def test_timeline_is_ordered_causal_and_shows_the_overlap(tmp_path, overlap):
+    out, steps, segments = tmp_path / "run", 12, 3
+    p = mpi_train(
+        5,
+        "configs/efficient-adam.yaml",
+        out,
+        f"train.steps={steps}",
+        f"runtime.segments={segments}",
+        f"runtime.overlap={overlap}",
+        "model.hidden=[256,256]",
+        "trace.timeline_every=1",
+    )
+    assert p.returncode == 0, p.stderr
+    t = read_timeline(out / "trace.h5")
+    server, workers = t["timeline_server"], t["timeline_workers"]
+    assert len(server) == steps * segments and len(workers) == steps * segments * 4  # the last step too
+    order = ("uplinks_in_s", "aggregated_s", "encoded_s", "posted_s", "done_s")
+    for a, b in zip(order, order[1:]):
+        assert (server[a] <= server[b]).all(), (a, b)
+    for step in range(1, steps + 1):
+        s = np.sort(server[server["step"] == step], order="segment")
+        assert (np.diff(s["posted_s"]) >= 0).all()  # broadcasts posted in segment order
+    for a, b in (("start_s", "encode_start_s"), ("encode_start_s", "posted_s"), ("arrived_s", "applied_s")):
+        assert (workers[a] <= workers[b]).all(), (a, b)
+    # across ranks (one host: the measured clock offsets should be about zero)
+    slack = 0.005
+    for w in workers:
+        s = server[(server["step"] == w["step"]) & (server["segment"] == w["segment"])][0]
+        assert s["uplinks_in_s"] >= w["posted_s"] - slack
+        assert w["arrived_s"] >= s["posted_s"] - slack
+    first = workers[workers["segment"] == 0]
+    if overlap == "on":  # segment 0 (the model's tail) is encoded while backward goes on
+        assert (first["encode_start_s"] < first["backward_end_s"]).all()
+    else:
+        assert (first["encode_start_s"] >= first["backward_end_s"]).all()
+    png = tmp_path / "t.png"
+    a = subprocess.run(
+        [*QTRAIN, "analyze", str(out), "--plot", str(png), "--timeline-step", "5"],
+        capture_output=True,
+        text=True,
+    )
+    assert a.returncode == 0, a.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    from qtrain.analysis.plots import plot_trace
+    from qtrain.analysis.trace_report import report
+    from qtrain.io.trace import read_trace
+
+    st, ev, attrs = read_trace(out / "trace.h5")
+    drawn = plot_trace(st, ev, attrs, report(st, ev, attrs), str(tmp_path / "again.png"), t, 5)
+    assert drawn[-1].startswith("Timeline of step 5 ")
+    bad = subprocess.run(
+        [*QTRAIN, "analyze", str(out), "--plot", str(png), "--timeline-step", "99"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "step 99 has no timeline" in bad.stderr and "Traceback" not in bad.stderr

@@ -66,7 +66,7 @@ def test_model_from_a_trace(wire):
     if wire:
         assert (m.up_bytes, m.down_bytes) == pytest.approx((1100, 600))  # 3 = tree_depth(4) copies sent
     else:
-        assert m.up_bytes == pytest.approx((1000 + 88) * FRAMING)
+        assert m.up_bytes == pytest.approx((1000 + 136) * FRAMING)
         assert m.down_bytes == pytest.approx((500 + 24) * FRAMING)
     with pytest.raises(ValueError, match="too few"):
         PerfModel.from_trace(steps, attrs, warmup=9)
@@ -114,3 +114,10 @@ def test_cli_projects_a_simulated_run(tmp_path):
         [*run, "analyze", str(tmp_path), "--project", "workers=3"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "bandwidth= is required" in bad.stderr
+
+
+def test_the_models_record_sizes_are_the_transports():
+    from qtrain.analysis.projection import DOWNLINK_RECORD_BYTES, UPLINK_RECORD_BYTES
+    from qtrain.runtime.records import DOWNLINK_RECORD, UPLINK_RECORD
+
+    assert (UPLINK_RECORD_BYTES, DOWNLINK_RECORD_BYTES) == (UPLINK_RECORD.itemsize, DOWNLINK_RECORD.itemsize)

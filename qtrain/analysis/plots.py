@@ -25,9 +25,28 @@ def _figure(rows: int, cols: int):
     return plt, plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), constrained_layout=True)
 
 
-def plot_trace(steps: np.ndarray, evals: np.ndarray, attrs: dict, report: dict, path: str) -> list[str]:
-    """Six panels; returns the titles of the axes actually drawn (read back from the figure)."""
-    plt, (fig, axes) = _figure(2, 3)
+def plot_trace(
+    steps: np.ndarray,
+    evals: np.ndarray,
+    attrs: dict,
+    report: dict,
+    path: str,
+    timeline: dict | None = None,
+    timeline_step: int | None = None,
+) -> list[str]:
+    """Six panels, and below them one step's timeline when ``timeline`` (io.trace.read_timeline)
+    has rows; returns the titles of the axes actually drawn (read back from the figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_timeline = timeline is not None and len(timeline["timeline_workers"]) > 0
+    fig = plt.figure(figsize=(15, 3.6 * (3 if has_timeline else 2)), constrained_layout=True)
+    grid = fig.add_gridspec(3 if has_timeline else 2, 3)
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(3)] for r in range(2)])
+    if has_timeline:
+        plot_timeline(fig.add_subplot(grid[2, :]), timeline, timeline_step)
     s = per_step(steps)
     ax = axes[0, 0]
     ax.plot(s["step"], s["loss"])
@@ -152,3 +171,81 @@ def plot_bench_network(results: dict, path: str) -> list[str]:
     titles = [ax.get_title() for ax in axes]
     plt.close(fig)
     return titles
+
+
+TIMELINE_TITLE = "Timeline of step"
+# (label, colour) of each bar kind of the timeline
+TIMELINE_BARS = {
+    "compute": ("forward + backward", "0.75"),
+    "encode": ("worker rule + encode", "tab:orange"),
+    "flight": ("uplink in flight / waiting", "tab:cyan"),
+    "aggregate": ("server decode + average", "tab:purple"),
+    "server": ("server rule + encode", "tab:red"),
+    "broadcast": ("downlink broadcast", "tab:blue"),
+    "apply": ("downlink decode + apply", "tab:green"),
+}
+
+
+def timeline_step_choice(timeline: dict) -> int:
+    """The recorded step whose server span (first uplink in to last broadcast done) is the median."""
+    server = timeline["timeline_server"]
+    steps = np.unique(server["step"])
+    spans = np.array([server["done_s"][server["step"] == t].max() for t in steps])
+    return int(steps[np.argsort(spans)[len(spans) // 2]])
+
+
+def plot_timeline(ax, timeline: dict, step: int | None = None) -> int:
+    """One step of the trace's timeline as a Gantt chart: a lane for the server and one per
+    worker, a bar per segment and phase, labelled with the segment index where it fits. Returns
+    the step drawn."""
+    server, workers = timeline["timeline_server"], timeline["timeline_workers"]
+    recorded = np.intersect1d(server["step"], workers["step"])
+    if step is None:
+        step = timeline_step_choice({"timeline_server": server[np.isin(server["step"], recorded)]})
+    elif step not in recorded:
+        raise ValueError(f"step {step} has no timeline in this trace (recorded: {_span(recorded)})")
+    s, w = server[server["step"] == step], workers[workers["step"] == step]
+    ranks = sorted(set(w["rank"].tolist()))
+    lanes = {"server": 0, **{r: i + 1 for i, r in enumerate(ranks)}}
+    used = set()
+
+    def bar(lane, start, end, kind, label=None, y_off=0.0, height=0.36):
+        if not end > start:
+            return
+        used.add(kind)
+        ax.barh(lanes[lane] + y_off, end - start, left=start, height=height, color=TIMELINE_BARS[kind][1])
+        if label is not None:
+            ax.text((start + end) / 2, lanes[lane] + y_off, label, ha="center", va="center", fontsize=6)
+
+    for r in s:
+        k = str(int(r["segment"]))
+        bar("server", r["uplinks_in_s"], r["aggregated_s"], "aggregate", k)
+        bar("server", r["aggregated_s"], r["encoded_s"], "server", k)
+        bar("server", r["posted_s"], r["done_s"], "broadcast", k, y_off=0.4, height=0.2)
+    for r in w:
+        rank, k = int(r["rank"]), str(int(r["segment"]))
+        bar(rank, r["start_s"], r["backward_end_s"], "compute", y_off=-0.2, height=0.3)
+        bar(rank, r["encode_start_s"], r["posted_s"], "encode", k, y_off=0.15, height=0.3)
+        arrived_at_server = s["uplinks_in_s"][s["segment"] == r["segment"]]
+        if len(arrived_at_server):
+            bar(rank, r["posted_s"], arrived_at_server[0], "flight", y_off=0.38, height=0.08)
+        bar(rank, r["arrived_s"], r["applied_s"], "apply", k, y_off=0.15, height=0.3)
+    ax.set_yticks(list(lanes.values()), ["server"] + [f"rank {r}" for r in ranks])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the server began the step (server clock)")
+    handles = [_legend_patch(TIMELINE_BARS[k]) for k in TIMELINE_BARS if k in used]
+    ax.legend(handles=handles, fontsize=7, ncol=len(handles), loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax.set_title(f"{TIMELINE_TITLE} {step} (segment index on the bars)")
+    return step
+
+
+def _legend_patch(entry):
+    from matplotlib.patches import Patch
+
+    label, colour = entry
+    return Patch(color=colour, label=label)
+
+
+def _span(steps) -> str:
+    steps = list(map(int, steps))
+    return "none" if not steps else f"{len(steps)} steps, {steps[0]}..{steps[-1]}"

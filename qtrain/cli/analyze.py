@@ -11,7 +11,12 @@ import typer
 
 def analyze(
     trace: str = typer.Argument(..., help="OUT/trace.h5 of a finished or live run (or the run directory)."),
-    plot: str = typer.Option(None, "--plot", help="Write a six-panel figure (PNG) here."),
+    plot: str = typer.Option(
+        None, "--plot", help="Write a six-panel figure (PNG) here, with one step's timeline below (MPI runs)."
+    ),
+    timeline_step: int = typer.Option(
+        None, "--timeline-step", help="The step the --plot timeline shows (default: the median one)."
+    ),
     csv_path: str = typer.Option(None, "--csv", help="Write the per-step series as CSV here."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     project: str = typer.Option(
@@ -25,7 +30,7 @@ def analyze(
     """Bytes per step and compression vs fp32, time per phase, stragglers, loss/accuracy/error over steps."""
     from qtrain.analysis.trace_report import format_report, per_step, report
     from qtrain.cli.errors import fail
-    from qtrain.io.trace import read_trace
+    from qtrain.io.trace import read_timeline, read_trace
 
     path = Path(trace)
     if path.is_dir():
@@ -44,7 +49,15 @@ def analyze(
     if plot:
         from qtrain.analysis.plots import plot_trace
 
-        plot_trace(steps, evals, attrs, rep, plot)
+        timeline = read_timeline(path)
+        if timeline_step is not None and not len(timeline["timeline_workers"]):
+            fail(
+                f"--timeline-step {timeline_step}: {path} has no timeline (simulator run or timeline_every=0)"
+            )
+        try:
+            plot_trace(steps, evals, attrs, rep, plot, timeline, timeline_step)
+        except ValueError as exc:
+            fail(f"--timeline-step: {exc}")
     if project:
         from qtrain.analysis.projection import PerfModel, format_projection, parse_project
 

@@ -104,6 +104,7 @@ class CheckpointConfig:
 class TraceConfig:
     enabled: bool = True  # write OUT/trace.h5 (one row per step per rank)
     flush_every: int = 10  # flush the trace every N steps (what a killed run keeps)
+    timeline_every: int = 10  # MPI runs: record the per-segment timeline of every Nth step (0: never)
 
 
 @dataclass

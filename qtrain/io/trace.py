@@ -3,6 +3,8 @@
 Datasets (chunked, resizable, written in SWMR mode so readers can follow a live run):
   /steps  compound rows, columns in ``TRACE_DTYPE`` (units in the dataset's ``units`` attribute)
   /evals  (step, test_loss, test_accuracy) after every evaluation
+  /timeline_server, /timeline_workers  (MPI runs, every ``trace.timeline_every`` steps) when each
+          segment of a step was ready, sent, aggregated, broadcast, arrived and applied, per rank
 Root attributes describe the run (algorithm, codecs, bits per element, world size, numel, fp32
 message size). Rows are buffered and flushed every ``trace.flush_every`` steps; a run killed at
 any point leaves a file readable (with ``swmr=True``) up to its last flush.
@@ -60,6 +62,51 @@ UNITS = {
     "(QTRAIN_WIRE_DEVICE; 0 when not measured)",
     "wire_sent_bytes": "bytes the server's network interface sent in the step (as wire_recv_bytes)",
 }
+# The timeline (MPI runs): instants of each segment's journey through one step, in seconds since
+# the server began the step, on the server's clock (workers' clocks are mapped onto it with the
+# offsets measured at start-up, runtime/clock_sync.py).
+TIMELINE_SERVER_DTYPE = np.dtype(
+    [
+        ("step", "<u4"),
+        ("segment", "<u2"),
+        ("uplinks_in_s", "<f8"),
+        ("aggregated_s", "<f8"),
+        ("encoded_s", "<f8"),
+        ("posted_s", "<f8"),
+        ("done_s", "<f8"),
+    ]
+)
+TIMELINE_WORKER_DTYPE = np.dtype(
+    [
+        ("step", "<u4"),
+        ("rank", "<u2"),
+        ("segment", "<u2"),
+        ("start_s", "<f8"),
+        ("encode_start_s", "<f8"),
+        ("posted_s", "<f8"),
+        ("backward_end_s", "<f8"),
+        ("arrived_s", "<f8"),
+        ("applied_s", "<f8"),
+    ]
+)
+TIMELINE_UNITS = {
+    "timeline_server": {
+        "uplinks_in_s": "every worker's uplink of the segment has arrived",
+        "aggregated_s": "the uplinks are decoded and averaged",
+        "encoded_s": "server rule + downlink encode done",
+        "posted_s": "its downlink broadcast was posted (after those of all lower segments)",
+        "done_s": "the broadcast completed at the server",
+    },
+    "timeline_workers": {
+        "start_s": "the worker began the step (forward pass)",
+        "encode_start_s": "backward had completed the segment: worker rule + encode began",
+        "posted_s": "the encoded segment was handed to MPI (Isend)",
+        "backward_end_s": "the worker's backward pass ended (the same for every segment)",
+        "arrived_s": "the segment's downlink arrived",
+        "applied_s": "the downlink was decoded into the worker's parameters",
+    },
+}
+TIMELINE_DTYPES = {"timeline_server": TIMELINE_SERVER_DTYPE, "timeline_workers": TIMELINE_WORKER_DTYPE}
 EVAL_DTYPE = np.dtype([("step", "<u4"), ("test_loss", "<f8"), ("test_accuracy", "<f8")])
 
 
@@ -69,13 +116,18 @@ class TraceWriter:
         self.flush_every = flush_every
         self._rows: list[np.ndarray] = []
         self._evals: list[tuple] = []
+        self._timeline: dict[str, list[np.ndarray]] = {name: [] for name in TIMELINE_DTYPES}
         kept_steps = kept_evals = None
+        kept_timeline: dict = {}
         if resume_step is not None and self.path.exists():
             try:
                 s, e, _ = read_trace(self.path)
                 kept_steps, kept_evals = s[s["step"] <= resume_step], e[e["step"] <= resume_step]
+                for name, rows in read_timeline(self.path).items():
+                    kept_timeline[name] = rows[rows["step"] <= resume_step]
             except ValueError:
                 kept_steps = kept_evals = None  # unreadable: start a fresh trace
+                kept_timeline = {}
         tmp = self.path.with_name(self.path.name + ".tmp")
         self.file = h5py.File(tmp, "w", libver=("v110", "v110"))  # SWMR needs >= 1.10; Debian h5dump is 1.10
         for k, v in attrs.items():
@@ -94,9 +146,19 @@ class TraceWriter:
                 "test_accuracy": "fraction correct (NaN for regression)",
             }
         )
+        self.timeline = {}
+        for name, dtype in TIMELINE_DTYPES.items():
+            ds = self.file.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
+            ds.attrs["units"] = json.dumps(
+                {"step": "step", "segment": "segment index", **TIMELINE_UNITS[name]}
+                | ({"rank": "MPI rank"} if "rank" in dtype.names else {})
+            )
+            self.timeline[name] = ds
         if kept_steps is not None:
             self._append(self.steps, kept_steps)
             self._append(self.evals, kept_evals)
+            for name, rows in kept_timeline.items():
+                self._append(self.timeline[name], rows)
         self.file.flush()
         os.replace(tmp, self.path)
         self.file.swmr_mode = True
@@ -110,6 +172,10 @@ class TraceWriter:
 
     def add_rows(self, rows: np.ndarray) -> None:
         self._rows.append(rows)
+
+    def add_timeline(self, name: str, rows: np.ndarray) -> None:
+        """Rows of ``timeline_server`` or ``timeline_workers``."""
+        self._timeline[name].append(rows)
 
     def add_eval(self, step: int, loss: float, accuracy: float | None) -> None:
         self._evals.append((step, loss, np.nan if accuracy is None else accuracy))
@@ -125,6 +191,11 @@ class TraceWriter:
         if self._evals:
             self._append(self.evals, np.array(self._evals, dtype=EVAL_DTYPE))
             self._evals = []
+        for name, parts in self._timeline.items():
+            if parts:
+                self._append(self.timeline[name], np.concatenate(parts))
+                self._timeline[name] = []
+            self.timeline[name].flush()
         self.steps.flush()
         self.evals.flush()
         self.file.flush()
@@ -199,5 +270,22 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
             f["steps"].refresh()
             f["evals"].refresh()
             return f["steps"][()], f["evals"][()], attrs
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"{path}: not a readable qtrain trace ({exc})") from exc
+
+
+def read_timeline(path: Path) -> dict[str, np.ndarray]:
+    """The trace's timeline rows (``timeline_server``, ``timeline_workers``); empty arrays for a
+    simulator run or a trace written before the timeline existed."""
+    try:
+        with h5py.File(Path(path), "r", swmr=True) as f:
+            out = {}
+            for name, dtype in TIMELINE_DTYPES.items():
+                if name in f:
+                    f[name].refresh()
+                    out[name] = f[name][()]
+                else:
+                    out[name] = np.zeros(0, dtype=dtype)
+            return out
     except (OSError, KeyError) as exc:
         raise ValueError(f"{path}: not a readable qtrain trace ({exc})") from exc

@@ -1,13 +1,17 @@
 """Fixed-size control records that travel with every message (no extra synchronization).
 
-Uplink record (88 bytes, one per worker per segment per step, sent ahead of the packed message in
+Uplink record (136 bytes, one per worker per segment per step, sent ahead of the packed message in
 the same frame): step, flags (bit 0: this rank asks to stop), message length, segment, the
 segment's encode seconds and compression sums of squares (||Q(v) - v||^2, ||v||^2, ||e||^2: the
 server adds them over segments, so the combined relative error and error norm are those of the
 whole vector), and the worker's per-step measurements (batch loss, compute seconds, and the
 previous step's communication and downlink-decode seconds: the record leaves before this step's
 downlink arrives). The server reads the per-step fields from the last segment's record. Rank 0
-learns everything it logs from these, for free.
+learns everything it logs from these, for free. The timeline of the trace (docs/hdf5-schema.md)
+comes from the ``t_*`` fields, instants on the worker's ``perf_counter`` clock: the step's start,
+when backward completed this segment (its encode began) and when its message was handed to MPI;
+and, for this segment in the previous step, when backward ended and when the downlink arrived and
+was applied.
 
 Downlink record (24 bytes, broadcast ahead of the server's message of each segment): step, flags
 (bit 0: all ranks stop after this step; set on the segment the server completes last, and a worker
@@ -34,11 +38,17 @@ UPLINK_RECORD = np.dtype(
         ("err_sq", "<f8"),
         ("ref_sq", "<f8"),
         ("ef_sq", "<f8"),
+        ("t_start", "<f8"),
+        ("t_ready", "<f8"),
+        ("t_sent", "<f8"),
+        ("prev_t_backward", "<f8"),
+        ("prev_t_arrived", "<f8"),
+        ("prev_t_applied", "<f8"),
     ]
 )
 DOWNLINK_RECORD = np.dtype(
     [("step", "<u4"), ("flags", "<u4"), ("length", "<u8"), ("segment", "<u4"), ("reserved", "<u4")]
 )
-assert UPLINK_RECORD.itemsize == 88 and DOWNLINK_RECORD.itemsize == 24
+assert UPLINK_RECORD.itemsize == 136 and DOWNLINK_RECORD.itemsize == 24
 
 FLAG_STOP = 1

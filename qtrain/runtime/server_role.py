@@ -12,8 +12,10 @@ from qtrain.engine.recorder import Recorder, WorkerReport
 from qtrain.engine.snapshots import is_checkpoint_step, rng_restore, to_torch
 from qtrain.io.net_counters import NetCounters
 from qtrain.io.run_dir import params_sha256
+from qtrain.runtime.clock_sync import clock_offsets
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.records import FLAG_STOP
+from qtrain.runtime.timeline import TimelineRecorder
 
 
 def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
@@ -33,12 +35,16 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
         counters=NetCounters.from_env(),
     )
     _start(plan, server, rec, transport, svc, resume)
+    svc.watchdog.enter("clock sync")
+    offsets = clock_offsets(topo, cfg.runtime.timeout_s)
+    timeline = TimelineRecorder(rec.trace, part, topo, offsets, cfg.trace.timeline_every)
     checkpointer = Checkpointer(out_dir, plan, world.mpi_library, world.hosts, svc.log)
     stop_reason, step = None, start
     try:
         for step in range(start + 1, setup.steps + 1):
             maybe_fail(svc.fault, topo.rank, step)
             rec.begin_step(step)
+            timeline.begin_step(step)
             server.begin_step()
             transport.post_uplinks()
             records: list = [None] * len(part)
@@ -46,12 +52,15 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
             for n in range(1, len(part) + 1):  # segments in the order their uplinks complete
                 with rec.phase("gather"):
                     seg, recs, messages = next(arrivals)
+                timeline.mark(seg, "uplinks_in_s")
                 records[seg.index] = recs
                 rec.uplinks([m.numel() for m in messages], seg)
                 with rec.phase("aggregate", seg):
                     mean = server.aggregate(seg, messages)
+                timeline.mark(seg, "aggregated_s")
                 with rec.phase("server_step", seg):
                     down = server.make_downlink(seg, mean)
+                timeline.mark(seg, "encoded_s")
                 if n == len(part):  # every record of the step is in: decide the stop
                     stop_reason = _agreed_stop(svc.stop, records, topo)
                 with rec.phase("broadcast", seg):
@@ -59,6 +68,7 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
                 rec.downlink(down.numel(), seg)
             with rec.phase("broadcast"):
                 transport.finish_downlinks(step)
+            timeline.end_step(records, transport.down_posted_at, transport.down_done_at)
             if rec.eval_due(stop_reason is not None):
                 svc.log.info("step %d eval %s", step, rec.evaluate(model, setup.dataset))
             rec.end_step(_report(records), server.last_stats)
@@ -74,8 +84,11 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
     finally:
         rec.progress.close()
     svc.watchdog.enter("final timing report")
-    final = topo.comm.gather(None, root=topo.server)
-    rec.close([final[r][0] for r in topo.workers], [final[r][1] for r in topo.workers])
+    report = topo.comm.gather(None, root=topo.server)
+    final = [report[r] for r in topo.workers]
+    comm_s, decode_s, backward, arrived, applied = zip(*final, strict=True)
+    timeline.close(np.array(backward), np.stack(arrived), np.stack(applied))
+    rec.close(list(comm_s), list(decode_s))
     return rec.summary(
         model,
         setup.dataset,

@@ -11,15 +11,22 @@ Uplink (worker -> the segment's server), per step and segment:
 Downlink (server -> all), per step and segment: the downlink record + message in one ``Ibcast``
 (fixed size), or record then message in two (variable size).
 
-The server posts every receive of a step at once (``post_uplinks``) and completes them segment by
-segment. Point-to-point receives (not ``Gather``) let the deadline name exactly which worker is
-silent; ``Ibcast`` lets workers wait with a deadline too. See docs/architecture.md.
+The server posts every receive of a step at once (``post_uplinks``) and takes the segments in the
+order their uplinks complete (``uplinks``, a ``Testsome`` loop); it queues each segment's downlink
+as soon as it is encoded (``post_downlink``) and waits for the broadcasts once, at the end of the
+step. MPI matches non-blocking collectives in the order each rank posts them, so the broadcasts
+go out in segment order: segment k's is posted once segments 0..k are queued. Workers post all
+of a step's fixed-size broadcasts at once and apply the segments as they complete (``downlinks``).
+Point-to-point receives (not ``Gather``) let the deadline name exactly which worker is silent;
+``Ibcast`` lets workers wait with a deadline too. See docs/architecture.md.
 
 CUDA-aware MPI: device tensors go to MPI directly after the producing stream is synchronized;
 otherwise frames are staged through preallocated host buffers (pinned when CUDA is present).
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -64,6 +71,9 @@ class Transport:
             self._down = [np.empty(n, dtype=np.uint8) for n in down_frame]
             self._queued: list = [None] * len(partition)  # per segment: the buffers to broadcast
             self._down_reqs: list = []
+            self._down_of: list[int] = []  # the segment of each posted broadcast
+            self.down_posted_at = np.zeros(len(partition))  # perf_counter instants, this step
+            self.down_done_at = np.zeros(len(partition))
             self._next_down = 0  # the lowest segment whose broadcast is not posted yet
             return
         frames_on = device if self.cuda_aware else torch.device("cpu")
@@ -282,13 +292,21 @@ class Transport:
         while self._next_down < len(self._queued) and self._queued[self._next_down] is not None:
             k = self._next_down
             root = self._server_of(self.partition.segments[k])
-            self._down_reqs += [self.comm.Ibcast(buf, root=root) for buf in self._queued[k]]
+            for buf in self._queued[k]:
+                self._down_reqs.append(self.comm.Ibcast(buf, root=root))
+                self._down_of.append(k)
+            self.down_posted_at[k] = time.perf_counter()
             self._next_down += 1
 
     def finish_downlinks(self, step: int) -> None:
-        """Complete this step's downlink broadcasts (their frames are reused next step)."""
+        """Complete this step's downlink broadcasts (their frames are reused next step), noting
+        when each segment's completed at this rank in ``down_done_at``."""
         if self._next_down != len(self.partition):
             raise RuntimeError(f"step {step}: downlinks of segments {self._next_down}.. were never queued")
-        wait_all(self._down_reqs, self.timeout_s, "downlink broadcast", None, f" (step {step})")
-        self._down_reqs, self._next_down = [], 0
+        reqs = self._down_reqs
+        while any(r is not None for r in reqs):
+            for j in wait_some(reqs, self.timeout_s, "downlink broadcast", lambda: f" (step {step})"):
+                reqs[j] = None
+                self.down_done_at[self._down_of[j]] = time.perf_counter()
+        self._down_reqs, self._down_of, self._next_down = [], [], 0
         self._queued = [None] * len(self.partition)

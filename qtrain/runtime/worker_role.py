@@ -9,6 +9,7 @@ import numpy as np
 
 from qtrain.engine.readiness import SegmentReadiness
 from qtrain.engine.snapshots import is_checkpoint_step, to_numpy, worker_restore, worker_snapshot
+from qtrain.runtime.clock_sync import clock_offsets
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.records import FLAG_STOP, UPLINK_RECORD
 
@@ -24,6 +25,9 @@ def run_worker(plan, model, transport, svc, resume) -> None:
     if overlap and len(part) > 1:
         svc.log.info("overlap: each of %d segments is sent as soon as backward completes it", len(part))
     comm_s = decode_s = 0.0
+    clock_offsets(topo, cfg.runtime.timeout_s)  # the server maps our instants onto its clock
+    arrived, applied = np.zeros(len(part)), np.zeros(len(part))  # the last downlink, per segment
+    backward_end = 0.0
     for step in range(start + 1, plan.setup.steps + 1):
         svc.watchdog.enter(f"step {step}: compute")
         maybe_fail(svc.fault, topo.rank, step)
@@ -32,8 +36,9 @@ def run_worker(plan, model, transport, svc, resume) -> None:
         idx = sampler.next_batch()
         record["step"], record["loss"], record["compute_s"] = step, np.nan, 0.0
         record["prev_comm_s"], record["prev_decode_s"] = comm_s, decode_s
+        record["t_start"], record["prev_t_backward"] = t0, backward_end
         record["flags"] = FLAG_STOP if svc.stop.requested else 0
-        sender = _SegmentSender(engine, model, transport, svc, record, step, t0)
+        sender = _SegmentSender(engine, model, transport, svc, record, step, t0, (arrived, applied))
         ready = None
         if overlap:  # encode and post each segment as soon as backward completes it
             readiness.begin()
@@ -45,16 +50,18 @@ def run_worker(plan, model, transport, svc, resume) -> None:
             ready,
             on_loss=lambda value: record.__setitem__("loss", value),
         )
-        t1 = time.perf_counter() - sender.busy_s  # forward + backward, without encodes inside it
+        backward_end = time.perf_counter()
+        t1 = backward_end - sender.busy_s  # forward + backward, without encodes inside it
         sender.send_all(readiness.rest() if overlap else list(part))
         t2 = time.perf_counter()
         decode_s, stopping = 0.0, False
         svc.watchdog.enter(f"step {step}: downlink")
         transport.post_downlinks(step)
         for seg, head, msg in transport.downlinks(step):  # as they complete
-            td = time.perf_counter()
+            td = arrived[seg.index] = time.perf_counter()
             engine.apply_downlink(seg, msg, model.params)
-            decode_s += time.perf_counter() - td
+            applied[seg.index] = time.perf_counter()
+            decode_s += applied[seg.index] - td
             stopping |= bool(int(head["flags"]) & FLAG_STOP)  # set on the server's last segment
             svc.watchdog.enter(f"step {step}: downlink")
         transport.finish_sends(step)
@@ -68,7 +75,7 @@ def run_worker(plan, model, transport, svc, resume) -> None:
             svc.log.info("stopping after step %d as agreed (local: %s)", step, svc.stop.reason or "none")
             break
     svc.watchdog.enter("final timing report")
-    topo.comm.gather((comm_s, decode_s), root=topo.server)
+    topo.comm.gather((comm_s, decode_s, backward_end, arrived, applied), root=topo.server)
 
 
 def uses_overlap(setting: str, device) -> bool:
@@ -84,9 +91,10 @@ class _SegmentSender:
     """Encode a segment into its send frame and post it; keeps the per-step record current (the
     compute time up to this segment, its encode time and statistics)."""
 
-    def __init__(self, engine, model, transport, svc, record, step: int, t0: float):
+    def __init__(self, engine, model, transport, svc, record, step: int, t0: float, downlink_times):
         self.engine, self.model, self.transport, self.svc = engine, model, transport, svc
         self.record, self.step, self.t0 = record, step, t0
+        self.arrived, self.applied = downlink_times  # of the previous step, per segment
         self.busy_s = 0.0
 
     def hook(self, readiness):
@@ -106,11 +114,14 @@ class _SegmentSender:
             self.svc.watchdog.enter(f"step {self.step}: encode + send (segment {seg.index})")
             rec = self.record
             rec["compute_s"] = te - self.t0 - self.busy_s
+            rec["t_ready"] = te
+            rec["prev_t_arrived"], rec["prev_t_applied"] = self.arrived[seg.index], self.applied[seg.index]
             packed = self.engine.make_uplink(
                 seg, self.model.grads, self.model.params, out=self.transport.message_buffer(seg)
             )
             rec["encode_s"] = time.perf_counter() - te
             rec["err_sq"], rec["ref_sq"], rec["ef_sq"] = self.engine.stats.part(seg)
+            rec["t_sent"] = time.perf_counter()
             self.transport.send_uplink(seg, rec, packed)
             self.transport.progress()
             self.busy_s += time.perf_counter() - te
