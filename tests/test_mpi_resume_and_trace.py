@@ -1,5 +1,6 @@
 """Checkpoints, resume and traces of real MPI runs."""
 
+import itertools
 import json
 import os
 import random
@@ -46,7 +47,8 @@ def test_resume_equals_uninterrupted(tmp_path, name):
     keys = {}
     for run in ("full", "split"):
         t = read_timeline(tmp_path / run / "trace.h5")
-        keys[run] = sorted(zip(*(t["timeline_workers"][k].tolist() for k in ("step", "rank", "segment"))))
+        w = t["timeline_workers"]
+        keys[run] = sorted(zip(w["step"].tolist(), w["rank"].tolist(), w["segment"].tolist(), strict=True))
         assert sorted(t["timeline_server"]["step"].tolist()) == [3, 6, 9, 12, 15]
     assert keys["split"] == keys["full"] == [(t, r, 0) for t in (3, 6, 9, 12, 15) for r in (1, 2)]
 
@@ -300,7 +302,7 @@ def test_timeline_is_ordered_causal_and_shows_the_overlap(tmp_path, overlap):
     server, workers = t["timeline_server"], t["timeline_workers"]
     assert len(server) == steps * segments and len(workers) == steps * segments * 4  # the last step too
     order = ("uplinks_in_s", "aggregated_s", "encoded_s", "posted_s", "done_s")
-    for a, b in zip(order, order[1:]):
+    for a, b in itertools.pairwise(order):
         assert (server[a] <= server[b]).all(), (a, b)
     for step in range(1, steps + 1):
         s = np.sort(server[server["step"] == step], order="segment")
