@@ -11,7 +11,7 @@ import time
 import pytest
 from test_netem import namespaces, root  # noqa: F401 - the root fixture
 
-from qtrain.bench.network import peer_hook, step_stats, time_to_accuracy
+from qtrain.bench.network import peer_hook, step_stats, time_to_accuracy, with_link_time
 
 QTRAIN = [sys.executable, "-m", "qtrain"]
 
@@ -34,6 +34,12 @@ def test_time_to_accuracy():
     evals = [{"wall_s": 1.0, "test_accuracy": 0.5}, {"wall_s": 2.0, "test_accuracy": 0.9}]
     assert time_to_accuracy(evals, 0.8) == 2.0 and time_to_accuracy(evals, 0.5) == 1.0
     assert time_to_accuracy(evals, 0.95) is None and time_to_accuracy(evals, None) is None
+
+
+def test_link_time_is_the_busier_direction_at_the_shaped_rate():
+    run = {"wire_bytes_per_step": {"up": 2.5e6, "down": 1.25e6}}
+    assert with_link_time(dict(run), 1e9)["link_s"] == pytest.approx(0.02)
+    assert with_link_time(dict(run), None)["link_s"] is None
 
 
 def test_peer_names():

@@ -63,6 +63,19 @@ def test_link_check_passes_on_the_shaped_rate_and_fails_on_another(root, shared)
 
 
 @pytest.mark.netns
+def test_an_unshaped_link_has_no_qdisc_and_runs_faster_than_any_shaped_rate_used(root):
+    with EmulatedNetwork(2, LinkSpec(None)) as net:
+        assert "unshaped" in net.link.describe()
+        qdiscs = subprocess.run(
+            ["ip", "netns", "exec", net.namespace(0), "tc", "qdisc", "show", "dev", net.device(0)],
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert "tbf" not in qdiscs
+        assert net.check_link() > 2e9  # no rate to check against: measured only
+
+
+@pytest.mark.netns
 def test_teardown_after_a_failure_inside_the_block(root):
     with pytest.raises(RuntimeError, match="boom"):
         with EmulatedNetwork(2, LinkSpec(1e9), prefix="qtbtest-inside") as net:

@@ -165,7 +165,8 @@ def plot_bench_network(results: dict, path: str) -> list[str]:
     curves.legend(fontsize=8)
     curves.set_title(BENCH_PANELS[1])
     fig.suptitle(
-        f"{link['rate_bps'] / 1e9:g} Gbit/s links, {results['workers']} workers, {results['cores']} cores"
+        ("unshaped links" if link["rate_bps"] is None else f"{link['rate_bps'] / 1e9:g} Gbit/s links")
+        + f", {results['workers']} workers, {results['cores']} cores"
     )
     fig.savefig(path, dpi=110)
     titles = [ax.get_title() for ax in axes]

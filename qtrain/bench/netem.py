@@ -44,13 +44,14 @@ def check_privileges() -> None:
 
 @dataclass(frozen=True)
 class LinkSpec:
-    rate_bps: float  # bits per second, each direction of each link
+    rate_bps: float | None  # bits per second, each direction of each link (None: unshaped)
     latency_s: float = 0.0  # one-way, rank to rank
     shared: bool = False  # one shaped loopback for all ranks instead of a link per rank
 
     def describe(self) -> str:
         kind = "one shared link" if self.shared else "a link per rank"
-        return f"{self.rate_bps / 1e9:g} Gbit/s, {self.latency_s * 1e3:g} ms, {kind}"
+        rate = "unshaped" if self.rate_bps is None else f"{self.rate_bps / 1e9:g} Gbit/s"
+        return f"{rate}, {self.latency_s * 1e3:g} ms, {kind}"
 
 
 class EmulatedNetwork:
@@ -159,13 +160,17 @@ class EmulatedNetwork:
     def _shape(self, ns: str, dev: str, delay_s: float) -> None:
         """Token bucket at the link rate, behind a netem delay when ``delay_s`` > 0. The bucket
         holds 1 ms of traffic, and at least two of the device's largest packets (a packet larger
-        than the bucket could never leave: loopback's MTU is 64 KiB)."""
-        rate = f"{int(self.link.rate_bps)}bit"
-        mtu = 65536 if dev == "lo" else 1500
-        burst = f"{max(2 * mtu + 1024, int(self.link.rate_bps / 8 / 1000))}b"
-        tbf = ["tbf", "rate", rate, "burst", burst, "latency", "100ms"]
+        than the bucket could never leave: loopback's MTU is 64 KiB). An unshaped link gets no
+        bucket: the veth pair runs as fast as the CPUs move the bytes."""
+        tbf = []
+        if self.link.rate_bps is not None:
+            rate = f"{int(self.link.rate_bps)}bit"
+            mtu = 65536 if dev == "lo" else 1500
+            burst = f"{max(2 * mtu + 1024, int(self.link.rate_bps / 8 / 1000))}b"
+            tbf = ["tbf", "rate", rate, "burst", burst, "latency", "100ms"]
         if delay_s <= 0:
-            self._ip("tc", "qdisc", "add", "dev", dev, "root", *tbf, ns=ns)
+            if tbf:
+                self._ip("tc", "qdisc", "add", "dev", dev, "root", *tbf, ns=ns)
             return
         delay = ["netem", "delay", f"{delay_s * 1e6:.0f}us"]
         try:
@@ -175,7 +180,8 @@ class EmulatedNetwork:
                 "a latency needs tc's netem qdisc, which this kernel does not offer (no sch_netem): "
                 "run with --latency 0 (the veth links alone add tens of microseconds)"
             ) from exc
-        self._ip("tc", "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *tbf, ns=ns)
+        if tbf:
+            self._ip("tc", "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *tbf, ns=ns)
 
     def down(self) -> None:
         """Delete every namespace this object created (their veths, bridge and qdiscs go with
@@ -229,8 +235,10 @@ class EmulatedNetwork:
 
     def check_link(self, tolerance: float = 0.10) -> float:
         """A raw transfer between the first two ranks must reach the configured rate within
-        ``tolerance``; returns the measured bits per second."""
+        ``tolerance`` (an unshaped link: only measured); returns the measured bits per second."""
         measured = 8 * self.measure(0, min(1, self.ranks - 1))
+        if self.link.rate_bps is None:
+            return measured
         if abs(measured - self.link.rate_bps) > tolerance * self.link.rate_bps:
             raise NetworkError(
                 f"link check failed: a raw transfer measured {measured / 1e6:.0f} Mbit/s on a "

@@ -82,6 +82,7 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
         f"train.steps={plan.steps}",
         f"train.eval_every={plan.eval_every}",
         "train.progress=lines",
+        "trace.timeline_every=1",
         *plan.overrides,
     ]
     argv = [*QTRAIN, "train", config, "--out", str(run_dir)] + [a for s in sets for a in ("--set", s)]
@@ -221,13 +222,14 @@ def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) ->
         measured = net.check_link()
         results["link"]["measured_bps"] = measured
         echo(f"link check: {measured / 1e6:.0f} Mbit/s measured on {plan.link.describe()}")
+        rate = plan.link.rate_bps
         try:
             for config in plan.configs:
                 echo(f"running qtrain {config} ...")
-                results["runs"].append(run_qtrain(net, plan, config, out, mpiexec))
+                results["runs"].append(with_link_time(run_qtrain(net, plan, config, out, mpiexec), rate))
             for peer in plan.peers:
                 echo(f"running {peer} ...")
-                results["runs"].append(run_peer(net, plan, peer, out))
+                results["runs"].append(with_link_time(run_peer(net, plan, peer, out), rate))
         except subprocess.TimeoutExpired as exc:
             raise RuntimeError(
                 f"a run did not finish within {exc.timeout:g} s: {' '.join(exc.cmd[-8:])}"
@@ -239,23 +241,33 @@ def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) ->
     return results
 
 
+def with_link_time(run: dict, rate_bps: float | None) -> dict:
+    """Add ``link_s``: the seconds the step's bytes need on the server's link at the shaped rate,
+    the busier direction (each direction is shaped on its own); the communication bound of a step.
+    None on unshaped links."""
+    w = run["wire_bytes_per_step"]
+    run["link_s"] = None if rate_bps is None else 8 * max(w["up"], w["down"]) / rate_bps
+    return run
+
+
 def table(results: dict) -> list[str]:
     """The terminal table: one line per run."""
     link = results["link"]
+    rate = "unshaped links" if link["rate_bps"] is None else f"{link['rate_bps'] / 1e9:g} Gbit/s"
     lines = [
-        f"{link['rate_bps'] / 1e9:g} Gbit/s ({link.get('measured_bps', 0) / 1e6:.0f} Mbit/s measured), "
+        f"{rate} ({link.get('measured_bps', 0) / 1e6:.0f} Mbit/s measured), "
         f"{results['workers']} workers, {results['cores']} cores, {results['steps']} steps "
         f"(median after {results['warmup']})",
-        f"{'run':<22}{'s/step':>8}{'min':>8}{'max':>8}{'up MB':>9}{'down MB':>9}"
+        f"{'run':<22}{'s/step':>8}{'min':>8}{'max':>8}{'up MB':>9}{'down MB':>9}{'link s':>8}"
         f"{'accuracy':>10}{'to target s':>12}",
     ]
     for r in results["runs"]:
         s, w = r["seconds_per_step"], r["wire_bytes_per_step"]
-        acc = r["final_test_accuracy"]
-        tt = r["time_to_target_s"]
+        acc, tt, link_s = r["final_test_accuracy"], r["time_to_target_s"], r.get("link_s")
         lines.append(
             f"{r['name']:<22}{s['median_s']:>8.3f}{s['min_s']:>8.3f}{s['max_s']:>8.3f}{w['up'] / 1e6:>9.2f}"
-            f"{w['down'] / 1e6:>9.2f}{(f'{acc:.4f}' if acc is not None else '-'):>10}"
+            f"{w['down'] / 1e6:>9.2f}{(f'{link_s:.3f}' if link_s is not None else '-'):>8}"
+            f"{(f'{acc:.4f}' if acc is not None else '-'):>10}"
             f"{(f'{tt:.1f}' if tt is not None else '-'):>12}"
         )
     return lines

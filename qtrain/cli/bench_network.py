@@ -13,7 +13,11 @@ import typer
 
 def network(
     configs: list[str] = typer.Argument(..., help="qtrain config files to run (each under MPI over TCP)."),
-    bandwidth: str = typer.Option("1gbit", "--bandwidth", help="Rate of every link, each direction."),
+    bandwidth: str = typer.Option(
+        "1gbit",
+        "--bandwidth",
+        help="Rate of every link, each direction; 'unshaped': no limit (the compute-bound baseline).",
+    ),
     latency: str = typer.Option("0", "--latency", help="One-way rank-to-rank latency (needs tc netem)."),
     workers: int = typer.Option(4, "--workers", help="Workers (qtrain adds one server rank)."),
     steps: int = typer.Option(30, "--steps", help="Training steps of every run."),
@@ -40,7 +44,8 @@ def network(
 
     try:
         check_privileges()
-        link = LinkSpec(parse_rate(bandwidth), parse_latency(latency), shared_link)
+        rate = None if bandwidth.strip().lower() == "unshaped" else parse_rate(bandwidth)
+        link = LinkSpec(rate, parse_latency(latency), shared_link)
         peer_list = [p.strip() for p in peers.split(",") if p.strip()]
         for p in peer_list:
             peer_hook(p)
