@@ -88,14 +88,20 @@ bench: install
 
 # The reference comparison of docs/benchmarks.md (root, Linux): 1 Gbit/s links, 4 workers, an MLP
 # 64-2048-2048-10 (4.35M parameters) on digits; qtrain's fp32 parameter server (adam), the four
-# papers' compressed algorithms at their defaults, and torch DDP with no hook, fp16 and PowerSGD.
+# papers' compressed algorithms at their defaults, and torch DDP with no hook, fp16 and PowerSGD;
+# every qtrain run in 4 segments (overlap with backward, pipelined server); then efficient-adam on
+# unshaped links: its compute-bound step time, the other half of the overlap target.
 # --latency 0: this kernel has no netem qdisc (see docs/benchmarks.md).
 BENCH_NET_OUT ?= runs/bench-network
+BENCH_NET_SETS = --set model.hidden=[2048,2048] --set runtime.segments=4
 bench-network: install sysdeps
 	$(BIN)/qtrain bench network configs/adam.yaml configs/ecq-sgd.yaml configs/qadam.yaml \
 	  configs/efficient-adam.yaml configs/qcmd-adagrad.yaml --bandwidth 1gbit --latency 0 --workers 4 \
-	  --steps 30 --warmup 5 --eval-every 5 --target-accuracy 0.8 --set model.hidden=[2048,2048] \
+	  --steps 30 --warmup 5 --eval-every 5 --target-accuracy 0.8 $(BENCH_NET_SETS) \
 	  --peers ddp,ddp-fp16,ddp-powersgd:4 --out $(BENCH_NET_OUT)
+	$(BIN)/qtrain bench network configs/efficient-adam.yaml --bandwidth unshaped --latency 0 --workers 4 \
+	  --steps 30 --warmup 5 --eval-every 5 --target-accuracy 0.8 $(BENCH_NET_SETS) \
+	  --peers '' --out $(BENCH_NET_OUT)-unshaped
 
 lint: install
 	$(BIN)/ruff check qtrain tests benchmarks

@@ -11,7 +11,7 @@ from qtrain.engine.partition import Partition
 from qtrain.engine.topology import Topology
 from qtrain.runtime.records import DOWNLINK_RECORD, UPLINK_RECORD
 from qtrain.runtime.transport import Transport
-from qtrain.runtime.waiting import Stalled
+from qtrain.runtime.waiting import Stalled, wait_some
 
 
 class ScriptedRequest:
@@ -124,3 +124,28 @@ def test_an_uplink_for_another_step_is_refused_naming_the_rank():
     t.post_uplinks()
     with pytest.raises(RuntimeError, match="rank 1 sent a .* for step 7, segment 0; expected .* for step 8"):
         next(t.uplinks(8))
+
+
+def test_waits_sleep_from_the_start_when_the_node_is_oversubscribed(monkeypatch):
+    from qtrain.runtime import placement, waiting
+
+    monkeypatch.setattr(placement.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert not placement.oversubscribed(2, 1)
+    assert placement.oversubscribed(3, 1) and placement.oversubscribed(2, 2)
+    waiting.set_spin(False)
+    assert waiting.SPIN_S == 0.0
+    waiting.set_spin(True)
+    assert waiting.SPIN_S == 0.002
+
+
+def test_wait_some_returns_what_completed_and_names_the_stall():
+    class Flag:
+        def __init__(self, done):
+            self.done = done
+
+        def Test(self):
+            return self.done
+
+    assert wait_some([None, Flag(False), Flag(True)], 1.0, "x", lambda: "") == [2]
+    with pytest.raises(Stalled, match=r"no progress for 0.05 s in phase 'uplink gather' \(step 3\)$"):
+        wait_some([Flag(False)], 0.05, "uplink gather", lambda: " (step 3)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -14,6 +16,11 @@ def local_rank(comm) -> int:
         return node.Get_rank()
     finally:
         node.Free()
+
+
+def oversubscribed(ranks_here: int, threads: int) -> bool:
+    """More threads of ranks on this node than cores this process may run on."""
+    return ranks_here * threads > len(os.sched_getaffinity(0))
 
 
 def choose_device(setting: str, local: int) -> torch.device:

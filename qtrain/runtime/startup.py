@@ -41,6 +41,7 @@ class WorldInfo:
     cuda: object  # mpi_info.CudaAwareness
     mpi_library: str
     version: str = field(default=qtrain.__version__)
+    waits: str = ""  # how this node's ranks wait for MPI (runtime/waiting.py), said at start-up
 
     def announce(self, plan, echo, resume) -> None:
         """What the serving rank prints before training: plan, wire cost, CUDA-aware decision, ranks."""
@@ -65,6 +66,7 @@ class WorldInfo:
             )
         how = "device buffers go to MPI directly" if self.cuda.enabled else "host-staged buffers"
         echo(f"  CUDA-aware MPI: {self.cuda.answer} ({self.cuda.how}); {how}")
+        echo(f"  rank 0's node: {self.waits}")
         echo(
             "  ranks: "
             + ", ".join(
@@ -98,7 +100,8 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
     from qtrain.engine.topology import Topology
     from qtrain.kernels import set_threads as set_kernel_threads
     from qtrain.runtime import faults, mpi_info
-    from qtrain.runtime.placement import choose_device, local_rank
+    from qtrain.runtime.placement import choose_device, local_rank, oversubscribed
+    from qtrain.runtime.waiting import set_spin
 
     rank, size = comm.Get_rank(), comm.Get_size()
     if size < 2:
@@ -141,6 +144,15 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
         )
     world = WorldInfo(
         [d for _, _, d, _ in reports], [h for *_, h in reports], cuda, mpi_info.library_version()
+    )
+    # ranks on this host share its cores whatever MPI's shared-memory view says (network
+    # namespaces, MPIR_CVAR_NOLOCAL): count them by host name
+    ranks_here = sum(h.split(" pid ")[0] == socket.gethostname() for *_, h in reports)
+    crowded = oversubscribed(ranks_here, torch.get_num_threads())
+    set_spin(not crowded)
+    world.waits = (
+        f"{ranks_here} ranks x {torch.get_num_threads()} threads on {len(os.sched_getaffinity(0))} cores: "
+        + ("oversubscribed, waits sleep between tests" if crowded else "waits yield for 2 ms, then sleep")
     )
     return topology, plan, model, world
 

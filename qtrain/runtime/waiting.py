@@ -3,8 +3,11 @@ for forever.
 
 The wait calls ``Test`` (which also drives the MPI progress engine) in a loop that yields the
 CPU between tests (``sched_yield``) for the first ``SPIN_S`` seconds, then sleeps with a back-off
-up to 1 ms. Yielding keeps latency low on dedicated cores and lets the peer we wait for run on
-oversubscribed ones; the sleeps leave the CPU alone during long waits (MPICH's blocking waits spin).
+up to 1 ms. Yielding keeps latency low on dedicated cores; the sleeps leave the CPU alone during
+long waits (MPICH's blocking waits spin). When the node's ranks have fewer cores than threads
+(``set_spin(False)``, decided at start-up), a yielding rank stays runnable and takes turns from
+the ranks that compute, so the loop sleeps from the start (Open MPI's ``mpi_yield_when_idle``
+makes the same choice): 8% shorter steps for 1 server + 4 workers on 2 cores (docs/benchmarks.md).
 ``benchmarks/transport.py`` measures the cost against plain blocking collectives."""
 
 from __future__ import annotations
@@ -13,6 +16,12 @@ import os
 import time
 
 SPIN_S = 0.002
+
+
+def set_spin(spin: bool) -> None:
+    """Yield for the first 2 ms of a wait (dedicated cores), or sleep from the start."""
+    global SPIN_S
+    SPIN_S = 0.002 if spin else 0.0
 
 
 class Stalled(RuntimeError):
