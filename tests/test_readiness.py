@@ -52,3 +52,15 @@ def test_a_parameter_without_gradient_leaves_its_segments_to_rest():
     rest = [s.index for s in readiness.rest()]
     assert sorted(done + rest) == [0, 1] and rest
     assert readiness.rest() == []
+
+
+def test_overlap_setting_per_device_and_thread_level():
+    from qtrain.runtime.worker_role import uses_overlap
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert uses_overlap("auto", cpu, False)[0] and uses_overlap("on", cpu, False)[0]
+    assert not uses_overlap("off", cpu, True)[0]
+    assert not uses_overlap("auto", gpu, True)[0]
+    on, why = uses_overlap("on", gpu, False)
+    assert not on and "MPI_THREAD_MULTIPLE" in why
+    assert uses_overlap("on", gpu, True)[0]

@@ -20,10 +20,15 @@ def run_worker(plan, model, transport, svc, resume) -> None:
     sampler = plan.sampler(topo.worker_index)
     start = _start(plan, model, engine, sampler, transport, svc, resume)
     record = np.zeros(1, dtype=UPLINK_RECORD)
-    overlap = uses_overlap(cfg.runtime.overlap, model.device)
+    overlap, why = uses_overlap(cfg.runtime.overlap, model.device, _thread_multiple())
     readiness = SegmentReadiness(model.layout, part)
-    if overlap and len(part) > 1:
-        svc.log.info("overlap: each of %d segments is sent as soon as backward completes it", len(part))
+    svc.log.info(
+        "overlap %s (%s): %d segment(s) sent %s",
+        "on" if overlap else "off",
+        why,
+        len(part),
+        "as backward completes each" if overlap else "after backward",
+    )
     comm_s = decode_s = 0.0
     clock_offsets(topo, cfg.runtime.timeout_s)  # the server maps our instants onto its clock
     arrived, applied = np.zeros(len(part)), np.zeros(len(part))  # the last downlink, per segment
@@ -78,13 +83,28 @@ def run_worker(plan, model, transport, svc, resume) -> None:
     topo.comm.gather((comm_s, decode_s, backward_end, arrived, applied), root=topo.server)
 
 
-def uses_overlap(setting: str, device) -> bool:
-    """``runtime.overlap``: on, off, or auto (on for CPU workers: autograd runs their hooks on the
-    thread that called backward, the one that talks MPI; a CUDA backward runs hooks on its own
-    device thread, which would need MPI_THREAD_MULTIPLE, so auto leaves it off there)."""
+def uses_overlap(setting: str, device, thread_multiple: bool) -> tuple[bool, str]:
+    """``runtime.overlap`` (on, off or auto) for this worker: whether to send segments from the
+    backward hooks, and why. Autograd runs a CPU backward's hooks on the thread that called
+    backward, the one that talks MPI, so any thread level will do; a CUDA backward runs them on a
+    device thread, which needs MPI_THREAD_MULTIPLE (``thread_multiple``: the library granted it).
+    ``auto`` is on for CPU workers only; ``on`` falls back to sending after backward, with the
+    reason, where the thread level is too low."""
+    if setting == "off":
+        return False, "runtime.overlap=off"
+    if str(device) == "cpu":
+        return True, "hooks run on the MPI thread (CPU backward)"
     if setting == "auto":
-        return str(device) == "cpu"
-    return setting == "on"
+        return False, "auto: a CUDA backward runs hooks on a device thread"
+    if not thread_multiple:
+        return False, "runtime.overlap=on needs MPI_THREAD_MULTIPLE for a CUDA backward, not granted"
+    return True, "runtime.overlap=on with MPI_THREAD_MULTIPLE"
+
+
+def _thread_multiple() -> bool:
+    from mpi4py import MPI
+
+    return MPI.Query_thread() == MPI.THREAD_MULTIPLE
 
 
 class _SegmentSender:
