@@ -32,7 +32,7 @@ else
 endif
 export QTRAIN_MPIEXEC := $(MPIEXEC)
 
-.PHONY: venv install sysdeps run test test-gpu test-fast bench bench-network lint format clean info
+.PHONY: venv install sysdeps run test test-gpu test-fast bench bench-network reproduce lint format clean info
 
 # Debian tools the test suite uses: h5dump/h5clear (hdf5-tools) read the HDF5 files qtrain writes;
 # slurm-wlm + munge run the one-node Slurm cluster of the `slurm` tests (slurm/local-cluster.sh);
@@ -102,6 +102,11 @@ bench-network: install sysdeps
 	$(BIN)/qtrain bench network configs/efficient-adam.yaml --bandwidth unshaped --latency 0 --workers 4 \
 	  --steps 30 --warmup 5 --eval-every 5 --target-accuracy 0.8 $(BENCH_NET_SETS) \
 	  --peers '' --out $(BENCH_NET_OUT)-unshaped
+
+# The papers' headline results regenerated in the simulator (docs/reproductions.md): tables,
+# results.json and PNG plots under runs/reproduce/NAME.
+reproduce: install
+	$(BIN)/qtrain reproduce all --out runs/reproduce
 
 lint: install
 	$(BIN)/ruff check qtrain tests benchmarks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from qtrain.cli import analyze, bench, checkpoint, info, simulate, slurm, train
+from qtrain.cli import analyze, bench, checkpoint, info, reproduce, simulate, slurm, train
 
 app = typer.Typer(
     name="qtrain",
@@ -18,6 +18,7 @@ app.command("train")(train.train)
 app.command("simulate")(simulate.simulate)
 app.command("analyze")(analyze.analyze)
 app.command("compare")(analyze.compare)
+app.command("reproduce")(reproduce.reproduce)
 app.add_typer(checkpoint.app, name="checkpoint")
 app.add_typer(slurm.app, name="slurm")
 app.add_typer(bench.app, name="bench")

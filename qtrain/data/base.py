@@ -17,6 +17,7 @@ class Dataset:
     task: str  # "classification" | "regression"
     outputs: int  # classes, or regression targets per sample
     optimum_train_loss: float | None = None  # known minimum of the training loss, where there is one
+    true_weights: torch.Tensor | None = None  # synthetic datasets: the generating w* (features,)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

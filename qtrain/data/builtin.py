@@ -36,7 +36,17 @@ def synthetic_regression(cfg, seed: int) -> Dataset:
     x = torch.randn(cfg.samples + n_test, cfg.features, generator=gen)
     y = x @ w + cfg.noise * torch.randn(len(x), 1, generator=gen)
     xtr, ytr, xte, yte = x[: cfg.samples], y[: cfg.samples], x[cfg.samples :], y[cfg.samples :]
-    return Dataset("synthetic-regression", xtr, ytr, xte, yte, "regression", 1, _least_squares_loss(xtr, ytr))
+    return Dataset(
+        "synthetic-regression",
+        xtr,
+        ytr,
+        xte,
+        yte,
+        "regression",
+        1,
+        _least_squares_loss(xtr, ytr),
+        w.reshape(-1),
+    )
 
 
 def synthetic_sparse_logistic(cfg, seed: int) -> Dataset:
@@ -59,6 +69,7 @@ def synthetic_sparse_logistic(cfg, seed: int) -> Dataset:
         y[cfg.samples :],
         "classification",
         2,
+        true_weights=w,
     )
 
 

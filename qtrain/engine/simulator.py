@@ -26,9 +26,11 @@ from qtrain.io.run_dir import params_sha256, prepare_out_dir, write_config, writ
 from qtrain.kernels import set_threads as set_kernel_threads
 
 
-def simulate(cfg, workers: int, out: str | Path | None, log=print) -> dict:
+def simulate(cfg, workers: int, out: str | Path | None, log=print, observe=None) -> dict:
     """Run ``cfg`` with ``workers`` virtual workers; write ``OUT/config.yaml``, the trace, the
-    checkpoints and ``OUT/summary.json`` when ``out`` is given; return the summary."""
+    checkpoints and ``OUT/summary.json`` when ``out`` is given; return the summary.
+    ``observe(step, params, dataset)``, when given, sees the server's weights after every step
+    (step 0: before training), read-only: how reproductions follow a quantity over training."""
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
         set_kernel_threads(cfg.runtime.threads)
@@ -51,6 +53,8 @@ def simulate(cfg, workers: int, out: str | Path | None, log=print) -> dict:
             rec.downlink(initial.numel(), seg)
             engines[0].apply_downlink(seg, initial, replica.params)
 
+    if observe is not None:
+        observe(0, server_model.params, ds)
     for step in range(1, setup.steps + 1):
         rec.begin_step(step)
         server.begin_step()
@@ -80,6 +84,8 @@ def simulate(cfg, workers: int, out: str | Path | None, log=print) -> dict:
         if rec.eval_due():
             rec.evaluate(server_model, ds)
         rec.end_step(report, server.last_stats)
+        if observe is not None:
+            observe(step, server_model.params, ds)
         if checkpointer is not None and is_checkpoint_step(cfg, step, setup.steps, False):
             snaps = [worker_snapshot(e, s) for e, s in zip(engines, samplers, strict=True)]
             rec.flush()

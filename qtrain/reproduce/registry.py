@@ -1,0 +1,10 @@
+"""The reproductions by name, in the order ``make reproduce`` runs them."""
+
+from __future__ import annotations
+
+from qtrain.reproduce import ecq_linear, qcmd_sparsity
+
+REPRODUCTIONS = {
+    "ecq-linear": ecq_linear.reproduce,  # ECQ-SGD vs QSGD vs SGD, Syn-256/512/1024
+    "qcmd-sparsity": qcmd_sparsity.reproduce,  # QCMD/QRDA model density across codecs and l1
+}

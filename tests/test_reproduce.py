@@ -1,0 +1,73 @@
+"""Smoke versions of the paper reproductions (`qtrain reproduce NAME --quick`): the pipeline runs,
+writes its table, results and plot, and the numbers are what the runs measured. The papers'
+numbers are never asserted here: they are in docs/reproductions.md."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from qtrain.config import load_config
+from qtrain.engine.simulator import simulate
+from qtrain.reproduce import ecq_linear, qcmd_sparsity
+from qtrain.reproduce.registry import REPRODUCTIONS
+
+QTRAIN = [sys.executable, "-m", "qtrain"]
+
+
+def test_the_observer_sees_every_step_and_the_final_weights():
+    cfg = load_config("configs/sgd.yaml", ["train.steps=5", "train.eval_every=5"])
+    seen = []
+    summary = simulate(cfg, 2, None, log=lambda _: None, observe=lambda t, p, ds: seen.append((t, p.clone())))
+    assert [t for t, _ in seen] == [0, 1, 2, 3, 4, 5]
+    assert not torch.equal(seen[0][1], seen[-1][1])
+    from qtrain.io.run_dir import params_sha256
+
+    assert params_sha256(seen[-1][1]) == summary["params_sha256"]
+
+
+def test_metrics_against_hand_computed_values():
+    class DS:
+        x_train = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+        y_train = torch.tensor([[1.0], [2.0]])
+        true_weights = torch.tensor([1.0, 1.0])
+
+    params = torch.tensor([0.5, 0.0, 0.25])  # w = (0.5, 0), b = 0.25
+    # residuals: 0.75 - 1 = -0.25, 1.75 - 2 = -0.25
+    assert ecq_linear.train_loss(params, DS) == pytest.approx(0.5 * 0.0625)
+    assert ecq_linear.distance(params, DS) == pytest.approx((0.25 + 1.0) ** 0.5)
+    two_class = torch.tensor([0.0, 1.0, 0.0, 2.0, 7.0, 7.0])  # 2 x 2 weights, then 2 biases
+    assert qcmd_sparsity.density(two_class, DS) == 0.5
+
+
+@pytest.mark.parametrize("name", list(REPRODUCTIONS))
+def test_quick_reproduction_writes_its_table_results_and_plot(tmp_path, name):
+    p = subprocess.run(
+        [*QTRAIN, "reproduce", name, "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / name
+    results = json.loads((out / "results.json").read_text())
+    table = (out / "table.md").read_text().splitlines()
+    runs = results["runs"]
+    assert len(table) >= len(runs) + 2 and all(r["command"].startswith("qtrain simulate ") for r in runs)
+    assert list(out.glob("*.png")) and all(png.stat().st_size > 10_000 for png in out.glob("*.png"))
+    for r in runs:
+        for curve in r["curves"].values():
+            assert curve["steps"][0] == 0 and curve["steps"][-1] == results["settings"]["steps"]
+            assert all(v == v for v in curve["values"])  # measured, not NaN placeholders
+
+
+def test_unknown_reproduction_is_one_line(tmp_path):
+    p = subprocess.run(
+        [*QTRAIN, "reproduce", "resnet-imagenet", "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [
+        "qtrain: error: unknown reproduction 'resnet-imagenet'; choose from: all, ecq-linear, qcmd-sparsity"
+    ]
