@@ -17,6 +17,7 @@ def reproduce(
 ) -> None:
     """Run paper reproductions in the simulator; write results.json, table.md and PNG plots."""
     from qtrain.cli.errors import fail
+    from qtrain.config import ConfigError
     from qtrain.reproduce.registry import REPRODUCTIONS
 
     chosen = list(REPRODUCTIONS) if names == ["all"] else names
@@ -26,6 +27,9 @@ def reproduce(
     for name in chosen:
         t0 = time.perf_counter()
         target = Path(out) / name
-        REPRODUCTIONS[name](target, quick=quick)
+        try:
+            REPRODUCTIONS[name](target, quick=quick)
+        except (ConfigError, ValueError) as exc:  # e.g. Fashion-MNIST not installed
+            fail(f"reproduce {name}: {exc}")
         typer.echo(f"{name}: {time.perf_counter() - t0:.0f} s -> {target}/table.md")
         typer.echo((target / "table.md").read_text())

@@ -20,9 +20,10 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     # digits | synthetic-regression | synthetic-sparse-logistic | toy-convex | libsvm | cifar10 | npz
+    # | idx (MNIST-layout directory) | fashion-mnist
     name: str = "digits"
     batch_size: int = 32  # per worker
-    path: str | None = None  # libsvm file, cifar10 directory, npz file
+    path: str | None = None  # libsvm file, cifar10 directory, npz file, idx directory
     test_path: str | None = None  # libsvm: a separate test file (else test_fraction of `path`)
     test_fraction: float = 0.2  # held-out share where the dataset has no test split
     samples: int = 10000  # synthetic datasets: training samples

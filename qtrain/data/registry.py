@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qtrain.data import builtin, files
+from qtrain.data import builtin, files, idx
 from qtrain.data.base import Dataset
 
 DATASETS = {
@@ -13,6 +13,8 @@ DATASETS = {
     "libsvm": files.libsvm,
     "cifar10": files.cifar10,
     "npz": files.npz,
+    "idx": idx.idx_images,
+    "fashion-mnist": idx.fashion_mnist,
 }
 
 
