@@ -5,11 +5,14 @@ Claims reproduced: (1) with gradients quantized to 1 or 2 bits, error feedback b
 Adam to the loss of full-precision Adam, where the same quantizer without it converges worse;
 (2) with the server's weights quantized (workers compute at quantized weights), training
 converges to a neighbourhood whose size shrinks as the weights get more bits. Setting, chosen
-here (not the paper's): multinomial logistic regression on Fashion-MNIST (convex, so the final
-training loss is a clean floor), 4 workers, batch 32 each, 3,000 steps, lr 0.002; 1 bit = `sign`
-(one scale per 512), 2 bits = `uniform` 2-bit linf stochastic; weight quantization = `uniform`
-linf nearest at 4, 6 and 8 bits with the default 2-bit gradients and error feedback. The training
-loss reported is that of the server's full-precision master weights over the whole training set.
+here (not the paper's): linear regression on Syn-256 (ECQ-SGD's synthetic problem: convex, with
+its exact least-squares optimum known, so a loss floor is unambiguous), 4 workers, batch 32 each,
+2,000 steps, lr 0.01; 1 bit = `sign` (one scale per 512), 2 bits = `uniform` 2-bit linf
+stochastic; weight quantization = `uniform` linf nearest at 4, 6 and 8 bits (buckets of 512)
+with the default 2-bit gradients and error feedback. The training loss reported is that of the
+server's full-precision master weights over the whole training set. (A first try on
+Fashion-MNIST logistic regression, 3,000 steps, lr 0.002, showed no floor: full-precision Adam
+itself had not converged, 0.432 against 0.398-0.417 for every quantized variant.)
 """
 
 from __future__ import annotations
@@ -48,10 +51,13 @@ def _weights(bits: int) -> list[str]:
 
 
 def reproduce(out: Path, quick: bool = False) -> dict:
-    steps = 20 if quick else 3000
+    steps = 20 if quick else 2000
     common = [
         "model.name=logreg",
-        "data.name=fashion-mnist",
+        "data.name=synthetic-regression",
+        "data.features=256",
+        "data.samples=10000",
+        "algorithm.lr=0.01",
         f"train.steps={steps}",
         f"train.eval_every={steps}",
     ]
@@ -66,7 +72,8 @@ def reproduce(out: Path, quick: bool = False) -> dict:
                 "weight_bits": next((b for b in WEIGHT_BITS if name.startswith(f"weights {b}-")), None),
                 "command": s["command"],
                 "train_loss": s["final_train_loss"],
-                "test_accuracy": s["final_test_accuracy"],
+                "optimum_train_loss": s["optimum_train_loss"],
+                "test_loss": s["final_test_loss"],
                 "bytes_up_per_step_worker": s["bytes_up"] / steps / 4,
                 "bytes_down_per_step_worker": s["bytes_down"] / steps / 4,
                 "curves": {},
@@ -79,13 +86,14 @@ def reproduce(out: Path, quick: bool = False) -> dict:
 
 def _table(results: dict) -> list[str]:
     lines = [
-        "| variant | final training loss | test accuracy | uplink bytes/step/worker "
+        "| variant | final training loss | optimum (least squares) | test loss | uplink bytes/step/worker "
         "| downlink bytes/step/worker |",
-        "|---|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results["runs"]:
         lines.append(
-            f"| {r['variant']} | {r['train_loss']:.4f} | {r['test_accuracy']:.4f} | "
+            f"| {r['variant']} | {r['train_loss']:.5f} | {r['optimum_train_loss']:.5f} "
+            f"| {r['test_loss']:.5f} | "
             f"{r['bytes_up_per_step_worker']:.0f} | {r['bytes_down_per_step_worker']:.0f} |"
         )
     return lines
@@ -100,6 +108,9 @@ def _plot(results: dict, path: Path) -> None:
     weights = [r for r in results["runs"] if r["weight_bits"] is not None]
     axes[0, 1].plot([r["weight_bits"] for r in weights], [r["train_loss"] for r in weights], marker="o")
     axes[0, 1].axhline(grad[0]["train_loss"], color="k", linestyle=":", label="Adam, fp32")
+    axes[0, 1].axhline(grad[0]["optimum_train_loss"], color="g", linestyle="--", label="optimum")
+    axes[0, 0].set_yscale("log")
+    axes[0, 1].set_yscale("log")
     axes[0, 1].set(title="Weight quantization: loss floor vs bits", xlabel="weight bits", ylabel="loss")
     axes[0, 1].legend(fontsize=8)
     fig.savefig(path, dpi=110)
