@@ -37,20 +37,20 @@ export QTRAIN_MPIEXEC := $(MPIEXEC)
 # Debian tools the test suite uses: h5dump/h5clear (hdf5-tools) read the HDF5 files qtrain writes;
 # slurm-wlm + munge run the one-node Slurm cluster of the `slurm` tests (slurm/local-cluster.sh);
 # ip/tc (iproute2) build the emulated networks of `qtrain bench network` and the `netns` tests.
-# dataset-fashion-mnist (30 MB of idx files under /usr/share/datasets) is the real data of the
-# reproductions (`make reproduce`) and of the idx loader's tests.
+# dataset-fashion-mnist (30 MB of idx files under /usr/share/datasets) and bible-kjv (the `bible`
+# command: the King James text) are the real data of the reproductions (`make reproduce`).
 # Installed when missing and we are root on a Debian-like machine (CI); elsewhere the tests that
 # need them are skipped, except under CI=true where they fail.
-SYSDEPS_BIN := h5dump slurmctld slurmd munged ip tc
+SYSDEPS_BIN := h5dump slurmctld slurmd munged ip tc bible
 SYSDEPS_DATA := /usr/share/datasets/fashion-mnist
 sysdeps:
 	@missing=""; for b in $(SYSDEPS_BIN); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	for d in $(SYSDEPS_DATA); do [ -d $$d ] || missing="$$missing $$d"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing hdf5-tools slurm-wlm munge iproute2 dataset-fashion-mnist (for:$$missing)"; \
+	  echo "installing hdf5-tools slurm-wlm munge iproute2 dataset-fashion-mnist bible-kjv (for:$$missing)"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hdf5-tools slurm-wlm munge iproute2 \
-	    dataset-fashion-mnist >/dev/null; \
+	    dataset-fashion-mnist bible-kjv >/dev/null; \
 	fi
 
 venv: $(PY)

@@ -20,10 +20,10 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     # digits | synthetic-regression | synthetic-sparse-logistic | toy-convex | libsvm | cifar10 | npz
-    # | idx (MNIST-layout directory) | fashion-mnist
+    # | idx (MNIST-layout directory) | fashion-mnist | text (character-level, any UTF-8 file)
     name: str = "digits"
     batch_size: int = 32  # per worker
-    path: str | None = None  # libsvm file, cifar10 directory, npz file, idx directory
+    path: str | None = None  # libsvm file, cifar10 directory, npz file, idx directory, text file
     test_path: str | None = None  # libsvm: a separate test file (else test_fraction of `path`)
     test_fraction: float = 0.2  # held-out share where the dataset has no test split
     samples: int = 10000  # synthetic datasets: training samples
@@ -31,6 +31,7 @@ class DataConfig:
     noise: float = 0.1  # synthetic-regression: label noise std
     density: float = 0.1  # synthetic-sparse-logistic: share of nonzero true weights
     shuffle: bool = True  # reshuffle each worker's shard every epoch
+    context: int = 64  # text: characters per training window
 
 
 @dataclass

@@ -58,6 +58,7 @@ def _validate(cfg) -> None:
     _positive(cfg.checkpoint.every, "checkpoint.every", allow_zero=True)
     _positive(cfg.checkpoint.keep, "checkpoint.keep")
     _positive(cfg.trace.flush_every, "trace.flush_every")
+    _positive(d.context, "data.context")
     _positive(cfg.trace.timeline_every, "trace.timeline_every", allow_zero=True)
     if cfg.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {cfg.seed}")

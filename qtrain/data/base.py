@@ -14,7 +14,7 @@ class Dataset:
     y_train: torch.Tensor  # int64 class ids (classification) or float32 (n, outputs) (regression)
     x_test: torch.Tensor
     y_test: torch.Tensor
-    task: str  # "classification" | "regression"
+    task: str  # "classification" | "regression" | "language-model" (per-token classification)
     outputs: int  # classes, or regression targets per sample
     optimum_train_loss: float | None = None  # known minimum of the training loss, where there is one
     true_weights: torch.Tensor | None = None  # synthetic datasets: the generating w* (features,)
@@ -33,7 +33,7 @@ class Dataset:
             raise ValueError(f"dataset {self.name}: train and test features have different shapes")
         if not torch.isfinite(self.x_train).all() or not torch.isfinite(self.x_test).all():
             raise ValueError(f"dataset {self.name}: features contain NaN or Inf")
-        if self.task == "classification":
+        if self.task in ("classification", "language-model"):
             for y in (self.y_train, self.y_test):
                 if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.outputs):
                     raise ValueError(f"dataset {self.name}: a label is outside 0..{self.outputs - 1}")

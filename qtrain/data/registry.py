@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qtrain.data import builtin, files, idx
+from qtrain.data import builtin, files, idx, text
 from qtrain.data.base import Dataset
 
 DATASETS = {
@@ -15,6 +15,7 @@ DATASETS = {
     "npz": files.npz,
     "idx": idx.idx_images,
     "fashion-mnist": idx.fashion_mnist,
+    "text": text.text,
 }
 
 

@@ -102,9 +102,12 @@ class RunStats:
             "params_sha256": sha,
             "evals": self.evals,
         }
-        if ds.task == "classification":
+        if ds.task != "regression":
             out["final_test_accuracy"] = final["accuracy"]
             out["final_train_accuracy"] = train["accuracy"]
+        if "perplexity" in final:
+            out["final_test_perplexity"] = final["perplexity"]
+            out["final_train_perplexity"] = train["perplexity"]
         if ds.optimum_train_loss is not None:
             out["optimum_train_loss"] = ds.optimum_train_loss
         out.update(extra)

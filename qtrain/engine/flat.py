@@ -7,6 +7,8 @@ model in place. Codecs and algorithms only ever see these 1-D buffers.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -69,25 +71,30 @@ class FlatModel:
 
 @torch.no_grad()
 def evaluate_module(module, x, y, task: str, device: torch.device, batch: int = 1024) -> dict:
-    """Mean loss (and accuracy for classification) of ``module`` over a whole split, in eval mode."""
+    """Mean loss (and accuracy for classification) of ``module`` over a whole split, in eval mode.
+    Language models: loss, accuracy and perplexity per token."""
     module.eval()
-    total, correct, n = 0.0, 0, len(x)
-    for start in range(0, n, batch):
+    total, correct = 0.0, 0
+    for start in range(0, len(x), batch):
         xb = x[start : start + batch].to(device)
         yb = y[start : start + batch].to(device)
         out = module(xb)
         total += float(loss_fn(out, yb, task, reduction="sum"))
-        if task == "classification":
+        if task != "regression":
             correct += int((out.argmax(dim=1) == yb).sum())
+    n = y.numel() if task == "language-model" else len(x)  # tokens, or samples
     result = {"loss": total / max(n, 1)}
-    if task == "classification":
+    if task != "regression":
         result["accuracy"] = correct / max(n, 1)
+    if task == "language-model":
+        result["perplexity"] = math.exp(min(result["loss"], 700.0))
     return result
 
 
 def loss_fn(out: torch.Tensor, y: torch.Tensor, task: str, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy for classification; 0.5 * squared error summed over targets for regression."""
-    if task == "classification":
+    """Cross-entropy for classification (per token for language models: ``out`` (N, V, T));
+    0.5 * squared error summed over targets for regression."""
+    if task in ("classification", "language-model"):
         return F.cross_entropy(out, y, reduction=reduction)
     per_sample = 0.5 * (out - y).pow(2).sum(dim=1)
     return per_sample.mean() if reduction == "mean" else per_sample.sum()

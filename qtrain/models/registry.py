@@ -8,8 +8,9 @@ from torch import nn
 
 from qtrain.models.resnet import resnet20
 from qtrain.models.simple import lenet, logreg, mlp
+from qtrain.models.transformer import transformer
 
-MODELS = {"logreg": logreg, "mlp": mlp, "lenet": lenet, "resnet20": resnet20}
+MODELS = {"logreg": logreg, "mlp": mlp, "lenet": lenet, "resnet20": resnet20, "transformer": transformer}
 
 
 def _plugin(spec: str):

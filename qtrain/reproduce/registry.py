@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from qtrain.reproduce import ecq_linear, efficient_adam, qadam, qcmd_sparsity
+from qtrain.reproduce import ecq_linear, efficient_adam, efficient_adam_lm, qadam, qcmd_sparsity
 
 REPRODUCTIONS = {
     "ecq-linear": ecq_linear.reproduce,  # ECQ-SGD vs QSGD vs SGD, Syn-256/512/1024
     "qcmd-sparsity": qcmd_sparsity.reproduce,  # QCMD/QRDA model density across codecs and l1
     "qadam": qadam.reproduce,  # gradient quantization with/without EF, weight quantization bits
     "efficient-adam": efficient_adam.reproduce,  # 1-bit both ways vs Adam on Fashion-MNIST, EF ablations
+    "efficient-adam-lm": efficient_adam_lm.reproduce,  # the same on a character transformer: perplexity
 }
