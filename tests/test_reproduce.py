@@ -48,6 +48,7 @@ def test_metrics_against_hand_computed_values():
 
 NEEDS = {  # reproductions on Debian data: what must be installed (make sysdeps as root)
     "efficient-adam": lambda: Path(FASHION_MNIST_DIR).is_dir(),
+    "ecq-compression": lambda: Path(FASHION_MNIST_DIR).is_dir(),
     "efficient-adam-lm": lambda: shutil.which("bible") is not None,
 }
 

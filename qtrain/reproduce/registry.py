@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from qtrain.reproduce import ecq_linear, efficient_adam, efficient_adam_lm, qadam, qcmd_sparsity
+from qtrain.reproduce import (
+    ecq_compression,
+    ecq_linear,
+    efficient_adam,
+    efficient_adam_lm,
+    qadam,
+    qcmd_sparsity,
+)
 
 REPRODUCTIONS = {
     "ecq-linear": ecq_linear.reproduce,  # ECQ-SGD vs QSGD vs SGD, Syn-256/512/1024
+    "ecq-compression": ecq_compression.reproduce,  # compression within 0.5 points, LeNet / Fashion-MNIST
     "qcmd-sparsity": qcmd_sparsity.reproduce,  # QCMD/QRDA model density across codecs and l1
     "qadam": qadam.reproduce,  # gradient quantization with/without EF, weight quantization bits
     "efficient-adam": efficient_adam.reproduce,  # 1-bit both ways vs Adam on Fashion-MNIST, EF ablations
