@@ -127,7 +127,9 @@ class UniformCodec(Codec):
         scales = exact_sqrt(bucket_sums(xb * xb)) if self.norm == "l2" else xb.abs().amax(dim=1)
         check_scales(scales, self.name)
         r = per_element(scales, n, self.bucket)
-        t = x.abs() * torch.where(r > 0, s / r, torch.zeros_like(r))
+        inv = torch.where(r > 0, s / r, torch.zeros_like(r))
+        # a scale below s / FLT_MAX (subnormal r) overflows s / r: divide first there, |x| / r <= 1
+        t = torch.where(torch.isinf(inv), (x.abs() / r) * s, x.abs() * inv)
         if self.stochastic:
             u = uniforms(rng, n, x.device)
             level = torch.floor(t + u)

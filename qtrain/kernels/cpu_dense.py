@@ -367,19 +367,22 @@ def encode(
                 else:
                     r = _fold_max(buf, d, width)
                 inv = (_ONE / r) * s32 if r > _ZERO else _ZERO
+                tiny = np.isinf(inv)  # subnormal scale: s / r overflows, divide first (as the reference)
                 step_val = r / s32
                 if stochastic:
                     ub = u[b0 : b0 + d]
                     for k in range(d):
                         x = vb[k]
-                        lvl = min(max(np.floor(abs(x) * inv + ub[k]), _ZERO), s32)
+                        t = (abs(x) / r) * s32 if tiny else abs(x) * inv
+                        lvl = min(max(np.floor(t + ub[k]), _ZERO), s32)
                         code = s32 - lvl if x < _ZERO else s32 + lvl
                         cb[k] = np.uint8(code)
                         qb[k] = (code - s32) * step_val
                 else:
                     for k in range(d):
                         x = vb[k]
-                        lvl = min(max(np.floor(abs(x) * inv + _HALF), _ZERO), s32)
+                        t = (abs(x) / r) * s32 if tiny else abs(x) * inv
+                        lvl = min(max(np.floor(t + _HALF), _ZERO), s32)
                         code = s32 - lvl if x < _ZERO else s32 + lvl
                         cb[k] = np.uint8(code)
                         qb[k] = (code - s32) * step_val

@@ -109,10 +109,12 @@ def encode_kernel(
             r = tl.max(a, axis=0)
         inv = tl.where(r > 0, tl.math.div_rn(1.0, r) * s, 0.0)
         step_val = tl.math.div_rn(r, s)
+        # a subnormal scale overflows s / r: divide first there, as the reference does
+        scaled = tl.where(inv == float("inf"), tl.math.div_rn(a, r) * s, a * inv)
         if STOCHASTIC:
-            t = a * inv + _uniforms(offset + offs, key, step_lo, step_hi)
+            t = scaled + _uniforms(offset + offs, key, step_lo, step_hi)
         else:
-            t = a * inv + 0.5
+            t = scaled + 0.5
         lvl = tl.minimum(tl.maximum(tl.floor(t), 0.0), s)
         codef = tl.where(v < 0, s - lvl, s + lvl)
         code = codef.to(tl.int32)
