@@ -53,6 +53,25 @@ def test_triton_encode_with_error_feedback_matches_the_reference(case):
             assert torch.equal(e, want_e) and torch.equal(values, u) and torch.equal(target, want_target)
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_triton_tiny_bucket_scales_match_the_reference(bits):
+    """Subnormal bucket scales, where s / r overflows: divided first on both paths."""
+    codec = get_codec("uniform", bits=bits, bucket=64)
+    fast = TritonDenseCodec(codec)
+    x = torch.randn(256, generator=torch.Generator().manual_seed(5))
+    for j, top in enumerate([1e-38, 5e-39, 1.4e-45]):
+        block = x[64 * (j + 1) : 64 * (j + 2)]
+        block.mul_(top / block.abs().max())
+        block[::3] = 0.0
+    x = x.to(DEVICE)
+    rng = CounterStream(11, 3, 0)
+    want, u = codec.quantize(x, rng)
+    e = torch.zeros_like(x)
+    got, _ = fast.encode_ef(x, e, 1.0, 1.0, rng)
+    assert bytes(got.cpu().numpy()) == bytes(want.cpu().numpy())
+    assert torch.isfinite(u).all() and torch.equal(e, x - u)
+
+
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_triton_decode_combine_matches_the_reference(case):
     name, params = case
