@@ -23,6 +23,7 @@ LAYERS = {
     "config": 2,
     "engine": 3,
     "bench": 3,
+    "reproduce": 3,  # paper reproductions: simulator runs, tables and plots
     "runtime": 4,
     "cli": 5,
     "__main__": 5,

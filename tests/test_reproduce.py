@@ -37,6 +37,7 @@ def test_metrics_against_hand_computed_values():
         x_train = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
         y_train = torch.tensor([[1.0], [2.0]])
         true_weights = torch.tensor([1.0, 1.0])
+        outputs = 2
 
     params = torch.tensor([0.5, 0.0, 0.25])  # w = (0.5, 0), b = 0.25
     # residuals: 0.75 - 1 = -0.25, 1.75 - 2 = -0.25

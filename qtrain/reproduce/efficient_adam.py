@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtrain.reproduce.runs import figure, run, write_results
+from qtrain.reproduce.runs import plot_evals, run, write_results
 
 VARIANTS = {
     "Adam, fp32": ("adam.yaml", []),
@@ -44,16 +44,16 @@ def reproduce(out: Path, quick: bool = False) -> dict:
                 "bytes_up_per_step_worker": s["bytes_up"] / steps / 4,
                 "bytes_down_per_step_worker": s["bytes_down"] / steps / 4,
                 "evals": s["evals"],
-                "curves": {
-                    "test_accuracy": {
-                        "steps": [0] + [e["step"] for e in s["evals"]],
-                        "values": [float("nan")] + [e["test_accuracy"] for e in s["evals"]],
-                    }
-                },
+                "curves": {},
             }
         )
     write_results(out, results, _table(results))
-    _plot(results, out / "efficient-adam.png")
+    plot_evals(
+        results,
+        "test_accuracy",
+        "LeNet-5 on Fashion-MNIST, 4 workers: test accuracy",
+        out / "efficient-adam.png",
+    )
     return results
 
 
@@ -70,19 +70,3 @@ def _table(results: dict) -> list[str]:
             f"{r['bytes_up_per_step_worker']:.0f} | {r['bytes_down_per_step_worker']:.0f} |"
         )
     return lines
-
-
-def _plot(results: dict, path: Path) -> None:
-    plt, fig, axes = figure(1, 1)
-    ax = axes[0, 0]
-    for r in results["runs"]:
-        ax.plot(
-            [e["step"] for e in r["evals"]],
-            [e["test_accuracy"] for e in r["evals"]],
-            marker="o",
-            label=r["variant"],
-        )
-    ax.set(title="LeNet-5 on Fashion-MNIST, 4 workers: test accuracy", xlabel="step", ylabel="accuracy")
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

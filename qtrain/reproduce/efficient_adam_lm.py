@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from qtrain.reproduce.runs import figure, run, write_results
+from qtrain.reproduce.runs import plot_evals, run, write_results
 
 CHARACTERS = 1_000_000
 VARIANTS = {"Adam, fp32": "adam.yaml", "Efficient-Adam 1-bit, EF both sides": "efficient-adam.yaml"}
@@ -73,7 +73,13 @@ def reproduce(out: Path, quick: bool = False) -> dict:
             }
         )
     write_results(out, results, _table(results))
-    _plot(results, out / "efficient-adam-lm.png")
+    plot_evals(
+        results,
+        "test_perplexity",
+        "Character transformer on the KJV, 4 workers: test perplexity",
+        out / "efficient-adam-lm.png",
+        yscale="log",
+    )
     return results
 
 
@@ -91,19 +97,3 @@ def _table(results: dict) -> list[str]:
             f"{r['bytes_down_per_step_worker']:.0f} |"
         )
     return lines
-
-
-def _plot(results: dict, path: Path) -> None:
-    plt, fig, axes = figure(1, 1)
-    ax = axes[0, 0]
-    for r in results["runs"]:
-        ax.plot(
-            [e["step"] for e in r["evals"]],
-            [e["test_perplexity"] for e in r["evals"]],
-            marker="o",
-            label=r["variant"],
-        )
-    ax.set(title="Character transformer on the KJV, 4 workers: test perplexity", xlabel="step", yscale="log")
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -72,3 +72,15 @@ def figure(rows: int, cols: int):
         rows, cols, figsize=(5 * cols, 3.8 * rows), constrained_layout=True, squeeze=False
     )
     return plt, fig, axes
+
+
+def plot_evals(results: dict, key: str, title: str, path: Path, yscale: str = "linear") -> None:
+    """Each run's evaluations of ``key`` (e.g. test_accuracy) against the step, one line per run."""
+    plt, fig, axes = figure(1, 1)
+    ax = axes[0, 0]
+    for r in results["runs"]:
+        ax.plot([e["step"] for e in r["evals"]], [e[key] for e in r["evals"]], marker="o", label=r["variant"])
+    ax.set(title=title, xlabel="step", ylabel=key.replace("_", " "), yscale=yscale)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -29,29 +29,18 @@ class Stalled(RuntimeError):
 
 
 def wait_all(requests, timeout_s: float, phase: str, peers: list[int] | None = None, where: str = "") -> None:
-    """Wait for every request; after ``timeout_s`` raise :class:`Stalled` naming the phase, where in
-    the run it is (e.g. " (step 5, segment 0)") and the peers (ranks, parallel to ``requests``)
-    that have not completed."""
-    pending = list(range(len(requests)))
-    start = time.monotonic()
-    deadline = start + timeout_s
-    pause = 0.0
-    while pending:
-        still = []
-        for i in pending:
-            if not requests[i].Test():
-                still.append(i)
-        pending = still
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            who = f" from rank(s) {', '.join(str(peers[i]) for i in pending)}" if peers else ""
-            raise Stalled(f"no progress for {timeout_s:g} s in phase '{phase}'{where}{who}")
-        if time.monotonic() - start < SPIN_S:
-            os.sched_yield()
-            continue
-        time.sleep(pause)
-        pause = min(2 * pause or 1e-5, 1e-3)
+    """Wait for every request; after ``timeout_s`` without progress raise :class:`Stalled` naming
+    the phase, where in the run it is (e.g. " (step 5, segment 0)") and the peers (ranks, parallel
+    to ``requests``) that have not completed."""
+    pending = list(requests)
+
+    def who() -> str:
+        silent = [str(peers[i]) for i, r in enumerate(pending) if r is not None] if peers else []
+        return where + (f" from rank(s) {', '.join(silent)}" if silent else "")
+
+    while any(r is not None for r in pending):
+        for i in wait_some(pending, timeout_s, phase, who):
+            pending[i] = None
 
 
 def wait_some(requests, timeout_s: float, phase: str, who) -> list[int]:
