@@ -22,6 +22,11 @@ CLOCK_TAG = 3  # below partition.TAG_BASE: a control message
 ROUNDS = 8
 
 
+def timeline_wanted(cfg) -> bool:
+    """Whether the run records a timeline, the only user of the offsets (every rank agrees)."""
+    return cfg.trace.enabled and cfg.trace.timeline_every > 0
+
+
 def clock_offsets(topology, timeout_s: float) -> np.ndarray | None:
     """On the server: each worker's offset (worker clock - server clock, seconds, in worker order)
     and on a worker None. Collective over the topology's ranks."""

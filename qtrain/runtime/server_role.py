@@ -12,7 +12,7 @@ from qtrain.engine.recorder import Recorder, WorkerReport
 from qtrain.engine.snapshots import is_checkpoint_step, rng_restore, to_torch
 from qtrain.io.net_counters import NetCounters
 from qtrain.io.run_dir import params_sha256
-from qtrain.runtime.clock_sync import clock_offsets
+from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.records import FLAG_STOP
 from qtrain.runtime.timeline import TimelineRecorder
@@ -36,7 +36,7 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
     )
     _start(plan, server, rec, transport, svc, resume)
     svc.watchdog.enter("clock sync")
-    offsets = clock_offsets(topo, cfg.runtime.timeout_s)
+    offsets = clock_offsets(topo, cfg.runtime.timeout_s) if timeline_wanted(cfg) else None
     timeline = TimelineRecorder(rec.trace, part, topo, offsets, cfg.trace.timeline_every)
     checkpointer = Checkpointer(out_dir, plan, world.mpi_library, world.hosts, svc.log)
     stop_reason, step = None, start

@@ -56,11 +56,10 @@ class TimelineRecorder:
         rows = np.zeros((len(self.ranks), self.segments), dtype=TIMELINE_WORKER_DTYPE)
         rows["step"], rows["rank"] = self.step, self.ranks[:, None]
         rows["segment"] = np.arange(self.segments)[None, :]
-        to_server = self._to_server(self.t0)
-        rows["start_s"] = to_server(recs["t_start"].T)
-        rows["encode_start_s"] = to_server(recs["t_ready"].T)
-        rows["posted_s"] = to_server(recs["t_sent"].T)
-        self._held, self._held_map = rows, to_server
+        rows["start_s"] = self._to_server(recs["t_start"].T, self.t0)
+        rows["encode_start_s"] = self._to_server(recs["t_ready"].T, self.t0)
+        rows["posted_s"] = self._to_server(recs["t_sent"].T, self.t0)
+        self._held, self._held_t0 = rows, self.t0
 
     def close(self, backward: np.ndarray, arrived: np.ndarray, applied: np.ndarray) -> None:
         """The workers' final report: (worker,) backward ends and (worker, segment) instants of
@@ -68,14 +67,14 @@ class TimelineRecorder:
         if self.every and self._held is not None:
             self._complete(np.broadcast_to(backward[:, None], arrived.shape), arrived, applied)
 
-    def _to_server(self, t0: float):
-        offsets = self.offsets[:, None]
-        return lambda worker_times: worker_times - offsets - t0
+    def _to_server(self, worker_times: np.ndarray, t0: float) -> np.ndarray:
+        """(worker, segment) instants on the workers' clocks -> seconds since the server's ``t0``."""
+        return worker_times - self.offsets[:, None] - t0
 
     def _complete(self, backward, arrived, applied) -> None:
-        rows, to_server = self._held, self._held_map
-        rows["backward_end_s"] = to_server(backward)
-        rows["arrived_s"] = to_server(arrived)
-        rows["applied_s"] = to_server(applied)
+        rows, t0 = self._held, self._held_t0
+        rows["backward_end_s"] = self._to_server(backward, t0)
+        rows["arrived_s"] = self._to_server(arrived, t0)
+        rows["applied_s"] = self._to_server(applied, t0)
         self.trace.add_timeline("timeline_workers", rows.reshape(-1))
         self._held = None

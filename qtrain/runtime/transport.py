@@ -43,6 +43,16 @@ def _host_buffer(nbytes: int, device: torch.device) -> torch.Tensor:
     return buf.pin_memory() if device.type == "cuda" else buf
 
 
+def _check_record(rec, kind: str, rank: int, max_bytes: int, seg, step: int) -> None:
+    """A record must be for this step and segment and announce at most ``max_bytes``."""
+    n, got_step, got_seg = int(rec["length"]), int(rec["step"]), int(rec["segment"])
+    if n > max_bytes or got_step != step or got_seg != seg.index:
+        raise RuntimeError(
+            f"rank {rank} sent a {n}-byte {kind} for step {got_step}, segment {got_seg}; expected at "
+            f"most {max_bytes} bytes for step {step}, segment {seg.index}"
+        )
+
+
 def _mpi_buffer(t: torch.Tensor):
     """What mpi4py accepts for a contiguous uint8 tensor: a numpy view on CPU, the tensor itself
     (``__cuda_array_interface__``) on a CUDA device."""
@@ -190,13 +200,7 @@ class Transport:
 
     def _check_downlink(self, head_bytes: torch.Tensor, seg, step: int) -> np.void:
         head = head_bytes.cpu().numpy().view(DOWNLINK_RECORD)[0].copy()
-        n, got_step, got_seg = int(head["length"]), int(head["step"]), int(head["segment"])
-        if n > self.down_max[seg.index] or got_step != step or got_seg != seg.index:
-            raise RuntimeError(
-                f"rank {self._server_of(seg)} sent a {n}-byte downlink for step {got_step}, segment "
-                f"{got_seg}; expected at most {self.down_max[seg.index]} bytes for step {step}, "
-                f"segment {seg.index}"
-            )
+        _check_record(head, "downlink", self._server_of(seg), self.down_max[seg.index], seg, step)
         return head
 
     def _on_device(self, msg: torch.Tensor) -> torch.Tensor:
@@ -258,13 +262,7 @@ class Transport:
     def _check_uplinks(self, seg, step: int, workers: list[int]) -> np.ndarray:
         records = self._recv[seg.index][:, :UP].copy().view(UPLINK_RECORD).reshape(-1)
         for rank, rec in zip(workers, records, strict=True):
-            n = int(rec["length"])
-            if n > self.up_max[seg.index] or int(rec["step"]) != step or int(rec["segment"]) != seg.index:
-                raise RuntimeError(
-                    f"rank {rank} sent a {n}-byte uplink for step {int(rec['step'])}, segment "
-                    f"{int(rec['segment'])}; expected at most {self.up_max[seg.index]} bytes for step "
-                    f"{step}, segment {seg.index}"
-                )
+            _check_record(rec, "uplink", rank, self.up_max[seg.index], seg, step)
         return records
 
     def _post_messages(self, seg, lengths, workers: list[int]) -> None:

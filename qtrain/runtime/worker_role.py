@@ -9,7 +9,7 @@ import numpy as np
 
 from qtrain.engine.readiness import SegmentReadiness
 from qtrain.engine.snapshots import is_checkpoint_step, to_numpy, worker_restore, worker_snapshot
-from qtrain.runtime.clock_sync import clock_offsets
+from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.records import FLAG_STOP, UPLINK_RECORD
 
@@ -30,7 +30,8 @@ def run_worker(plan, model, transport, svc, resume) -> None:
         "as backward completes each" if overlap else "after backward",
     )
     comm_s = decode_s = 0.0
-    clock_offsets(topo, cfg.runtime.timeout_s)  # the server maps our instants onto its clock
+    if timeline_wanted(cfg):
+        clock_offsets(topo, cfg.runtime.timeout_s)  # the server maps our instants onto its clock
     arrived, applied = np.zeros(len(part)), np.zeros(len(part))  # the last downlink, per segment
     backward_end = 0.0
     for step in range(start + 1, plan.setup.steps + 1):
