@@ -26,6 +26,14 @@ ALL_CASES = [
     ("topk", {"k": 3, "bucket": BUCKET, "values": "fp16"}),
     ("topk", {"k": 2, "bucket": 70_000}),  # global int32 indices
     ("sparse", {}),
+    # the lossless stage after quantization (codecs.entropy) on top of each kind of layout
+    ("none", {"entropy": "zstd"}),
+    ("sign", {"bucket": BUCKET, "entropy": "zstd"}),
+    ("uniform", {"bits": 2, "norm": "l2", "bucket": BUCKET, "entropy": "zstd"}),
+    ("uniform", {"bits": 4, "rounding": "nearest", "bucket": BUCKET, "entropy": "zstd", "entropy_level": 1}),
+    ("threshold", {"bucket": BUCKET, "entropy": "zstd"}),
+    ("topk", {"k": 5, "bucket": BUCKET, "entropy": "zstd", "entropy_level": 19}),
+    ("sparse", {"entropy": "zstd"}),
 ]
 
 SIZES = [0, 1, 2, BUCKET - 1, BUCKET, BUCKET + 1, 3 * BUCKET + 17, 1001]

@@ -43,6 +43,10 @@ def test_every_algorithm_under_mpiexec_n3_matches_the_simulator(tmp_path, name):
         ("configs/qcmd-adagrad.yaml", ["runtime.segments=4", "algorithm.l1=0.01"]),
         ("configs/qadam.yaml", ["runtime.segments=3", "algorithm.weight_quantization=true"]),
         ("configs/efficient-adam.yaml", ["runtime.segments=5", "runtime.overlap=off"]),
+        (
+            "configs/ecq-sgd.yaml",
+            ["runtime.segments=2", "uplink.norm=l2", "uplink.entropy=zstd", "downlink.entropy=zstd"],
+        ),
     ],
     ids=[
         "efficient-adam",
@@ -52,6 +56,7 @@ def test_every_algorithm_under_mpiexec_n3_matches_the_simulator(tmp_path, name):
         "qcmd-4-segments-variable-size",
         "qadam-weights-3-segments",
         "efficient-adam-5-segments-sent-after-backward",
+        "ecq-sgd-entropy-coded-both-ways",
     ],
 )
 def test_four_ranks_match_three_simulated_workers(tmp_path, config, sets):

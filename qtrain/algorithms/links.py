@@ -15,8 +15,21 @@ from dataclasses import dataclass
 from qtrain.algorithms.base import Algorithm
 from qtrain.algorithms.registry import get_algorithm
 from qtrain.codecs import CODECS, Codec, get_codec
+from qtrain.codecs.registry import ENTROPY_PARAMS
 
-CODEC_FIELDS = ("bits", "levels", "norm", "rounding", "kappa", "reference", "layout", "k", "ratio", "values")
+CODEC_FIELDS = (
+    "bits",
+    "levels",
+    "norm",
+    "rounding",
+    "kappa",
+    "reference",
+    "layout",
+    "k",
+    "ratio",
+    "values",
+    *ENTROPY_PARAMS,
+)
 
 
 @dataclass(frozen=True)
@@ -39,7 +52,7 @@ def resolve_link(section, direction: str, default_codec: dict, default_ef: bool)
         name, params = section.codec, {}
     if name not in CODECS:
         raise ValueError(f"{direction}.codec: unknown codec {name!r}; choose one of {', '.join(CODECS)}")
-    accepted = set(inspect.signature(CODECS[name].__init__).parameters) - {"self"}
+    accepted = set(inspect.signature(CODECS[name].__init__).parameters) - {"self"} | set(ENTROPY_PARAMS)
     explicit = {f: getattr(section, f) for f in CODEC_FIELDS if getattr(section, f) is not None}
     if "levels" in explicit:
         params.pop("bits", None)

@@ -136,6 +136,11 @@ class Codec:
             )
         if header.bits != self.bits:
             raise WireFormatError(f"{self.name}: message has {header.bits} bits, this codec uses {self.bits}")
+        if header.flags & wire.FLAG_ENTROPY:
+            raise WireFormatError(
+                f"{self.name}: the message is entropy-coded (zstd) and this decoder has no entropy stage "
+                "(the receiving link needs entropy: zstd)"
+            )
         layout = self.sections(header.numel, header.flags, header.aux)
         return header, wire.read_sections(packed, header, layout), layout
 

@@ -72,6 +72,8 @@ class LinkConfig:
     k: int | None = None  # topk: entries per bucket
     ratio: float | None = None  # topk: k = ratio * bucket
     values: str | None = None  # topk: fp32 | fp16
+    entropy: str | None = None  # any codec: zstd adds a lossless stage after quantization (codecs.entropy)
+    entropy_level: int | None = None  # zstd level 1..19 (unset: 3)
 
 
 @dataclass

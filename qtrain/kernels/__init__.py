@@ -51,6 +51,13 @@ def kernel_codec(codec, device, choice: str = "auto"):
         raise ValueError(f"runtime.kernels must be one of {KERNEL_CHOICES}, got {choice!r}")
     if choice == "torch":
         return None
+    from qtrain.codecs.entropy import EntropyCoded
+
+    if isinstance(codec, EntropyCoded):
+        from qtrain.kernels.entropy_stage import EntropyKernelCodec
+
+        inner = kernel_codec(codec.inner, device, choice)
+        return None if inner is None else EntropyKernelCodec(codec, inner)
     device = torch.device(device)
     if device.type == "cuda":
         return _triton_codec(codec, choice)
