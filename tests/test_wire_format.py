@@ -35,9 +35,9 @@ def test_header_layout_worked_example():
     magic, ver, cid, bits, flags, n, bucket, aux, plen, reserved, crc = struct.unpack(
         "<4sBBBBQIIQII", raw[:40]
     )
-    assert (magic, ver, cid, bits, flags, n, bucket, aux, reserved) == (b"QTRN", 2, 3, 1, 0, 13, 8, 0, 0)
+    assert (magic, ver, cid, bits, flags, n, bucket, aux, reserved) == (b"QTRN", 3, 3, 1, 0, 13, 8, 0, 0)
     assert plen == len(raw) - 40 == 2 * 4 + 2  # two fp32 scales, 13 sign bits in 2 bytes
-    assert crc == crc32c.crc32c(raw[:36] + raw[40:]) == 0xCBA54326  # CRC-32C since version 2
+    assert crc == crc32c.crc32c(raw[:36] + raw[40:]) == 0x3872C5B6  # CRC-32C since version 2
     assert crc != zlib.crc32(raw[:36] + raw[40:])
     scales = struct.unpack("<2f", raw[40:48])
     expected = (sum(abs(v) for v in case["input"][:8]) / 8, sum(abs(v) for v in case["input"][8:]) / 5)

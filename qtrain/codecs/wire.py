@@ -6,7 +6,7 @@ See ``docs/wire-format.md`` for the byte-level table and a worked example.
 offset size type     field
 ====== ===== ======== =================================================================
 0      4     bytes    magic ``b"QTRN"``
-4      1     u8       format version (currently 2)
+4      1     u8       format version (currently 3)
 5      1     u8       codec id (see ``CODEC_IDS``)
 6      1     u8       bits per code (32 or 16 for float codecs, value bits for topk)
 7      1     u8       layout flags (``FLAG_*``)
@@ -31,7 +31,7 @@ from qtrain.codecs.errors import WireFormatError
 from qtrain.codecs.layout import ITEMSIZE
 
 MAGIC = b"QTRN"
-VERSION = 2  # 2: CRC-32C (hardware-accelerated) instead of version 1's zlib CRC-32
+VERSION = 3  # 2: CRC-32C instead of version 1's zlib CRC-32; 3: FLAG_ENTROPY (a Zstandard payload)
 HEADER_SIZE = 40
 _FIELDS = struct.Struct("<4sBBBBQIIQI")  # everything but the CRC: 36 bytes
 _CRC = struct.Struct("<I")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from qtrain.reproduce import (
     ecq_compression,
     ecq_linear,
+    ecq_projection,
     efficient_adam,
     efficient_adam_lm,
     qadam,
@@ -14,6 +15,7 @@ from qtrain.reproduce import (
 REPRODUCTIONS = {
     "ecq-linear": ecq_linear.reproduce,  # ECQ-SGD vs QSGD vs SGD, Syn-256/512/1024
     "ecq-compression": ecq_compression.reproduce,  # compression within 0.5 points, LeNet / Fashion-MNIST
+    "ecq-projection": ecq_projection.reproduce,  # projected ResNet-50 speed-up, 8-512 workers, 40 Gb/s
     "qcmd-sparsity": qcmd_sparsity.reproduce,  # QCMD/QRDA model density across codecs and l1
     "qadam": qadam.reproduce,  # gradient quantization with/without EF, weight quantization bits
     "efficient-adam": efficient_adam.reproduce,  # 1-bit both ways vs Adam on Fashion-MNIST, EF ablations
