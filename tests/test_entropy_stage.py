@@ -87,14 +87,17 @@ def test_a_decoder_without_the_stage_names_it():
     with pytest.raises(WireFormatError, match="entropy-coded.*entropy: zstd"):
         get_codec("uniform", bits=2, norm="l2").decode(packed)
     raw = get_codec("uniform", bits=2, norm="l2").encode(x)
-    assert torch.equal(get_codec("uniform", bits=2, norm="l2", entropy="zstd").decode(raw), get_codec(
-        "uniform", bits=2, norm="l2"
-    ).decode(raw))  # a raw message is read as such
+    assert torch.equal(
+        get_codec("uniform", bits=2, norm="l2", entropy="zstd").decode(raw),
+        get_codec("uniform", bits=2, norm="l2").decode(raw),
+    )  # a raw message is read as such
 
 
 def forged(codec: EntropyCoded, numel: int, frame: bytes, flags: int = wire.FLAG_ENTROPY, aux: int = 1):
     body = torch.frombuffer(bytearray(frame), dtype=torch.uint8)
-    return wire.assemble(codec.codec_id, codec.bits, flags, numel, codec.bucket, aux, [body], torch.device("cpu"))
+    return wire.assemble(
+        codec.codec_id, codec.bits, flags, numel, codec.bucket, aux, [body], torch.device("cpu")
+    )
 
 
 def test_frames_that_do_not_hold_the_layout_are_refused_before_decompressing():

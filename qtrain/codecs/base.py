@@ -18,6 +18,11 @@ from qtrain.codecs.philox import CounterStream
 DEFAULT_STREAM = CounterStream(key=0)
 
 CHUNK_ELEMENTS = 1 << 16  # decode_add_ works through dense messages in pieces of about this size
+MAX_NUMEL = 1 << 48  # no message announces more elements (2^48 float32 = 1 PiB)
+# decode() without out= allocates what the header announces: at most this many bytes, or 64 times
+# the message's own size (a dense message's payload already proves its element count; a sparse
+# one's does not). Beyond that, the caller passes the buffer it expects (the engines always do).
+UNBOUNDED_DECODE_BYTES = 1 << 26
 
 
 @dataclass
@@ -126,6 +131,10 @@ class Codec:
     def _read(self, packed: torch.Tensor) -> tuple[wire.Header, dict[str, torch.Tensor], list[Section]]:
         """Validate the header against this codec, cut the payload into its sections."""
         header = wire.read_header(packed)
+        if header.numel > MAX_NUMEL:
+            raise WireFormatError(f"{self.name}: message announces {header.numel} elements, more than 2^48")
+        if not packed.is_contiguous():  # e.g. buf[::2]: its sections are read from a compact copy
+            packed = packed.contiguous()
         if header.codec_id != self.codec_id:
             raise WireFormatError(
                 f"message was encoded by codec '{header.codec_name}', this decoder is '{self.name}'"
@@ -153,6 +162,11 @@ class Codec:
         header, arrays, _ = self._read(packed)
         n = header.numel
         if out is None:
+            if 4 * n > max(UNBOUNDED_DECODE_BYTES, 64 * packed.numel()):
+                raise WireFormatError(
+                    f"{self.name}: a {packed.numel()}-byte message announces {n} elements; decoding "
+                    "that many needs decode(packed, out=...) with a buffer of the size you expect"
+                )
             out = torch.empty(n, dtype=torch.float32, device=packed.device)
         elif out.dim() != 1 or out.numel() != n or out.dtype != torch.float32:
             raise ValueError(

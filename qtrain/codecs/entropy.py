@@ -143,11 +143,14 @@ class EntropyCoded(Codec):
             raise WireFormatError(f"{self.name}+{self.method}: damaged frame ({exc})") from None
         if len(payload) != expected:
             raise WireFormatError(
-                f"{self.name}+{self.method}: the frame decompressed to {len(payload)} bytes, the layout needs {expected}"
+                f"{self.name}+{self.method}: the frame decompressed to {len(payload)} bytes, "
+                f"the layout needs {expected}"
             )
         raw = torch.empty(wire.HEADER_SIZE + expected, dtype=torch.uint8)
         raw[wire.HEADER_SIZE :].copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
-        raw = wire.finish_message(raw, header.codec_id, header.bits, flags, header.numel, header.bucket, header.aux)
+        raw = wire.finish_message(
+            raw, header.codec_id, header.bits, flags, header.numel, header.bucket, header.aux
+        )
         return raw.to(packed.device)
 
     # ------------------------------------------------------------------ the Codec interface

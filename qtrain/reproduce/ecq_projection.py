@@ -11,8 +11,9 @@ How: two measured runs, then qtrain's step-time model (``qtrain analyze --projec
    image forward, He et al. 2016, Table 1), each part by what it is proportional to:
    - the codec and update times (worker encode and decode, the server's decode per uplink and its
      update + encode) and the bytes on the wire: by the parameter count;
-   - the workers' forward/backward time: by the multiply-adds per sample (the MLP's are its weight
-     count), at the same batch. This is this 2-core CPU's speed; a GPU computes far faster, which
+   - the workers' forward/backward time (the mean of the two runs' measurements: it does not depend
+     on the algorithm): by the multiply-adds per sample (the MLP's are its weight count), at the
+     same batch. This is this 2-core CPU's speed; a GPU computes far faster, which
      makes the network matter more. The table therefore also shows a stated what-if compute time
      (``WHAT_IF_COMPUTE_S``, not a measurement) with everything else scaled as above.
 3. Predict the step time of each at 40 Gb/s for 8 to 512 workers: one server rank, no overlap
@@ -35,7 +36,7 @@ from qtrain.reproduce.runs import CONFIGS, figure, write_results
 
 RESNET50_PARAMS = 25_557_032  # torchvision's resnet50: 25.56 M weights
 RESNET50_MACS = 3.8e9  # multiply-adds per 224x224 image, forward (He et al. 2016, Table 1)
-MEASURED_HIDDEN = [1024, 1024]  # the measured MLP: 64 -> 1024 -> 1024 -> 10 on digits
+MEASURED_HIDDEN = [2048, 2048]  # the measured MLP: 64 -> 2048 -> 2048 -> 10 on digits (4.3 M weights)
 BANDWIDTH_BPS = 40e9
 WORKERS = (8, 16, 32, 64, 128, 256, 512)
 WHAT_IF_COMPUTE_S = 0.1  # a stated what-if compute time per step (GPU class), not a measurement
@@ -53,23 +54,33 @@ def reproduce(out: Path, quick: bool = False) -> dict:
         f"train.eval_every={steps}",
         "runtime.threads=2",
     ]
-    models, measured = {}, {}
+    models, runs = {}, []
     for name, base in ALGORITHMS.items():
         run_dir = out / "runs" / base.removesuffix(".yaml")
         cfg = load_config(CONFIGS / base, sets)
         summary = simulate(cfg, MEASURED_WORKERS, run_dir, log=lambda _: None)
         steps_table, _, attrs = read_trace(run_dir / "trace.h5")
         models[name] = PerfModel.from_trace(steps_table, attrs, warmup)
-        measured[name] = {
-            "command": f"qtrain simulate configs/{base} --workers {MEASURED_WORKERS} "
-            + " ".join(f"--set {s}" for s in sets),
-            "parameters": summary["numel"],
-            "model": models[name].__dict__,
-        }
-    params = measured["32-bit SGD"]["parameters"]
+        runs.append(
+            {
+                "variant": name,
+                "command": f"qtrain simulate configs/{base} --workers {MEASURED_WORKERS} "
+                + " ".join(f"--set {s}" for s in sets)
+                + f" --out {run_dir}",
+                "parameters": summary["numel"],
+                "model": models[name].__dict__,
+                "curves": {},
+            }
+        )
+    params = runs[0]["parameters"]
     param_scale = RESNET50_PARAMS / params
     compute_scale = RESNET50_MACS / _mlp_macs(hidden)
-    scaled = {name: _scale(m, param_scale, compute_scale) for name, m in models.items()}
+    # forward/backward does not depend on the algorithm: both use the mean of the two measurements
+    compute_s = sum(m.compute_s for m in models.values()) / len(models)
+    scaled = {
+        name: _scale(replace(m, compute_s=compute_s), param_scale, compute_scale)
+        for name, m in models.items()
+    }
     what_if = {name: replace(m, compute_s=WHAT_IF_COMPUTE_S) for name, m in scaled.items()}
     results = {
         "settings": {
@@ -78,10 +89,12 @@ def reproduce(out: Path, quick: bool = False) -> dict:
             "resnet50_parameters": RESNET50_PARAMS,
             "parameter_scale": param_scale,
             "compute_scale": compute_scale,
+            "measured_compute_s": compute_s,
             "what_if_compute_s": WHAT_IF_COMPUTE_S,
+            "steps": steps,
             "warmup": warmup,
         },
-        "measured": measured,
+        "runs": runs,
         "scaled": {name: m.__dict__ for name, m in scaled.items()},
         "projection": [],
     }
@@ -121,7 +134,8 @@ def _scale(m: PerfModel, param_scale: float, compute_scale: float) -> PerfModel:
 def _table(results: dict) -> list[str]:
     s = results["settings"]
     lines = [
-        f"Inputs measured on a {s['measured_parameters']:,}-parameter MLP, scaled x{s['parameter_scale']:.1f} "
+        f"Inputs measured on a {s['measured_parameters']:,}-parameter MLP, "
+        f"scaled x{s['parameter_scale']:.1f} "
         f"(parameters) and x{s['compute_scale']:.0f} (compute) to ResNet-50; 40 Gb/s, one server rank.",
         "",
         "| workers | 32-bit SGD s/step | ECQ-SGD 2-bit s/step | speed-up | what-if: SGD s/step "
@@ -146,10 +160,15 @@ def _plot(results: dict, path: Path) -> None:
     plt, fig, axes = figure(1, 1)
     ax = axes[0, 0]
     n = [r["workers"] for r in results["projection"]]
-    ax.plot(n, [r["scaled"]["speedup"] for r in results["projection"]], "o-", label="compute scaled from this CPU")
+    ax.plot(
+        n, [r["scaled"]["speedup"] for r in results["projection"]], "o-", label="compute scaled from this CPU"
+    )
     what_if = results["settings"]["what_if_compute_s"]
     ax.plot(
-        n, [r["what_if"]["speedup"] for r in results["projection"]], "s--", label=f"what-if compute {what_if} s"
+        n,
+        [r["what_if"]["speedup"] for r in results["projection"]],
+        "s--",
+        label=f"what-if compute {what_if} s",
     )
     ax.axhline(1.0, color="k", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
