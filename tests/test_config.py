@@ -45,6 +45,21 @@ def test_defaults_for_every_field():
         ("algorithm: {beta2: 1.0}\n", "beta2 must be in"),
         ("algorithm: {name: adam, l1: 0.1}\n", "l1 applies to"),
         ("[1, 2]\n", "must be a mapping"),
+        # non-finite numbers: every float key, named (.nan once disabled every deadline)
+        ("algorithm: {lr: .nan}\n", "algorithm.lr must be a finite number"),
+        ("algorithm: {ef_alpha: .nan}\n", "algorithm.ef_alpha must be a finite number"),
+        ("train: {epochs: .inf}\n", "train.epochs must be a finite number"),
+        ("runtime: {timeout_s: .nan}\n", "runtime.timeout_s must be a finite number"),
+        ("algorithm: {beta1: -.inf}\n", "algorithm.beta1 must be a finite number"),
+        ("algorithm: {lr: 1e999}\n", "algorithm.lr must be a finite number"),
+        # sizes with bounds (uplink.bucket=4294967295 grew each worker to 12 GB)
+        ("uplink: {bucket: 4294967295}\n", "uplink.bucket must be at most 16777216"),
+        ("downlink: {bucket: 0}\n", "downlink.bucket must be > 0"),
+        ("runtime: {segments: 100000000}\n", "runtime.segments must be at most"),
+        ("runtime: {timeout_s: 1e12}\n", "runtime.timeout_s must be at most"),
+        ("data: {batch_size: 1000000000}\n", "data.batch_size must be at most"),
+        ("model: {hidden: [64, 100000000]}\n", "model.hidden\\[1\\] must be at most"),
+        ("seed: 100000000000000000000\n", "seed must be at most"),
         ("a: [\n", "not valid YAML at line"),
     ],
 )
@@ -58,6 +73,15 @@ def test_bad_configs_name_the_key_and_the_file(tmp_path, text, match):
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("nope.yaml")
+
+
+def test_a_directory_or_a_binary_file_is_named_as_such(tmp_path):
+    with pytest.raises(ConfigError, match=f"'{tmp_path}' is a directory"):
+        load_config(tmp_path)
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match=f"{binary}: not a text \\(UTF-8\\) YAML file"):
+        load_config(binary)
 
 
 def test_overrides(tmp_path):

@@ -86,6 +86,48 @@ def test_bad_data_files_give_clear_errors(tmp_path):
         load_dataset(DataConfig(name="cifar10", path=str(tmp_path)), 0)
 
 
+def _npz(tmp_path, **arrays):
+    base = {
+        "x_train": np.zeros((4, 2)),
+        "y_train": np.arange(4),
+        "x_test": np.zeros((2, 2)),
+        "y_test": [0, 1],
+    }
+    path = tmp_path / "d.npz"
+    np.savez(path, **(base | arrays))
+    return DataConfig(name="npz", path=str(path))
+
+
+def test_data_that_once_gave_silent_wrong_results_or_tracebacks(tmp_path):
+    with pytest.raises(ValueError, match="test split is empty"):  # once: accuracy 0.0
+        load_dataset(_npz(tmp_path, x_test=np.zeros((0, 2)), y_test=np.zeros(0, dtype=int)), 0)
+    with pytest.raises(ValueError, match="y_train contains NaN"):
+        load_dataset(_npz(tmp_path, y_train=np.array([0.5, np.nan, 1.0, 2.0])), 0)
+    with pytest.raises(ValueError, match=r"d.npz: y_train must be numeric labels"):
+        load_dataset(_npz(tmp_path, y_train=np.array(["a", "b", "c", "d"])), 0)
+    not_zip = tmp_path / "text.npz"
+    not_zip.write_text("not a zip file\n")
+    with pytest.raises(ValueError, match=f"{not_zip}: not a readable .npz file"):
+        load_dataset(DataConfig(name="npz", path=str(not_zip)), 0)
+    with pytest.raises(ValueError, match="is a directory"):
+        load_dataset(DataConfig(name="npz", path=str(tmp_path)), 0)
+    svm = tmp_path / "nan.svm"
+    svm.write_text("nan 1:0.5\n1 1:0.25\n")
+    with pytest.raises(ValueError, match="labels contain NaN"):
+        load_dataset(DataConfig(name="libsvm", path=str(svm)), 0)
+
+
+def test_empty_hidden_is_a_linear_mlp_and_builtins_refuse_kwargs():
+    from qtrain.models import build_model
+
+    linear = build_model("mlp", (64,), 10, hidden=[])
+    assert sum(p.numel() for p in linear.parameters()) == 64 * 10 + 10
+    with pytest.raises(
+        ValueError, match="model.kwargs \\['depth'\\]: the built-in model 'mlp' takes no kwargs"
+    ):
+        build_model("mlp", (64,), 10, hidden=[8], kwargs={"depth": 3})
+
+
 def _fake_cifar(tmp_path, kind):
     rng = np.random.default_rng(0)
     d = tmp_path / kind

@@ -42,10 +42,13 @@ def analyze(
         fail(str(exc))
     if csv_path:
         series = per_step(steps)
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(list(series))
-            writer.writerows(zip(*[v.tolist() for v in series.values()], strict=True))
+        try:
+            with open(csv_path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(list(series))
+                writer.writerows(zip(*[v.tolist() for v in series.values()], strict=True))
+        except OSError as exc:
+            fail(f"--csv: cannot write {csv_path!r} ({exc.strerror or exc})")
     if plot:
         from qtrain.analysis.plots import plot_trace
 
@@ -58,6 +61,8 @@ def analyze(
             plot_trace(steps, evals, attrs, rep, plot, timeline, timeline_step)
         except ValueError as exc:
             fail(f"--timeline-step: {exc}")
+        except OSError as exc:
+            fail(f"--plot: cannot write {plot!r} ({exc.strerror or exc})")
     if project:
         from qtrain.analysis.projection import PerfModel, format_projection, parse_project
 

@@ -65,6 +65,8 @@ def export(
     """Write the model as a plain state_dict, loadable with torch.load(weights_only=True)."""
     import torch
 
+    from qtrain.cli.errors import fail
+
     tree, _ = _load(ckpt)
     params = tree["params"]
     state = {}
@@ -73,5 +75,9 @@ def export(
         for d in shape:
             n *= d
         state[name] = params[offset : offset + n].view(*shape).clone()
-    torch.save(state, out)
+    try:
+        torch.save(state, out)
+    except (OSError, RuntimeError) as exc:  # a directory, a missing parent, no permission, no space
+        cause = exc.__cause__ or exc
+        fail(f"checkpoint export: cannot write {out!r} ({getattr(cause, 'strerror', None) or cause})")
     typer.echo(f"wrote {len(state)} tensors ({params.numel()} parameters) to {out}")

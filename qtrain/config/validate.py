@@ -13,6 +13,40 @@ def _positive(value, key: str, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _at_most(value, key: str, limit: int, why: str) -> None:
+    if value is not None and value > limit:
+        raise ConfigError(f"{key} must be at most {limit} ({why}), got {value}")
+
+
+# Upper bounds on sizes: far above any real run, low enough that a typo cannot make a rank
+# allocate tens of GB before failing (uplink.bucket=4294967295 grew each worker to 12 GB).
+SIZE_LIMITS = {
+    "uplink.bucket": (1 << 24, "elements per bucket; a bucket is padded to full size"),
+    "downlink.bucket": (1 << 24, "elements per bucket; a bucket is padded to full size"),
+    "uplink.k": (1 << 24, "entries per bucket"),
+    "downlink.k": (1 << 24, "entries per bucket"),
+    "runtime.segments": (1 << 16, "messages per direction per step"),
+    "runtime.threads": (1024, "threads per process"),
+    "runtime.timeout_s": (1e7, "seconds, about 115 days"),
+    "data.batch_size": (1 << 24, "samples per worker per step"),
+    "data.samples": (1 << 31, "synthetic samples"),
+    "data.features": (1 << 24, "synthetic features"),
+    "data.context": (1 << 16, "characters of context"),
+    "workers": (1 << 20, "simulated workers"),
+    "train.steps": (1 << 40, "steps"),
+    "train.epochs": (1e9, "epochs"),
+    "checkpoint.keep": (1 << 20, "checkpoints kept"),
+    "seed": ((1 << 63) - 1, "a 64-bit seed"),
+}
+
+
+def _value(cfg, key: str):
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def validate(cfg, source: str) -> None:
     """Check ranges, names and combinations. ``source`` names the file for the error message."""
     try:
@@ -92,6 +126,11 @@ def _validate(cfg) -> None:
         raise ConfigError(f"runtime.cuda_aware must be auto, on or off, got {r.cuda_aware!r}")
     for key, h in enumerate(cfg.model.hidden):
         _positive(h, f"model.hidden[{key}]")
+        _at_most(h, f"model.hidden[{key}]", 1 << 20, "units in a layer")
+    for key, (limit, why) in SIZE_LIMITS.items():
+        _at_most(_value(cfg, key), key, limit, why)
+    _positive(cfg.uplink.bucket, "uplink.bucket")
+    _positive(cfg.downlink.bucket, "downlink.bucket")
     try:
         resolve_links(cfg)
     except ValueError as exc:

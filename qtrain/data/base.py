@@ -29,10 +29,15 @@ class Dataset:
             raise ValueError(f"dataset {self.name}: features and labels have different lengths")
         if len(self.x_train) == 0:
             raise ValueError(f"dataset {self.name}: the training split is empty")
+        if len(self.x_test) == 0:  # every evaluation would report accuracy 0.0
+            raise ValueError(f"dataset {self.name}: the test split is empty")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"dataset {self.name}: train and test features have different shapes")
         if not torch.isfinite(self.x_train).all() or not torch.isfinite(self.x_test).all():
             raise ValueError(f"dataset {self.name}: features contain NaN or Inf")
+        for y in (self.y_train, self.y_test):
+            if y.is_floating_point() and not torch.isfinite(y).all():
+                raise ValueError(f"dataset {self.name}: labels contain NaN or Inf")
         if self.task in ("classification", "language-model"):
             for y in (self.y_train, self.y_test):
                 if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.outputs):

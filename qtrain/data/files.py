@@ -21,11 +21,15 @@ def _need_path(cfg, what: str) -> Path:
     path = Path(cfg.path).expanduser()
     if not path.exists():
         raise ValueError(f"data.path {str(path)!r} does not exist")
+    if what != "a CIFAR-10 directory" and path.is_dir():
+        raise ValueError(f"data.path {str(path)!r} is a directory; data.name={cfg.name} reads {what}")
     return path
 
 
 def _labels(y: np.ndarray, name: str) -> tuple[torch.Tensor, str, int, dict | None]:
     """Integer-valued labels -> classification with ids 0..C-1; anything else -> regression."""
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"{name}: labels contain NaN or Inf")
     if np.issubdtype(y.dtype, np.integer) or (
         np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))
     ):
@@ -145,18 +149,33 @@ def npz(cfg, seed: int) -> Dataset:
     Classification when y is integer-typed (labels remapped to 0..C-1), regression otherwise."""
     path = _need_path(cfg, "an .npz file")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises OSError, ValueError, EOFError, BadZipFile, ... by case
+        raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path}: a single .npy array, not an .npz archive of x_train, y_train, x_test, y_test"
+        )
+    try:
+        with f:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
             if missing:
                 raise ValueError(f"{path}: missing arrays {', '.join(missing)}")
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         if str(path) in str(exc):
             raise
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from None
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     for k in ("x_train", "x_test"):
         if not np.issubdtype(arrays[k].dtype, np.number) or arrays[k].ndim < 2:
             raise ValueError(f"{path}: {k} must be a numeric array of shape (n, features...)")
+    for k in ("y_train", "y_test"):
+        if not (np.issubdtype(arrays[k].dtype, np.number) or arrays[k].dtype == np.bool_):
+            raise ValueError(f"{path}: {k} must be numeric labels, got dtype {arrays[k].dtype}")
+        if np.issubdtype(arrays[k].dtype, np.floating) and not np.all(np.isfinite(arrays[k])):
+            raise ValueError(f"{path}: {k} contains NaN or Inf")
     ytr, yte = arrays["y_train"], arrays["y_test"]
     xtr = torch.from_numpy(arrays["x_train"].astype(np.float32))
     xte = torch.from_numpy(arrays["x_test"].astype(np.float32))

@@ -37,4 +37,9 @@ def build_model(name: str, input_shape: tuple[int, ...], outputs: int, hidden=No
         raise ValueError(
             f"unknown model {name!r}; choose one of {', '.join(MODELS)} or package.module:function"
         )
+    if kwargs:
+        raise ValueError(
+            f"model.kwargs {sorted(kwargs)}: the built-in model {name!r} takes no kwargs "
+            "(they go to plug-in models, package.module:function; built-ins take model.hidden)"
+        )
     return MODELS[name](input_shape, outputs, hidden=hidden)

@@ -14,10 +14,11 @@ def logreg(input_shape: tuple[int, ...], outputs: int, **_) -> nn.Module:
 
 
 def mlp(input_shape: tuple[int, ...], outputs: int, hidden: list[int] | None = None, **_) -> nn.Module:
-    """Fully connected ReLU network with the given hidden widths."""
+    """Fully connected ReLU network with the given hidden widths (``[]``: no hidden layer, a linear
+    model; ``None``: one layer of 64)."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
-    for h in hidden or [64]:
+    for h in [64] if hidden is None else hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
     layers.append(nn.Linear(width, outputs))

@@ -57,7 +57,9 @@ def transformer(
     input_shape: tuple[int, ...], outputs: int, hidden: list[int] | None = None, **_
 ) -> nn.Module:
     """``input_shape`` = (context,), ``outputs`` = vocabulary size."""
-    widths = hidden or [128, 128]
+    widths = [128, 128] if hidden is None else hidden
+    if not widths:
+        raise ValueError("transformer: model.hidden is empty; give one width per block, e.g. [128, 128]")
     if len(input_shape) != 1:
         raise ValueError(
             f"transformer: needs token sequences (a text dataset), got inputs of shape {input_shape}"

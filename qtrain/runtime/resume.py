@@ -36,7 +36,14 @@ def _diff(a, b, prefix="") -> list[str]:
 
 
 def load_for_resume(
-    spec: str, out_dir: Path, config_text: str, workers: int, reset_worker_state: bool, warn, servers: int = 1
+    spec: str,
+    out_dir: Path,
+    config_text: str,
+    workers: int,
+    reset_worker_state: bool,
+    warn,
+    servers: int = 1,
+    steps: int | None = None,
 ):
     """Return (tree, path). ``spec`` is a path or ``auto`` (newest checkpoint in OUT/checkpoints
     that verifies). Raises CheckpointError with a one-line reason."""
@@ -63,6 +70,11 @@ def load_for_resume(
         )
     if tree["step"] < 0:
         raise CheckpointError(f"{path}: negative step")
+    if steps is not None and tree["step"] >= steps:
+        raise CheckpointError(
+            f"{path} is at step {tree['step']} and this run ends at step {steps}: nothing left to "
+            f"train (raise train.steps above {tree['step']} to continue it)"
+        )
     return tree, path
 
 
@@ -84,6 +96,7 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
                 request.reset_worker_state,
                 warn=lambda m: echo(f"qtrain: warning: {m}"),
                 servers=len(topology.servers),
+                steps=plan.setup.steps,
             )
         except (ValueError, OSError) as exc:
             error = str(exc)
