@@ -32,7 +32,7 @@ else
 endif
 export QTRAIN_MPIEXEC := $(MPIEXEC)
 
-.PHONY: venv install sysdeps run test test-gpu test-fast bench bench-network reproduce lint format clean info
+.PHONY: venv install sysdeps run test test-gpu test-fast bench bench-network reproduce soak lint format clean info
 
 # Debian tools the test suite uses: h5dump/h5clear (hdf5-tools) read the HDF5 files qtrain writes;
 # slurm-wlm + munge run the one-node Slurm cluster of the `slurm` tests (slurm/local-cluster.sh);
@@ -90,6 +90,11 @@ test-fast: install
 bench: install
 	$(BIN)/qtrain bench codec
 	$(PY) benchmarks/convergence.py
+
+# Flip one bit of every byte of a real checkpoint and read each file as a resume would, in child
+# processes: every flip must be rejected (CheckpointError) or load identical contents (a few minutes).
+soak: install
+	$(PY) tests/soak_checkpoint_flips.py --jobs 2
 
 # The reference comparison of docs/benchmarks.md (root, Linux): 1 Gbit/s links, 4 workers, an MLP
 # 64-2048-2048-10 (4.35M parameters) on digits; qtrain's fp32 parameter server (adam), the four

@@ -254,7 +254,7 @@ def test_trace_schema_h5dump_pandas_analyze_plot_and_export(tmp_path):
     )
     assert (
         i.returncode == 0
-        and "verified: all datasets pass" in i.stdout
+        and "verified: the file SHA-256" in i.stdout
         and "/workers/3/engine/error" in i.stdout
     )
 

@@ -26,7 +26,10 @@ def _walk(tree: dict, prefix: str = ""):
         if isinstance(v, dict):
             yield from _walk(v, f"{prefix}/{k}")
         elif isinstance(v, torch.Tensor):
-            yield f"{prefix}/{k}", f"{v.dtype} {tuple(v.shape)}", v.numel() * v.element_size()
+            what = f"{v.dtype} {tuple(v.shape)}"
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                what += f"  NON-FINITE: {int(torch.isnan(v).sum())} NaN, {int(torch.isinf(v).sum())} Inf"
+            yield f"{prefix}/{k}", what, v.numel() * v.element_size()
         else:
             text = v if not isinstance(v, str) or len(v) < 40 else f"<{len(v)} characters>"
             yield f"{prefix}/{k}", repr(text), 0
@@ -37,7 +40,10 @@ def inspect(
     ckpt: str = typer.Argument(..., help="A checkpoint file (OUT/checkpoints/step-N.h5)."),
     show_config: bool = typer.Option(False, "--config", help="Also print the stored config."),
 ) -> None:
-    """What is inside, sizes, step, config, and the verification result."""
+    """What is inside, sizes, step, config, and the verification result (exit 1 when a stored
+    value is NaN or Inf)."""
+    from qtrain.cli.errors import fail
+
     tree, meta = _load(ckpt)
     entries = list(_walk(tree))
     arrays = sum(1 for _, _, size in entries if size)
@@ -47,7 +53,7 @@ def inspect(
     )
     typer.echo(f"qtrain {meta['qtrain_version']}, torch {meta['torch_version']}, {meta['mpi_library']}")
     typer.echo(
-        f"verified: all datasets pass their fletcher32 checksums ({arrays} arrays), params_sha256 "
+        f"verified: the file SHA-256, all datasets' fletcher32 checksums ({arrays} arrays), params_sha256 "
         f"{meta['params_sha256'][:16]}... matches"
     )
     width = max(len(p) for p, _, _ in entries)
@@ -55,6 +61,9 @@ def inspect(
         typer.echo(f"  {path:<{width}}  {what}{f'  {size / 1e6:.3f} MB' if size else ''}")
     if show_config:
         typer.echo(tree["config"])
+    bad = [path for path, what, _ in entries if "NON-FINITE" in what]
+    if bad:  # intact bytes, but not a state to train from (qtrain itself never writes one)
+        fail(f"{ckpt}: non-finite values in {', '.join(bad)}")
 
 
 @app.command("export")

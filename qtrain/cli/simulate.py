@@ -22,6 +22,7 @@ def simulate(
     from qtrain.cli.errors import fail
     from qtrain.cli.report import print_summary
     from qtrain.config import ConfigError, load_config
+    from qtrain.engine.divergence import Diverged
     from qtrain.engine.simulator import simulate as run
 
     try:
@@ -34,6 +35,6 @@ def simulate(
     out = out or f"runs/simulate-{cfg.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         summary = run(cfg, n, out, log=(lambda s: None) if quiet else typer.echo)
-    except ValueError as exc:
+    except (ValueError, Diverged) as exc:
         fail(str(exc))
     print_summary(summary, out)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from qtrain.codecs import wire
-from qtrain.codecs.errors import WireFormatError
+from qtrain.codecs.errors import NonFiniteInput, WireFormatError
 from qtrain.codecs.layout import Section, chunkable, payload_bytes
 from qtrain.codecs.philox import CounterStream
 
@@ -301,7 +301,7 @@ def check_scales(scales: torch.Tensor, codec: str) -> None:
     """Encoder side: a non-finite scale means non-finite input; say so instead of sending NaNs."""
     if scales.numel() and not bool(torch.isfinite(scales).all()):
         bad = int(torch.nonzero(~torch.isfinite(scales))[0])
-        raise ValueError(f"codec '{codec}': input has NaN or Inf in bucket {bad}")
+        raise NonFiniteInput(f"codec '{codec}': input has NaN or Inf in bucket {bad}")
 
 
 def check_decoded_scales(scales: torch.Tensor, codec: str) -> None:

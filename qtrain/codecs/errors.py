@@ -1,4 +1,4 @@
-"""The one exception a decoder raises."""
+"""The exceptions of the codecs: a decoder's (``WireFormatError``) and an encoder's non-finite input."""
 
 
 class WireFormatError(ValueError):
@@ -6,3 +6,7 @@ class WireFormatError(ValueError):
 
     The message always says what is wrong (which field, what was expected, what was found).
     """
+
+
+class NonFiniteInput(ValueError):
+    """An encoder was given NaN or Inf (training has diverged, or the input is broken)."""

@@ -21,7 +21,7 @@ import math
 import torch
 
 from qtrain.codecs.base import Codec, Quantized, check_bucket, num_buckets
-from qtrain.codecs.errors import WireFormatError
+from qtrain.codecs.errors import NonFiniteInput, WireFormatError
 from qtrain.codecs.indices import check_increasing_indices
 from qtrain.codecs.layout import Section
 from qtrain.codecs.wire import FLAG_LOCAL16
@@ -97,7 +97,7 @@ class TopKCodec(Codec):
         local = torch.cat(local_parts) if local_parts else torch.zeros(0, dtype=torch.int64, device=x.device)
         vals = torch.cat(value_parts) if value_parts else torch.zeros(0, device=x.device)
         if vals.numel() and not bool(torch.isfinite(vals).all()):
-            raise ValueError("codec 'topk': input has NaN or Inf")
+            raise NonFiniteInput("codec 'topk': input has NaN or Inf")
         glob = local + self._bucket_of_entry(n, x.device) * b
         sent = vals.to(self.value_dtype)
         values = None

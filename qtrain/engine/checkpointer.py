@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qtrain.engine.divergence import require_finite
 from qtrain.engine.snapshots import checkpoint_contents
 from qtrain.io.checkpoint import checkpoint_name, prune, write_checkpoint
 
@@ -29,6 +30,7 @@ class Checkpointer:
             self.mpi_library,
             self.hosts,
         )
+        require_finite(step, tree)
         write_checkpoint(self.dir / checkpoint_name(step), tree, meta)
         prune(self.dir, self.plan.cfg.checkpoint.keep)
         if self.log is not None:

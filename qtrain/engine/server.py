@@ -19,6 +19,8 @@ import torch
 from qtrain.algorithms.base import Algorithm
 from qtrain.algorithms.links import Link
 from qtrain.codecs import Codec
+from qtrain.codecs.errors import NonFiniteInput
+from qtrain.engine.divergence import Diverged, check_sum
 from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
 from qtrain.engine.partition import Partition, Segment
 from qtrain.kernels import kernel_codec
@@ -78,6 +80,17 @@ class ServerEngine(EngineState):
         return acc.div_(len(messages))
 
     def make_downlink(self, seg: Segment, mean: torch.Tensor) -> torch.Tensor:
+        """The server rule on the segment's mean and its downlink message. Raises ``Diverged`` when
+        the update (or, in weights mode, the weights) is not finite."""
+        what = f"the server's update of segment {seg.index}"
+        try:
+            packed = self._make_downlink(seg, mean)
+        except NonFiniteInput as exc:
+            raise Diverged(self.step, f"{what} has NaN or Inf ({exc})") from None
+        check_sum(self.step, self.stats.part(seg)[1], what, mean, self.master[seg.slice])
+        return packed
+
+    def _make_downlink(self, seg: Segment, mean: torch.Tensor) -> torch.Tensor:
         sl = seg.slice
         s = self.algorithm.server_update(mean, self.master[sl], self._states[seg.index], self.step)
         if self.mode == "weights":

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from qtrain.engine.checkpointer import Checkpointer
+from qtrain.engine.divergence import check_loss
 from qtrain.engine.recorder import Recorder, WorkerReport
 from qtrain.engine.run_plan import RunPlan
 from qtrain.engine.snapshots import is_checkpoint_step, worker_snapshot
@@ -65,6 +66,7 @@ def simulate(cfg, workers: int, out: str | Path | None, log=print, observe=None)
             t0 = time.perf_counter()
             idx = sampler.next_batch()
             report.loss[w] = replica.loss_and_grad(ds.x_train[idx], ds.y_train[idx], ds.task)
+            check_loss(step, w, report.loss[w])
             t1 = time.perf_counter()
             uplinks.append([engine.make_uplink(seg, replica.grads, replica.params) for seg in part])
             report.compute_s[w], report.encode_s[w] = t1 - t0, time.perf_counter() - t1

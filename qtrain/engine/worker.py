@@ -21,6 +21,8 @@ from qtrain.algorithms.adam_math import AdamConstants
 from qtrain.algorithms.base import Algorithm
 from qtrain.algorithms.links import Link
 from qtrain.codecs import Codec
+from qtrain.codecs.errors import NonFiniteInput
+from qtrain.engine.divergence import Diverged, check_sum
 from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
 from qtrain.engine.partition import Partition, Segment
 from qtrain.kernels import kernel_codec
@@ -49,6 +51,7 @@ class WorkerEngine(EngineState):
         self.alpha, self.beta = algorithm.hp.ef_alpha, algorithm.hp.ef_beta
         self.state = algorithm.init_worker_state(numel, device)
         self.error = torch.zeros(numel, dtype=torch.float32, device=device) if uplink.error_feedback else None
+        self.worker = worker
         self.stream_key = stream_seed(seed, "uplink", worker)
         self.fast_up = kernel_codec(self.uplink_codec, device, kernels)
         self.fast_down = kernel_codec(self.downlink_codec, device, kernels)
@@ -65,7 +68,20 @@ class WorkerEngine(EngineState):
         self, seg: Segment, grad: torch.Tensor, params: torch.Tensor, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Worker rule + compression (+ error feedback) of one segment: its packed message,
-        written into ``out`` (e.g. the transport's frame) when given."""
+        written into ``out`` (e.g. the transport's frame) when given. Raises ``Diverged`` when
+        the gradient (or what error feedback adds to it) is not finite."""
+        what = (
+            f"worker {self.worker}'s uplink input (gradient, rule and error feedback) in segment {seg.index}"
+        )
+        try:
+            packed = self._make_uplink(seg, grad, params, out)
+        except NonFiniteInput as exc:
+            raise Diverged(self.step, f"{what} has NaN or Inf ({exc})") from None
+        e = self.error[seg.slice] if self.error is not None else None
+        check_sum(self.step, self.stats.part(seg)[1], what, grad[seg.slice], e)
+        return packed
+
+    def _make_uplink(self, seg, grad, params, out):
         sl = seg.slice
         e = self.error[sl] if self.error is not None else None
         rule, fast = self.algorithm.fused_worker_rule, self.fast_up

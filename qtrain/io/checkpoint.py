@@ -8,10 +8,20 @@ attributes carry descriptive metadata only (format, versions, creation time).
 
 Writing goes to ``NAME.tmp`` in the same directory, is flushed and fsynced, then renamed, so a
 crash never leaves a half-written file under the real name.
+
+Whole-file digest (format 3): the file starts with a 512-byte HDF5 user block, which the HDF5
+library skips (h5dump and h5py read the file as usual). qtrain writes into it, after the HDF5 part
+is closed, ``DIGEST_MAGIC``, the file's size and the SHA-256 of every byte after the user block;
+the rest of the block is zeros. A reader checks all of that *before HDF5 parses anything*, so a
+damaged byte anywhere (HDF5's own bookkeeping included: object headers, attributes, datatypes,
+B-trees, which fletcher32 does not cover and whose damage once crashed, hung or silently changed
+what was read) is a one-line ``CheckpointError``, and ``--resume auto`` falls back to the next
+older checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -22,7 +32,10 @@ import numpy as np
 import torch
 
 FORMAT = "qtrain-checkpoint"
-VERSION = 2  # 2: no generator states (stochastic rounding is counter-based Philox)
+VERSION = 3  # 2: no generator states (counter-based Philox); 3: the whole-file digest in the user block
+USERBLOCK = 512  # bytes before the HDF5 superblock (HDF5's smallest user block)
+DIGEST_MAGIC = b"qtrain checkpoint sha256\n"
+_DIGEST_LINE = re.compile(rb"^size (\d{1,20})\nsha256 ([0-9a-f]{64})\n$")
 NAME = re.compile(r"^step-(\d{7,})\.h5$")
 
 
@@ -100,7 +113,7 @@ def write_checkpoint(path: Path, tree: dict, meta: dict) -> Path:
     """Write ``tree`` atomically to ``path``; ``meta`` becomes root attributes."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = VERSION
         f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -108,6 +121,7 @@ def write_checkpoint(path: Path, tree: dict, meta: dict) -> Path:
             f.attrs[k] = str(v) if isinstance(v, str) else v  # numpy str_ has no HDF5 conversion
         _write(f, tree)
         f.flush()
+    _seal(tmp)
     fd = os.open(tmp, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -122,12 +136,63 @@ def write_checkpoint(path: Path, tree: dict, meta: dict) -> Path:
     return path
 
 
+def _digest(f, size: int) -> str:
+    """SHA-256 of the bytes after the user block of the open file ``f`` (``size`` bytes long)."""
+    h = hashlib.sha256()
+    f.seek(USERBLOCK)
+    while chunk := f.read(1 << 22):
+        h.update(chunk)
+    if f.tell() != size:
+        raise CheckpointError(f"the file changed size while it was read ({f.tell()} != {size})")
+    return h.hexdigest()
+
+
+def _seal(path: Path) -> None:
+    """Write the digest block into the (zeroed) user block of a closed HDF5 file."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        block = DIGEST_MAGIC + f"size {size}\nsha256 {_digest(f, size)}\n".encode()
+        f.seek(0)
+        f.write(block.ljust(USERBLOCK, b"\0"))
+        f.flush()
+
+
+def verify_file(path: Path) -> None:
+    """The whole-file check that runs before HDF5 opens ``path``: the user block's magic, size and
+    SHA-256, and zeros after them. Raises CheckpointError naming what does not match."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        block = f.read(USERBLOCK)
+        if not block.startswith(DIGEST_MAGIC):
+            if block.startswith(b"\x89HDF\r\n\x1a\n"):
+                raise CheckpointError(
+                    f"{path}: an HDF5 file without qtrain's file digest (not a qtrain checkpoint, or "
+                    f"one written before checkpoint format {VERSION})"
+                )
+            raise CheckpointError(f"{path}: not a qtrain checkpoint (no digest block at the start)")
+        text, _, padding = block[len(DIGEST_MAGIC) :].partition(b"\n\0")
+        m = _DIGEST_LINE.match(text + b"\n")
+        if m is None or padding.strip(b"\0"):
+            raise CheckpointError(f"{path}: the digest block is damaged")
+        if int(m.group(1)) != size:
+            raise CheckpointError(
+                f"{path}: the file is {size} bytes, its digest block says {int(m.group(1))}"
+            )
+        if _digest(f, size) != m.group(2).decode():
+            raise CheckpointError(f"{path}: damaged (its SHA-256 does not match the digest block)")
+
+
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """Load and verify: every dataset's checksum, the format, and the parameter fingerprint.
-    Returns (tree, root attributes). Raises CheckpointError."""
+    """Load and verify: the whole-file digest (before HDF5 parses anything), every dataset's
+    checksum, the format, and the parameter fingerprint. Returns (tree, root attributes). Raises
+    CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        verify_file(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
         with h5py.File(path, "r") as f:
             meta = dict(f.attrs)

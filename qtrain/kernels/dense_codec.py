@@ -19,6 +19,7 @@ import torch
 from qtrain.codecs import Codec, CounterStream, WireFormatError, wire
 from qtrain.codecs.base import DEFAULT_STREAM, check_decoded_scales, num_buckets
 from qtrain.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from qtrain.codecs.errors import NonFiniteInput
 from qtrain.codecs.layout import payload_bytes
 from qtrain.codecs.wire import FLAG_SPARSE
 from qtrain.kernels import cpu_dense as K
@@ -84,7 +85,9 @@ class DenseKernelCodec(KernelCodec):
         stats, bad = self._encode(msg, nb, p, e, alpha, beta, target, values, rng, adam)
         first_bad = bad[bad >= 0]
         if first_bad.size:
-            raise ValueError(f"codec '{codec.name}': input has NaN or Inf in bucket {int(first_bad.min())}")
+            raise NonFiniteInput(
+                f"codec '{codec.name}': input has NaN or Inf in bucket {int(first_bad.min())}"
+            )
         err_sq, ref_sq, ef_sq, kept = (float(x) for x in stats.sum(axis=0))
         if self.kind == KIND_THRESHOLD and self._sparse_wins(n, int(kept)):
             msg = self._rewrite_sparse(msg, n, nb, int(kept))

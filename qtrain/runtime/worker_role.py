@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from qtrain.engine.divergence import check_loss
 from qtrain.engine.readiness import SegmentReadiness
 from qtrain.engine.snapshots import is_checkpoint_step, to_numpy, worker_restore, worker_snapshot
 from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
@@ -57,6 +58,7 @@ def run_worker(plan, model, transport, svc, resume) -> None:
             on_loss=lambda value: record.__setitem__("loss", value),
         )
         backward_end = time.perf_counter()
+        check_loss(step, topo.worker_index, loss)
         t1 = backward_end - sender.busy_s  # forward + backward, without encodes inside it
         sender.send_all(readiness.rest() if overlap else list(part))
         t2 = time.perf_counter()

@@ -1,0 +1,54 @@
+"""Divergence: training stops at the first non-finite loss, gradient, update or parameter, with
+``diverged at step N: what`` and a non-zero exit, before anything non-finite is checkpointed.
+
+The checks ride on numbers the step computes anyway: the loss (a scalar), and the sums of squares
+the codecs return with each message (||v||^2 of what was quantized, in float64 in the kernels).
+Only when such a sum is not finite is the vector itself scanned, to tell a real NaN/Inf from a
+float32 norm that overflowed. The quantizing codecs refuse non-finite input themselves
+(``NonFiniteInput``), which the engines turn into the same message. Checkpoints scan every tensor
+they store before writing (:func:`require_finite`), which is rare enough to be cheap.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class Diverged(RuntimeError):
+    """Training diverged: ``diverged at step N: what``."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"diverged at step {step}: {what}")
+        self.step = step
+
+
+def check_loss(step: int, worker: int, loss: float) -> None:
+    if not math.isfinite(loss):
+        raise Diverged(step, f"worker {worker}'s training loss is {loss} (lower algorithm.lr?)")
+
+
+def check_sum(step: int, norm_sq: float, what: str, *vectors: torch.Tensor | None) -> None:
+    """``norm_sq`` is a sum of squares of ``vectors``' data: when it is not finite, scan them."""
+    if math.isfinite(norm_sq):
+        return
+    for v in vectors:
+        if v is not None and not bool(torch.isfinite(v).all()):
+            raise Diverged(step, f"{what} has NaN or Inf (lower algorithm.lr?)")
+
+
+def require_finite(step: int, tree, path: str = "") -> None:
+    """Every floating tensor in the nested dicts/lists ``tree`` finite, or ``Diverged`` naming the
+    first that is not (what a checkpoint checks before it is written)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            require_finite(step, value, f"{path}/{key}")
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            require_finite(step, value, f"{path}/{i}")
+    elif isinstance(tree, torch.Tensor) and tree.is_floating_point() and not bool(torch.isfinite(tree).all()):
+        bad = int((~torch.isfinite(tree)).sum())
+        raise Diverged(
+            step, f"checkpoint item {path} holds {bad} NaN or Inf values; no checkpoint was written"
+        )
