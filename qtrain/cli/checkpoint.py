@@ -40,21 +40,23 @@ def inspect(
     ckpt: str = typer.Argument(..., help="A checkpoint file (OUT/checkpoints/step-N.h5)."),
     show_config: bool = typer.Option(False, "--config", help="Also print the stored config."),
 ) -> None:
-    """What is inside, sizes, step, config, and the verification result (exit 1 when a stored
+    """What is inside, sizes, step, config, and the verification result (exit 2 when a stored
     value is NaN or Inf)."""
     from qtrain.cli.errors import fail
 
     tree, meta = _load(ckpt)
     entries = list(_walk(tree))
     arrays = sum(1 for _, _, size in entries if size)
+    m = {k: meta.get(k, "?") for k in ("algorithm", "workers", "world_size", "created", "qtrain_version")}
+    m |= {k: meta.get(k, "?") for k in ("torch_version", "mpi_library", "params_sha256")}
     typer.echo(
-        f"{ckpt}: step {tree['step']}, {meta['algorithm']}, {meta['workers']} workers "
-        f"(world {meta['world_size']}), created {meta['created']}"
+        f"{ckpt}: step {tree.get('step', '?')}, {m['algorithm']}, {m['workers']} workers "
+        f"(world {m['world_size']}), created {m['created']}"
     )
-    typer.echo(f"qtrain {meta['qtrain_version']}, torch {meta['torch_version']}, {meta['mpi_library']}")
+    typer.echo(f"qtrain {m['qtrain_version']}, torch {m['torch_version']}, {m['mpi_library']}")
     typer.echo(
         f"verified: the file SHA-256, all datasets' fletcher32 checksums ({arrays} arrays), params_sha256 "
-        f"{meta['params_sha256'][:16]}... matches"
+        f"{m['params_sha256'][:16]}... matches"
     )
     width = max(len(p) for p, _, _ in entries)
     for path, what, size in entries:
