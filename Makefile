@@ -73,7 +73,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $@
 
 run: install
-	$(MPIEXEC) -n $(NP) $(BIN)/qtrain train $(CONFIG) --out $(OUT)
+	$(MPIEXEC) -n $(NP) $(BIN)/qtrain train $(CONFIG) --out $(OUT) --overwrite
 
 test: install sysdeps
 	$(PY) -m pytest -q

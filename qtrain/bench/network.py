@@ -85,7 +85,8 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
         "trace.timeline_every=1",
         *plan.overrides,
     ]
-    argv = [*QTRAIN, "train", config, "--out", str(run_dir)] + [a for s in sets for a in ("--set", s)]
+    argv = [*QTRAIN, "train", config, "--out", str(run_dir), "--overwrite"]  # this benchmark's own runs
+    argv += [a for s in sets for a in ("--set", s)]
     server = Topology.parameter_server(plan.workers + 1).server
     # the serving rank counts the bytes on its own link
     cmd = net.mpi_command(mpiexec, argv, {server: {"QTRAIN_WIRE_DEVICE": net.device(server)}})

@@ -17,6 +17,9 @@ def simulate(
     ),
     out: str = typer.Option(None, "--out", help="Output directory (default runs/simulate-ALGORITHM-TIME)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the final summary line."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="OUT holds another run: remove its files first (they are named)."
+    ),
 ) -> None:
     """Run CONFIG with N virtual workers through the same engine as `qtrain train`."""
     from qtrain.cli.errors import fail
@@ -34,7 +37,7 @@ def simulate(
         fail(f"--workers must be at least 1, got {n}")
     out = out or f"runs/simulate-{cfg.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        summary = run(cfg, n, out, log=(lambda s: None) if quiet else typer.echo)
+        summary = run(cfg, n, out, log=(lambda s: None) if quiet else typer.echo, overwrite=overwrite)
     except (ValueError, Diverged) as exc:
         fail(str(exc))
     print_summary(summary, out)

@@ -21,13 +21,20 @@ def train(
         "--reset-worker-state",
         help="Resume with a different number of workers: their state starts at zero.",
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="OUT holds another run: remove its config, summary, trace, checkpoints and rank logs first.",
+    ),
 ) -> None:
     """Train CONFIG on MPI: rank 0 is the parameter server, ranks 1..K-1 are workers."""
     from qtrain.cli.errors import fail
     from qtrain.cli.report import print_summary
     from qtrain.runtime.launch import TrainRequest, run_train
 
-    outcome = run_train(TrainRequest(config, overrides, out, resume, reset_worker_state), echo=typer.echo)
+    outcome = run_train(
+        TrainRequest(config, overrides, out, resume, reset_worker_state, overwrite), echo=typer.echo
+    )
     if outcome.error:
         fail(outcome.error, outcome.code)
     if outcome.summary is not None:

@@ -27,7 +27,9 @@ from qtrain.io.run_dir import params_sha256, prepare_out_dir, write_config, writ
 from qtrain.kernels import set_threads as set_kernel_threads
 
 
-def simulate(cfg, workers: int, out: str | Path | None, log=print, observe=None) -> dict:
+def simulate(
+    cfg, workers: int, out: str | Path | None, log=print, observe=None, overwrite: bool = False
+) -> dict:
     """Run ``cfg`` with ``workers`` virtual workers; write ``OUT/config.yaml``, the trace, the
     checkpoints and ``OUT/summary.json`` when ``out`` is given; return the summary.
     ``observe(step, params, dataset)``, when given, sees the server's weights after every step
@@ -39,7 +41,11 @@ def simulate(cfg, workers: int, out: str | Path | None, log=print, observe=None)
     plan, server_model = RunPlan.build(cfg, Topology.parameter_server(workers + 1), device)
     replica = plan.model(device)
     setup, part, ds = plan.setup, plan.partition, plan.setup.dataset
-    out_dir = prepare_out_dir(out) if out is not None else None
+    out_dir = None
+    if out is not None:
+        out_dir, removed = prepare_out_dir(out, overwrite=overwrite)
+        if removed:
+            log(f"--overwrite: removed {removed} from {out_dir}")
     if out_dir is not None:
         write_config(out_dir, plan.config_text)
     server = plan.server_engine(server_model.params)

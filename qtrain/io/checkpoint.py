@@ -224,9 +224,11 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def prune(directory: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (and stale temporary files)."""
-    for _, p in list_checkpoints(directory)[keep:]:
+def prune(directory: Path, keep: int, mine=None) -> None:
+    """Delete all but the newest ``keep`` checkpoints among those ``mine(step)`` accepts (default:
+    all), and stale temporary files; other checkpoints are never touched."""
+    ours = [(s, p) for s, p in list_checkpoints(directory) if mine is None or mine(s)]
+    for _, p in ours[keep:]:
         p.unlink(missing_ok=True)
     for p in Path(directory).glob("*.h5.tmp"):
         p.unlink(missing_ok=True)

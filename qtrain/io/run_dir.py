@@ -21,13 +21,53 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare_out_dir(out: str | Path) -> Path:
+def run_files(path: Path) -> list[Path]:
+    """The files a run writes that are in ``path``: config.yaml, summary.json, trace.h5 (and their
+    .tmp), checkpoints/step-*.h5(.tmp), logs/rank-*.log. Nothing else is ever touched."""
+    found = [path / n for n in ("config.yaml", "summary.json", "trace.h5") if (path / n).is_file()]
+    found += [p for n in ("config.yaml", "summary.json", "trace.h5") for p in path.glob(f"{n}.tmp")]
+    for sub, pattern in (("checkpoints", "step-*.h5*"), ("logs", "rank-*.log")):
+        if (path / sub).is_dir():
+            found += sorted(p for p in (path / sub).glob(pattern) if p.is_file())
+    return found
+
+
+def describe_files(path: Path, files: list[Path]) -> str:
+    ckpts = [f for f in files if f.parent.name == "checkpoints" and f.suffix == ".h5"]
+    others = [str(f.relative_to(path)) for f in files if f not in ckpts and f.parent.name != "logs"]
+    logs = sum(1 for f in files if f.parent.name == "logs")
+    parts = others + ([f"{len(ckpts)} checkpoints ({', '.join(f.name for f in ckpts)})"] if ckpts else [])
+    return ", ".join(parts + ([f"{logs} rank logs"] if logs else []))
+
+
+def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = False) -> tuple[Path, str]:
+    """Create ``out``; refuse one that holds another run's files unless this run resumes it or
+    ``overwrite`` (then those files, and only those, are removed). Returns (path, what was
+    removed or ""). Raises ValueError naming the directory and what is in it."""
     path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {str(path)!r} is a file, not a directory")
+    removed = ""
+    files = run_files(path) if path.is_dir() and not resume else []
+    if files and not overwrite:
+        raise ValueError(
+            f"--out {str(path)!r} holds another run ({describe_files(path, files)}): pass --resume auto "
+            "to continue it, --overwrite to remove those files first, or choose another --out"
+        )
+    if files:
+        removed = describe_files(path, files)
+        for f in files:
+            try:
+                f.unlink()
+            except OSError as exc:
+                raise ValueError(f"--overwrite: cannot remove {str(f)!r}: {exc.strerror or exc}") from None
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"cannot create output directory {str(path)!r}: {exc.strerror}") from exc
-    return path
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"output directory {str(path)!r} is not writable")
+    return path, removed
 
 
 def write_config(out: Path, yaml_text: str) -> None:

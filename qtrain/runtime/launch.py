@@ -30,6 +30,7 @@ class TrainRequest:
     out: str | None = None
     resume: str | None = None
     reset_worker_state: bool = False
+    overwrite: bool = False
 
 
 def run_train(request: TrainRequest, echo=print) -> Outcome:
@@ -45,7 +46,14 @@ def run_train(request: TrainRequest, echo=print) -> Outcome:
     svc = RankServices.start(comm.Get_rank(), echo)
     try:
         topology, plan, model, world = agree_on_plan(comm, request.config, request.overrides, svc)
-        out_dir = prepare_outputs(comm, plan, request.out)
+        out_dir = prepare_outputs(
+            comm,
+            plan,
+            request.out,
+            bool(request.resume),
+            request.overwrite,
+            echo if comm.Get_rank() == 0 else None,
+        )
         resume = distribute_checkpoint(topology, plan, request, out_dir, echo) if request.resume else None
     except Refused as exc:
         svc.watchdog.stop()

@@ -38,7 +38,7 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
     svc.watchdog.enter("clock sync")
     offsets = clock_offsets(topo, cfg.runtime.timeout_s) if timeline_wanted(cfg) else None
     timeline = TimelineRecorder(rec.trace, part, topo, offsets, cfg.trace.timeline_every)
-    checkpointer = Checkpointer(out_dir, plan, world.mpi_library, world.hosts, svc.log)
+    checkpointer = Checkpointer(out_dir, plan, world.mpi_library, world.hosts, svc.log, start)
     stop_reason, step = None, start
     try:
         for step in range(start + 1, setup.steps + 1):

@@ -157,8 +157,11 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
     return topology, plan, model, world
 
 
-def prepare_outputs(comm, plan, out: str | None) -> Path:
-    """The output directory: the serving rank names it, every rank creates it."""
+def prepare_outputs(
+    comm, plan, out: str | None, resume: bool = False, overwrite: bool = False, echo=None
+) -> Path:
+    """The output directory: the serving rank names it and checks it (another run's files are
+    refused, or removed with ``overwrite``), then every rank creates it."""
     import time
 
     from qtrain.io.run_dir import prepare_out_dir
@@ -166,10 +169,19 @@ def prepare_outputs(comm, plan, out: str | None) -> Path:
     default = f"runs/train-{plan.setup.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = Path(comm.bcast(out or default, root=plan.topology.server))
     error = None
-    try:
-        prepare_out_dir(out_dir)
-    except ValueError as exc:
-        error = str(exc)
+    if comm.Get_rank() == plan.topology.server:
+        try:
+            _, removed = prepare_out_dir(out_dir, resume, overwrite)
+            if removed and echo is not None:
+                echo(f"qtrain: --overwrite: removed {removed} from {out_dir}")
+        except ValueError as exc:
+            error = str(exc)
+    error = comm.bcast(error, root=plan.topology.server)
+    if error is None:
+        try:
+            prepare_out_dir(out_dir, resume=True)  # every rank (other nodes) creates it
+        except ValueError as exc:
+            error = str(exc)
     errors = [e for e in comm.allgather(error) if e]
     if errors:
         raise Refused(errors[0])
