@@ -1,5 +1,6 @@
 """Checkpoints, resume and traces of real MPI runs."""
 
+import collections
 import itertools
 import json
 import os
@@ -15,7 +16,7 @@ import pytest
 import torch
 from mpi_helpers import QTRAIN, mpi_train, summary, train_command
 
-from qtrain.io.trace import read_timeline
+from qtrain.io.trace import read_timeline, read_trace
 
 pytestmark = pytest.mark.mpi
 
@@ -122,6 +123,22 @@ def test_sigkill_of_the_whole_job_then_resume_equals_uninterrupted(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert summary(tmp_path / "run")["params_sha256"] == summary(tmp_path / "ref")["params_sha256"]
+
+
+def test_a_run_that_dies_right_after_a_checkpoint_keeps_every_trace_row_once(tmp_path):
+    """The workers' rows of a step reach the trace with the next step's records (their
+    communication times come a step late); at a checkpoint step they are written with the
+    checkpoint, so a run that dies before the next flush and resumes loses none of them."""
+    out, total = tmp_path / "run", 40
+    sets = (f"train.steps={total}", "checkpoint.every=20", "trace.flush_every=10")
+    died = mpi_train(3, "configs/efficient-adam.yaml", out, *sets, env={"QTRAIN_INJECT_FAULT": "0:21:exit"})
+    assert died.returncode != 0
+    res = mpi_train(3, "configs/efficient-adam.yaml", out, *sets, extra=("--resume", "auto"))
+    assert res.returncode == 0, res.stderr
+    steps, _, _ = read_trace(out / "trace.h5")
+    pairs = collections.Counter(zip(steps["step"].tolist(), steps["rank"].tolist(), strict=True))
+    assert set(pairs.values()) == {1}
+    assert set(pairs) == {(s, r) for s in range(1, total + 1) for r in range(3)}
 
 
 def test_damaged_checkpoint_is_skipped_by_resume_auto(tmp_path):

@@ -197,6 +197,14 @@ class Recorder:
             self.trace.add_rows(rows)
         self.trace.maybe_flush(self.step)
 
+    def complete_held_rows(self, comm_s: np.ndarray, decode_s: np.ndarray) -> None:
+        """Write the held-back worker rows of this step now, with their communication times (MPI
+        checkpoints: a run resumed from this step must find them in the trace)."""
+        if self.trace is not None and self._pending is not None:
+            self._pending["comm_s"], self._pending["decode_s"] = comm_s, decode_s
+            self.trace.add_rows(self._pending)
+        self._pending = None
+
     def flush(self) -> None:
         if self.trace is not None:
             self.trace.flush()

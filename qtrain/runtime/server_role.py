@@ -75,8 +75,10 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
             if is_checkpoint_step(cfg, step, setup.steps, stop_reason is not None):
                 with rec.phase("checkpoint"):
                     parts = topo.comm.gather(None, root=topo.server)
+                    times = np.array([parts[r][1:] for r in topo.workers], dtype=np.float64)
+                    rec.complete_held_rows(times[:, 0], times[:, 1])  # a resume keeps this step's rows
                     rec.flush()
-                    snaps = [to_torch(parts[r]) for r in topo.workers]
+                    snaps = [to_torch(parts[r][0]) for r in topo.workers]
                     checkpointer.write(step, server, snaps, rec, server.replica)
             if stop_reason is not None:
                 svc.log.info("stopping after step %d: %s", step, stop_reason)

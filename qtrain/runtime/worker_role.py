@@ -78,7 +78,9 @@ def run_worker(plan, model, transport, svc, resume) -> None:
             svc.log.info("step %d loss %.5f compute %.4fs comm %.4fs", step, loss, t1 - t0, comm_s)
         if is_checkpoint_step(cfg, step, plan.setup.steps, stopping):
             svc.watchdog.enter(f"step {step}: checkpoint gather")
-            topo.comm.gather(to_numpy(worker_snapshot(engine, sampler)), root=topo.server)
+            # with this step's communication times, which the trace would otherwise get one step late
+            snapshot = to_numpy(worker_snapshot(engine, sampler))
+            topo.comm.gather((snapshot, comm_s, decode_s), root=topo.server)
         if stopping:
             svc.log.info("stopping after step %d as agreed (local: %s)", step, svc.stop.reason or "none")
             break
