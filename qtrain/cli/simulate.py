@@ -27,6 +27,7 @@ def simulate(
     from qtrain.config import ConfigError, load_config
     from qtrain.engine.divergence import Diverged
     from qtrain.engine.simulator import simulate as run
+    from qtrain.io.disk_errors import describe
 
     try:
         cfg = load_config(config, overrides)
@@ -40,4 +41,6 @@ def simulate(
         summary = run(cfg, n, out, log=(lambda s: None) if quiet else typer.echo, overwrite=overwrite)
     except (ValueError, Diverged) as exc:
         fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only file system: one line naming the file
+        fail(describe(exc))
     print_summary(summary, out)

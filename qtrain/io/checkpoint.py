@@ -22,6 +22,7 @@ older checkpoint.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import time
@@ -110,24 +111,35 @@ def _read(group: h5py.Group, path: str = "") -> dict:
 
 
 def write_checkpoint(path: Path, tree: dict, meta: dict) -> Path:
-    """Write ``tree`` atomically to ``path``; ``meta`` becomes root attributes."""
+    """Write ``tree`` atomically to ``path``; ``meta`` becomes root attributes.
+
+    The HDF5 image is built in memory, sealed with its digest, then written with plain file I/O,
+    so a full disk is an ``OSError`` (ENOSPC) naming the file (HDF5 itself reports it as
+    unrelated RuntimeErrors), and the temporary file is removed on any failure."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", userblock_size=USERBLOCK) as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = VERSION
         f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for k, v in meta.items():
             f.attrs[k] = str(v) if isinstance(v, str) else v  # numpy str_ has no HDF5 conversion
         _write(f, tree)
-        f.flush()
-    _seal(tmp)
-    fd = os.open(tmp, os.O_RDONLY)
+    image = bytearray(buffer.getbuffer())
+    body = memoryview(image)[USERBLOCK:]
+    block = DIGEST_MAGIC + f"size {len(image)}\nsha256 {hashlib.sha256(body).hexdigest()}\n".encode()
+    del body
+    image[:USERBLOCK] = block.ljust(USERBLOCK, b"\0")
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with open(tmp, "wb") as f:
+            f.write(image)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"writing checkpoint: {exc.strerror}", str(path)) from None
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)

@@ -16,9 +16,15 @@ def params_sha256(params: torch.Tensor) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through ``path.tmp`` and a rename; the temporary file is removed
+    when the write fails (a full disk: an OSError naming ``path``)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"writing {path.name}: {exc.strerror}", str(path)) from None
 
 
 def run_files(path: Path) -> list[Path]:

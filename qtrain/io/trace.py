@@ -12,12 +12,16 @@ any point leaves a file readable (with ``swmr=True``) up to its last flush.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from qtrain.io.disk_errors import write_error
 
 TRACE_DTYPE = np.dtype(
     [
@@ -129,6 +133,17 @@ class TraceWriter:
                 kept_steps = kept_evals = None  # unreadable: start a fresh trace
                 kept_timeline = {}
         tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self._create(tmp, attrs, kept_steps, kept_evals, kept_timeline)
+        except BaseException as exc:
+            self._discard()
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, (OSError, RuntimeError, ValueError)):
+                raise write_error(exc, self.path, "creating the trace") from None
+            raise
+
+    def _create(self, tmp: Path, attrs: dict, kept_steps, kept_evals, kept_timeline: dict) -> None:
+        self.file = None
         self.file = h5py.File(tmp, "w", libver=("v110", "v110"))  # SWMR needs >= 1.10; Debian h5dump is 1.10
         for k, v in attrs.items():
             self.file.attrs[k] = v if not isinstance(v, (dict, list)) else json.dumps(v)
@@ -185,6 +200,32 @@ class TraceWriter:
             self.flush()
 
     def flush(self) -> None:
+        try:
+            self._flush()
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._discard()
+            raise write_error(exc, self.path, "writing the trace") from None
+
+    def _discard(self) -> None:
+        """Give up a file HDF5 can no longer write: drop every handle now, with HDF5's complaints
+        while they are freed silenced (they would print tracebacks at exit, after the one line
+        that says what happened)."""
+        hook = sys.unraisablehook
+        sys.unraisablehook = lambda _: None
+        try:
+            self.steps = self.evals = None
+            self.timeline = {}
+            if getattr(self, "file", None) is not None:
+                try:
+                    self.file.close()
+                except Exception:  # noqa: BLE001 - the file is being given up
+                    pass
+            self.file = None
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
+
+    def _flush(self) -> None:
         if self._rows:
             self._append(self.steps, np.concatenate(self._rows))
             self._rows = []

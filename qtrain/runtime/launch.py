@@ -17,10 +17,14 @@ import sys
 import traceback
 from dataclasses import dataclass
 
+from qtrain.engine.divergence import Diverged
+from qtrain.io.disk_errors import describe
 from qtrain.runtime.services import RankServices, abort
 from qtrain.runtime.startup import Outcome, Refused, agree_on_plan, prepare_outputs
 
 __all__ = ["Outcome", "run_train"]
+
+EXPECTED = (OSError, ValueError, Diverged)  # failures whose one line says it all
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,11 @@ def run_train(request: TrainRequest, echo=print) -> Outcome:
         return Outcome(2, error=str(exc) if comm.Get_rank() == 0 else None)
     except BaseException as exc:  # noqa: BLE001 - never leave the other ranks waiting
         _fail(comm, svc, exc)
-    svc.open_log(out_dir, world)
-    if topology.is_server:
-        write_config(out_dir, plan.config_text)
-        world.announce(plan, echo, resume)
-    try:
+    try:  # from here on every failure, writing the log or config included, ends the whole job
+        svc.open_log(out_dir, world)
+        if topology.is_server:
+            write_config(out_dir, plan.config_text)
+            world.announce(plan, echo, resume)
         cfg = plan.cfg
         transport = Transport(
             topology,
@@ -94,11 +98,19 @@ def run_train(request: TrainRequest, echo=print) -> Outcome:
 
 
 def _fail(comm, svc, exc: BaseException) -> None:
-    """Log and print the failure of this rank, then end every rank (MPI_Abort)."""
+    """Log and print the failure of this rank in one line (an OSError as its reason, errno name
+    and file: "No space left on device (ENOSPC): runs/x/trace.h5"), then end every rank
+    (MPI_Abort). The traceback goes to the rank log; to stderr only for an unexpected exception
+    before the log exists."""
     rank = comm.Get_rank()
+    logged = False
     if svc.log is not None:
-        svc.log.error("failed:\n%s", traceback.format_exc())
-    else:  # before the rank log exists: the traceback goes to stderr
+        try:
+            svc.log.error("failed:\n%s", traceback.format_exc())
+            logged = True
+        except Exception:  # noqa: BLE001 - the log itself may be what failed
+            pass
+    if not logged and not isinstance(exc, EXPECTED):
         traceback.print_exc()
-    print(f"qtrain: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    print(f"qtrain: rank {rank} failed: {describe(exc)}", file=sys.stderr, flush=True)
     abort(comm)
