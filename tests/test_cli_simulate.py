@@ -42,3 +42,23 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     assert "Traceback" not in p.stderr
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("qtrain: error:") and message in lines[0], p.stderr
+
+
+def test_outputs_to_unwritable_paths_are_one_line(tmp_path):
+    """checkpoint export to a directory and analyze --csv/--plot to a bad path once gave tracebacks."""
+    out = tmp_path / "run"
+    sets = ["--set", "train.steps=10", "--set", "checkpoint.every=10", "--quiet"]
+    assert qtrain("simulate", "configs/sgd.yaml", "--out", str(out), *sets).returncode == 0
+    ckpt = out / "checkpoints" / "step-0000010.h5"
+    cases = [
+        (["checkpoint", "export", str(ckpt), str(tmp_path)], "checkpoint export: cannot write"),
+        (["checkpoint", "export", str(ckpt), str(tmp_path / "no" / "dir" / "m.pt")], "cannot write"),
+        (["analyze", str(out), "--csv", str(tmp_path)], "--csv: cannot write"),
+        (["analyze", str(out), "--plot", str(tmp_path / "no" / "dir" / "p.png")], "--plot: cannot write"),
+        (["analyze", str(out), "--plot", str(tmp_path / "p.xyz")], "--plot"),
+    ]
+    for args, message in cases:
+        p = qtrain(*args)
+        lines = [line for line in p.stderr.splitlines() if line.strip()]
+        assert p.returncode == 2 and "Traceback" not in p.stderr, (args, p.stderr[-1500:])
+        assert len(lines) == 1 and lines[0].startswith("qtrain: error:") and message in lines[0], lines

@@ -178,6 +178,15 @@ def test_resume_refuses_another_worker_count_unless_reset(tmp_path):
     assert summary(out)["steps"] == 20 and summary(out)["workers"] == 3
 
 
+def test_resume_refuses_a_checkpoint_at_or_past_the_last_step(tmp_path):
+    """Resuming a 30-step run with train.steps=20 once exited 0 having trained nothing."""
+    out = tmp_path / "run"
+    assert mpi_train(3, "configs/sgd.yaml", out, "train.steps=30", "checkpoint.every=10").returncode == 0
+    p = mpi_train(3, "configs/sgd.yaml", out, "train.steps=20", extra=("--resume", "auto"))
+    assert p.returncode == 2
+    assert "step-0000030.h5 is at step 30 and this run ends at step 20: nothing left to train" in p.stderr
+
+
 def test_resume_refuses_a_different_algorithm_setting(tmp_path):
     out = tmp_path / "run"
     assert mpi_train(3, "configs/qadam.yaml", out, "train.steps=10").returncode == 0

@@ -59,8 +59,8 @@ def analyze(
             )
         try:
             plot_trace(steps, evals, attrs, rep, plot, timeline, timeline_step)
-        except ValueError as exc:
-            fail(f"--timeline-step: {exc}")
+        except ValueError as exc:  # the timeline step, or a file type matplotlib cannot write
+            fail(f"--timeline-step: {exc}" if "has no timeline" in str(exc) else f"--plot {plot!r}: {exc}")
         except OSError as exc:
             fail(f"--plot: cannot write {plot!r} ({exc.strerror or exc})")
     if project:
