@@ -45,6 +45,11 @@ DEFAULT_CASES = [
     ("threshold", "threshold", {}),
     ("topk-1%", "topk", {"ratio": 0.01}),
     ("sparse", "sparse", {}),
+    # the lossless stage (codecs.entropy): on random input linf codes are near their 2 bits of
+    # entropy, l2 codes (most of them zero) far below
+    ("uniform-2b-l2", "uniform", {"bits": 2, "norm": "l2"}),
+    ("uniform-2b+zstd", "uniform", {"bits": 2, "entropy": "zstd"}),
+    ("uniform-2b-l2+zstd", "uniform", {"bits": 2, "norm": "l2", "entropy": "zstd"}),
 ]
 AGGREGATE_WORKERS = 4
 
