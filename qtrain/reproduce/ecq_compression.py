@@ -100,7 +100,9 @@ def _plot(results: dict, path: Path) -> None:
     ax.axhline(base, color="k", linestyle=":", label="32-bit SGD")
     ax.axhline(base - TOLERANCE, color="r", linestyle="--", linewidth=1, label="0.5 points below")
     ax.set(
-        title="ECQ-SGD on LeNet-5 / Fashion-MNIST: accuracy vs compression", xlabel="uplink compression (x)"
+        title="ECQ-SGD, LeNet-5 / Fashion-MNIST",
+        xlabel="uplink compression (x, fp32 bytes / bytes sent)",
+        ylabel="test accuracy",
     )
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)

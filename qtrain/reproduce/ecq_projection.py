@@ -173,7 +173,7 @@ def _plot(results: dict, path: Path) -> None:
     ax.axhline(1.0, color="k", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set(
-        title="Projected speed-up of 2-bit ECQ-SGD over 32-bit SGD, ResNet-50, 40 Gb/s",
+        title="Projected: ResNet-50, 40 Gb/s, one server",
         xlabel="workers",
         ylabel="T(SGD) / T(ECQ-SGD)",
     )
