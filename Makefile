@@ -116,7 +116,7 @@ bench-network: install sysdeps
 # The papers' headline results regenerated in the simulator (docs/reproductions.md): tables,
 # results.json and PNG plots under runs/reproduce/NAME.
 reproduce: install sysdeps
-	$(BIN)/qtrain reproduce all --out runs/reproduce
+	$(BIN)/qtrain reproduce all --jobs 2 --out runs/reproduce
 
 lint: install
 	$(BIN)/ruff check qtrain tests benchmarks

@@ -87,3 +87,31 @@ def test_unknown_reproduction_is_one_line(tmp_path):
     assert p.stderr.strip().splitlines() == [
         "qtrain: error: unknown reproduction 'resnet-imagenet'; choose from: all, " + ", ".join(REPRODUCTIONS)
     ]
+
+
+def test_side_by_side_reproductions_give_the_same_tables(tmp_path):
+    """`--jobs 2` (what make reproduce uses) runs reproductions in parallel processes, each
+    single-threaded: the tables are the same as one at a time."""
+    for jobs in ("1", "2"):
+        p = subprocess.run(
+            [
+                *QTRAIN,
+                "reproduce",
+                "ecq-linear",
+                "qadam",
+                "--quick",
+                "--jobs",
+                jobs,
+                "--out",
+                str(tmp_path / jobs),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert p.returncode == 0, p.stderr
+        assert "all 2 reproductions: " in p.stdout
+    for name in ("ecq-linear", "qadam"):
+        assert (tmp_path / "1" / name / "table.md").read_text() == (
+            tmp_path / "2" / name / "table.md"
+        ).read_text()

@@ -21,3 +21,17 @@ REPRODUCTIONS = {
     "efficient-adam": efficient_adam.reproduce,  # 1-bit both ways vs Adam on Fashion-MNIST, EF ablations
     "efficient-adam-lm": efficient_adam_lm.reproduce,  # the same on a character transformer: perplexity
 }
+
+# Reproductions that measure time (their numbers would suffer from a neighbour on the same cores):
+# `reproduce --jobs N` runs them alone, after the others.
+MEASURES_TIME = {"ecq-projection"}
+# The others' cost on the 2-core reference machine, minutes, for `--jobs N` to start the longest
+# first (measured by `make reproduce` on 2026-11-30; only the order matters).
+MINUTES = {
+    "efficient-adam-lm": 20,
+    "efficient-adam": 15,
+    "ecq-compression": 13,
+    "qcmd-sparsity": 6,
+    "ecq-linear": 2,
+    "qadam": 1,
+}
