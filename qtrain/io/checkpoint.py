@@ -32,6 +32,8 @@ import h5py
 import numpy as np
 import torch
 
+from qtrain.io.disk_errors import write_error
+
 FORMAT = "qtrain-checkpoint"
 VERSION = 3  # 2: no generator states (counter-based Philox); 3: the whole-file digest in the user block
 USERBLOCK = 512  # bytes before the HDF5 superblock (HDF5's smallest user block)
@@ -139,7 +141,7 @@ def write_checkpoint(path: Path, tree: dict, meta: dict) -> Path:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OSError(exc.errno, f"writing checkpoint: {exc.strerror}", str(path)) from None
+        raise write_error(exc, path, "writing checkpoint") from None
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)

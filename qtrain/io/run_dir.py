@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from qtrain.io.disk_errors import write_error
+
 
 def params_sha256(params: torch.Tensor) -> str:
     """SHA-256 of the flat float32 parameter bytes (little-endian), the run's fingerprint."""
@@ -24,7 +26,7 @@ def write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OSError(exc.errno, f"writing {path.name}: {exc.strerror}", str(path)) from None
+        raise write_error(exc, path, f"writing {path.name}") from None
 
 
 def run_files(path: Path) -> list[Path]:
