@@ -26,12 +26,12 @@ REPRODUCTIONS = {
 # `reproduce --jobs N` runs them alone, after the others.
 MEASURES_TIME = {"ecq-projection"}
 # The others' cost on the 2-core reference machine, minutes, for `--jobs N` to start the longest
-# first (measured by `make reproduce` on 2026-11-30; only the order matters).
+# first (measured by `make reproduce --jobs 2` on 2026-12-01; only the order matters).
 MINUTES = {
-    "efficient-adam-lm": 20,
+    "efficient-adam-lm": 21,
     "efficient-adam": 15,
-    "ecq-compression": 13,
-    "qcmd-sparsity": 6,
-    "ecq-linear": 2,
-    "qadam": 1,
+    "ecq-compression": 14,
+    "qcmd-sparsity": 11,
+    "ecq-linear": 3,
+    "qadam": 2,
 }
