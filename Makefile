@@ -75,8 +75,9 @@ $(STAMP): pyproject.toml | $(PY)
 run: install
 	$(MPIEXEC) -n $(NP) $(BIN)/qtrain train $(CONFIG) --out $(OUT) --overwrite
 
+# --durations: the slowest tests at the end of every run (the suite must stay well under 30 minutes).
 test: install sysdeps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 # The GPU half of the kernel tests, compiled and run on a CUDA device (the CPU suite runs the same
 # comparisons in Triton's interpreter); fails where there is no GPU.
