@@ -53,10 +53,10 @@ def test_every_algorithm_resumed_under_mpiexec_equals_the_uninterrupted_simulato
         steps = f["steps"][()]
     assert sorted(steps["step"][steps["rank"] == 1].tolist()) == list(range(1, 2 * N + 1))
     # and so does its timeline: every third step, each (step, rank, segment) once
-    t = read_timeline(tmp_path / "split" / "trace.h5")
-    w = t["timeline_workers"]
+    timeline = read_timeline(tmp_path / "split" / "trace.h5")
+    w = timeline["timeline_workers"]
     keys = sorted(zip(w["step"].tolist(), w["rank"].tolist(), w["segment"].tolist(), strict=True))
-    assert sorted(t["timeline_server"]["step"].tolist()) == [3, 6, 9, 12, 15]
+    assert sorted(timeline["timeline_server"]["step"].tolist()) == [3, 6, 9, 12, 15]
     assert keys == [(t, r, 0) for t in (3, 6, 9, 12, 15) for r in (1, 2)]
 
 

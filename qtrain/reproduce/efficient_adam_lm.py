@@ -8,8 +8,9 @@ characters; the last 5% of the 64-character windows are the test split. Model: a
 transformer of width 128, 4 heads (models/transformer.py, 424k parameters). Chosen here: 4
 workers, batch 32 windows each, 500 steps, lr 0.002, ``sign`` both ways with one scale per 512,
 one thread like every reproduction (``make reproduce`` runs two side by side on the 2-core
-machine; results are fixed for a fixed thread count). 1,000 steps took about 40 minutes on the
-2026-11-30 host, too long for the hour ``make reproduce`` is allowed.
+machine; results are fixed for a fixed thread count). 1,000 steps on two threads had not finished
+after 41 minutes beside the other reproductions on the 2026-11-30 host, too long for the hour
+``make reproduce`` is allowed.
 """
 
 from __future__ import annotations
