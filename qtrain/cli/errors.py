@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
+
+from qtrain.io.abandoned_files import exit_process
 
 
 def fail(message: str, code: int = 2) -> None:
     typer.echo(f"qtrain: error: {message}", err=True)
-    sys.exit(code)
+    exit_process(code)

@@ -16,11 +16,13 @@ import gc
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from qtrain.io import abandoned_files
 from qtrain.io.disk_errors import write_error
 
 TRACE_DTYPE = np.dtype(
@@ -136,7 +138,7 @@ class TraceWriter:
         try:
             self._create(tmp, attrs, kept_steps, kept_evals, kept_timeline)
         except BaseException as exc:
-            self._discard()
+            self._discard(exc)
             tmp.unlink(missing_ok=True)
             if isinstance(exc, (OSError, RuntimeError, ValueError)):
                 raise write_error(exc, self.path, "creating the trace") from None
@@ -203,24 +205,35 @@ class TraceWriter:
         try:
             self._flush()
         except (OSError, RuntimeError, ValueError) as exc:
-            self._discard()
+            self._discard(exc)
             raise write_error(exc, self.path, "writing the trace") from None
 
-    def _discard(self) -> None:
-        """Give up a file HDF5 can no longer write: drop every handle now, with HDF5's complaints
-        while they are freed silenced (they would print tracebacks at exit, after the one line
-        that says what happened)."""
+    def _discard(self, exc: BaseException) -> None:
+        """Give up a file HDF5 can no longer write, after ``exc``: drop the handles that the
+        failure's traceback holds and close the file, with HDF5's complaints silenced (freeing a
+        dataset flushes its chunk cache, which fails again and would print tracebacks after the one
+        line that says what happened). When even the close fails, HDF5 still holds the file: its
+        handles go to ``abandoned_files``, never freed, and the process ends without tearing the
+        library down (see that module)."""
         hook = sys.unraisablehook
         sys.unraisablehook = lambda _: None
         try:
-            self.steps = self.evals = None
+            traceback.clear_frames(exc.__traceback__)
+            handles = (
+                self.__dict__.get("file"),
+                self.__dict__.get("steps"),
+                self.__dict__.get("evals"),
+                self.__dict__.get("timeline"),
+            )
+            self.file = self.steps = self.evals = None
             self.timeline = {}
-            if getattr(self, "file", None) is not None:
+            if handles[0] is not None:
                 try:
-                    self.file.close()
-                except Exception:  # noqa: BLE001 - the file is being given up
-                    pass
-            self.file = None
+                    handles[0].close()
+                except Exception:  # noqa: BLE001 - HDF5 kept the file open: never free its handles
+                    abandoned_files.keep(*handles)
+                    return
+            del handles
             gc.collect()
         finally:
             sys.unraisablehook = hook
@@ -243,7 +256,11 @@ class TraceWriter:
 
     def close(self) -> None:
         self.flush()
-        self.file.close()
+        try:
+            self.file.close()
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._discard(exc)
+            raise write_error(exc, self.path, "closing the trace") from None
 
 
 def server_row(
