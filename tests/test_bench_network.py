@@ -76,6 +76,8 @@ def test_a_small_comparison_end_to_end(root, tmp_path):  # noqa: F811
     res = json.loads((out / "results.json").read_text())
     assert (out / "results.png").stat().st_size > 10_000
     assert res["workers"] == 2 and res["steps"] == 8 and res["cores"] == os.cpu_count()
+    assert res["host"]["cores"] == os.cpu_count() and res["host"]["copy_gbps"] > 0
+    assert f"host: {res['host']['cpu_model']} ({res['host']['cpu_capability']}, " in p.stdout
     assert abs(res["link"]["measured_bps"] - 200e6) <= 0.1 * 200e6
     qt, ddp = res["runs"]
     assert (qt["name"], qt["kind"], ddp["name"], ddp["kind"]) == (

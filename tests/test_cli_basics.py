@@ -1,8 +1,11 @@
 import json
+import os
+import platform
 import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from qtrain.cli.app import app
@@ -70,6 +73,10 @@ def test_bench_codec_json_fields():
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     rows = report["codecs"]
+    host = report["host"]
+    assert host["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert host["cores"] == os.cpu_count()
+    assert host["copy_gbps"] == rows[0]["copy_gbps"] > 0 and host["torch_threads"] == 1
     assert report["worker_step"]["floor_ratio"] > 0 and report["worker_step"]["threads"] == 1
     paths = {r["name"]: r["path"] for r in rows}
     assert paths["sign"] == paths["uniform"] == paths["threshold"] == "numba" and paths["topk"] == "torch"
@@ -101,3 +108,18 @@ def test_bench_codec_json_fields():
             assert key in r
         assert r["numel"] == 4096 and r["encode_s"] > 0 and r["encode_floor_ratio"] > 0
         assert r["threads"] == 1
+
+
+def test_the_host_is_named_from_cpuinfo_or_else_platform(tmp_path):
+    from qtrain.bench.host import cpu_model, describe_host, host_line
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Example CPU 9000 @ 3.0GHz\nflags\t: a b\n")
+    assert cpu_model(str(info)) == "Example CPU 9000 @ 3.0GHz"
+    info.write_text("processor\t: 0\nmodel name\t:\n")  # an empty name is no name
+    assert cpu_model(str(info)) == (platform.processor() or "unknown")
+    assert cpu_model(str(tmp_path / "missing")) == (platform.processor() or "unknown")
+    host = describe_host(copy_gbps=12.5)
+    line = host_line(host | {"torch_threads": 1})
+    assert line.startswith(f"host: {host['cpu_model']} ({host['cpu_capability']}, {os.cpu_count()} cores")
+    assert "copy 12.5 GB/s (1 thread)" in line and describe_host()["copy_gbps"] > 0

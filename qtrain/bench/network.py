@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qtrain.bench.host import describe_host, host_line
 from qtrain.bench.netem import EmulatedNetwork, LinkSpec
 from qtrain.engine.topology import Topology
 
@@ -213,6 +214,7 @@ def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) ->
             "shared": plan.link.shared,
         },
         "cores": os.cpu_count(),
+        "host": describe_host(),
         "workers": plan.workers,
         "steps": plan.steps,
         "warmup": plan.warmup,
@@ -259,6 +261,7 @@ def table(results: dict) -> list[str]:
         f"{rate} ({link.get('measured_bps', 0) / 1e6:.0f} Mbit/s measured), "
         f"{results['workers']} workers, {results['cores']} cores, {results['steps']} steps "
         f"(median after {results['warmup']})",
+        *([host_line(results["host"])] if "host" in results else []),
         f"{'run':<22}{'s/step':>8}{'min':>8}{'max':>8}{'up MB':>9}{'down MB':>9}{'link s':>8}"
         f"{'accuracy':>10}{'to target s':>12}",
     ]

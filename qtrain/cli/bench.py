@@ -26,6 +26,7 @@ def codec(
     """Time every codec's paths (encode, encode with error feedback, decode, the server's
     aggregate of 4 uplinks) and efficient-adam's worker step against the copy-bandwidth floor."""
     from qtrain.bench.codec import bench_codecs, bench_worker_step
+    from qtrain.bench.host import describe_host, host_line
     from qtrain.cli.errors import fail
     from qtrain.kernels import KERNEL_CHOICES
 
@@ -45,10 +46,12 @@ def codec(
         step = bench_worker_step(**common)
     except ValueError as exc:
         fail(str(exc))
-    if as_json:
-        typer.echo(json.dumps({"codecs": rows, "worker_step": step}, indent=2))
-        return
     first = rows[0]
+    host = describe_host(first["copy_gbps"] if first["device"] == "cpu" else None)
+    if as_json:
+        typer.echo(json.dumps({"host": host, "codecs": rows, "worker_step": step}, indent=2))
+        return
+    typer.echo(host_line(host))
     typer.echo(
         f"numel={numel} device={first['device']} threads={first['threads']} kernels={kernels} "
         f"copy={first['copy_gbps']:.2f} GB/s ({first['copy_s'] * 1e3:.2f} ms), median of {repeats}; "
