@@ -101,3 +101,37 @@ def test_statistics_survive_a_state_dict_round_trip(tmp_path):
     again.load_state_dict(rec.state_dict())
     assert again.state_dict() == rec.state_dict()
     assert again.stats.bytes_up == 60 and again.stats.messages_up == 4 and again.stats.fp32_up > 0
+
+
+class CountingModel:
+    """Evaluates to a different loss each call and records which split it was given."""
+
+    def __init__(self, dataset):
+        self.dataset, self.calls = dataset, []
+
+    def evaluate(self, x, y, task):
+        self.calls.append("test" if x is self.dataset.x_test else "train")
+        return {"loss": float(len(self.calls)), "accuracy": 0.5}
+
+
+@pytest.mark.parametrize("eval_at_the_end", [True, False])
+def test_the_final_test_evaluation_is_the_last_steps_not_a_second_pass(tmp_path, eval_at_the_end):
+    rec, part = recorder(tmp_path)
+    ds = rec.setup.dataset
+    model = CountingModel(ds)
+    for step in range(1, 7):
+        rec.begin_step(step)
+        for seg in part:
+            rec.uplinks([10, 20], seg)
+            rec.downlink(5, seg)
+        rec.end_step(report(2, False, step), {"down_rel_error": 0.5})
+        if rec.eval_due() and (step < 6 or eval_at_the_end):
+            rec.evaluate(model, ds)
+    s = rec.summary(model, ds, "sha")
+    if eval_at_the_end:
+        assert model.calls == ["test", "test", "train"]  # steps 3 and 6, then the train split once
+        assert s["final_test_loss"] == 2.0 == s["evals"][-1]["test_loss"] and s["final_train_loss"] == 3.0
+    else:  # the last evaluation is older than the last step: the test split is evaluated again
+        assert model.calls == ["test", "test", "train"] and s["final_test_loss"] == 2.0
+        assert s["evals"][-1]["test_loss"] == 1.0 and s["final_train_loss"] == 3.0
+    rec.close()
