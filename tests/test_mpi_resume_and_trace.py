@@ -366,4 +366,4 @@ def test_timeline_is_ordered_causal_and_shows_the_overlap(tmp_path, overlap):
         capture_output=True,
         text=True,
     )
-    assert bad.returncode != 0 and "step 99 has no timeline" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "step 99 has no timeline" in bad.stderr and "Traceback" not in bad.stderr
