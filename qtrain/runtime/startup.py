@@ -112,7 +112,7 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
     device = "?"
     try:
         cfg = load_config(config, overrides)
-        svc.watchdog.timeout_s = cfg.runtime.timeout_s
+        svc.watchdog.set_timeout(cfg.runtime.timeout_s, "set-up: data and model")
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
             set_kernel_threads(cfg.runtime.threads)

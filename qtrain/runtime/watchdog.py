@@ -24,15 +24,33 @@ class Watchdog:
     def enter(self, phase: str) -> None:
         self.phase, self.since = phase, time.monotonic()
 
+    def set_timeout(self, timeout_s: float, phase: str) -> None:
+        """The config's deadline, from a new phase that starts now: the time spent before the
+        config was read (imports, MPI start-up) ran under the default deadline and does not count
+        against the config's (a 3 s ``runtime.timeout_s`` once aborted a start-up that had taken
+        5 s on a loaded host). The phase is set first, so the thread never pairs the new deadline
+        with the old phase's start."""
+        self.enter(phase)
+        self.timeout_s = timeout_s
+
+    def overdue(self) -> str | None:
+        """The message when the current phase has run past the deadline (with slack), else None.
+        The deadline is read before the phase's start (``set_timeout`` writes them the other way
+        round), so a deadline that has just changed is never paired with the previous start."""
+        timeout_s = self.timeout_s
+        elapsed = time.monotonic() - self.since
+        if elapsed > timeout_s * 1.5:
+            return f"qtrain: rank {self.rank} watchdog: phase '{self.phase}' has run {elapsed:.0f} s"
+        return None
+
     def stop(self) -> None:
         self._stop.set()
 
     def _run(self) -> None:
         # a little slack beyond the deadline lets the communication waits report first
         while not self._stop.wait(min(1.0, self.timeout_s / 4)):
-            elapsed = time.monotonic() - self.since
-            if elapsed > self.timeout_s * 1.5:
-                msg = f"qtrain: rank {self.rank} watchdog: phase '{self.phase}' has run {elapsed:.0f} s"
+            msg = self.overdue()
+            if msg is not None:
                 print(msg, file=sys.stderr, flush=True)
                 self.on_timeout(msg)
                 return
