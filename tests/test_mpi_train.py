@@ -90,13 +90,13 @@ def test_a_rank_that_stops_answering_is_named_by_the_deadline(tmp_path, rank, ph
         3,
         "configs/default.yaml",
         tmp_path,
-        "runtime.timeout_s=3",
+        "runtime.timeout_s=5",  # ranks start seconds apart on 2 loaded cores: 3 s once fired in start-up
         env={"QTRAIN_INJECT_FAULT": f"{rank}:5:hang"},
         timeout=120,
     )
     assert time.monotonic() - start < 60
     assert p.returncode != 0
-    assert re.search(rf"Stalled: no progress for 3 s in phase '{phase} from rank\(s\) {silent}", p.stderr), (
+    assert re.search(rf"Stalled: no progress for 5 s in phase '{phase} from rank\(s\) {silent}", p.stderr), (
         p.stderr
     )
 
