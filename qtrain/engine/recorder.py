@@ -95,7 +95,6 @@ class Recorder:
         self.totals: dict[str, float] = {}
         self.times: dict[str, float] = {}
         self.worker_totals = np.zeros(3)
-        self.accuracy = None
         self._last_eval: tuple[int, dict] | None = None  # (step, test-split result)
         self._pending = None  # worker rows waiting for their late communication times
         self._up = np.zeros(topology.num_workers, dtype=np.int64)
@@ -136,9 +135,13 @@ class Recorder:
         with self.phase("evaluate"):
             ev = model.evaluate(dataset.x_test, dataset.y_test, dataset.task)
         self.stats.add_eval(self.step, ev, self.trace)
-        self.accuracy = ev.get("accuracy")
         self._last_eval = (self.step, ev)
         return ev
+
+    @property
+    def accuracy(self) -> float | None:
+        """Test accuracy of the last evaluation (None before the first, or for regression)."""
+        return None if self._last_eval is None else self._last_eval[1].get("accuracy")
 
     def end_step(self, workers: WorkerReport, server_stats: dict) -> None:
         """Statistics, trace rows and progress of the step that just ended."""
