@@ -52,6 +52,15 @@ def test_phases_tell_the_watchdog_and_add_up(tmp_path):
     assert set(rec.times) == {"aggregate", "evaluate"} and rec.times["aggregate"] >= 0
 
 
+def run_step(rec, part, step: int, late: bool = False) -> None:
+    """One step's traffic: two workers' uplinks and one downlink per segment, then the step's end."""
+    rec.begin_step(step)
+    for seg in part:
+        rec.uplinks([10, 20], seg)
+        rec.downlink(5, seg)
+    rec.end_step(report(2, late, step), {"down_rel_error": 0.5})
+
+
 def test_evaluation_cadence(tmp_path):
     rec, _ = recorder(tmp_path)
     due = []
@@ -65,11 +74,7 @@ def test_evaluation_cadence(tmp_path):
 def test_trace_holds_every_step_and_rank_once(tmp_path, late):
     rec, part = recorder(tmp_path)
     for step in range(1, 7):
-        rec.begin_step(step)
-        for seg in part:
-            rec.uplinks([10, 20], seg)
-            rec.downlink(5, seg)
-        rec.end_step(report(2, late, step), {"down_rel_error": 0.5})
+        run_step(rec, part, step, late)
     if late:
         rec.close(np.array([70.0, 70.0]), np.array([700.0, 700.0]))
     else:
@@ -120,11 +125,7 @@ def test_the_final_test_evaluation_is_the_last_steps_not_a_second_pass(tmp_path,
     ds = rec.setup.dataset
     model = CountingModel(ds)
     for step in range(1, 7):
-        rec.begin_step(step)
-        for seg in part:
-            rec.uplinks([10, 20], seg)
-            rec.downlink(5, seg)
-        rec.end_step(report(2, False, step), {"down_rel_error": 0.5})
+        run_step(rec, part, step)
         if rec.eval_due() and (step < 6 or eval_at_the_end):
             rec.evaluate(model, ds)
     s = rec.summary(model, ds, "sha")
