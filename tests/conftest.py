@@ -46,3 +46,22 @@ def mpiexec_command() -> list[str]:
 @pytest.fixture
 def mpiexec():
     return mpiexec_command()
+
+
+# ---- pinned numerics (tests/test_pinned_params.py): what each pinned case was checked against,
+# printed at the end of every run, so that a case that could not be checked is never silent.
+PINNED_REPORT = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session")
+def pinned_report(pytestconfig) -> list:
+    return pytestconfig.stash.setdefault(PINNED_REPORT, [])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(PINNED_REPORT, [])
+    if not lines:
+        return
+    terminalreporter.write_sep("-", "pinned numerics")
+    for line in dict.fromkeys(lines):
+        terminalreporter.write_line(f"pinned numerics: {lines.count(line)} case(s) {line}")

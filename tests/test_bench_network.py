@@ -22,6 +22,18 @@ def small_comparison(out, steps: int, peers: str = "", *extra: str) -> list[str]
     return [*QTRAIN, "bench", "network", *args, "--peers", peers, *extra, "--out", str(out)]
 
 
+def run_bench(argv: list[str], timeout: float, **kw) -> tuple[subprocess.CompletedProcess, str]:
+    """Run ``qtrain bench network`` and return its result and the namespace prefix its process used
+    (``qtb<pid>``), so that a test checks its own namespaces, not another program's."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), f"qtb{proc.pid}-"
+
+
 def test_step_stats_leave_out_the_warm_up():
     ends = [5.0, 5.5, 6.0, 6.1, 6.3, 6.6, 7.0]  # steps 1..7 ended at these times
     s = step_stats(ends, warmup=2)
@@ -68,9 +80,7 @@ def test_refuses_in_one_line_without_ip_and_tc(tmp_path):
 def test_a_small_comparison_end_to_end(root, tmp_path):  # noqa: F811
     out = tmp_path / "bench"
     extra = ["--warmup", "2", "--set", "model.hidden=[128]", "--target-accuracy", "0.2"]
-    p = subprocess.run(
-        small_comparison(out, 8, "ddp-fp16", *extra), capture_output=True, text=True, timeout=600
-    )
+    p, mine = run_bench(small_comparison(out, 8, "ddp-fp16", *extra), timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "link check:" in p.stdout and "efficient-adam" in p.stdout and "ddp-fp16" in p.stdout
     res = json.loads((out / "results.json").read_text())
@@ -94,22 +104,20 @@ def test_a_small_comparison_end_to_end(root, tmp_path):  # noqa: F811
     # the wire carries at least the packed messages (plus headers, records and protocol traffic)
     assert qt["wire_bytes_per_step"]["up"] >= qt["packed_bytes_per_step"]["up"]
     assert set(qt["phases_s"]) >= {"server_wait_s", "worker_compute_s", "worker_comm_s"}
-    assert not any(n.startswith("qtb") for n in namespaces()), "the network was torn down"
+    assert not any(n.startswith(mine) for n in namespaces()), "the network was torn down"
 
 
 @pytest.mark.netns
 @pytest.mark.mpi
 def test_a_failing_run_is_one_line_and_the_network_is_torn_down(root, tmp_path):  # noqa: F811
-    p = subprocess.run(
+    p, mine = run_bench(
         small_comparison(tmp_path / "b", steps=8),
-        capture_output=True,
-        text=True,
         timeout=300,
         env={**os.environ, "QTRAIN_INJECT_FAULT": "1:3:raise"},
     )
     assert p.returncode == 1
     assert p.stderr.strip().splitlines()[-1].startswith("qtrain: error: qtrain run efficient-adam failed (rc")
-    assert not any(n.startswith("qtb") for n in namespaces())
+    assert not any(n.startswith(mine) for n in namespaces())
     assert not (tmp_path / "b" / "results.json").exists(), "no results from a failed comparison"
 
 

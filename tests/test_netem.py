@@ -19,6 +19,12 @@ def namespaces() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
+def own_prefix(name: str) -> str:
+    """A namespace prefix no other process uses (this pid in it): the tests look only at their own
+    namespaces, never at one that another program, or an earlier crashed run, left behind."""
+    return f"qtbtest{os.getpid()}-{name}"
+
+
 @pytest.fixture
 def root():
     if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
@@ -78,10 +84,10 @@ def test_an_unshaped_link_has_no_qdisc_and_runs_faster_than_any_shaped_rate_used
 @pytest.mark.netns
 def test_teardown_after_a_failure_inside_the_block(root):
     with pytest.raises(RuntimeError, match="boom"):
-        with EmulatedNetwork(2, LinkSpec(1e9), prefix="qtbtest-inside") as net:
+        with EmulatedNetwork(2, LinkSpec(1e9), prefix=own_prefix("inside")) as net:
             assert net.created
             raise RuntimeError("boom")
-    assert not any(n.startswith("qtbtest-inside") for n in namespaces())
+    assert not any(n.startswith(own_prefix("inside")) for n in namespaces())
 
 
 @pytest.mark.netns
@@ -94,21 +100,21 @@ def test_teardown_after_a_failure_half_way_through_building(root):
             return subprocess.CompletedProcess(cmd, 2, "", "injected failure")
         return subprocess.run(cmd, **kw)
 
-    net = EmulatedNetwork(3, LinkSpec(1e9), prefix="qtbtest-half", run=flaky)
+    net = EmulatedNetwork(3, LinkSpec(1e9), prefix=own_prefix("half"), run=flaky)
     with pytest.raises(NetworkError, match="injected failure"):
         net.up()
     assert any("netns" in c and "add" in c for c in calls[:9])
-    assert not any(n.startswith("qtbtest-half") for n in namespaces())
+    assert not any(n.startswith(own_prefix("half")) for n in namespaces())
 
 
 @pytest.mark.netns
 def test_latency_without_netem_is_refused_or_applied(root):
     try:
-        with EmulatedNetwork(2, LinkSpec(1e9, 1e-4), prefix="qtbtest-lat") as net:
+        with EmulatedNetwork(2, LinkSpec(1e9, 1e-4), prefix=own_prefix("lat")) as net:
             assert net.check_link() > 0  # this kernel has netem
     except NetworkError as exc:
         assert "netem" in str(exc)
-    assert not any(n.startswith("qtbtest-lat") for n in namespaces())
+    assert not any(n.startswith(own_prefix("lat")) for n in namespaces())
 
 
 @pytest.mark.netns
@@ -118,7 +124,7 @@ def test_mpi_over_tcp_across_namespaces_equals_the_simulator(root, mpiexec, tmp_
     argv = [*QTRAIN, "train", "configs/efficient-adam.yaml", "--out", str(tmp_path / "mpi")]
     for s in sets:
         argv += ["--set", s]
-    with EmulatedNetwork(3, LinkSpec(1e9), prefix="qtbtest-mpi") as net:
+    with EmulatedNetwork(3, LinkSpec(1e9), prefix=own_prefix("mpi")) as net:
         before = net.counters(0)
         p = subprocess.run(net.mpi_command(mpiexec, argv), capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stdout + p.stderr
