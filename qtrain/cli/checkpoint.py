@@ -73,7 +73,8 @@ def export(
     ckpt: str = typer.Argument(..., help="A checkpoint file."),
     out: str = typer.Argument(..., help="Output .pt file: a plain state_dict."),
 ) -> None:
-    """Write the model as a plain state_dict, loadable with torch.load(weights_only=True)."""
+    """Write the model (parameters and buffers) as a plain state_dict, loadable with
+    torch.load(weights_only=True) and then the model's load_state_dict."""
     import torch
 
     from qtrain.cli.errors import fail
@@ -86,9 +87,12 @@ def export(
         for d in shape:
             n *= d
         state[name] = params[offset : offset + n].view(*shape).clone()
+    buffers = tree.get("buffers", {})  # BatchNorm statistics and the like, as the server evaluated
+    state.update({name: b.clone() for name, b in buffers.items()})
     try:
         torch.save(state, out)
     except (OSError, RuntimeError) as exc:  # a directory, a missing parent, no permission, no space
         cause = exc.__cause__ or exc
         fail(f"checkpoint export: cannot write {out!r} ({getattr(cause, 'strerror', None) or cause})")
-    typer.echo(f"wrote {len(state)} tensors ({params.numel()} parameters) to {out}")
+    also = f" and {len(buffers)} buffers" if buffers else ""
+    typer.echo(f"wrote {len(state)} tensors ({params.numel()} parameters{also}) to {out}")

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+BUFFER_POLICIES = ("average", "broadcast")  # model.buffers (qtrain/engine/buffers.py)
+
 
 @dataclass
 class ModelConfig:
     name: str = "mlp"  # logreg | mlp | lenet | resnet20 | package.module:function
     hidden: list[int] = field(default_factory=lambda: [64])  # mlp hidden widths
     kwargs: dict = field(default_factory=dict)  # keyword arguments for a plug-in model function
+    # BatchNorm statistics and other buffers at evaluations and checkpoints: average | broadcast
+    buffers: str = "average"
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qtrain.config.loader import ConfigError
+from qtrain.config.schema import BUFFER_POLICIES
 from qtrain.kernels import KERNEL_CHOICES
 
 
@@ -80,6 +81,10 @@ def _validate(cfg) -> None:
     _positive(a.l1, "algorithm.l1", allow_zero=True)
     _positive(a.lr_decay, "algorithm.lr_decay", allow_zero=True)
     _positive(r.threads, "runtime.threads", allow_zero=True)
+    if cfg.model.buffers not in BUFFER_POLICIES:
+        raise ConfigError(
+            f"model.buffers must be one of {', '.join(BUFFER_POLICIES)}, got {cfg.model.buffers!r}"
+        )
     if r.overlap not in ("auto", "on", "off"):
         raise ConfigError(f"runtime.overlap must be auto, on or off, got {r.overlap!r}")
     if r.kernels not in KERNEL_CHOICES:

@@ -20,9 +20,12 @@ class Checkpointer:
         self.dir = Path(out_dir) / "checkpoints"
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def write(self, step: int, server, worker_snaps: list, recorder, replica_params) -> None:
+    def write(
+        self, step: int, server, worker_snaps: list, recorder, replica_params, buffers: dict | None = None
+    ) -> None:
         """``server``: the ServerEngine (master weights and state); ``worker_snaps`` in worker
-        order; ``recorder``: whose statistics go in; ``replica_params``: what every worker holds."""
+        order; ``recorder``: whose statistics go in; ``replica_params``: what every worker holds;
+        ``buffers``: the model buffers every replica continues from (None: the model has none)."""
         tree, meta = checkpoint_contents(
             step,
             server,
@@ -32,6 +35,7 @@ class Checkpointer:
             self.plan,
             self.mpi_library,
             self.hosts,
+            buffers,
         )
         require_finite(step, tree)
         write_checkpoint(self.dir / checkpoint_name(step), tree, meta)

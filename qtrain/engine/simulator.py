@@ -5,8 +5,10 @@ the same order (every worker encodes every segment; the server aggregates each s
 order, runs its rule and encodes its downlink; every replica applies it), so for the same config and
 seed on CPU the final parameters are bit-identical to ``mpiexec -n N+1 qtrain train``. All virtual
 workers share one model replica: replicas are identical by construction, since every worker
-applies the same downlink. The :class:`Recorder` keeps the statistics, trace and progress as it
-does for the MPI server.
+applies the same downlink; their model buffers (BatchNorm statistics) are not, so the simulator
+keeps each virtual worker's and swaps them into the replica around its forward pass, and combines
+them as the MPI runtime does (``engine/buffers.py``). The :class:`Recorder` keeps the statistics,
+trace and progress as it does for the MPI server.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qtrain.engine.buffers import buffer_state, combine, has_buffers, load_buffers, sync_due
 from qtrain.engine.checkpointer import Checkpointer
 from qtrain.engine.divergence import check_loss
 from qtrain.engine.recorder import Recorder, WorkerReport
@@ -62,6 +65,10 @@ def simulate(
 
     if observe is not None:
         observe(0, server_model.params, ds)
+    # each virtual worker's model buffers, swapped into the shared replica around its forward pass
+    worker_buffers = (
+        [buffer_state(replica.module) for _ in range(workers)] if has_buffers(replica.module) else None
+    )
     for step in range(1, setup.steps + 1):
         rec.begin_step(step)
         server.begin_step()
@@ -71,7 +78,11 @@ def simulate(
             engine.begin_step()
             t0 = time.perf_counter()
             idx = sampler.next_batch()
+            if worker_buffers is not None:
+                load_buffers(replica.module, worker_buffers[w])
             report.loss[w] = replica.loss_and_grad(ds.x_train[idx], ds.y_train[idx], ds.task)
+            if worker_buffers is not None:
+                worker_buffers[w] = buffer_state(replica.module)
             check_loss(step, w, report.loss[w])
             t1 = time.perf_counter()
             uplinks.append([engine.make_uplink(seg, replica.grads, replica.params) for seg in part])
@@ -89,6 +100,12 @@ def simulate(
             engines[0].apply_downlink(seg, down, replica.params)  # the one shared replica
             t_apply += time.perf_counter() - t0
         report.decode_s[:] = t_apply  # no network in-process: comm_s stays 0
+        buffers = None
+        if worker_buffers is not None and sync_due(cfg, step, setup.steps, False):
+            with rec.phase("buffers"):
+                buffers = combine(cfg.model.buffers, worker_buffers)
+                worker_buffers = [buffers] * workers  # read-only until replaced after a forward
+                load_buffers(server_model.module, buffers)
         if rec.eval_due():
             rec.evaluate(server_model, ds)
         rec.end_step(report, server.last_stats)
@@ -97,7 +114,7 @@ def simulate(
         if checkpointer is not None and is_checkpoint_step(cfg, step, setup.steps, False):
             snaps = [worker_snapshot(e, s) for e, s in zip(engines, samplers, strict=True)]
             rec.flush()
-            checkpointer.write(step, server, snaps, rec, replica.params)
+            checkpointer.write(step, server, snaps, rec, replica.params, buffers)
     rec.close()
     summary = rec.summary(server_model, ds, params_sha256(server_model.params), runner="simulate")
     if out_dir is not None:

@@ -79,10 +79,18 @@ def is_checkpoint_step(cfg, step: int, steps: int, stopping: bool) -> bool:
 
 
 def checkpoint_contents(
-    step: int, server, replica, worker_snaps: list, stats: dict, plan, mpi_library: str, hosts: list
+    step: int,
+    server,
+    replica,
+    worker_snaps: list,
+    stats: dict,
+    plan,
+    mpi_library: str,
+    hosts: list,
+    buffers: dict | None = None,
 ) -> tuple[dict, dict]:
     """(tree, root attributes) of a checkpoint; see docs/hdf5-schema.md. Worker snapshots are in
-    worker order and keyed by the worker's rank."""
+    worker order and keyed by the worker's rank; ``buffers`` (models that have them) by name."""
     topology, setup = plan.topology, plan.setup
     master = server.master
     tree = {
@@ -95,6 +103,8 @@ def checkpoint_contents(
         "workers": {str(topology.worker_rank(i)): snap for i, snap in enumerate(worker_snaps)},
         "stats": stats,
     }
+    if buffers is not None:
+        tree["buffers"] = to_cpu(buffers)
     meta = {
         "params_sha256": params_sha256(master),
         "step": step,

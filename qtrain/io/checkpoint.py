@@ -81,11 +81,15 @@ def _write(group: h5py.Group, tree: dict) -> None:
             if not isinstance(value, (torch.Tensor, np.ndarray))
             else "array"
         )
+        zero_dim = arr.ndim == 0  # a 0-d tensor (BatchNorm's num_batches_tracked): HDF5 cannot
+        arr = arr.reshape(1) if zero_dim else arr  # chunk or checksum a scalar dataset
         if arr.size:
             ds = group.create_dataset(key, data=arr, chunks=arr.shape, fletcher32=True)
         else:
             ds = group.create_dataset(key, data=arr)
         ds.attrs["kind"] = kind
+        if zero_dim:
+            ds.attrs["ndim"] = 0
         if kind == "scalar":
             ds.attrs["type"] = type(value).__name__
 
@@ -108,7 +112,14 @@ def _read(group: h5py.Group, path: str = "") -> dict:
             t = item.attrs.get("type")
             out[key] = {"int": int, "float": float, "bool": bool}[t](arr[0])
         else:
-            out[key] = torch.from_numpy(np.array(arr))
+            arr = np.array(arr)
+            if item.attrs.get("ndim") == 0:
+                if arr.size != 1:
+                    raise CheckpointError(
+                        f"dataset {where} is marked 0-dimensional but has {arr.size} elements"
+                    )
+                arr = arr.reshape(())
+            out[key] = torch.from_numpy(arr)
     return out
 
 

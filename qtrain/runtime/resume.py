@@ -24,6 +24,7 @@ class ResumePoint:
     replica_params: object = None  # what every worker holds (working ranks)
     worker: dict | None = None  # this worker's saved state; None with --reset-worker-state
     worker_state_reset: bool = False
+    buffers: dict | None = None  # the model buffers every worker continues from (working ranks)
 
 
 def _diff(a, b, prefix="") -> list[str]:
@@ -111,7 +112,9 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
         parts = [None] * topology.world_size
         for r in topology.workers:
             parts[r] = to_numpy(tree["workers"][str(r)]) if same else None
-        common = to_numpy({"step": tree["step"], "replica_params": tree["replica_params"]})
+        common = to_numpy(
+            {"step": tree["step"], "replica_params": tree["replica_params"], "buffers": tree.get("buffers")}
+        )
     mine = comm.scatter(parts, root=server)
     common = comm.bcast(common, root=server)
     if topology.is_server:
@@ -119,5 +122,10 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
     c = to_torch(common)
     worker = to_torch(mine) if mine is not None else None
     return ResumePoint(
-        c["step"], None, replica_params=c["replica_params"], worker=worker, worker_state_reset=reset
+        c["step"],
+        None,
+        replica_params=c["replica_params"],
+        worker=worker,
+        worker_state_reset=reset,
+        buffers=c["buffers"],
     )

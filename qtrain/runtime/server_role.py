@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from qtrain.engine.buffers import has_buffers, load_buffers, sync_due
 from qtrain.engine.checkpointer import Checkpointer
 from qtrain.engine.recorder import Recorder, WorkerReport
 from qtrain.engine.snapshots import is_checkpoint_step, rng_restore, to_torch
 from qtrain.io.net_counters import NetCounters
 from qtrain.io.run_dir import params_sha256
+from qtrain.runtime.buffer_sync import server_sync
 from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.records import FLAG_STOP
@@ -34,12 +36,13 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
         start,
         counters=NetCounters.from_env(),
     )
-    _start(plan, server, rec, transport, svc, resume)
+    _start(plan, server, model, rec, transport, svc, resume)
     svc.watchdog.enter("clock sync")
     offsets = clock_offsets(topo, cfg.runtime.timeout_s) if timeline_wanted(cfg) else None
     timeline = TimelineRecorder(rec.trace, part, topo, offsets, cfg.trace.timeline_every)
     checkpointer = Checkpointer(out_dir, plan, world.mpi_library, world.hosts, svc.log, start)
     stop_reason, step = None, start
+    sync_buffers = has_buffers(model.module)
     try:
         for step in range(start + 1, setup.steps + 1):
             maybe_fail(svc.fault, topo.rank, step)
@@ -69,6 +72,10 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
             with rec.phase("broadcast"):
                 transport.finish_downlinks(step)
             timeline.end_step(records, transport.down_posted_at, transport.down_done_at)
+            buffers = None
+            if sync_buffers and sync_due(cfg, step, setup.steps, stop_reason is not None):
+                with rec.phase("buffers"):
+                    buffers = server_sync(topo, model.module, cfg.model.buffers)
             if rec.eval_due(stop_reason is not None):
                 svc.log.info("step %d eval %s", step, rec.evaluate(model, setup.dataset))
             rec.end_step(_report(records), server.last_stats)
@@ -79,7 +86,7 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
                     rec.complete_held_rows(times[:, 0], times[:, 1])  # a resume keeps this step's rows
                     rec.flush()
                     snaps = [to_torch(parts[r][0]) for r in topo.workers]
-                    checkpointer.write(step, server, snaps, rec, server.replica)
+                    checkpointer.write(step, server, snaps, rec, server.replica, buffers)
             if stop_reason is not None:
                 svc.log.info("stopping after step %d: %s", step, stop_reason)
                 break
@@ -107,10 +114,12 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
     )
 
 
-def _start(plan, server, rec, transport, svc, resume) -> None:
+def _start(plan, server, model, rec, transport, svc, resume) -> None:
     """Restore the server from a checkpoint, or send the initial weights (weights mode)."""
     if resume is not None:
         t = resume.tree
+        if "buffers" in t:
+            load_buffers(model.module, t["buffers"])
         server.master.copy_(t["params"])
         server.replica.copy_(t["replica_params"])
         server.load_state_dict(t["server"])

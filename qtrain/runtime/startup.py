@@ -100,6 +100,7 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
     from qtrain.engine.topology import Topology
     from qtrain.kernels import set_threads as set_kernel_threads
     from qtrain.runtime import faults, mpi_info
+    from qtrain.runtime.model_agreement import adopt_server_model, first_difference, model_signature
     from qtrain.runtime.placement import choose_device, local_rank, oversubscribed
     from qtrain.runtime.waiting import set_spin
 
@@ -108,7 +109,7 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
         raise Refused(_world_too_small_message())
     local = local_rank(comm)  # collective: every rank calls it
     topology = Topology.parameter_server(size, rank, comm)
-    error = fingerprint = plan = model = cuda = None
+    error = fingerprint = plan = model = cuda = signature = None
     device = "?"
     try:
         cfg = load_config(config, overrides)
@@ -126,12 +127,14 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
         cuda = mpi_info.decide_cuda_aware(cfg.runtime.cuda_aware)
         text = plan.config_text + qtrain.__version__ + torch.__version__
         fingerprint = hashlib.sha256(text.encode()).hexdigest()
+        signature = model_signature(model)
     except (ConfigError, ValueError, OSError) as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - reported as one line, the traceback goes to stderr
         error = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
-    reports = comm.allgather((error, fingerprint, str(device), f"{socket.gethostname()} pid {os.getpid()}"))
+    host = f"{socket.gethostname()} pid {os.getpid()}"
+    reports = comm.allgather((error, fingerprint, str(device), host, signature))
     failed = [(r, e) for r, (e, *_rest) in enumerate(reports) if e]
     if failed:
         r, e = failed[0]
@@ -142,12 +145,15 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
             f"ranks disagree on the resolved config or versions: rank(s) {odd} differ from rank 0 "
             "(different config files, overrides or qtrain/torch versions on the nodes?)"
         )
-    world = WorldInfo(
-        [d for _, _, d, _ in reports], [h for *_, h in reports], cuda, mpi_info.library_version()
-    )
+    for r, report in enumerate(reports):
+        why = first_difference(reports[0][4], report[4])
+        if why:
+            raise Refused(f"rank {r}'s model differs from rank 0's: it {why} (model.name {cfg.model.name!r})")
+    adopt_server_model(topology, model)
+    world = WorldInfo([r[2] for r in reports], [r[3] for r in reports], cuda, mpi_info.library_version())
     # ranks on this host share its cores whatever MPI's shared-memory view says (network
     # namespaces, MPIR_CVAR_NOLOCAL): count them by host name
-    ranks_here = sum(h.split(" pid ")[0] == socket.gethostname() for *_, h in reports)
+    ranks_here = sum(r[3].split(" pid ")[0] == socket.gethostname() for r in reports)
     crowded = oversubscribed(ranks_here, torch.get_num_threads())
     set_spin(not crowded)
     world.waits = (

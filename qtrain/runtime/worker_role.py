@@ -7,9 +7,11 @@ import time
 
 import numpy as np
 
+from qtrain.engine.buffers import has_buffers, load_buffers, sync_due
 from qtrain.engine.divergence import check_loss
 from qtrain.engine.readiness import SegmentReadiness
 from qtrain.engine.snapshots import is_checkpoint_step, to_numpy, worker_restore, worker_snapshot
+from qtrain.runtime.buffer_sync import worker_sync
 from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.records import FLAG_STOP, UPLINK_RECORD
@@ -35,6 +37,7 @@ def run_worker(plan, model, transport, svc, resume) -> None:
         clock_offsets(topo, cfg.runtime.timeout_s)  # the server maps our instants onto its clock
     arrived, applied = np.zeros(len(part)), np.zeros(len(part))  # the last downlink, per segment
     backward_end = 0.0
+    sync_buffers = has_buffers(model.module)
     for step in range(start + 1, plan.setup.steps + 1):
         svc.watchdog.enter(f"step {step}: compute")
         maybe_fail(svc.fault, topo.rank, step)
@@ -76,6 +79,9 @@ def run_worker(plan, model, transport, svc, resume) -> None:
         comm_s = time.perf_counter() - t2 - decode_s
         if step % cfg.train.log_every == 0:
             svc.log.info("step %d loss %.5f compute %.4fs comm %.4fs", step, loss, t1 - t0, comm_s)
+        if sync_buffers and sync_due(cfg, step, plan.setup.steps, stopping):
+            svc.watchdog.enter(f"step {step}: buffers")
+            worker_sync(topo, model.module)
         if is_checkpoint_step(cfg, step, plan.setup.steps, stopping):
             svc.watchdog.enter(f"step {step}: checkpoint gather")
             # with this step's communication times, which the trace would otherwise get one step late
@@ -157,6 +163,8 @@ def _start(plan, model, engine, sampler, transport, svc, resume) -> int:
     continue after."""
     if resume is not None:
         model.params.copy_(resume.replica_params)
+        if resume.buffers is not None:
+            load_buffers(model.module, resume.buffers)
         if resume.worker is not None:
             worker_restore(resume.worker, engine, sampler)
         else:

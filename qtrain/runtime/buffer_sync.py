@@ -1,0 +1,26 @@
+"""The MPI half of the buffer policy (``qtrain/engine/buffers.py``): workers send their model
+buffers to the serving rank, which combines them in worker order and sends the result back, so that
+the server evaluates and checkpoints it and every worker continues from it. Pickled collectives:
+this runs at evaluations and checkpoints only, never on the per-step hot path."""
+
+from __future__ import annotations
+
+from qtrain.engine.buffers import buffer_state, combine, load_buffers
+from qtrain.engine.snapshots import to_numpy, to_torch
+
+
+def server_sync(topology, module, policy: str) -> dict:
+    """On the serving rank: gather, combine, send back, adopt; the combined buffers."""
+    comm, root = topology.comm, topology.server
+    parts = comm.gather(None, root=root)
+    combined = combine(policy, [to_torch(parts[r]) for r in topology.workers])
+    comm.bcast(to_numpy(combined), root=root)
+    load_buffers(module, combined)
+    return combined
+
+
+def worker_sync(topology, module) -> None:
+    """On a worker: send this replica's buffers, adopt the combined ones."""
+    comm, root = topology.comm, topology.server
+    comm.gather(to_numpy(buffer_state(module)), root=root)
+    load_buffers(module, to_torch(comm.bcast(None, root=root)))
