@@ -55,24 +55,15 @@ class SegmentStats:
     def _part(self, seg) -> list[float]:
         return self.parts.setdefault(seg.index, [0.0, 0.0, 0.0])
 
-    def add_error(self, seg, v: torch.Tensor, q: torch.Tensor) -> None:
-        part = self._part(seg)
-        part[0] += _norm_sq(q - v)
-        part[1] += _norm_sq(v)
-
     def add_sums(self, seg, err_sq: float, ref_sq: float, ef_sq: float | None) -> None:
-        """The same statistics as sums a compiled kernel computed in its pass (``ef_sq`` None:
-        no error feedback)."""
+        """The statistics of one segment's encoding as the codec path computed them in its pass
+        (``ef_sq`` None: no error feedback)."""
         part = self._part(seg)
         part[0] += err_sq
         part[1] += ref_sq
         if ef_sq is not None:
             part[2] += ef_sq
             self.has_ef = True
-
-    def add_ef(self, seg, e: torch.Tensor) -> None:
-        self._part(seg)[2] += _norm_sq(e)
-        self.has_ef = True
 
     def part(self, seg) -> tuple[float, float, float]:
         return tuple(self.parts.get(seg.index, (0.0, 0.0, 0.0)))
@@ -89,9 +80,3 @@ class SegmentStats:
         if self.has_ef:
             out[f"{direction}_ef_norm"] = math.sqrt(ef_sq)
         return out
-
-
-def _norm_sq(x: torch.Tensor) -> float:
-    """||x||^2 as a Python float (torch's float32 norm, then squared: a float64 sum of squares
-    costs ten times as much on the CPU, and these are statistics, not arithmetic of the run)."""
-    return float(torch.linalg.vector_norm(x)) ** 2

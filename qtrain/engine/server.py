@@ -23,7 +23,7 @@ from qtrain.codecs.errors import NonFiniteInput
 from qtrain.engine.divergence import Diverged, check_sum
 from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
 from qtrain.engine.partition import Partition, Segment
-from qtrain.kernels import kernel_codec
+from qtrain.kernels import codec_path
 from qtrain.seeding import stream_seed
 
 
@@ -50,8 +50,9 @@ class ServerEngine(EngineState):
             torch.zeros(numel, dtype=torch.float32, device=device) if downlink.error_feedback else None
         )
         self.stream_key = stream_seed(seed, "downlink", None)
-        self.fast_up = kernel_codec(uplink_codec, device, kernels)
-        self.fast_down = kernel_codec(self.downlink_codec, device, kernels)
+        # compiled kernels where they apply, the torch reference behind the same calls elsewhere
+        self.up = codec_path(uplink_codec, device, kernels)
+        self.down = codec_path(self.downlink_codec, device, kernels)
         self._states = [segment_state(self.state, s) for s in partition]
         self._sum = torch.zeros(numel, dtype=torch.float32, device=device)
         # weights mode: what every worker holds (the dequantized downlink), for checkpoints
@@ -71,13 +72,7 @@ class ServerEngine(EngineState):
 
     def aggregate(self, seg: Segment, messages: list[torch.Tensor]) -> torch.Tensor:
         """Mean of one segment's decoded uplinks, summed in the order given (worker 0, 1, ...)."""
-        acc = self._sum[seg.slice]
-        if self.fast_up is not None:  # one pass over all N messages
-            return self.fast_up.decode_combine(messages, acc, "mean")
-        acc.zero_()
-        for m in messages:
-            self.uplink_codec.decode_add_(m, acc)
-        return acc.div_(len(messages))
+        return self.up.decode_combine(messages, self._sum[seg.slice], "mean")
 
     def make_downlink(self, seg: Segment, mean: torch.Tensor) -> torch.Tensor:
         """The server rule on the segment's mean and its downlink message. Raises ``Diverged`` when
@@ -97,32 +92,17 @@ class ServerEngine(EngineState):
             self.master[sl].copy_(s)
             return self._send_weights(seg)
         e = self.error[sl] if self.error is not None else None
-        if self.fast_down is not None:  # v = s + E, d = Q(v), E = v - d, x -= d in one pass
-            packed, sums = self.fast_down.encode_ef(
-                s, e, 1.0, 1.0, self.random_stream(seg), target=self.master[sl]
-            )
-            self.stats.add_sums(seg, *sums)
-            return packed
-        v = s.add(e) if e is not None else s
-        packed, d = self.downlink_codec.quantize(v, self.random_stream(seg))
-        self.stats.add_error(seg, v, d)
-        if e is not None:
-            torch.sub(v, d, out=e)
-            self.stats.add_ef(seg, e)
-        self.master[sl].sub_(d)
+        # v = s + E, d = Q(v), E = v - d (E <- 1*E + s - d, the same roundings), x -= d
+        packed, sums = self.down.encode_ef(s, e, 1.0, 1.0, self.random_stream(seg), target=self.master[sl])
+        self.stats.add_sums(seg, *sums)
         return packed
 
     def _send_weights(self, seg: Segment) -> torch.Tensor:
         sl = seg.slice
-        if self.fast_down is not None:
-            packed, sums = self.fast_down.encode_ef(
-                self.master[sl], rng=self.random_stream(seg), values=self.replica[sl]
-            )
-            self.stats.add_sums(seg, *sums)
-            return packed
-        packed, d = self.downlink_codec.quantize(self.master[sl], self.random_stream(seg))
-        self.stats.add_error(seg, self.master[sl], d)
-        self.replica[sl].copy_(d)
+        packed, sums = self.down.encode_ef(
+            self.master[sl], rng=self.random_stream(seg), values=self.replica[sl]
+        )
+        self.stats.add_sums(seg, *sums)
         return packed
 
     @property

@@ -8,6 +8,9 @@ Error feedback (Seide et al. 2014; Karimireddy et al. 2019; ECQ-SGD's alpha/beta
 
 With alpha = beta = 1 the residual telescopes: sum_t u_t + e_T = sum_t p_t. u comes from the
 codec's quantize path together with the message, so the worker never decodes its own message.
+The engine takes one path: ``codec_path`` gives it the compiled kernels where they apply and the
+torch reference (``kernels/reference_codec.py``, where this rule is written for the reference)
+behind the same ``encode_ef``/``decode_combine`` elsewhere.
 
 Every rule the algorithms define is elementwise, so the engine runs it on a segment's slices of the
 gradient, the parameters and the rule's state (views, updated in place).
@@ -25,7 +28,7 @@ from qtrain.codecs.errors import NonFiniteInput
 from qtrain.engine.divergence import Diverged, check_sum
 from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
 from qtrain.engine.partition import Partition, Segment
-from qtrain.kernels import kernel_codec
+from qtrain.kernels import codec_path
 from qtrain.kernels.fusion import AdamFusion
 from qtrain.seeding import stream_seed
 
@@ -53,10 +56,10 @@ class WorkerEngine(EngineState):
         self.error = torch.zeros(numel, dtype=torch.float32, device=device) if uplink.error_feedback else None
         self.worker = worker
         self.stream_key = stream_seed(seed, "uplink", worker)
-        self.fast_up = kernel_codec(self.uplink_codec, device, kernels)
-        self.fast_down = kernel_codec(self.downlink_codec, device, kernels)
+        # compiled kernels where they apply, the torch reference behind the same calls elsewhere
+        self.up = codec_path(self.uplink_codec, device, kernels)
+        self.down = codec_path(self.downlink_codec, device, kernels)
         self._states = [segment_state(self.state, s) for s in partition]
-        self._decoded = torch.empty(numel, dtype=torch.float32, device=device)
         self.step = 0
         self.stats = SegmentStats()
 
@@ -84,24 +87,15 @@ class WorkerEngine(EngineState):
     def _make_uplink(self, seg, grad, params, out):
         sl = seg.slice
         e = self.error[sl] if self.error is not None else None
-        rule, fast = self.algorithm.fused_worker_rule, self.fast_up
-        fused = fast is not None and (rule == "identity" or (rule == "adam" and fast.fuses_adam))
-        if fused:  # the kernel runs the rule itself (the identity needs nothing)
+        rule = self.algorithm.fused_worker_rule
+        fused_adam = rule == "adam" and self.up.fuses_adam  # the kernel runs the local Adam step
+        if rule == "identity" or fused_adam:
             p = grad[sl]
         else:
             p = self.algorithm.worker_update(grad[sl], params[sl], self._states[seg.index], self.step)
-        if fast is not None:  # the same bytes and floats, in one pass
-            adam = self._adam_fusion(seg, params) if fused and rule == "adam" else None
-            rng = self.random_stream(seg)
-            packed, sums = fast.encode_ef(p, e, self.alpha, self.beta, rng, out, adam=adam)
-            self.stats.add_sums(seg, *sums)
-            return packed
-        v = p if e is None else p + (e if self.alpha == 1 else e * self.alpha)  # two roundings, no FMA
-        packed, u = self.uplink_codec.quantize(v, self.random_stream(seg), out)
-        self.stats.add_error(seg, v, u)
-        if e is not None:
-            e.mul_(self.beta).add_(p).sub_(u)
-            self.stats.add_ef(seg, e)
+        adam = self._adam_fusion(seg, params) if fused_adam else None
+        packed, sums = self.up.encode_ef(p, e, self.alpha, self.beta, self.random_stream(seg), out, adam=adam)
+        self.stats.add_sums(seg, *sums)
         return packed
 
     def _adam_fusion(self, seg: Segment, params: torch.Tensor) -> AdamFusion:
@@ -117,16 +111,7 @@ class WorkerEngine(EngineState):
 
     def apply_downlink(self, seg: Segment, packed: torch.Tensor, params: torch.Tensor) -> None:
         """x <- x - d (update mode) or x <- d (weights mode), d the segment's decoded downlink."""
-        sl = seg.slice
-        if self.fast_down is not None:
-            self.fast_down.decode_combine(
-                [packed], params[sl], "subtract" if self.mode == "update" else "set"
-            )
-            return
-        if self.mode == "update":
-            params[sl].sub_(self.downlink_codec.decode(packed, out=self._decoded[sl]))
-        else:
-            self.downlink_codec.decode(packed, out=params[sl])
+        self.down.decode_combine([packed], params[seg.slice], "subtract" if self.mode == "update" else "set")
 
     @property
     def last_stats(self) -> dict[str, float]:

@@ -40,6 +40,17 @@ def set_threads(threads: int) -> None:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
+def codec_path(codec, device, choice: str = "auto"):
+    """What the engines encode and decode ``codec`` with: its compiled kernel codec where one
+    applies (:func:`kernel_codec`), else the torch reference behind the same interface."""
+    fast = kernel_codec(codec, device, choice)
+    if fast is not None:
+        return fast
+    from qtrain.kernels.reference_codec import ReferenceCodec
+
+    return ReferenceCodec(codec)
+
+
 def kernel_codec(codec, device, choice: str = "auto"):
     """The compiled fast path of ``codec`` on ``device``, or None where the torch reference runs.
 
