@@ -105,3 +105,20 @@ def test_mpi_full_disk_while_training_and_while_resuming(mount):
     assert p.returncode != 0 and time.monotonic() - t0 < 60
     assert "No space left on device (ENOSPC)" in p.stderr, p.stderr[-2000:]
     assert "Traceback" not in p.stderr and not list(roomy.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("mpi_abort", ["returns", "raises"])
+def test_a_rank_whose_mpi_abort_comes_back_still_ends_at_once(mpi_abort):
+    """When another rank's abort already tears the job down, MPI_Abort can return (or raise): the
+    rank once went on into the CLI and printed an AttributeError traceback after its one-line
+    error (a CI run of test_an_mpi_run_that_diverges_ends_every_rank_naming_the_step)."""
+    body = "pass" if mpi_abort == "returns" else "raise RuntimeError('MPI is finalizing')"
+    script = (
+        "from qtrain.runtime import services\n"
+        "services.ABORT_GRACE_S = 0\n"
+        f"class Comm:\n    def Abort(self, code):\n        {body}\n"
+        "services.abort(Comm())\n"
+        "print('went on after the abort')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stdout, p.stderr) == (1, "", "")
