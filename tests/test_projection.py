@@ -118,6 +118,6 @@ def test_cli_projects_a_simulated_run(tmp_path):
 
 def test_the_models_record_sizes_are_the_transports():
     from qtrain.analysis.projection import DOWNLINK_RECORD_BYTES, UPLINK_RECORD_BYTES
-    from qtrain.runtime.records import DOWNLINK_RECORD, UPLINK_RECORD
+    from qtrain.engine.records import DOWNLINK_RECORD, UPLINK_RECORD
 
     assert (UPLINK_RECORD_BYTES, DOWNLINK_RECORD_BYTES) == (UPLINK_RECORD.itemsize, DOWNLINK_RECORD.itemsize)

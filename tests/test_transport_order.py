@@ -8,8 +8,8 @@ import torch
 
 from qtrain.codecs import get_codec
 from qtrain.engine.partition import Partition
+from qtrain.engine.records import DOWNLINK_RECORD, UPLINK_RECORD
 from qtrain.engine.topology import Topology
-from qtrain.runtime.records import DOWNLINK_RECORD, UPLINK_RECORD
 from qtrain.runtime.transport import Transport
 from qtrain.runtime.waiting import Stalled, wait_some
 

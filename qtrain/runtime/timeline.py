@@ -3,7 +3,7 @@ datasets, io/trace.py): when each segment of a step was ready, encoded, sent, ag
 broadcast, arrived and applied, on every rank, on one time axis.
 
 The server notes its own instants as it goes; the workers' instants arrive in their uplink
-records (runtime/records.py), on their own clocks, which ``clock_sync.clock_offsets`` maps onto
+records (engine/records.py), on their own clocks, which ``clock_sync.clock_offsets`` maps onto
 the server's. A worker learns when its downlink arrived and was applied only after it sent this
 step's records, so those instants come with the next step's records (or the final report), and
 a step's worker rows are written one step late. Times are seconds since the server began the step.

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-from qtrain.runtime.records import DOWNLINK_RECORD, UPLINK_RECORD
+from qtrain.engine.records import DOWNLINK_RECORD, UPLINK_RECORD
 from qtrain.runtime.waiting import wait_all, wait_some
 
 UP = UPLINK_RECORD.itemsize

@@ -1,0 +1,214 @@
+"""The step driver: the order of one training step on each side, written once.
+
+The MPI roles (``runtime/worker_role.py``, ``runtime/server_role.py``) and the simulator
+(``engine/simulator.py``) are loops over these two classes; they differ only in the channel the
+driver talks to (``engine/channel.py``: MPI's transport, or the in-process channel of the
+simulator's virtual workers), which is why an MPI run and a simulated one end with the same
+parameters bit for bit.
+
+A worker step (:class:`WorkerStep`):
+
+1. ``compute``: forward and backward on the batch. Each segment of the flat gradient is encoded
+   (worker rule, error feedback, quantize and pack: ``WorkerEngine.make_uplink``) and posted with
+   its record the moment backward completes it (overlap), or after backward;
+2. ``exchange``: the step's downlink segments are applied to the replica as they arrive
+   (``WorkerEngine.apply_downlink``), and the uplink sends are completed. Whether the server asked
+   every rank to stop comes back with the downlink.
+
+A server step (:class:`ServerStep`): take each segment as soon as every worker's uplink of it is
+in, average it in worker order (``ServerEngine.aggregate``), run the server rule and encode its
+downlink (``ServerEngine.make_downlink``), post its broadcast, and decide an agreed stop once every
+record of the step is in. Evaluation, checkpoints and buffer synchronisation happen between steps,
+in the loops, because they are the run's cadence, not the step's.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from qtrain.engine.divergence import check_loss
+from qtrain.engine.readiness import SegmentReadiness
+from qtrain.engine.recorder import WorkerReport
+from qtrain.engine.records import FLAG_STOP, UPLINK_RECORD
+
+
+def _nothing(_what: str) -> None:
+    return None
+
+
+class WorkerStep:
+    """One worker's side of every step, against its channel. ``enter(what)`` tells the watchdog
+    (MPI) what is running. The previous step's communication and decode times and instants travel
+    in this step's records, as the trace and the timeline expect them."""
+
+    def __init__(self, engine, model, channel, partition, overlap: bool = False, enter=_nothing):
+        self.engine, self.model, self.channel = engine, model, channel
+        self.partition, self.overlap, self.enter = partition, overlap, enter
+        self.readiness = SegmentReadiness(model.layout, partition)
+        self.record = np.zeros(1, dtype=UPLINK_RECORD)
+        self.comm_s = self.decode_s = self.compute_s = 0.0  # of the last step
+        self.arrived = np.zeros(len(partition))  # when the last downlink of each segment arrived
+        self.applied = np.zeros(len(partition))  # ... and was applied (perf_counter instants)
+        self.backward_end = 0.0
+        self._busy = self._t0 = self._sent_at = 0.0
+        self._step = 0
+
+    def receive_initial(self) -> None:
+        """Weights mode: adopt the server's starting weights (the step-0 downlink)."""
+        self.channel.post_downlinks(0)
+        for seg, _, msg in self.channel.downlinks(0):
+            self.engine.apply_downlink(seg, msg, self.model.params)
+
+    def compute(self, step: int, x, y, task: str, stop_requested: bool = False) -> float:
+        """Forward, backward and every segment's uplink posted; the batch loss. Raises
+        ``Diverged`` for a non-finite loss (after the segments backward already sent)."""
+        self.engine.begin_step()
+        t0 = self._t0 = time.perf_counter()
+        self._busy, self._step = 0.0, step
+        rec = self.record
+        rec["step"], rec["loss"], rec["compute_s"] = step, np.nan, 0.0
+        rec["prev_comm_s"], rec["prev_decode_s"] = self.comm_s, self.decode_s
+        rec["t_start"], rec["prev_t_backward"] = t0, self.backward_end
+        rec["flags"] = FLAG_STOP if stop_requested else 0
+        ready = None
+        if self.overlap:  # encode and post each segment as soon as backward completes it
+            self.readiness.begin()
+            ready = self._param_ready
+        device = self.model.device
+        loss = self.model.loss_and_grad(
+            x.to(device), y.to(device), task, ready, on_loss=lambda value: rec.__setitem__("loss", value)
+        )
+        self.backward_end = time.perf_counter()
+        check_loss(step, self.engine.worker, loss)
+        self.compute_s = self.backward_end - self._busy - t0  # forward + backward, without encodes
+        self._send(self.readiness.rest() if self.overlap else list(self.partition))
+        self._sent_at = time.perf_counter()
+        return loss
+
+    def exchange(self, step: int) -> bool:
+        """Apply this step's downlink segments as they arrive, complete the sends; whether the
+        server asked every rank to stop after this step."""
+        decode_s, stopping = 0.0, False
+        self.enter(f"step {step}: downlink")
+        self.channel.post_downlinks(step)
+        for seg, head, msg in self.channel.downlinks(step):  # as they complete
+            td = self.arrived[seg.index] = time.perf_counter()
+            self.engine.apply_downlink(seg, msg, self.model.params)
+            self.applied[seg.index] = time.perf_counter()
+            decode_s += self.applied[seg.index] - td
+            stopping |= bool(int(head["flags"]) & FLAG_STOP)  # set on the server's last segment
+            self.enter(f"step {step}: downlink")
+        self.channel.finish_sends(step)
+        self.comm_s = time.perf_counter() - self._sent_at - decode_s
+        self.decode_s = decode_s
+        return stopping
+
+    def _param_ready(self, param: int) -> None:
+        """The per-parameter callback of the backward pass: send what each parameter completes."""
+        done = self.readiness.param_ready(param)
+        if done:
+            self._send(done)
+            self.enter(f"step {self._step}: compute (backward)")
+
+    def _send(self, segments) -> None:
+        """Encode each segment into its send frame and post it, keeping the record current (the
+        compute time up to this segment, its encode time and statistics)."""
+        engine, model, channel, rec = self.engine, self.model, self.channel, self.record
+        for seg in segments:
+            te = time.perf_counter()
+            self.enter(f"step {self._step}: encode + send (segment {seg.index})")
+            rec["compute_s"] = te - self._t0 - self._busy
+            rec["t_ready"] = te
+            rec["prev_t_arrived"], rec["prev_t_applied"] = self.arrived[seg.index], self.applied[seg.index]
+            packed = engine.make_uplink(seg, model.grads, model.params, out=channel.message_buffer(seg))
+            rec["encode_s"] = time.perf_counter() - te
+            rec["err_sq"], rec["ref_sq"], rec["ef_sq"] = engine.stats.part(seg)
+            rec["t_sent"] = time.perf_counter()
+            channel.send_uplink(seg, rec, packed)
+            channel.progress()
+            self._busy += time.perf_counter() - te
+
+
+class ServerStep:
+    """The serving rank's side of every step, against its channel, timed by the recorder (and the
+    MPI timeline). ``decide_stop(records)`` returns the agreed stop reason once every record of
+    the step is in (None: go on)."""
+
+    def __init__(self, engine, channel, partition, recorder, timeline=None, decide_stop=None):
+        self.engine, self.channel, self.partition, self.rec = engine, channel, partition, recorder
+        self.timeline = timeline if timeline is not None else _NoTimeline()
+        self.decide_stop = decide_stop or (lambda records: None)
+
+    def send_initial(self) -> None:
+        """Weights mode: broadcast the starting weights every worker adopts before step 1."""
+        if self.engine.mode != "weights":
+            return
+        for seg in self.partition:
+            initial = self.engine.initial_message(seg)
+            self.channel.post_downlink(seg, 0, 0, initial)
+            self.rec.downlink(initial.numel(), seg)
+        self.channel.finish_downlinks(0)
+
+    def run(self, step: int) -> tuple[list, str | None]:
+        """One step: (the uplink records per segment, the agreed stop reason or None)."""
+        rec, timeline, channel, engine = self.rec, self.timeline, self.channel, self.engine
+        rec.begin_step(step)
+        timeline.begin_step(step)
+        engine.begin_step()
+        channel.post_uplinks()
+        records: list = [None] * len(self.partition)
+        arrivals = channel.uplinks(step)
+        stop_reason = None
+        for n in range(1, len(self.partition) + 1):  # segments in the order their uplinks complete
+            with rec.phase("gather"):
+                seg, recs, messages = next(arrivals)
+            timeline.mark(seg, "uplinks_in_s")
+            records[seg.index] = recs
+            rec.uplinks([m.numel() for m in messages], seg)
+            with rec.phase("aggregate", seg):
+                mean = engine.aggregate(seg, messages)
+            timeline.mark(seg, "aggregated_s")
+            with rec.phase("server_step", seg):
+                down = engine.make_downlink(seg, mean)
+            timeline.mark(seg, "encoded_s")
+            if n == len(self.partition):  # every record of the step is in: decide the stop
+                stop_reason = self.decide_stop(records)
+            with rec.phase("broadcast", seg):
+                channel.post_downlink(seg, step, FLAG_STOP if stop_reason else 0, down)
+            rec.downlink(down.numel(), seg)
+        with rec.phase("broadcast"):
+            channel.finish_downlinks(step)
+        timeline.end_step(records, channel.down_posted_at, channel.down_done_at)
+        return records, stop_reason
+
+
+class _NoTimeline:
+    """What a run without a per-segment timeline (the simulator) gives the server step."""
+
+    def begin_step(self, step: int) -> None:
+        pass
+
+    def mark(self, seg, column: str) -> None:
+        pass
+
+    def end_step(self, records, posted_at, done_at) -> None:
+        pass
+
+
+def worker_report(records: list) -> WorkerReport:
+    """One step's worker measurements from its records (one array of workers per segment): the
+    per-step fields from the last segment, the per-segment ones summed."""
+    last = records[-1]
+    total = {k: np.sum([r[k] for r in records], axis=0) for k in ("encode_s", "err_sq", "ref_sq", "ef_sq")}
+    return WorkerReport(
+        last["loss"],
+        last["compute_s"],
+        total["encode_s"],
+        total["err_sq"],
+        total["ref_sq"],
+        total["ef_sq"],
+        prev_comm_s=last["prev_comm_s"],
+        prev_decode_s=last["prev_decode_s"],
+    )
