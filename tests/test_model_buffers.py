@@ -166,3 +166,46 @@ def test_an_exported_checkpoint_loads_into_the_users_model_with_its_statistics(t
     ds = load_dataset(cfg.data, cfg.seed)
     ev = evaluate_module(module, ds.x_test, ds.y_test, ds.task, torch.device("cpu"))
     assert ev["accuracy"] == got["final_test_accuracy"]
+
+
+def test_only_persistent_buffers_take_part_and_equal_ones_stay_exact():
+    from torch import nn
+
+    from qtrain.engine.buffers import buffer_state, has_buffers, load_buffers
+
+    m = nn.Module()
+    m.register_buffer("mask", torch.ones(3), persistent=False)  # a causal mask: built, never saved
+    assert not has_buffers(m) and buffer_state(m) == {}
+    m.register_buffer("stat", torch.tensor([0.1, 0.2, 0.3]))
+    assert has_buffers(m) and list(buffer_state(m)) == ["stat"]
+    same = [{"stat": torch.tensor([0.1, 0.2, 0.3])} for _ in range(3)]
+    assert torch.equal(combine("average", same)["stat"], same[0]["stat"]), "(a+a+a)/3 is not always a"
+    with pytest.raises(ValueError, match="model buffer 'stat' is missing"):
+        load_buffers(m, {})
+    with pytest.raises(ValueError, match=r"model buffer 'stat' has shape \[2\], the model \[3\]"):
+        load_buffers(m, {"stat": torch.zeros(2)})
+
+
+def test_a_checkpoint_from_before_model_buffers_still_resumes():
+    """Its saved config has no ``model.buffers``: read through the schema, that is the default."""
+    import yaml
+
+    from qtrain.config import dump_yaml
+    from qtrain.runtime.resume import config_changes
+
+    now = dump_yaml(load_config("configs/default.yaml"))
+    old = yaml.safe_load(now)
+    del old["model"]["buffers"]
+    assert config_changes(yaml.safe_dump(old, sort_keys=False), now) == []
+    old["model"]["hidden"] = [32]
+    assert config_changes(yaml.safe_dump(old, sort_keys=False), now) == ["model.hidden"]
+
+
+def test_a_worker_rule_that_would_never_run_is_refused():
+    from qtrain.algorithms.base import Algorithm
+
+    with pytest.raises(TypeError, match="overrides worker_update but keeps fused_worker_rule = 'identity'"):
+
+        class Scaled(Algorithm):
+            def worker_update(self, grad, params, state, step):
+                return 2 * grad

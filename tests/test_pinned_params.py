@@ -34,14 +34,15 @@ Commands (from the repository root):
   computed from the *pinned commit* (never from the working tree), e.g. under
   ``ATEN_CPU_CAPABILITY=avx2`` with ``--how "emulated: ATEN_CPU_CAPABILITY=avx2"``;
 - ``python tests/test_pinned_params.py --repin``: only for a change whose numerics are meant to
-  differ, committed first: pins HEAD's values (a clean tree is required) and drops every other
-  host's golden, which the reference then rebuilds on those hosts;
+  differ, committed first: pins HEAD's values, computed from ``git archive HEAD`` as every other
+  host's reference will be (a clean tree is required), and drops every other host's golden;
 - ``python tests/test_pinned_params.py --print``: the working tree's values (what the reference
   runs at a commit pinned by ``--repin``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -125,8 +126,12 @@ class ReferenceUnavailable(Exception):
 
 
 def cache_file(commit: str, fp: str) -> Path:
+    """Keyed by the commit, the fingerprint and what the host says about itself (its CPU model,
+    capability and versions), so that two hosts sharing a home directory and a fingerprint do not
+    share a reference."""
     root = Path(os.environ.get("QTRAIN_PINNED_CACHE", Path.home() / ".cache" / "qtrain" / "pinned"))
-    return root / f"{commit[:12]}-{fp}.json"
+    host = hashlib.sha256(describe_numerics().encode()).hexdigest()[:8]
+    return root / f"{commit[:12]}-{fp}-{host}.json"
 
 
 def _git(*args: str) -> bytes:
@@ -148,7 +153,8 @@ def run_reference(golden: dict) -> dict[str, str]:
     _git("cat-file", "-e", f"{commit}^{{commit}}")
     with tempfile.TemporaryDirectory(prefix="qtrain-pinned-") as tree:
         with tarfile.open(fileobj=io.BytesIO(_git("archive", "--format=tar", commit))) as tar:
-            tar.extractall(tree, filter="data")
+            # our own repository's archive; the "data" filter where this Python has it (3.11.4+)
+            tar.extractall(tree, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         env = {**os.environ, "PYTHONPATH": tree, "NUMBA_CACHE_DIR": str(Path(tree) / ".numba")}
         p = subprocess.run(
             [sys.executable, *golden["reference_command"]],
@@ -163,12 +169,18 @@ def run_reference(golden: dict) -> dict[str, str]:
     return json.loads(p.stdout[p.stdout.index("{") :])
 
 
-def reference_values(golden: dict, fp: str) -> dict[str, str]:
+def reference_values(golden: dict, fp: str, use_cache: bool = True) -> dict[str, str]:
     """The pinned commit's values for this fingerprint, from the cache or computed (and cached)."""
     cached = cache_file(golden["pinned_at"], fp)
-    if cached.exists():
+    if use_cache and cached.exists():
         return json.loads(cached.read_text())
     values = run_reference(golden)
+    missing = sorted(set(CASES) - set(values))
+    if missing:
+        raise RuntimeError(
+            f"the pinned commit {golden['pinned_at'][:12]} computes no value for {missing}: "
+            "a new case needs --repin"
+        )
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(values, indent=2) + "\n")
@@ -184,19 +196,22 @@ class Pinned:
         self.golden, self.fp, self.report = golden, fp, report
         self.entry = golden["hosts"].get(fp)
         self._compute_reference = compute_reference
-        self._reference: dict | ReferenceUnavailable | None = None
+        self._reference: dict | BaseException | None = None
 
     @property
     def commit(self) -> str:
         return self.golden["pinned_at"][:12]
 
-    def reference(self) -> dict[str, str]:
+    def reference(self, use_cache: bool = True) -> dict[str, str]:
+        """The pinned commit's values on this host, computed once per session (a failure too, so
+        that twelve cases do not each rerun a reference that cannot work); ``use_cache=False`` the
+        first time: when it arbitrates a golden mismatch, nothing cached is trusted."""
         if self._reference is None:
             try:
-                self._reference = self._compute_reference(self.golden, self.fp)
-            except ReferenceUnavailable as e:
+                self._reference = self._compute_reference(self.golden, self.fp, use_cache)
+            except Exception as e:  # noqa: BLE001 - kept and raised again for every case
                 self._reference = e
-        if isinstance(self._reference, ReferenceUnavailable):
+        if isinstance(self._reference, BaseException):
             raise self._reference
         return self._reference
 
@@ -231,7 +246,7 @@ class Pinned:
             self.report.append(f"checked against {source}")
             return
         try:
-            reference = self.reference()[name]
+            reference = self.reference(use_cache=False)[name]
         except ReferenceUnavailable as e:
             pytest.fail(f"{name}: differs from {source}, and the reference cannot be built to tell why ({e})")
         if reference == got:
@@ -274,7 +289,7 @@ class TestTheCheckItself:
     }
 
     def pinned(self, fp, reference):
-        def compute(golden, fp):
+        def compute(golden, fp, use_cache=True):
             if isinstance(reference, Exception):
                 raise reference
             return {"c": reference}
@@ -335,19 +350,19 @@ def main(argv: list[str]) -> None:
         _write(golden)
         print(f"{fp}: golden from {golden['pinned_at'][:12]} recorded ({how})")
     elif argv == ["--repin"]:
-        dirty = _git("status", "--porcelain", "--untracked-files=no").decode().splitlines()
+        dirty = _git("status", "--porcelain").decode().splitlines()
         if [line for line in dirty if not line.endswith(str(GOLDEN.relative_to(REPO)))]:
             sys.exit("--repin pins HEAD's code: commit the change first (the tree is not clean)")
         golden = {
             "pinned_at": _git("rev-parse", "HEAD").decode().strip(),
             "reference_command": ["tests/test_pinned_params.py", "--print"],
-            "hosts": {
-                fingerprint(): {
-                    "recorded_on": describe_numerics(),
-                    "how": "native",
-                    "params_sha256": {name: final_sha(name) for name in CASES},
-                }
-            },
+            "hosts": {},
+        }
+        values = run_reference(golden)  # HEAD's own tree, as every other host's reference will be
+        golden["hosts"][fingerprint()] = {
+            "recorded_on": describe_numerics(),
+            "how": "native",
+            "params_sha256": values,
         }
         _write(golden)
         print(f"pinned at {golden['pinned_at'][:12]}; other hosts' goldens dropped")

@@ -28,11 +28,11 @@ def recorder(tmp_path, *sets, workers=2, watchdog=None):
     return rec, part
 
 
-def report(workers, late: bool, value: float) -> WorkerReport:
+def report(workers, value: float) -> WorkerReport:
+    """A step's worker measurements; its communication times are the previous step's (they arrive
+    with the next step's records, in the simulator as under MPI)."""
     a = np.full(workers, value)
-    if late:
-        return WorkerReport(a, a, a, a, a * 4, a, prev_comm_s=a * 10, prev_decode_s=a * 100)
-    return WorkerReport(a, a, a, a, a * 4, a, comm_s=a * 10, decode_s=a * 100)
+    return WorkerReport(a, a, a, a, a * 4, a, prev_comm_s=a * 10, prev_decode_s=a * 100)
 
 
 def test_phases_tell_the_watchdog_and_add_up(tmp_path):
@@ -52,13 +52,13 @@ def test_phases_tell_the_watchdog_and_add_up(tmp_path):
     assert set(rec.times) == {"aggregate", "evaluate"} and rec.times["aggregate"] >= 0
 
 
-def run_step(rec, part, step: int, late: bool = False) -> None:
+def run_step(rec, part, step: int) -> None:
     """One step's traffic: two workers' uplinks and one downlink per segment, then the step's end."""
     rec.begin_step(step)
     for seg in part:
         rec.uplinks([10, 20], seg)
         rec.downlink(5, seg)
-    rec.end_step(report(2, late, step), {"down_rel_error": 0.5})
+    rec.end_step(report(2, step), {"down_rel_error": 0.5})
 
 
 def test_evaluation_cadence(tmp_path):
@@ -70,15 +70,11 @@ def test_evaluation_cadence(tmp_path):
     assert due == [False, True, True, False, False, True]
 
 
-@pytest.mark.parametrize("late", [False, True])
-def test_trace_holds_every_step_and_rank_once(tmp_path, late):
+def test_trace_holds_every_step_and_rank_once(tmp_path):
     rec, part = recorder(tmp_path)
     for step in range(1, 7):
-        run_step(rec, part, step, late)
-    if late:
-        rec.close(np.array([70.0, 70.0]), np.array([700.0, 700.0]))
-    else:
-        rec.close()
+        run_step(rec, part, step)
+    rec.close(np.array([70.0, 70.0]), np.array([700.0, 700.0]))
     rows, _, attrs = read_trace(tmp_path / "trace.h5")
     assert attrs["segments"] == 2 and attrs["server_ranks"] == [0]
     assert sorted(zip(rows["step"].tolist(), rows["rank"].tolist(), strict=True)) == [
@@ -87,8 +83,8 @@ def test_trace_holds_every_step_and_rank_once(tmp_path, late):
     workers = rows[rows["role"] == 1]
     step3 = workers[workers["step"] == 3]
     assert list(step3["rank"]) == [1, 2] and list(step3["bytes_sent"]) == [20, 40]
-    # without lateness comm_s of step 3 is 3 * 10; with it, it arrives with step 4 (prev_comm_s = 40)
-    assert step3["comm_s"][0] == (40 if late else 30)
+    # comm_s of step 3 arrives with step 4 (prev_comm_s = 40); the last step's with close()
+    assert step3["comm_s"][0] == 40 and list(workers[workers["step"] == 6]["comm_s"]) == [70.0, 70.0]
     assert step3["up_rel_error"][0] == pytest.approx(0.5), "sqrt(err_sq / ref_sq) = sqrt(1/4)"
     server = rows[rows["role"] == 0]
     assert list(server["bytes_recv"]) == [60] * 6 and list(server["bytes_sent"]) == [20] * 6
@@ -100,7 +96,7 @@ def test_statistics_survive_a_state_dict_round_trip(tmp_path):
     for seg in part:
         rec.uplinks([10, 20], seg)
         rec.downlink(5, seg)
-    rec.end_step(report(2, False, 1.0), {})
+    rec.end_step(report(2, 1.0), {})
     (tmp_path / "b").mkdir()
     again, _ = recorder(tmp_path / "b")
     again.load_state_dict(rec.state_dict())

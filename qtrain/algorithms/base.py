@@ -30,6 +30,16 @@ class Algorithm:
     #: Adam step of adam_math); None: only ``worker_update`` knows it (the engine calls it)
     fused_worker_rule: str | None = "identity"
 
+    def __init_subclass__(cls, **kwargs):
+        """The engine skips ``worker_update`` when ``fused_worker_rule`` is "identity" (the kernels
+        and the reference alike): a rule of its own must say so, or it would never run."""
+        super().__init_subclass__(**kwargs)
+        if "worker_update" in cls.__dict__ and cls.fused_worker_rule == "identity":
+            raise TypeError(
+                f"{cls.__name__} overrides worker_update but keeps fused_worker_rule = 'identity': "
+                "set it to None (or to the fused rule it implements)"
+            )
+
     def __init__(self, hp):
         """``hp`` is the ``algorithm`` section of the config (an AlgorithmConfig)."""
         self.hp = hp

@@ -5,9 +5,9 @@ It owns
   totals and tells the watchdog (when there is one) which phase of which step and segment is running;
 - the run statistics (:class:`~qtrain.engine.accounting.RunStats`: bytes each way, evaluations,
   the last batch loss), with ``state_dict``/``load_state_dict`` for checkpoints;
-- the trace rows (a server row and one row per worker each step; under MPI a worker's
-  communication and decode times of step t arrive with its records of step t+1, so its rows are
-  held back one step and completed then);
+- the trace rows (a server row and one row per worker each step; a worker's communication and
+  decode times of step t arrive with its records of step t+1, so its rows are held back one step
+  and completed then: the one place that holds trace rows back);
 - progress on the terminal and the evaluation cadence (every ``train.eval_every`` steps, the last
   step and an agreed stop);
 - the summary a run returns.
@@ -23,6 +23,7 @@ import numpy as np
 
 from qtrain.engine.accounting import RunStats, trace_attrs
 from qtrain.engine.progress import ProgressReporter
+from qtrain.engine.snapshots import is_eval_step
 from qtrain.io.trace import TraceWriter, server_row, worker_rows
 
 # server phases and the trace column each one fills in the server's row
@@ -38,8 +39,8 @@ SERVER_COLUMNS = {
 @dataclass
 class WorkerReport:
     """One step's measurements of every worker (arrays in worker order), compression statistics as
-    sums of squares over the worker's segments. ``comm_s``/``decode_s`` are None when they arrive
-    a step late; ``prev_comm_s``/``prev_decode_s`` then carry those of the previous step."""
+    sums of squares over the worker's segments. A worker's communication and decode times arrive
+    a step late, with its next records: ``prev_comm_s``/``prev_decode_s`` are the previous step's."""
 
     loss: np.ndarray
     compute_s: np.ndarray
@@ -47,10 +48,8 @@ class WorkerReport:
     err_sq: np.ndarray
     ref_sq: np.ndarray
     ef_sq: np.ndarray
-    comm_s: np.ndarray | None = None
-    decode_s: np.ndarray | None = None
-    prev_comm_s: np.ndarray | None = None
-    prev_decode_s: np.ndarray | None = None
+    prev_comm_s: np.ndarray
+    prev_decode_s: np.ndarray
 
     @property
     def rel_error(self) -> np.ndarray:
@@ -78,7 +77,7 @@ class Recorder:
     ):
         cfg = setup.cfg
         self.setup, self.topology, self.watchdog = setup, topology, watchdog
-        self.eval_every, self.steps = cfg.train.eval_every, setup.steps
+        self.steps = setup.steps
         self.stats = RunStats(partition, topology.num_workers)
         self.trace = None
         if out_dir is not None and cfg.trace.enabled:
@@ -128,7 +127,7 @@ class Recorder:
         self._down += size
 
     def eval_due(self, stopping: bool = False) -> bool:
-        return self.step % self.eval_every == 0 or self.step == self.steps or stopping
+        return is_eval_step(self.setup.cfg, self.step, self.steps, stopping)
 
     def evaluate(self, model, dataset) -> dict:
         """Evaluate ``model`` on the test split now, and record it in the summary and trace."""
@@ -148,8 +147,11 @@ class Recorder:
         self.stats.last_batch_loss = float(np.mean(workers.loss))
         for name, dt in self.times.items():
             self.totals[name] = self.totals.get(name, 0.0) + dt
-        comm = workers.comm_s if workers.comm_s is not None else workers.prev_comm_s
-        self.worker_totals += [workers.compute_s.mean(), workers.encode_s.mean(), np.mean(comm)]
+        self.worker_totals += [
+            workers.compute_s.mean(),
+            workers.encode_s.mean(),
+            np.mean(workers.prev_comm_s),
+        ]
         if self.trace is not None:
             self._trace_step(workers, server_stats)
         up = self.stats.bytes_up / max((self.step - self.start) * self.topology.num_workers, 1)
@@ -160,7 +162,7 @@ class Recorder:
 
     def _trace_step(self, workers: WorkerReport, server_stats: dict) -> None:
         ranks = list(self.topology.workers)
-        if self._pending is not None and workers.prev_comm_s is not None:
+        if self._pending is not None:
             self._pending["comm_s"], self._pending["decode_s"] = workers.prev_comm_s, workers.prev_decode_s
             self.trace.add_rows(self._pending)
         times = {column: self.times.get(name, 0.0) for name, column in SERVER_COLUMNS.items()}
@@ -195,11 +197,7 @@ class Recorder:
             server_stats,
         )
         rows["wall_s"] = times["wall_s"]
-        if workers.comm_s is None:
-            self._pending = rows
-        else:
-            rows["comm_s"], rows["decode_s"] = workers.comm_s, workers.decode_s
-            self.trace.add_rows(rows)
+        self._pending = rows  # completed by the next step's records, a checkpoint or close()
         self.trace.maybe_flush(self.step)
 
     def complete_held_rows(self, comm_s: np.ndarray, decode_s: np.ndarray) -> None:

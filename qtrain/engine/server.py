@@ -6,8 +6,9 @@ compress the downlink (with the server-side error feedback of Efficient-Adam whe
     update mode:   v = s + E,  d = Q(v),  E <- v - d,  x <- x - d,  send d
     weights mode:  x <- s,  send Q(x)     (master weights stay full precision on the server)
 
-The uplinks are accumulated with ``decode_add_`` (no decoded copy of any message), and d comes
-from the codec's quantize path with the message, so the server never decodes its own downlink.
+The uplinks are accumulated in one ``decode_combine`` of the codec path (the compiled kernel, or
+the reference's ``decode_add_`` per message: no decoded copy of any message), and d comes from the
+codec's quantize path with the message, so the server never decodes its own downlink.
 Every server rule is elementwise, so it runs on the segment's slices of the mean, the master
 weights and the rule's state.
 """

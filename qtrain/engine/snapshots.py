@@ -72,6 +72,12 @@ def worker_restore(snap: dict, engine, sampler) -> None:
     rng_restore(snap["rng"])
 
 
+def is_eval_step(cfg, step: int, steps: int, stopping: bool) -> bool:
+    """Where the server evaluates: every ``train.eval_every`` steps, at the last step, and at an
+    agreed stop."""
+    return step % cfg.train.eval_every == 0 or step == steps or stopping
+
+
 def is_checkpoint_step(cfg, step: int, steps: int, stopping: bool) -> bool:
     """Every ``checkpoint.every`` steps, at the last step, and at an agreed stop."""
     every = cfg.checkpoint.every

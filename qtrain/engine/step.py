@@ -52,7 +52,7 @@ class WorkerStep:
         self.arrived = np.zeros(len(partition))  # when the last downlink of each segment arrived
         self.applied = np.zeros(len(partition))  # ... and was applied (perf_counter instants)
         self.backward_end = 0.0
-        self._busy = self._t0 = self._sent_at = 0.0
+        self._busy = self._t0 = 0.0
         self._step = 0
 
     def receive_initial(self) -> None:
@@ -84,13 +84,12 @@ class WorkerStep:
         check_loss(step, self.engine.worker, loss)
         self.compute_s = self.backward_end - self._busy - t0  # forward + backward, without encodes
         self._send(self.readiness.rest() if self.overlap else list(self.partition))
-        self._sent_at = time.perf_counter()
         return loss
 
     def exchange(self, step: int) -> bool:
         """Apply this step's downlink segments as they arrive, complete the sends; whether the
         server asked every rank to stop after this step."""
-        decode_s, stopping = 0.0, False
+        t_start, decode_s, stopping = time.perf_counter(), 0.0, False
         self.enter(f"step {step}: downlink")
         self.channel.post_downlinks(step)
         for seg, head, msg in self.channel.downlinks(step):  # as they complete
@@ -101,7 +100,7 @@ class WorkerStep:
             stopping |= bool(int(head["flags"]) & FLAG_STOP)  # set on the server's last segment
             self.enter(f"step {step}: downlink")
         self.channel.finish_sends(step)
-        self.comm_s = time.perf_counter() - self._sent_at - decode_s
+        self.comm_s = time.perf_counter() - t_start - decode_s  # waiting and transfer (in-process: ~0)
         self.decode_s = decode_s
         return stopping
 
@@ -133,8 +132,9 @@ class WorkerStep:
 
 class ServerStep:
     """The serving rank's side of every step, against its channel, timed by the recorder (and the
-    MPI timeline). ``decide_stop(records)`` returns the agreed stop reason once every record of
-    the step is in (None: go on)."""
+    MPI timeline: ``timeline``, which the MPI server sets once the clocks are synchronised, after
+    the initial weights went out). ``decide_stop(records)`` returns the agreed stop reason once
+    every record of the step is in (None: go on)."""
 
     def __init__(self, engine, channel, partition, recorder, timeline=None, decide_stop=None):
         self.engine, self.channel, self.partition, self.rec = engine, channel, partition, recorder

@@ -1,8 +1,8 @@
 """Compiled fast paths of the codecs (DESIGN.md section 7): one pass over memory per direction.
 
-    fast = kernel_codec(codec, device, "auto")   # a DenseKernelCodec, or None: use the reference
-    packed, sums = fast.encode_ef(p, e, alpha, beta, rng, out=frame)
-    fast.decode_combine(messages, acc, "mean")
+    path = codec_path(codec, device, "auto")   # the kernel codec, or the torch reference behind its calls
+    packed, sums = path.encode_ef(p, e, alpha, beta, rng, out=frame)
+    path.decode_combine(messages, acc, "mean")
 
 The CPU kernels are numba (``cpu_dense``), multi-threaded (``set_threads``) and cached on disk
 (``NUMBA_CACHE_DIR``, by default ``~/.cache/qtrain/numba``). They produce the reference's bytes

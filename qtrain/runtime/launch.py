@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import traceback
 from dataclasses import dataclass
+from typing import NoReturn
 
 from qtrain.engine.divergence import Diverged
 from qtrain.io.disk_errors import describe
@@ -97,7 +98,7 @@ def run_train(request: TrainRequest, echo=print) -> Outcome:
         svc.watchdog.stop()
 
 
-def _fail(comm, svc, exc: BaseException) -> None:
+def _fail(comm, svc, exc: BaseException) -> NoReturn:
     """Log and print the failure of this rank in one line (an OSError as its reason, errno name
     and file: "No space left on device (ENOSPC): runs/x/trace.h5"), then end every rank
     (MPI_Abort). The traceback goes to the rank log; to stderr only for an unexpected exception

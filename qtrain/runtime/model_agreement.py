@@ -18,6 +18,7 @@ def model_signature(model) -> list[tuple[str, tuple[int, ...], str]]:
     """(what, shape, dtype) of every trainable parameter and every buffer, in module order."""
     params = [(f"parameter {name}", tuple(shape), "torch.float32") for name, _, shape in model.layout]
     buffers = [(f"buffer {name}", tuple(b.shape), str(b.dtype)) for name, b in model.module.named_buffers()]
+    # every buffer, persistent or not: a non-persistent one of another shape is another model too
     return params + buffers
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from qtrain.config.loader import from_yaml_text, to_dict
 from qtrain.io.checkpoint import CheckpointError, newest_valid, read_checkpoint
 
 # sections a resumed run may change: how long and how it logs, where it runs, how it checkpoints
@@ -36,6 +37,16 @@ def _diff(a, b, prefix="") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def config_changes(saved_text: str, config_text: str) -> list[str]:
+    """The keys a resume may not change that differ between the checkpoint's resolved config and
+    this run's. The saved text is read through the config schema first, so a key the checkpoint's
+    qtrain did not have yet counts as its default (``model.buffers``: checkpoints written before
+    it existed resume)."""
+    saved = to_dict(from_yaml_text(saved_text))
+    now = yaml.safe_load(config_text)
+    return [k for k in _diff(saved, now) if k.split(".")[0] not in MAY_CHANGE or k in MUST_MATCH]
+
+
 def load_for_resume(
     spec: str,
     out_dir: Path,
@@ -53,9 +64,7 @@ def load_for_resume(
     else:
         path = Path(spec)
         tree, meta = read_checkpoint(path)
-    saved = yaml.safe_load(tree["config"])
-    now = yaml.safe_load(config_text)
-    changed = [k for k in _diff(saved, now) if k.split(".")[0] not in MAY_CHANGE or k in MUST_MATCH]
+    changed = config_changes(tree["config"], config_text)
     if changed:
         raise CheckpointError(
             f"{path}: the run's config differs from the checkpoint's in {', '.join(changed)} "

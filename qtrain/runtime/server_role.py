@@ -101,6 +101,11 @@ def _start(plan, server, model, rec, svc, resume, server_step) -> None:
         t = resume.tree
         if "buffers" in t:
             load_buffers(model.module, t["buffers"])
+        elif has_buffers(model.module):
+            svc.echo(
+                f"qtrain: warning: {resume.path} holds no model buffers (written before model.buffers): "
+                "they start from the model's initial values and are combined at the next evaluation"
+            )
         server.master.copy_(t["params"])
         server.replica.copy_(t["replica_params"])
         server.load_state_dict(t["server"])

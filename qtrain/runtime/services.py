@@ -3,6 +3,7 @@ injected fault; and the job-wide abort."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -22,8 +23,9 @@ def abort(comm) -> NoReturn:
     try:
         comm.Abort(1)
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):  # a closed pipe or a full disk must not skip the exit
+            with contextlib.suppress(BaseException):
+                stream.flush()
         os._exit(1)
 
 
