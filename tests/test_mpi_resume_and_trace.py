@@ -131,7 +131,16 @@ def test_a_run_that_dies_right_after_a_checkpoint_keeps_every_trace_row_once(tmp
     checkpoint, so a run that dies before the next flush and resumes loses none of them."""
     out, total = tmp_path / "run", 40
     sets = (f"train.steps={total}", "checkpoint.every=20", "trace.flush_every=10")
-    died = mpi_train(3, "configs/efficient-adam.yaml", out, *sets, env={"QTRAIN_INJECT_FAULT": "0:21:exit"})
+    # the launcher tears the job down when rank 0 vanishes; should it not (a fresh-clone CI run once
+    # hung here for the test's 180 s), the workers' own deadline ends the job well within it
+    died = mpi_train(
+        3,
+        "configs/efficient-adam.yaml",
+        out,
+        *sets,
+        "runtime.timeout_s=60",
+        env={"QTRAIN_INJECT_FAULT": "0:21:exit"},
+    )
     assert died.returncode != 0
     res = mpi_train(3, "configs/efficient-adam.yaml", out, *sets, extra=("--resume", "auto"))
     assert res.returncode == 0, res.stderr
