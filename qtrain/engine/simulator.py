@@ -44,10 +44,10 @@ def simulate(
     setup, part, ds = plan.setup, plan.partition, plan.setup.dataset
     replicas = [plan.model(device) for _ in range(workers)]
     sync_buffers = has_buffers(server_model.module)
+    initial_buffers = buffer_state(server_model.module)
     for replica in replicas:  # what every MPI worker adopts from the serving rank
         replica.params.copy_(server_model.params)
-        if sync_buffers:
-            load_buffers(replica.module, buffer_state(server_model.module))
+        load_buffers(replica.module, initial_buffers)
     out_dir = None
     if out is not None:
         out_dir, removed = prepare_out_dir(out, overwrite=overwrite)
@@ -67,9 +67,8 @@ def simulate(
     checkpointer = Checkpointer(out_dir, plan, "none (simulator)", ["simulator"]) if out_dir else None
     log(f"simulate: {plan.describe()}")
     server_step.send_initial()
-    if server.mode == "weights":
-        for w in workers_:
-            w.receive_initial()
+    for w in workers_:
+        w.receive_initial()
     if observe is not None:
         observe(0, server_model.params, ds)
     for step in range(1, setup.steps + 1):

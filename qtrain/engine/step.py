@@ -57,6 +57,8 @@ class WorkerStep:
 
     def receive_initial(self) -> None:
         """Weights mode: adopt the server's starting weights (the step-0 downlink)."""
+        if self.engine.mode != "weights":
+            return
         self.channel.post_downlinks(0)
         for seg, _, msg in self.channel.downlinks(0):
             self.engine.apply_downlink(seg, msg, self.model.params)
