@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from qtrain.cli import analyze, bench, checkpoint, info, reproduce, simulate, slurm, train
+from qtrain.cli import analyze, bench, checkpoint, info, reproduce, run, simulate, slurm, train
 
 app = typer.Typer(
     name="qtrain",
@@ -15,6 +15,7 @@ app = typer.Typer(
 )
 app.command("info")(info.info)
 app.command("train")(train.train)
+app.command("run")(run.run)
 app.command("simulate")(simulate.simulate)
 app.command("analyze")(analyze.analyze)
 app.command("compare")(analyze.compare)

@@ -13,12 +13,15 @@ def print_summary(s: dict, out: str, echo=typer.echo) -> None:
     rows = [("algorithm", s["algorithm"]), ("workers", s["workers"]), ("steps", s["steps"])]
     if "final_test_accuracy" in s:
         rows.append(("test accuracy", f"{s['final_test_accuracy']:.4f}"))
-    rows += [("test loss", f"{s['final_test_loss']:.5f}"), ("train loss", f"{s['final_train_loss']:.5f}")]
+    if s.get("final_test_loss") is not None:  # a library run's loss is the user's: none here
+        rows += [("test loss", f"{s['final_test_loss']:.5f}"), ("train loss", f"{s['final_train_loss']:.5f}")]
+    if s.get("final_batch_loss") is not None and s.get("runner") == "library":
+        rows.append(("last batch loss", f"{s['final_batch_loss']:.5f}"))
     if "optimum_train_loss" in s:
         rows.append(("optimum train loss", f"{s['optimum_train_loss']:.5f}"))
     rows += [
-        ("bytes up", f"{_mb(s['bytes_up'])} ({s['compression_up']:.1f}x less than fp32)"),
-        ("bytes down", f"{_mb(s['bytes_down'])} ({s['compression_down']:.1f}x less than fp32)"),
+        ("bytes up", f"{_mb(s['bytes_up'])} ({(s['compression_up'] or 0):.1f}x less than fp32)"),
+        ("bytes down", f"{_mb(s['bytes_down'])} ({(s['compression_down'] or 0):.1f}x less than fp32)"),
         ("wall time", f"{s['wall_seconds']:.1f} s"),
         ("params sha256", s["params_sha256"][:16] + "..."),
         ("output", out),

@@ -102,7 +102,7 @@ class RunStats:
             "params_sha256": sha,
             "evals": self.evals,
         }
-        if ds.task != "regression":
+        if "accuracy" in final:  # classification and language models (a library run has none)
             out["final_test_accuracy"] = final["accuracy"]
             out["final_train_accuracy"] = train["accuracy"]
         if "perplexity" in final:

@@ -23,12 +23,14 @@ class FlatModel:
         self.params = torch.empty(numel, dtype=torch.float32, device=device)
         self.grads = torch.zeros(numel, dtype=torch.float32, device=device)
         self.layout: list[tuple[str, int, tuple[int, ...]]] = []
+        self._grad_views: list[torch.Tensor] = []
         offset = 0
         for name, p in trainable:
             n = p.numel()
             self.params[offset : offset + n].copy_(p.detach().reshape(-1))
             p.data = self.params[offset : offset + n].view_as(p)
             p.grad = self.grads[offset : offset + n].view_as(p)
+            self._grad_views.append(p.grad)
             self.layout.append((name, offset, tuple(p.shape)))
             p.register_post_accumulate_grad_hook(self._reporter(len(self.layout) - 1))
             offset += n
@@ -39,11 +41,31 @@ class FlatModel:
         return self.params.numel()
 
     def _reporter(self, index: int):
-        def hook(_param) -> None:
+        def hook(param) -> None:
+            view = self._grad_views[index]
+            if param.grad is None or param.grad.data_ptr() != view.data_ptr():
+                # ``zero_grad(set_to_none=True)`` (torch's default for a module) dropped the view:
+                # backward made a new tensor; it goes back into the flat gradient
+                view.copy_(param.grad if param.grad is not None else torch.zeros_like(view))
+                param.grad = view
             if self._on_param_ready is not None:
                 self._on_param_ready(index)
 
         return hook
+
+    def changed_parameter(self) -> str | None:
+        """How the first parameter that no longer lives in ``params`` changed (replaced, moved to
+        another device or reshaped since the model was flattened), or None."""
+        now = dict(self.module.named_parameters())
+        for name, offset, shape in self.layout:
+            p = now.get(name)
+            if p is None:
+                return f"parameter {name} was removed"
+            if tuple(p.shape) != shape:
+                return f"parameter {name} changed shape from {list(shape)} to {list(p.shape)}"
+            if p.device != self.device or p.data_ptr() != self.params[offset:].data_ptr():
+                return f"parameter {name} was replaced or moved to {p.device}"
+        return None
 
     def loss_and_grad(
         self, x: torch.Tensor, y: torch.Tensor, task: str, on_param_ready=None, on_loss=None

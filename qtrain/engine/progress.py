@@ -24,7 +24,7 @@ class ProgressReporter:
                 TextColumn("{task.fields[info]}"),
                 TimeRemainingColumn(),
             )
-            self.task = self.bar.add_task("train", total=steps, info="")
+            self.task = self.bar.add_task("train", total=steps or None, info="")
             self.bar.start()
 
     def update(
@@ -44,7 +44,8 @@ class ProgressReporter:
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=info)
         elif step % self.log_every == 0 or step == self.steps:
-            self.echo(f"step {step}/{self.steps} {info}")
+            total = f"/{self.steps}" if self.steps else ""  # a library run's loop decides its length
+            self.echo(f"step {step}{total} {info}")
 
     def close(self) -> None:
         if self.bar is not None:

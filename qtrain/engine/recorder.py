@@ -105,6 +105,15 @@ class Recorder:
         self._up[:] = 0
         self._down = 0
 
+    def enter(self, what: str) -> None:
+        """Tell the watchdog what runs now (outside a timed phase)."""
+        if self.watchdog is not None:
+            self.watchdog.enter(what)
+
+    def add_time(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` to this step's phase ``name`` (timed before the step began)."""
+        self.times[name] = self.times.get(name, 0.0) + seconds
+
     @contextlib.contextmanager
     def phase(self, name: str, seg=None):
         """Time a block into this step's phase ``name``; the watchdog learns what is running."""

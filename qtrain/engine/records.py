@@ -1,7 +1,9 @@
 """Fixed-size control records that travel with every message (no extra synchronization).
 
 Uplink record (136 bytes, one per worker per segment per step, sent ahead of the packed message in
-the same frame): step, flags (bit 0: this rank asks to stop), message length, segment, the
+the same frame): step, flags (below), message length, segment, the step's learning-rate factor
+(``lr_scale``, float32, read when FLAG_LR is set: the step's lr is ``algorithm.lr * lr_scale``; a
+library user's schedule travels this way, see docs/library.md), the
 segment's encode seconds and compression sums of squares (||Q(v) - v||^2, ||v||^2, ||e||^2: the
 server adds them over segments, so the combined relative error and error norm are those of the
 whole vector), and the worker's per-step measurements (batch loss, compute seconds, and the
@@ -29,7 +31,7 @@ UPLINK_RECORD = np.dtype(
         ("flags", "<u4"),
         ("length", "<u8"),
         ("segment", "<u4"),
-        ("reserved", "<u4"),
+        ("lr_scale", "<f4"),
         ("loss", "<f8"),
         ("compute_s", "<f8"),
         ("encode_s", "<f8"),
@@ -51,4 +53,11 @@ DOWNLINK_RECORD = np.dtype(
 )
 assert UPLINK_RECORD.itemsize == 136 and DOWNLINK_RECORD.itemsize == 24
 
-FLAG_STOP = 1
+FLAG_STOP = 1  # uplink: this rank asks to stop; downlink: every rank stops after this step
+FLAG_LR = 2  # uplink: ``lr_scale`` holds this step's learning-rate factor (library schedules)
+# Control frames (uplink, length 0, for every segment, in place of the next step's uplinks): a
+# worker of the library (``qtrain/library``) tells the server what happens between two steps.
+FLAG_CHECKPOINT = 4  # the workers checkpoint after the previous step (gather follows)
+FLAG_BUFFERS = 8  # the workers combine their model buffers now (gather follows)
+FLAG_END = 16  # the workers' loops ended after the previous step (final report follows)
+CONTROL_FLAGS = FLAG_CHECKPOINT | FLAG_BUFFERS | FLAG_END

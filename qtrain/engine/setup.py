@@ -47,6 +47,25 @@ def build_setup(cfg, workers: int) -> RunSetup:
     return RunSetup(cfg, workers, dataset, algorithm, uplink, downlink, steps)
 
 
+@dataclass(frozen=True)
+class UserData:
+    """What a library run knows of its data: the user's own, which only the workers see."""
+
+    name: str = "user"
+    task: str = "user"  # the loss is the user's: no built-in evaluation
+    optimum_train_loss: float | None = None
+
+
+def build_library_setup(cfg, workers: int) -> RunSetup:
+    """A library run's setup (``qtrain.init``): the algorithm and links of the config; the data,
+    the loss and the number of steps belong to the user's loop (``steps`` is ``train.steps``
+    when set, as the progress line's total; 0: unknown)."""
+    if workers < 1:
+        raise ValueError(f"need at least one worker, got {workers}")
+    algorithm, uplink, downlink = resolve_links(cfg)
+    return RunSetup(cfg, workers, UserData(), algorithm, uplink, downlink, cfg.train.steps or 0)
+
+
 def build_flat_model(setup: RunSetup, device: torch.device) -> FlatModel:
     """The model with its seeded initial weights: identical on every rank and in the simulator."""
     cfg, ds = setup.cfg, setup.dataset
@@ -72,6 +91,6 @@ def resolved_config(cfg, setup: RunSetup):
         for f in CODEC_FIELDS:  # fields the codec does not take (bits of sign, ...) become null
             setattr(section, f, params.get(f))
     out.workers = setup.workers
-    if out.train.steps is None:
+    if out.train.steps is None and setup.steps:  # a library run's steps are its loop's
         out.train.steps, out.train.epochs = setup.steps, None
     return out

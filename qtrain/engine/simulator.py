@@ -75,7 +75,7 @@ def simulate(
         for w, sampler in zip(workers_, samplers, strict=True):
             idx = sampler.next_batch()
             w.compute(step, ds.x_train[idx], ds.y_train[idx], ds.task)
-        records, _ = server_step.run(step)
+        records, _, _ = server_step.run(step)
         for w in workers_:
             w.exchange(step)
         buffers = None

@@ -25,13 +25,23 @@ in the loops, because they are the run's cadence, not the step's.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from qtrain.engine.divergence import check_loss
 from qtrain.engine.readiness import SegmentReadiness
 from qtrain.engine.recorder import WorkerReport
-from qtrain.engine.records import FLAG_STOP, UPLINK_RECORD
+from qtrain.engine.records import (
+    CONTROL_FLAGS,
+    FLAG_BUFFERS,
+    FLAG_CHECKPOINT,
+    FLAG_END,
+    FLAG_LR,
+    FLAG_STOP,
+    UPLINK_RECORD,
+)
 
 
 def _nothing(_what: str) -> None:
@@ -53,7 +63,9 @@ class WorkerStep:
         self.applied = np.zeros(len(partition))  # ... and was applied (perf_counter instants)
         self.backward_end = 0.0
         self._busy = self._t0 = 0.0
-        self._step = 0
+        self._step, self._first_send = 0, True
+        self.base_lr = engine.algorithm.hp.lr
+        self.lr_source = None  # callable -> this step's learning rate (None: algorithm.lr)
 
     def receive_initial(self) -> None:
         """Weights mode: adopt the server's starting weights (the step-0 downlink)."""
@@ -63,30 +75,52 @@ class WorkerStep:
         for seg, _, msg in self.channel.downlinks(0):
             self.engine.apply_downlink(seg, msg, self.model.params)
 
-    def compute(self, step: int, x, y, task: str, stop_requested: bool = False) -> float:
-        """Forward, backward and every segment's uplink posted; the batch loss. Raises
-        ``Diverged`` for a non-finite loss (after the segments backward already sent)."""
+    def begin(self, step: int, stop_requested: bool = False, t0: float | None = None) -> None:
+        """Start step ``step`` (its compute time counts from ``t0``, default now): the engines'
+        step count, the record's per-step fields and the overlap bookkeeping. Backward may run
+        from here on (its hooks send segments)."""
         self.engine.begin_step()
-        t0 = self._t0 = time.perf_counter()
-        self._busy, self._step = 0.0, step
+        t0 = self._t0 = time.perf_counter() if t0 is None else t0
+        self._busy, self._step, self._first_send = 0.0, step, True
         rec = self.record
-        rec["step"], rec["loss"], rec["compute_s"] = step, np.nan, 0.0
+        rec["step"], rec["loss"], rec["compute_s"], rec["lr_scale"] = step, np.nan, 0.0, 0.0
         rec["prev_comm_s"], rec["prev_decode_s"] = self.comm_s, self.decode_s
         rec["t_start"], rec["prev_t_backward"] = t0, self.backward_end
         rec["flags"] = FLAG_STOP if stop_requested else 0
-        ready = None
-        if self.overlap:  # encode and post each segment as soon as backward completes it
+        if self.overlap:
             self.readiness.begin()
-            ready = self._param_ready
+
+    def end_backward(self, loss: float | None) -> None:
+        """Backward is over: send every segment its hooks have not sent. Raises ``Diverged`` for a
+        non-finite loss (after the segments backward already sent)."""
+        self.backward_end = time.perf_counter()
+        if loss is not None:
+            check_loss(self._step, self.engine.worker, loss)
+        self.compute_s = self.backward_end - self._busy - self._t0  # forward + backward, without encodes
+        self._send(self.readiness.rest() if self.overlap else list(self.partition))
+
+    def compute(self, step: int, x, y, task: str, stop_requested: bool = False) -> float:
+        """Forward, backward and every segment's uplink posted; the batch loss. Raises
+        ``Diverged`` for a non-finite loss (after the segments backward already sent)."""
+        self.begin(step, stop_requested)
+        rec = self.record
+        ready = self._param_ready if self.overlap else None
         device = self.model.device
         loss = self.model.loss_and_grad(
             x.to(device), y.to(device), task, ready, on_loss=lambda value: rec.__setitem__("loss", value)
         )
-        self.backward_end = time.perf_counter()
-        check_loss(step, self.engine.worker, loss)
-        self.compute_s = self.backward_end - self._busy - t0  # forward + backward, without encodes
-        self._send(self.readiness.rest() if self.overlap else list(self.partition))
+        self.end_backward(loss)
         return loss
+
+    def send_control(self, step: int, flags: int) -> None:
+        """A control frame for every segment in place of step ``step``'s uplinks (length 0): the
+        server learns what this worker does between steps ``step - 1`` and ``step``."""
+        rec = np.zeros(1, dtype=UPLINK_RECORD)
+        rec["step"], rec["flags"] = step, flags
+        empty = torch.empty(0, dtype=torch.uint8)
+        for seg in self.partition:
+            self.channel.send_uplink(seg, rec, empty)
+        self.channel.finish_sends(step)
 
     def exchange(self, step: int) -> bool:
         """Apply this step's downlink segments as they arrive, complete the sends; whether the
@@ -106,6 +140,20 @@ class WorkerStep:
         self.decode_s = decode_s
         return stopping
 
+    def _apply_lr(self) -> None:
+        """``lr_source()``, when set, gives this step's learning rate (a library user's schedule):
+        it travels as a float32 factor of ``algorithm.lr`` in the records, and both sides use
+        ``algorithm.lr * factor`` (:func:`scaled_lr`)."""
+        hp = self.engine.algorithm.hp
+        lr = self.lr_source() if self.lr_source is not None else None
+        if lr is None or lr == self.base_lr:
+            hp.lr = self.base_lr
+            return
+        scale = np.float32(lr / self.base_lr)
+        self.record["flags"] |= FLAG_LR
+        self.record["lr_scale"] = scale
+        hp.lr = scaled_lr(self.base_lr, scale)
+
     def _param_ready(self, param: int) -> None:
         """The per-parameter callback of the backward pass: send what each parameter completes."""
         done = self.readiness.param_ready(param)
@@ -117,6 +165,9 @@ class WorkerStep:
         """Encode each segment into its send frame and post it, keeping the record current (the
         compute time up to this segment, its encode time and statistics)."""
         engine, model, channel, rec = self.engine, self.model, self.channel, self.record
+        if segments and self._first_send:  # the step's learning rate is fixed from its first segment
+            self._first_send = False
+            self._apply_lr()
         for seg in segments:
             te = time.perf_counter()
             self.enter(f"step {self._step}: encode + send (segment {seg.index})")
@@ -138,10 +189,12 @@ class ServerStep:
     the initial weights went out). ``decide_stop(records)`` returns the agreed stop reason once
     every record of the step is in (None: go on)."""
 
-    def __init__(self, engine, channel, partition, recorder, timeline=None, decide_stop=None):
+    def __init__(self, engine, channel, partition, recorder, timeline=None, decide_stop=None, names=None):
         self.engine, self.channel, self.partition, self.rec = engine, channel, partition, recorder
         self.timeline = timeline if timeline is not None else _NoTimeline()
         self.decide_stop = decide_stop or (lambda records: None)
+        self.names = names  # how messages name each worker ("rank 1", "worker 0"), in worker order
+        self.base_lr = engine.algorithm.hp.lr
 
     def send_initial(self) -> None:
         """Weights mode: broadcast the starting weights every worker adopts before step 1."""
@@ -153,19 +206,35 @@ class ServerStep:
             self.rec.downlink(initial.numel(), seg)
         self.channel.finish_downlinks(0)
 
-    def run(self, step: int) -> tuple[list, str | None]:
-        """One step: (the uplink records per segment, the agreed stop reason or None)."""
+    def run(self, step: int) -> StepResult:
+        """One step: the uplink records per segment and the agreed stop reason (None: go on); or,
+        when the workers sent control frames in place of this step's uplinks, what they asked
+        for (``control``; the step has not begun, the caller acts on it and runs the step again)."""
         rec, timeline, channel, engine = self.rec, self.timeline, self.channel, self.engine
-        rec.begin_step(step)
-        timeline.begin_step(step)
-        engine.begin_step()
+        t0 = time.perf_counter()
         channel.post_uplinks()
         records: list = [None] * len(self.partition)
         arrivals = channel.uplinks(step)
+        rec.enter(f"step {step}: gather")
+        first = next(arrivals)
+        control = control_of(first[1], step, self.names)
+        if control:
+            for _seg, recs, _ in arrivals:  # every segment carries the same control frame
+                if control_of(recs, step, self.names) != control:
+                    raise RuntimeError(f"step {step}: control frames differ between segments")
+            return StepResult(None, None, control)
+        rec.begin_step(step)
+        rec.add_time("gather", time.perf_counter() - t0)
+        timeline.begin_step(step, t0)
+        engine.begin_step()
+        engine.algorithm.hp.lr = lr_of(first[1], step, self.base_lr, self.names)
         stop_reason = None
         for n in range(1, len(self.partition) + 1):  # segments in the order their uplinks complete
-            with rec.phase("gather"):
-                seg, recs, messages = next(arrivals)
+            if n == 1:
+                seg, recs, messages = first
+            else:
+                with rec.phase("gather"):
+                    seg, recs, messages = next(arrivals)
             timeline.mark(seg, "uplinks_in_s")
             records[seg.index] = recs
             rec.uplinks([m.numel() for m in messages], seg)
@@ -183,13 +252,67 @@ class ServerStep:
         with rec.phase("broadcast"):
             channel.finish_downlinks(step)
         timeline.end_step(records, channel.down_posted_at, channel.down_done_at)
-        return records, stop_reason
+        return StepResult(records, stop_reason, 0)
+
+
+class StepResult(NamedTuple):
+    records: list | None  # the uplink records per segment (arrays in worker order)
+    stop_reason: str | None  # the agreed stop, or None
+    control: int  # the control flag the workers sent instead of uplinks (0: a step ran)
+
+
+def scaled_lr(base: float, scale) -> float:
+    """The learning rate of a step whose records carry factor ``scale`` (float32)."""
+    return base * float(scale)
+
+
+_INTENT = {
+    FLAG_CHECKPOINT: "called session.checkpoint()",
+    FLAG_BUFFERS: "called session.sync_buffers()",
+    FLAG_END: "ended its loop",
+}
+
+
+def control_of(records: np.ndarray, step: int, names: list[str]) -> int:
+    """The control flag every worker sent in place of step ``step``'s uplinks (0: none did).
+    Workers that disagree (one checkpoints or ends while another goes on) stop the run with one
+    line that says what each did."""
+    flags = [int(f) & CONTROL_FLAGS for f in records["flags"]]
+    names = names or [f"worker {i}" for i in range(len(flags))]
+    if len(set(flags)) == 1:
+        return flags[0]
+    what = [
+        f"{name} {_INTENT[f] if f else f'went on to step {step}'}"
+        for name, f in zip(names, flags, strict=True)
+    ]
+    raise RuntimeError(
+        f"the workers disagree after step {step - 1}: {', '.join(what)}; every worker must make the "
+        "same number of steps and call session.checkpoint() and session.sync_buffers() at the same steps"
+    )
+
+
+def lr_of(records: np.ndarray, step: int, base: float, names: list[str]) -> float:
+    """Step ``step``'s learning rate from its first segment's records: ``algorithm.lr`` unless
+    the workers' schedule set a factor; workers that disagree stop the run."""
+    scales = [
+        float(s) if int(f) & FLAG_LR else 1.0
+        for f, s in zip(records["flags"], records["lr_scale"], strict=True)
+    ]
+    if len(set(scales)) > 1:
+        names = names or [f"worker {i}" for i in range(len(scales))]
+        lrs = ", ".join(
+            f"{n} {scaled_lr(base, np.float32(s)):.6g}" for n, s in zip(names, scales, strict=True)
+        )
+        raise RuntimeError(f"the workers use different learning rates in step {step}: {lrs}")
+    if not int(records["flags"][0]) & FLAG_LR:
+        return base
+    return scaled_lr(base, records["lr_scale"][0])
 
 
 class _NoTimeline:
     """What a run without a per-segment timeline (the simulator) gives the server step."""
 
-    def begin_step(self, step: int) -> None:
+    def begin_step(self, step: int, t0: float) -> None:
         pass
 
     def mark(self, seg, column: str) -> None:

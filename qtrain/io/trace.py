@@ -114,6 +114,11 @@ TIMELINE_UNITS = {
 }
 TIMELINE_DTYPES = {"timeline_server": TIMELINE_SERVER_DTYPE, "timeline_workers": TIMELINE_WORKER_DTYPE}
 EVAL_DTYPE = np.dtype([("step", "<u4"), ("test_loss", "<f8"), ("test_accuracy", "<f8")])
+# what a library user logs (``session.log(name=value)``): one row per worker, name and step
+METRIC_NAME_BYTES = 64
+METRIC_DTYPE = np.dtype(
+    [("step", "<u4"), ("rank", "<u4"), ("name", f"S{METRIC_NAME_BYTES}"), ("value", "<f8")]
+)
 
 
 class TraceWriter:
@@ -123,6 +128,7 @@ class TraceWriter:
         self._rows: list[np.ndarray] = []
         self._evals: list[tuple] = []
         self._timeline: dict[str, list[np.ndarray]] = {name: [] for name in TIMELINE_DTYPES}
+        self._metrics: list[np.ndarray] = []
         kept_steps = kept_evals = None
         kept_timeline: dict = {}
         if resume_step is not None and self.path.exists():
@@ -131,6 +137,8 @@ class TraceWriter:
                 kept_steps, kept_evals = s[s["step"] <= resume_step], e[e["step"] <= resume_step]
                 for name, rows in read_timeline(self.path).items():
                     kept_timeline[name] = rows[rows["step"] <= resume_step]
+                m = read_metrics(self.path)
+                kept_timeline["metrics"] = m[m["step"] <= resume_step]
             except ValueError:
                 kept_steps = kept_evals = None  # unreadable: start a fresh trace
                 kept_timeline = {}
@@ -171,6 +179,20 @@ class TraceWriter:
                 | ({"rank": "MPI rank"} if "rank" in dtype.names else {})
             )
             self.timeline[name] = ds
+        self.metrics = self.file.create_dataset(
+            "metrics", shape=(0,), maxshape=(None,), dtype=METRIC_DTYPE, chunks=(1024,)
+        )
+        self.metrics.attrs["units"] = json.dumps(
+            {
+                "step": "steps done when logged",
+                "rank": "MPI rank",
+                "name": "session.log key",
+                "value": "as logged",
+            }
+        )
+        kept_metrics = kept_timeline.pop("metrics", None)
+        if kept_metrics is not None:
+            self._append(self.metrics, kept_metrics)
         if kept_steps is not None:
             self._append(self.steps, kept_steps)
             self._append(self.evals, kept_evals)
@@ -193,6 +215,16 @@ class TraceWriter:
     def add_timeline(self, name: str, rows: np.ndarray) -> None:
         """Rows of ``timeline_server`` or ``timeline_workers``."""
         self._timeline[name].append(rows)
+
+    def add_metrics(self, rank: int, rows: list[tuple[int, str, float]]) -> None:
+        """A worker's ``session.log`` rows: (step, name, value)."""
+        if rows:
+            out = np.zeros(len(rows), dtype=METRIC_DTYPE)
+            out["step"] = [r[0] for r in rows]
+            out["rank"] = rank
+            out["name"] = [r[1].encode()[:METRIC_NAME_BYTES] for r in rows]
+            out["value"] = [r[2] for r in rows]
+            self._metrics.append(out)
 
     def add_eval(self, step: int, loss: float, accuracy: float | None) -> None:
         self._evals.append((step, loss, np.nan if accuracy is None else accuracy))
@@ -224,8 +256,9 @@ class TraceWriter:
                 self.__dict__.get("steps"),
                 self.__dict__.get("evals"),
                 self.__dict__.get("timeline"),
+                self.__dict__.get("metrics"),
             )
-            self.file = self.steps = self.evals = None
+            self.file = self.steps = self.evals = self.metrics = None
             self.timeline = {}
             if handles[0] is not None:
                 try:
@@ -250,6 +283,10 @@ class TraceWriter:
                 self._append(self.timeline[name], np.concatenate(parts))
                 self._timeline[name] = []
             self.timeline[name].flush()
+        if self._metrics:
+            self._append(self.metrics, np.concatenate(self._metrics))
+            self._metrics = []
+        self.metrics.flush()
         self.steps.flush()
         self.evals.flush()
         self.file.flush()
@@ -345,5 +382,18 @@ def read_timeline(path: Path) -> dict[str, np.ndarray]:
                 else:
                     out[name] = np.zeros(0, dtype=dtype)
             return out
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"{path}: not a readable qtrain trace ({exc})") from exc
+
+
+def read_metrics(path: Path) -> np.ndarray:
+    """The trace's ``session.log`` rows (``METRIC_DTYPE``); empty for a run that logged none or a
+    trace written before the library existed."""
+    try:
+        with h5py.File(Path(path), "r", swmr=True) as f:
+            if "metrics" not in f:
+                return np.zeros(0, dtype=METRIC_DTYPE)
+            f["metrics"].refresh()
+            return f["metrics"][()]
     except (OSError, KeyError) as exc:
         raise ValueError(f"{path}: not a readable qtrain trace ({exc})") from exc

@@ -53,7 +53,8 @@ def run_train(request: TrainRequest, echo=print) -> Outcome:
         topology, plan, model, world = agree_on_plan(comm, request.config, request.overrides, svc)
         out_dir = prepare_outputs(
             comm,
-            plan,
+            topology.server,
+            plan.setup.algorithm.name,
             request.out,
             bool(request.resume),
             request.overwrite,

@@ -22,21 +22,21 @@ def model_signature(model) -> list[tuple[str, tuple[int, ...], str]]:
     return params + buffers
 
 
-def first_difference(reference: list, other: list) -> str | None:
-    """How ``other`` (a rank's signature) first differs from ``reference`` (rank 0's), as words
-    that follow "it", or None."""
+def first_difference(reference: list, other: list, ref: str = "rank 0's") -> str | None:
+    """How ``other`` (a rank's signature) first differs from ``reference`` (``ref``: whose it is),
+    as words that follow "it", or None."""
     for mine, theirs in zip(other, reference, strict=False):
         if mine[0] != theirs[0]:
-            return f"has {mine[0]} where rank 0's has {theirs[0]}"
+            return f"has {mine[0]} where {ref} has {theirs[0]}"
         if mine[1:] != theirs[1:]:
             return (
-                f"has {mine[0]} of shape {list(mine[1])} ({mine[2]}) where rank 0's is "
+                f"has {mine[0]} of shape {list(mine[1])} ({mine[2]}) where {ref} is "
                 f"{list(theirs[1])} ({theirs[2]})"
             )
     if len(other) > len(reference):
-        return f"has {other[len(reference)][0]}, which rank 0's has not"
+        return f"has {other[len(reference)][0]}, which {ref} has not"
     if len(other) < len(reference):
-        return f"lacks rank 0's {reference[len(other)][0]}"
+        return f"lacks {ref} {reference[len(other)][0]}"
     return None
 
 

@@ -3,6 +3,7 @@ this run; every worker gets the replica weights and its own state."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def load_for_resume(
     warn,
     servers: int = 1,
     steps: int | None = None,
+    layout: list | None = None,
 ):
     """Return (tree, path). ``spec`` is a path or ``auto`` (newest checkpoint in OUT/checkpoints
     that verifies). Raises CheckpointError with a one-line reason."""
@@ -71,6 +73,22 @@ def load_for_resume(
             "(only train.*, runtime.*, checkpoint.*, trace.* may change on resume, and not "
             "runtime.segments or runtime.segment_bytes)"
         )
+    if layout is not None:
+        saved = [(n, int(o), tuple(shape)) for n, o, shape in json.loads(tree["layout"])]
+        now = [(n, int(o), tuple(shape)) for n, o, shape in layout]
+        if saved != now:
+            first = next(
+                (
+                    f"{a[0]} {list(a[2])} there, {b[0]} {list(b[2])} here"
+                    for a, b in zip(saved, now, strict=False)
+                    if a != b
+                ),
+                None,
+            )
+            raise CheckpointError(
+                f"{path} holds another model: {len(saved)} parameters against {len(now)} here"
+                + (f", first difference {first}" if first else "")
+            )
     saved_workers = int(meta["workers"])
     if saved_workers != workers and not reset_worker_state:
         raise CheckpointError(
@@ -106,7 +124,8 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
                 request.reset_worker_state,
                 warn=lambda m: echo(f"qtrain: warning: {m}"),
                 servers=len(topology.servers),
-                steps=plan.setup.steps,
+                steps=plan.setup.steps or None,  # 0: a library run, whose loop decides
+                layout=plan.layout,
             )
         except (ValueError, OSError) as exc:
             error = str(exc)

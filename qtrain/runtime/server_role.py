@@ -39,9 +39,14 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
         counters=NetCounters.from_env(),
     )
     server_step = ServerStep(
-        server, transport, part, rec, decide_stop=lambda records: _agreed_stop(svc.stop, records, topo)
+        server,
+        transport,
+        part,
+        rec,
+        decide_stop=lambda records: agreed_stop(svc.stop, records, topo),
+        names=[f"rank {r}" for r in topo.workers],
     )
-    _start(plan, server, model, rec, svc, resume, server_step)
+    restore_or_send_initial(plan, server, model, rec, svc, resume, server_step)
     svc.watchdog.enter("clock sync")
     offsets = clock_offsets(topo, cfg.runtime.timeout_s) if timeline_wanted(cfg) else None
     timeline = TimelineRecorder(rec.trace, part, topo, offsets, cfg.trace.timeline_every)
@@ -52,7 +57,7 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
     try:
         for step in range(start + 1, setup.steps + 1):
             maybe_fail(svc.fault, topo.rank, step)
-            records, stop_reason = server_step.run(step)
+            records, stop_reason, _ = server_step.run(step)  # qtrain train's workers send no control
             buffers = None
             if sync_buffers and sync_due(cfg, step, setup.steps, stop_reason is not None):
                 with rec.phase("buffers"):
@@ -95,7 +100,7 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
     )
 
 
-def _start(plan, server, model, rec, svc, resume, server_step) -> None:
+def restore_or_send_initial(plan, server, model, rec, svc, resume, server_step) -> None:
     """Restore the server from a checkpoint, or send the initial weights (weights mode)."""
     if resume is not None:
         t = resume.tree
@@ -118,7 +123,7 @@ def _start(plan, server, model, rec, svc, resume, server_step) -> None:
         server_step.send_initial()
 
 
-def _agreed_stop(stop, records: list, topo) -> str | None:
+def agreed_stop(stop, records: list, topo) -> str | None:
     """This rank's own stop request, or the workers that asked for one in this step's records."""
     if stop.requested:
         return stop.reason

@@ -43,16 +43,17 @@ class WorldInfo:
     version: str = field(default=qtrain.__version__)
     waits: str = ""  # how this node's ranks wait for MPI (runtime/waiting.py), said at start-up
 
-    def announce(self, plan, echo, resume) -> None:
+    def announce(self, plan, echo, resume, title: str = "qtrain train") -> None:
         """What the serving rank prints before training: plan, wire cost, CUDA-aware decision, ranks."""
         from qtrain.codecs import get_codec
 
         s, part, topo = plan.setup, plan.partition, plan.topology
         n = part.numel
         fp32 = part.wire_bytes(get_codec("none"))
+        steps = f"{s.steps} steps" if s.steps else "steps decided by the workers' loop"
         echo(
-            f"qtrain train: {s.algorithm.name}, {len(topo.servers)} server + {topo.num_workers} workers, "
-            f"{s.steps} steps, {n} parameters in {part.describe()}"
+            f"{title}: {s.algorithm.name}, {len(topo.servers)} server + {topo.num_workers} workers, "
+            f"{steps}, {n} parameters in {part.describe()}"
         )
         for name, link, extra in (
             ("uplink  ", s.uplink, ""),
@@ -93,10 +94,30 @@ def _world_too_small_message() -> str:
     )
 
 
-def agree_on_plan(comm, config: str, overrides: list[str], svc):
+def agree_on_plan(comm, config: str, overrides: list[str], svc, arguments: str = ""):
     """Every rank: (Topology, RunPlan, this rank's model, WorldInfo), or Refused on every rank."""
-    from qtrain.config import ConfigError, load_config
     from qtrain.engine.run_plan import RunPlan
+
+    return _agree(comm, config, overrides, svc, RunPlan.build, arguments)
+
+
+def agree_on_config(comm, config: str | None, overrides: list[str], svc, arguments: str = ""):
+    """The library's start-up (``qtrain.init``): every rank loads the config and the ranks agree on
+    it and on ``arguments`` (the rest of the request: output directory, resume, ...), before any
+    model exists (the workers bring theirs later). (Topology, RunSetup, None, WorldInfo)."""
+    from qtrain.engine.setup import build_library_setup
+
+    def build(cfg, topology, device):
+        return build_library_setup(cfg, topology.num_workers), None
+
+    return _agree(comm, config, overrides, svc, build, arguments)
+
+
+def _agree(comm, config, overrides, svc, build, arguments: str):
+    """Load the config on every rank, build what ``build(cfg, topology, device)`` returns (a plan
+    or setup, and this rank's model or None), and agree: on success everywhere, on the resolved
+    config, the versions and ``arguments``, and on the models' names and shapes."""
+    from qtrain.config import ConfigError, load_config
     from qtrain.engine.topology import Topology
     from qtrain.kernels import set_threads as set_kernel_threads
     from qtrain.runtime import faults, mpi_info
@@ -123,11 +144,11 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
             if topology.is_server
             else choose_device(cfg.runtime.device, local)
         )
-        plan, model = RunPlan.build(cfg, topology, device)
+        plan, model = build(cfg, topology, device)
         cuda = mpi_info.decide_cuda_aware(cfg.runtime.cuda_aware)
-        text = plan.config_text + qtrain.__version__ + torch.__version__
+        text = _config_text(plan) + qtrain.__version__ + torch.__version__ + arguments
         fingerprint = hashlib.sha256(text.encode()).hexdigest()
-        signature = model_signature(model)
+        signature = model_signature(model) if model is not None else None
     except (ConfigError, ValueError, OSError) as exc:
         error = str(exc)
     except Exception as exc:  # noqa: BLE001 - reported as one line, the traceback goes to stderr
@@ -142,14 +163,18 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
     if len({fp for _, fp, *_ in reports}) > 1:
         odd = [r for r, (_, fp, *_) in enumerate(reports) if fp != reports[0][1]]
         raise Refused(
-            f"ranks disagree on the resolved config or versions: rank(s) {odd} differ from rank 0 "
-            "(different config files, overrides or qtrain/torch versions on the nodes?)"
+            f"ranks disagree on the resolved config, the command line or versions: rank(s) {odd} "
+            "differ from rank 0 (different config files, overrides, arguments or qtrain/torch versions "
+            "on the nodes?)"
         )
-    for r, report in enumerate(reports):
-        why = first_difference(reports[0][4], report[4])
-        if why:
-            raise Refused(f"rank {r}'s model differs from rank 0's: it {why} (model.name {cfg.model.name!r})")
-    adopt_server_model(topology, model)
+    if model is not None:
+        for r, report in enumerate(reports):
+            why = first_difference(reports[0][4], report[4])
+            if why:
+                raise Refused(
+                    f"rank {r}'s model differs from rank 0's: it {why} (model.name {cfg.model.name!r})"
+                )
+        adopt_server_model(topology, model)
     world = WorldInfo([r[2] for r in reports], [r[3] for r in reports], cuda, mpi_info.library_version())
     # ranks on this host share its cores whatever MPI's shared-memory view says (network
     # namespaces, MPIR_CVAR_NOLOCAL): count them by host name
@@ -163,26 +188,44 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc):
     return topology, plan, model, world
 
 
+def _config_text(plan_or_setup) -> str:
+    text = getattr(plan_or_setup, "config_text", None)
+    if text is not None:
+        return text
+    from qtrain.config import dump_yaml
+    from qtrain.engine.setup import resolved_config
+
+    return dump_yaml(resolved_config(plan_or_setup.cfg, plan_or_setup))
+
+
 def prepare_outputs(
-    comm, plan, out: str | None, resume: bool = False, overwrite: bool = False, echo=None
+    comm,
+    server: int,
+    algorithm: str,
+    out: str | None,
+    resume: bool = False,
+    overwrite: bool = False,
+    echo=None,
+    kind: str = "train",
 ) -> Path:
-    """The output directory: the serving rank names it and checks it (another run's files are
-    refused, or removed with ``overwrite``), then every rank creates it."""
+    """The output directory (default ``runs/KIND-ALGORITHM-TIME``): the serving rank names it and
+    checks it (another run's files are refused, or removed with ``overwrite``), then every rank
+    creates it."""
     import time
 
     from qtrain.io.run_dir import prepare_out_dir
 
-    default = f"runs/train-{plan.setup.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out_dir = Path(comm.bcast(out or default, root=plan.topology.server))
+    default = f"runs/{kind}-{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = Path(comm.bcast(out or default, root=server))
     error = None
-    if comm.Get_rank() == plan.topology.server:
+    if comm.Get_rank() == server:
         try:
             _, removed = prepare_out_dir(out_dir, resume, overwrite)
             if removed and echo is not None:
                 echo(f"qtrain: --overwrite: removed {removed} from {out_dir}")
         except ValueError as exc:
             error = str(exc)
-    error = comm.bcast(error, root=plan.topology.server)
+    error = comm.bcast(error, root=server)
     if error is None:
         try:
             prepare_out_dir(out_dir, resume=True)  # every rank (other nodes) creates it

@@ -30,8 +30,9 @@ class TimelineRecorder:
         self._held = None  # the previous step's worker rows, waiting for their downlink instants
         self.t0 = 0.0
 
-    def begin_step(self, step: int) -> None:
-        self.step, self.t0 = step, time.perf_counter()
+    def begin_step(self, step: int, t0: float | None = None) -> None:
+        """Step ``step`` began at ``t0`` (perf_counter; default now): the server's marks count from it."""
+        self.step, self.t0 = step, time.perf_counter() if t0 is None else t0
 
     def mark(self, seg, column: str) -> None:
         """The server reached ``column`` (uplinks_in_s, aggregated_s, encoded_s) for ``seg`` now."""

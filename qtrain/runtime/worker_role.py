@@ -16,7 +16,7 @@ def run_worker(plan, model, transport, svc, resume) -> None:
     topo, part, cfg, ds = plan.topology, plan.partition, plan.cfg, plan.setup.dataset
     engine = plan.worker_engine(topo.worker_index, model.device)
     sampler = plan.sampler(topo.worker_index)
-    overlap, why = uses_overlap(cfg.runtime.overlap, model.device, _thread_multiple())
+    overlap, why = uses_overlap(cfg.runtime.overlap, model.device, thread_multiple())
     worker = WorkerStep(engine, model, transport, part, overlap, svc.watchdog.enter)
     start = _start(plan, model, engine, sampler, worker, svc, resume)
     svc.log.info(
@@ -73,7 +73,7 @@ def uses_overlap(setting: str, device, thread_multiple: bool) -> tuple[bool, str
     return True, "runtime.overlap=on with MPI_THREAD_MULTIPLE"
 
 
-def _thread_multiple() -> bool:
+def thread_multiple() -> bool:
     from mpi4py import MPI
 
     return MPI.Query_thread() == MPI.THREAD_MULTIPLE

@@ -1,0 +1,72 @@
+"""One model for every rank of a library run: the workers compare their models' parameter and
+buffer names and shapes (a mismatch is one line naming the rank and the first difference), then
+every worker and the serving rank adopt worker 0's initial parameters and buffers, as torch DDP
+broadcasts rank 0's module state. The serving rank never sees the user's class: it builds a
+:class:`LayoutModule` with the same names and shapes. Collective over every rank; pickled
+lower-case mpi4py calls (start-up only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qtrain.engine.buffers import buffer_state, has_buffers, load_buffers
+from qtrain.engine.flat import FlatModel
+from qtrain.engine.snapshots import to_numpy, to_torch
+from qtrain.library.layout_module import LayoutModule
+from qtrain.runtime.model_agreement import first_difference, model_signature
+
+
+class ModelsDiffer(Exception):
+    """Raised on every rank, with the same one line, when the workers' models do not agree."""
+
+
+def share_model(topology, flat: FlatModel | None, device: torch.device, ended: bool = False) -> FlatModel:
+    """Workers pass their flattened model (``ended``: the script ended without one); the serving
+    rank passes None and gets its stand-in, holding worker 0's initial state. Raises
+    :class:`ModelsDiffer` on every rank when the models do not agree."""
+    comm, root = topology.comm, topology.server
+    payload = None if topology.is_server or ended else model_signature(flat)
+    parts = comm.gather(payload, root=root)
+    problem = _problem(topology, parts) if topology.is_server else None
+    problem = comm.bcast(problem, root=root)
+    if problem:
+        raise ModelsDiffer(problem)
+    source = topology.workers[0]
+    layout_sig = comm.bcast(parts[source] if topology.is_server else None, root=root)
+    numel = sum(int(np.prod(shape)) for what, shape, _ in layout_sig if what.startswith("parameter "))
+    flat_init = (
+        flat.params.detach().cpu().numpy().copy()
+        if comm.Get_rank() == source
+        else np.empty(numel, np.float32)
+    )
+    comm.Bcast(flat_init, root=source)
+    buffers = comm.bcast(
+        to_numpy(buffer_state(flat.module)) if comm.Get_rank() == source else None, root=source
+    )
+    buffers = to_torch(buffers)
+    if topology.is_server:
+        params = [
+            (what.split(" ", 1)[1], shape) for what, shape, _ in layout_sig if what.startswith("parameter ")
+        ]
+        flat = FlatModel(LayoutModule(params, buffers), device)
+    flat.params.copy_(torch.from_numpy(flat_init))
+    if has_buffers(flat.module):
+        load_buffers(flat.module, buffers)
+    return flat
+
+
+def _problem(topology, parts: list) -> str | None:
+    workers = list(topology.workers)
+    absent = [r for r in workers if parts[r] is None]
+    if absent:
+        return (
+            f"rank(s) {', '.join(map(str, absent))} ended without calling session.optimizer(model): "
+            "every worker must create the optimizer (the serving rank learns the model from it)"
+        )
+    source = workers[0]
+    for r in workers[1:]:
+        why = first_difference(parts[source], parts[r], ref=f"rank {source}'s")
+        if why:
+            return f"rank {r}'s model differs from rank {source}'s: it {why}"
+    return None

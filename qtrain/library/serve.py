@@ -1,0 +1,129 @@
+"""``session.serve()``: the serving rank of a library run, a loop over the step driver's server
+step (``engine/step.py``) until every worker's loop has ended.
+
+Between steps the workers may send control frames instead of uplinks; the server then combines
+the model buffers, writes a checkpoint (the workers' snapshots, with their own extra state, come
+by ``gather``) or ends the run. A stop that a signal asks for is agreed as in ``qtrain train``:
+the downlink tells every worker (``session.should_stop``), and their loops decide how to end. The
+trace, the checkpoints and ``summary.json`` are written as ``qtrain train`` writes them; the
+workers' ``session.log`` rows land in the trace's ``metrics`` table."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qtrain.engine.buffers import has_buffers
+from qtrain.engine.checkpointer import Checkpointer
+from qtrain.engine.recorder import Recorder
+from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
+from qtrain.engine.snapshots import to_torch
+from qtrain.engine.step import ServerStep, worker_report
+from qtrain.io.net_counters import NetCounters
+from qtrain.io.run_dir import params_sha256
+from qtrain.library.errors import UsageError
+from qtrain.runtime.buffer_sync import server_sync
+from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
+from qtrain.runtime.faults import maybe_fail
+from qtrain.runtime.server_role import agreed_stop, restore_or_send_initial
+from qtrain.runtime.timeline import TimelineRecorder
+
+
+def serve_run(session, plan, model, transport, resume) -> dict:
+    svc, world, out_dir = session._svc, session._world, session.out_dir
+    topo, part, cfg, setup = plan.topology, plan.partition, plan.cfg, plan.setup
+    server = plan.server_engine(model.params)
+    start = resume.step if resume is not None else 0
+    rec = Recorder(
+        setup,
+        topo,
+        part,
+        svc.echo,
+        out_dir,
+        svc.watchdog,
+        cfg.train.progress,
+        world.mpi_library,
+        start,
+        counters=NetCounters.from_env(),
+    )
+    server_step = ServerStep(
+        server,
+        transport,
+        part,
+        rec,
+        decide_stop=lambda records: agreed_stop(svc.stop, records, topo),
+        names=[f"rank {r}" for r in topo.workers],
+    )
+    restore_or_send_initial(plan, server, model, rec, svc, resume, server_step)
+    svc.watchdog.enter("clock sync")
+    offsets = clock_offsets(topo, cfg.runtime.timeout_s) if timeline_wanted(cfg) else None
+    timeline = TimelineRecorder(rec.trace, part, topo, offsets, cfg.trace.timeline_every)
+    server_step.timeline = timeline
+    checkpointer = Checkpointer(out_dir, plan, world.mpi_library, world.hosts, svc.log, start)
+    buffered = has_buffers(model.module)
+    step, stop_reason = start + 1, None
+    try:
+        while True:
+            maybe_fail(svc.fault, topo.rank, step)
+            result = server_step.run(step)
+            if result.control == FLAG_END:
+                break
+            if result.control == FLAG_BUFFERS:
+                with rec.phase("buffers"):
+                    server_sync(topo, model.module, cfg.model.buffers)
+                continue
+            if result.control == FLAG_CHECKPOINT:
+                with rec.phase("checkpoint"):
+                    buffers = server_sync(topo, model.module, cfg.model.buffers) if buffered else None
+                    parts = topo.comm.gather(None, root=topo.server)
+                    times = np.array([parts[r][1:3] for r in topo.workers], dtype=np.float64)
+                    rec.complete_held_rows(times[:, 0], times[:, 1])  # a resume keeps these rows
+                    _metrics(rec, topo, parts)
+                    rec.flush()
+                    snaps = [to_torch(parts[r][0]) for r in topo.workers]
+                    checkpointer.write(step - 1, server, snaps, rec, server.replica, buffers)
+                continue
+            rec.end_step(worker_report(result.records), server.last_stats)
+            if result.stop_reason is not None and stop_reason is None:
+                stop_reason = result.stop_reason
+                svc.log.info("stop agreed after step %d: %s", step, stop_reason)
+            step += 1
+    finally:
+        rec.progress.close()
+    if buffered:
+        server_sync(topo, model.module, cfg.model.buffers)
+    svc.watchdog.enter("final timing report")
+    report = topo.comm.gather(None, root=topo.server)
+    comm_s, decode_s, backward, arrived, applied, _ = zip(*[report[r] for r in topo.workers], strict=True)
+    _metrics(rec, topo, report)
+    timeline.close(np.array(backward), np.stack(arrived), np.stack(applied))
+    rec.close(list(comm_s), list(decode_s))
+    if step - 1 == start == 0:
+        raise UsageError(
+            "every worker's loop ended before its first optimizer.step(): nothing was trained "
+            "(does the script's loop run? is its data empty?)"
+        )
+    empty = {"loss": None}
+    return rec.stats.summary(
+        setup,
+        step - 1,
+        empty,
+        empty,
+        params_sha256(model.params),
+        runner="library",
+        world_size=topo.world_size,
+        stopped_early=stop_reason is not None,
+        stop_reason=stop_reason,
+        seconds_per_step=rec.seconds_per_step(),
+        cuda_aware=world.cuda.answer,
+        devices=world.devices,
+        hosts=world.hosts,
+        resumed_from=str(resume.path) if resume is not None else None,
+    )
+
+
+def _metrics(rec, topo, parts) -> None:
+    """The ``session.log`` rows each worker sent with a checkpoint or its final report."""
+    if rec.trace is None:
+        return
+    for r in topo.workers:
+        rec.trace.add_metrics(r, parts[r][-1])

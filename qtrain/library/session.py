@@ -1,0 +1,396 @@
+"""The public API: ``qtrain.init(...)`` under ``mpiexec``/``srun`` returns this rank's
+:class:`Session`. The serving rank calls :meth:`Session.serve`; every worker wraps its own
+``nn.Module`` with :meth:`Session.optimizer` and keeps its own loop, loss, schedule and data
+(:meth:`Session.shard`). See docs/library.md for the whole story and a 30-line example.
+
+Start-up is the same agreement as ``qtrain train`` (``runtime/startup.py``): every rank loads the
+config, and ranks that disagree on it, on the arguments of ``init`` or on the versions are
+refused with one line from rank 0 (exit 2). The model is agreed when the workers create their
+optimizers (``library/model_sharing.py``). From then on an exception on any rank ends the whole job
+within seconds, with ``qtrain: rank R failed: ...`` (the traceback too when the error is the
+script's own), as in ``qtrain train``."""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qtrain.library.errors import UsageError
+
+_SESSION: Session | None = None
+
+
+@dataclass(frozen=True)
+class _Request:
+    """``init``'s arguments: every rank must pass the same ones."""
+
+    config: str | None
+    overrides: tuple[str, ...]
+    out: str | None
+    resume: str | None
+    reset_worker_state: bool
+    overwrite: bool
+
+
+def init(
+    config: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    out: str | Path | None = None,
+    *,
+    resume: str | None = None,
+    reset_worker_state: bool = False,
+    overwrite: bool = False,
+) -> Session:
+    """Join the job: load ``config`` (a YAML path; None: the defaults) with ``overrides``
+    (``"algorithm.lr=0.01"``, as ``--set``), agree with every other rank, prepare the output
+    directory ``out`` (default ``runs/run-ALGORITHM-TIME``) and return this rank's session.
+    ``resume``: a checkpoint path or ``"auto"`` (the newest valid one in ``out``).
+    Under ``qtrain run`` the session exists already: ``init`` with the same arguments (or none)
+    returns it."""
+    global _SESSION
+    request = _Request(
+        str(config) if config is not None else None,
+        tuple(overrides),
+        str(out) if out is not None else None,
+        resume,
+        reset_worker_state,
+        overwrite,
+    )
+    if _SESSION is not None:
+        if request == _SESSION._request or request == _Request(None, (), None, None, False, False):
+            return _SESSION
+        raise UsageError(
+            "qtrain.init() was called already (by `qtrain run` or earlier in this script) with other "
+            "arguments; call qtrain.session() to get that session"
+        )
+    _SESSION = Session._start(request)
+    return _SESSION
+
+
+def session() -> Session:
+    """The session ``qtrain.init`` (or ``qtrain run``) started."""
+    if _SESSION is None:
+        raise UsageError(
+            "no qtrain session: call qtrain.init(...) first, or launch the script with `qtrain run`"
+        )
+    return _SESSION
+
+
+class Session:
+    """This rank's part of the job. Attributes: ``rank``; ``is_server``; ``worker_index``
+    (0-based, None on the serving rank); ``num_workers``; ``device`` (this rank's torch device);
+    ``config`` (the resolved config); ``out_dir``."""
+
+    def __init__(self, request, comm, svc, topology, setup, world, out_dir):
+        self._request, self._comm, self._svc = request, comm, svc
+        self._topology, self._setup, self._world = topology, setup, world
+        self.rank: int = topology.rank
+        self.is_server: bool = topology.is_server
+        self.worker_index: int | None = None if topology.is_server else topology.worker_index
+        self.num_workers: int = topology.num_workers
+        self.device: torch.device = torch.device(world.devices[topology.rank])
+        self.config = setup.cfg
+        self.out_dir: Path = out_dir
+        self._worker = None
+        self._shards: list = []
+        self._pending_shards: list | None = None
+        self._resumed_extra = None
+        self._finished = False
+
+    # ------------------------------------------------------------------ start-up
+    @classmethod
+    def _start(cls, request: _Request) -> Session:
+        from mpi4py import MPI
+
+        from qtrain.config import dump_yaml
+        from qtrain.engine.setup import resolved_config
+        from qtrain.io.run_dir import write_config
+        from qtrain.runtime.services import RankServices
+        from qtrain.runtime.startup import Refused, agree_on_config, prepare_outputs
+
+        comm = MPI.COMM_WORLD
+        rank = comm.Get_rank()
+        svc = RankServices.start(rank, lambda line: print(line, flush=True))
+        try:
+            topology, setup, _, world = agree_on_config(
+                comm, request.config, list(request.overrides), svc, arguments=repr(request)
+            )
+            out_dir = prepare_outputs(
+                comm,
+                topology.server,
+                setup.algorithm.name,
+                request.out,
+                bool(request.resume),
+                request.overwrite,
+                svc.echo if rank == 0 else None,
+                kind="run",
+            )
+        except Refused as exc:
+            svc.watchdog.stop()
+            if rank == 0:
+                print(f"qtrain: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        except BaseException as exc:  # noqa: BLE001 - never leave the other ranks waiting
+            _fail_rank(comm, svc, exc)
+        self = cls(request, comm, svc, topology, setup, world, out_dir)
+        self._config_text = dump_yaml(resolved_config(setup.cfg, setup))
+        try:
+            svc.open_log(out_dir, world)
+            if self.is_server:
+                write_config(out_dir, self._config_text)
+        except BaseException as exc:  # noqa: BLE001
+            _fail_rank(comm, svc, exc)
+        sys.excepthook = self._excepthook
+        atexit.register(self._at_exit)
+        return self
+
+    # ------------------------------------------------------------------ the serving rank
+    def serve(self) -> dict:
+        """Serve until every worker's loop has ended; write the trace, the checkpoints and
+        ``summary.json``; return the summary. Only on the serving rank."""
+        if not self.is_server:
+            raise UsageError(
+                f"session.serve() on a worker (rank {self.rank}): only the serving rank serves "
+                "(if session.is_server: session.serve())"
+            )
+        if self._finished:
+            raise UsageError("session.serve() was called already")
+        from qtrain.io.run_dir import write_summary
+        from qtrain.library.model_sharing import share_model
+        from qtrain.library.serve import serve_run
+
+        self._svc.watchdog.enter("waiting for the workers' models (session.optimizer)")
+        flat = self._agreed(lambda: share_model(self._topology, None, self.device))
+        plan = self._plan(flat)
+        resume = self._resume_point(plan)
+        self._world.announce(plan, self._svc.echo, resume, title="qtrain library run")
+        summary = serve_run(self, plan, flat, self._transport(plan), resume)
+        write_summary(self.out_dir, summary)
+        self._finished = True
+        self._svc.watchdog.stop()
+        return summary
+
+    # ------------------------------------------------------------------ a worker
+    def optimizer(self, model: torch.nn.Module, overlap: bool | None = None):
+        """Wrap ``model`` (moved to ``session.device``) for this run: returns a
+        :class:`~qtrain.library.optimizer.DistributedOptimizer`. Every worker calls it with the
+        same architecture; the initial parameters and buffers then come from worker 0.
+        ``overlap``: send each segment from backward's hooks (default ``runtime.overlap``); pass
+        False to clip, unscale or otherwise change gradients between ``backward()`` and ``step()``."""
+        if self.is_server:
+            raise UsageError(
+                "session.optimizer() on the serving rank (rank 0): only workers train a model "
+                "(if session.is_server: session.serve())"
+            )
+        if self._worker is not None:
+            raise UsageError("session.optimizer() was called already: a session trains one model")
+        if not isinstance(model, torch.nn.Module):
+            raise UsageError(f"session.optimizer() takes a torch.nn.Module, not a {type(model).__name__}")
+        from qtrain.engine.flat import FlatModel
+        from qtrain.library.model_sharing import share_model
+        from qtrain.library.optimizer import DistributedOptimizer
+        from qtrain.library.worker import LibraryWorker
+        from qtrain.runtime.worker_role import thread_multiple, uses_overlap
+
+        flat = FlatModel(model, self.device)
+        if flat.numel == 0:
+            raise UsageError("session.optimizer(): the model has no trainable parameters")
+        self._svc.watchdog.enter("agreeing on the model")
+        flat = self._agreed(lambda: share_model(self._topology, flat, self.device))
+        plan = self._plan(flat)
+        resume = self._resume_point(plan)
+        setting = self.config.runtime.overlap if overlap is None else ("on" if overlap else "off")
+        use, why = uses_overlap(setting, self.device, thread_multiple())
+        engine = plan.worker_engine(self.worker_index, self.device)
+        worker = LibraryWorker(self, flat, plan, engine, self._transport(plan), use, resume)
+        self._worker = worker
+        self._svc.log.info("overlap %s (%s), %d segment(s)", "on" if use else "off", why, len(plan.partition))
+        return DistributedOptimizer(worker, [p for p in model.parameters() if p.requires_grad])
+
+    def shard(self, dataset, batch_size: int | None = None, shuffle: bool | None = None, **loader_kwargs):
+        """This worker's share of ``dataset`` (any map-style torch Dataset) as a DataLoader-like
+        iterable whose position is checkpointed (``library/shard.py``). ``batch_size`` and
+        ``shuffle`` default to ``data.batch_size`` and ``data.shuffle``; other keyword arguments go
+        to ``torch.utils.data.DataLoader``."""
+        if self.is_server:
+            raise UsageError("session.shard() on the serving rank: only workers read data")
+        from qtrain.library.shard import ShardedLoader
+
+        data = self.config.data
+        loader = ShardedLoader(
+            dataset,
+            data.batch_size if batch_size is None else batch_size,
+            data.shuffle if shuffle is None else shuffle,
+            self.config.seed,
+            self.num_workers,
+            self.worker_index,
+            **loader_kwargs,
+        )
+        if self._pending_shards:
+            loader.load_state_dict(self._pending_shards.pop(0))
+        self._shards.append(loader)
+        return loader
+
+    def log(self, **metrics) -> None:
+        """Record numbers (floats, ints, 0-d tensors) at the current step; they land in the
+        trace's ``metrics`` table with this rank and step (sent with checkpoints and at the end)."""
+        self._need_worker("session.log()").log(metrics)
+
+    @property
+    def step(self) -> int:
+        """Steps done (``optimizer.step()`` calls, counted from the start of the run, resumes included)."""
+        return self._worker.steps_done if self._worker is not None else 0
+
+    @property
+    def should_stop(self) -> bool:
+        """True on every worker once a stop was agreed (SIGTERM, SIGUSR1, Slurm's preemption signal
+        on any rank): checkpoint and leave the loop."""
+        return self._worker is not None and self._worker.stopping
+
+    @property
+    def checkpoint_due(self) -> bool:
+        """Whether the config's cadence (``checkpoint.every``, ``train.steps``) or an agreed stop asks
+        for a checkpoint after this step."""
+        from qtrain.engine.snapshots import is_checkpoint_step
+
+        step = self.step
+        return step > 0 and is_checkpoint_step(
+            self.config, step, self.config.train.steps or 0, self.should_stop
+        )
+
+    @property
+    def resumed_extra(self):
+        """The ``extra`` this worker passed to the checkpoint the run resumed from (None on a fresh
+        run). Known once ``session.optimizer()`` returned."""
+        return self._resumed_extra
+
+    def checkpoint(self, extra=None) -> None:
+        """Write a checkpoint after the current step, on every worker at the same step: qtrain's
+        complete state (server, every worker, data positions, RNGs, the learning rate, the
+        combined buffers) plus this worker's ``extra`` (dicts, lists, numbers, strings, tensors:
+        e.g. ``{"scheduler": sched.state_dict(), "epoch": epoch}``), returned by
+        ``resumed_extra`` after a resume."""
+        self._need_worker("session.checkpoint()").checkpoint(extra)
+
+    def sync_buffers(self) -> None:
+        """Combine the model buffers (``model.buffers``: average or broadcast) on every worker now,
+        e.g. before evaluating BatchNorm models. Checkpoints and the end do it themselves."""
+        self._need_worker("session.sync_buffers()").sync_buffers()
+
+    def close(self) -> None:
+        """End this worker's part (at exit by itself): the server ends once every worker closed."""
+        if self.is_server or self._finished:
+            return
+        self._finished = True
+        if self._worker is None:  # the server waits for our model: tell it there is none
+            from qtrain.library.model_sharing import share_model
+
+            self._agreed(lambda: share_model(self._topology, None, self.device, ended=True))
+            return
+        self._worker.close()
+        self._svc.watchdog.stop()
+
+    # ------------------------------------------------------------------ internals
+    def _need_worker(self, what: str):
+        if self.is_server:
+            raise UsageError(f"{what} on the serving rank: it belongs to the workers' loop")
+        if self._worker is None:
+            raise UsageError(f"{what} before session.optimizer(model)")
+        if self._finished:
+            raise UsageError(f"{what} after session.close()")
+        return self._worker
+
+    def _agreed(self, share):
+        from qtrain.library.model_sharing import ModelsDiffer
+
+        try:
+            return share()
+        except ModelsDiffer as exc:
+            self._refuse(str(exc))
+
+    def _refuse(self, message: str):
+        """Every rank knows ``message``: rank 0 says it, every rank exits 2."""
+        self._finished = True
+        self._svc.watchdog.stop()
+        if self.rank == 0:
+            print(f"qtrain: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+    def _plan(self, flat):
+        from qtrain.engine.partition import Partition
+        from qtrain.engine.run_plan import RunPlan
+
+        s, rt = self._setup, self.config.runtime
+        buckets = (s.uplink.codec.bucket, s.downlink.codec.bucket)
+        partition = Partition.build(flat.numel, buckets, rt.segments, rt.segment_bytes)
+        return RunPlan(s, self._topology, partition, flat.layout, self._config_text)
+
+    def _resume_point(self, plan):
+        if not self._request.resume:
+            return None
+        from qtrain.runtime.resume import distribute_checkpoint
+        from qtrain.runtime.startup import Refused
+
+        try:
+            return distribute_checkpoint(self._topology, plan, self._request, self.out_dir, self._svc.echo)
+        except Refused as exc:
+            self._refuse(str(exc))
+
+    def _transport(self, plan):
+        from qtrain.runtime.transport import Transport
+
+        s = plan.setup
+        return Transport(
+            self._topology,
+            plan.partition,
+            s.uplink.codec,
+            s.downlink.codec,
+            self.device,
+            self._world.cuda.enabled,
+            self.config.runtime.timeout_s,
+        )
+
+    def _resume_shards(self, states: list) -> None:
+        """A resumed worker's data positions: for the loaders made already, and the next ones."""
+        for loader, state in zip(self._shards, states, strict=False):
+            loader.load_state_dict(state)
+        self._pending_shards = states[len(self._shards) :]
+
+    def _excepthook(self, kind, exc, tb) -> None:
+        _fail_rank(self._comm, self._svc, exc, tb)
+
+    def _at_exit(self) -> None:
+        if self.is_server and not self._finished:
+            return  # a script that never served: the workers' deadlines name it
+        try:
+            self.close()
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            _fail_rank(self._comm, self._svc, exc, exc.__traceback__)
+
+
+def _fail_rank(comm, svc, exc: BaseException, tb=None):
+    """One line naming this rank and the cause, then the whole job ends (MPI_Abort). qtrain's own
+    errors (a usage error, a bad file, a diverged run) are that line alone; anything else is the
+    script's, so its traceback goes first."""
+    from qtrain.engine.divergence import Diverged
+    from qtrain.io.disk_errors import describe
+    from qtrain.runtime.services import abort
+
+    ours = isinstance(exc, (UsageError, Diverged, OSError))
+    text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    if svc.log is not None:
+        try:
+            svc.log.error("failed:\n%s", text)
+        except Exception:  # noqa: BLE001 - the log itself may be what failed
+            pass
+    if not ours:
+        print(text, file=sys.stderr, end="", flush=True)
+    print(f"qtrain: rank {comm.Get_rank()} failed: {describe(exc)}", file=sys.stderr, flush=True)
+    abort(comm)

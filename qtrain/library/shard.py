@@ -1,0 +1,83 @@
+"""``session.shard(dataset)``: a worker's share of any map-style torch ``Dataset``, as a
+``DataLoader`` that remembers where it is, so a resumed run sees the same batches.
+
+The shard and the order are the built-in sampler's (``data/sampler.py``): worker ``w`` of ``N``
+takes a contiguous slice of one seeded permutation of the indices, and every epoch reshuffles the
+shard with a generator seeded by (seed, worker, epoch). Every worker gets the same number of
+batches per epoch, ``(len(dataset) // N) // batch_size`` (the smallest shard's; the short tail is
+dropped), so every worker makes the same number of steps. The position (epoch, batches handed to
+the loop) is counted where the loop receives a batch, after any prefetching, and is part of the
+worker's checkpoint: a resume continues mid-epoch with the next batch. Each epoch's DataLoader
+gets its own seeded generator, so the loader never draws from the global torch generator (which a
+user's dropout draws from, and which the checkpoint restores)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from qtrain.data import shard_indices
+from qtrain.library.errors import UsageError
+from qtrain.seeding import derive_seed
+
+_OURS = ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last")
+
+
+class ShardedLoader:
+    """Iterate it once per epoch (``for x, y in loader``); ``len(loader)`` is the batches per
+    epoch. ``loader_kwargs`` go to each epoch's ``DataLoader`` (``num_workers``, ``collate_fn``,
+    ``pin_memory``, ...)."""
+
+    def __init__(
+        self, dataset, batch_size: int, shuffle: bool, seed: int, workers: int, worker: int, **loader_kwargs
+    ):
+        taken = [k for k in _OURS if k in loader_kwargs]
+        if taken:
+            raise UsageError(
+                f"session.shard(): {', '.join(taken)} is decided by the shard (pass batch_size= and "
+                "shuffle= to shard itself; every worker takes the same number of batches per epoch)"
+            )
+        try:
+            n = len(dataset)
+        except TypeError:
+            raise UsageError(
+                "session.shard() needs a map-style Dataset (with __len__ and __getitem__); shard an "
+                "IterableDataset yourself with session.worker_index and session.num_workers"
+            ) from None
+        if n < workers:
+            raise UsageError(f"session.shard(): the dataset has {n} samples for {workers} workers")
+        if batch_size < 1:
+            raise UsageError(f"session.shard(): batch_size must be at least 1, got {batch_size}")
+        self.dataset, self.shuffle, self.seed, self.worker = dataset, shuffle, seed, worker
+        self.indices = shard_indices(n, workers, worker, seed)
+        smallest = n // workers
+        self.batch_size = min(batch_size, smallest)
+        self.batches_per_epoch = smallest // self.batch_size
+        self.loader_kwargs = loader_kwargs
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return self.indices
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "data", self.worker, epoch))
+        return self.indices[torch.randperm(len(self.indices), generator=gen)]
+
+    def __iter__(self):
+        if self.position >= self.batches_per_epoch:  # the last pass ended an epoch: the next one
+            self.epoch, self.position = self.epoch + 1, 0
+        order, b = self._order(self.epoch), self.batch_size
+        batches = [order[i * b : (i + 1) * b].tolist() for i in range(self.position, self.batches_per_epoch)]
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "loader", self.worker, self.epoch))
+        loader = DataLoader(self.dataset, batch_sampler=batches, generator=generator, **self.loader_kwargs)
+        for batch in loader:
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
