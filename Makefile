@@ -120,12 +120,12 @@ reproduce: install sysdeps
 	$(BIN)/qtrain reproduce all --jobs 2 --out runs/reproduce
 
 lint: install
-	$(BIN)/ruff check qtrain tests benchmarks
-	$(BIN)/ruff format --check qtrain tests benchmarks
+	$(BIN)/ruff check qtrain tests benchmarks examples
+	$(BIN)/ruff format --check qtrain tests benchmarks examples
 
 format: install
-	$(BIN)/ruff format qtrain tests benchmarks
-	$(BIN)/ruff check --fix qtrain tests benchmarks
+	$(BIN)/ruff format qtrain tests benchmarks examples
+	$(BIN)/ruff check --fix qtrain tests benchmarks examples
 
 info: install
 	$(BIN)/qtrain info

@@ -64,8 +64,7 @@ def test_no_module_imports_a_higher_layer(path):
     upward = [
         f"line {line}: {module} (layer {LAYERS[piece(module)]})"
         for line, module in imports(path)
-        if LAYERS[piece(module)] > LAYERS[own]
-        and (str(path.relative_to(PACKAGE)), module) != PUBLIC_REEXPORT
+        if LAYERS[piece(module)] > LAYERS[own] and (str(path.relative_to(PACKAGE)), module) != PUBLIC_REEXPORT
     ]
     assert not upward, f"{own} (layer {LAYERS[own]}) imports upward: {upward}"
 

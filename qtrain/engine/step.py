@@ -255,6 +255,10 @@ class ServerStep:
         return StepResult(records, stop_reason, 0)
 
 
+class WorkersDisagree(RuntimeError):
+    """The workers sent different things for one step (control frames, learning rates)."""
+
+
 class StepResult(NamedTuple):
     records: list | None  # the uplink records per segment (arrays in worker order)
     stop_reason: str | None  # the agreed stop, or None
@@ -285,7 +289,7 @@ def control_of(records: np.ndarray, step: int, names: list[str]) -> int:
         f"{name} {_INTENT[f] if f else f'went on to step {step}'}"
         for name, f in zip(names, flags, strict=True)
     ]
-    raise RuntimeError(
+    raise WorkersDisagree(
         f"the workers disagree after step {step - 1}: {', '.join(what)}; every worker must make the "
         "same number of steps and call session.checkpoint() and session.sync_buffers() at the same steps"
     )
@@ -303,7 +307,7 @@ def lr_of(records: np.ndarray, step: int, base: float, names: list[str]) -> floa
         lrs = ", ".join(
             f"{n} {scaled_lr(base, np.float32(s)):.6g}" for n, s in zip(names, scales, strict=True)
         )
-        raise RuntimeError(f"the workers use different learning rates in step {step}: {lrs}")
+        raise WorkersDisagree(f"the workers use different learning rates in step {step}: {lrs}")
     if not int(records["flags"][0]) & FLAG_LR:
         return base
     return scaled_lr(base, records["lr_scale"][0])

@@ -30,10 +30,7 @@ def pack(extra) -> dict:
         if isinstance(value, dict):
             for k in value:
                 if not isinstance(k, (str, int)) or isinstance(k, bool):
-                    raise UsageError(
-                        f"session.checkpoint(extra=...): key {k!r} at {where or 'the top'} "
-                        "is not a string or int"
-                    )
+                    raise UsageError(f"session.checkpoint(): key {k!r} in {where} is not a string or int")
             if all(isinstance(k, str) for k in value):
                 return {k: walk(v, f"{where}.{k}") for k, v in value.items()}
             return {_INT_KEYS: [[k, walk(v, f"{where}.{k}")] for k, v in value.items()]}
@@ -44,11 +41,11 @@ def pack(extra) -> dict:
         if isinstance(value, (np.integer, np.floating, np.bool_)):
             return value.item()
         raise UsageError(
-            f"session.checkpoint(extra=...): {where or 'the value'} is a {type(value).__name__}; "
+            f"session.checkpoint(): {where} is a {type(value).__name__}; "
             "extra state holds dicts, lists, numbers, strings, None, tensors and arrays (use .state_dict())"
         )
 
-    tree = {"json": json.dumps(walk(extra, ""))}
+    tree = {"json": json.dumps(walk(extra, "extra"))}
     if tensors:
         tree["tensors"] = tensors
     return tree

@@ -2,17 +2,21 @@
 step (``engine/step.py``) until every worker's loop has ended.
 
 Between steps the workers may send control frames instead of uplinks; the server then combines
-the model buffers, writes a checkpoint (the workers' snapshots, with their own extra state, come
-by ``gather``) or ends the run. A stop that a signal asks for is agreed as in ``qtrain train``:
-the downlink tells every worker (``session.should_stop``), and their loops decide how to end. The
-trace, the checkpoints and ``summary.json`` are written as ``qtrain train`` writes them; the
-workers' ``session.log`` rows land in the trace's ``metrics`` table."""
+the model buffers (``session.sync_buffers``: every replica adopts the combination), writes a
+checkpoint (the workers' snapshots, with their own buffers and extra state, come by ``gather``;
+the file's ``/buffers`` combine them, and the replicas keep their own, so a checkpoint changes
+nothing and a resume is bit-exact) or ends the run (the replicas adopt the combined buffers).
+
+A stop that a signal asks for is agreed as in ``qtrain train``: the downlink tells every worker
+(``session.should_stop``), and their loops decide how to end. The trace, the checkpoints and
+``summary.json`` are written as ``qtrain train`` writes them; the workers' ``session.log`` rows
+land in the trace's ``metrics`` table."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from qtrain.engine.buffers import has_buffers
+from qtrain.engine.buffers import combine, has_buffers, load_buffers
 from qtrain.engine.checkpointer import Checkpointer
 from qtrain.engine.recorder import Recorder
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
@@ -73,13 +77,16 @@ def serve_run(session, plan, model, transport, resume) -> dict:
                 continue
             if result.control == FLAG_CHECKPOINT:
                 with rec.phase("checkpoint"):
-                    buffers = server_sync(topo, model.module, cfg.model.buffers) if buffered else None
                     parts = topo.comm.gather(None, root=topo.server)
                     times = np.array([parts[r][1:3] for r in topo.workers], dtype=np.float64)
                     rec.complete_held_rows(times[:, 0], times[:, 1])  # a resume keeps these rows
                     _metrics(rec, topo, parts)
                     rec.flush()
                     snaps = [to_torch(parts[r][0]) for r in topo.workers]
+                    buffers = None
+                    if buffered:  # the file's /buffers combine the replicas, which keep their own
+                        buffers = combine(cfg.model.buffers, [s["buffers"] for s in snaps])
+                        load_buffers(model.module, buffers)
                     checkpointer.write(step - 1, server, snaps, rec, server.replica, buffers)
                 continue
             rec.end_step(worker_report(result.records), server.last_stats)

@@ -380,10 +380,13 @@ def _fail_rank(comm, svc, exc: BaseException, tb=None):
     errors (a usage error, a bad file, a diverged run) are that line alone; anything else is the
     script's, so its traceback goes first."""
     from qtrain.engine.divergence import Diverged
+    from qtrain.engine.step import WorkersDisagree
     from qtrain.io.disk_errors import describe
+    from qtrain.runtime.faults import InjectedFault
     from qtrain.runtime.services import abort
+    from qtrain.runtime.waiting import Stalled
 
-    ours = isinstance(exc, (UsageError, Diverged, OSError))
+    ours = isinstance(exc, (UsageError, Diverged, OSError, WorkersDisagree, Stalled, InjectedFault))
     text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
     if svc.log is not None:
         try:

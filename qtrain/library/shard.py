@@ -54,10 +54,16 @@ class ShardedLoader:
         self.batch_size = min(batch_size, smallest)
         self.batches_per_epoch = smallest // self.batch_size
         self.loader_kwargs = loader_kwargs
-        self.epoch, self.position = 0, 0
+        self._epoch, self.position = 0, 0
 
     def __len__(self) -> int:
         return self.batches_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next pass runs or continues (0-based): after a resume, the epoch the
+        checkpoint was in, so ``for epoch in range(loader.epoch, epochs)`` picks up where it was."""
+        return self._epoch + 1 if self.position >= self.batches_per_epoch else self._epoch
 
     def _order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
@@ -67,17 +73,17 @@ class ShardedLoader:
 
     def __iter__(self):
         if self.position >= self.batches_per_epoch:  # the last pass ended an epoch: the next one
-            self.epoch, self.position = self.epoch + 1, 0
-        order, b = self._order(self.epoch), self.batch_size
+            self._epoch, self.position = self._epoch + 1, 0
+        order, b = self._order(self._epoch), self.batch_size
         batches = [order[i * b : (i + 1) * b].tolist() for i in range(self.position, self.batches_per_epoch)]
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, "loader", self.worker, self.epoch))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "loader", self.worker, self._epoch))
         loader = DataLoader(self.dataset, batch_sampler=batches, generator=generator, **self.loader_kwargs)
         for batch in loader:
             self.position += 1
             yield batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self._epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from qtrain.engine.buffers import has_buffers, load_buffers
+from qtrain.engine.buffers import buffer_state, has_buffers, load_buffers
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
 from qtrain.engine.snapshots import rng_restore, rng_snapshot, to_cpu, to_numpy
 from qtrain.engine.step import WorkerStep
@@ -160,7 +160,6 @@ class LibraryWorker:
         packed = extra_state.pack(extra) if extra is not None else None  # refused before anything is sent
         self.svc.watchdog.enter(f"step {step}: checkpoint")
         self.driver.send_control(step + 1, FLAG_CHECKPOINT)
-        self._sync_buffers()
         snapshot = to_numpy(self._snapshot(packed))
         self.topology.comm.gather(
             (snapshot, self.driver.comm_s, self.driver.decode_s, self._take_metrics()),
@@ -217,6 +216,8 @@ class LibraryWorker:
             "rng": rng_snapshot(),
             "lr": float(self.current_lr()),
         }
+        if has_buffers(self.flat.module):  # this replica's own: a checkpoint changes nothing
+            snap["buffers"] = buffer_state(self.flat.module)
         if packed_extra is not None:
             snap["extra"] = packed_extra
         return to_cpu(snap)
@@ -235,6 +236,8 @@ class LibraryWorker:
                 f"the checkpoint of step {resume.step} was written by qtrain train, not by the library"
             )
         self.engine.load_state_dict(w["engine"])
+        if "buffers" in w:
+            load_buffers(self.flat.module, w["buffers"])
         rng_restore(w["rng"])
         self.lr = float(w["lr"])
         self.session._resume_shards([w["shards"][k] for k in sorted(w["shards"], key=int)])

@@ -1,0 +1,63 @@
+"""Library misuse, one MODE per launch, as a plain script on every rank:
+``mpiexec -n 3 python misuse.py MODE``. Each mode must end the job with one line that names
+the culprit (tests/test_library_mpi.py)."""
+
+import sys
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import qtrain
+
+mode = sys.argv[1]
+sess = qtrain.init(None, ["train.log_every=1000", "runtime.timeout_s=30"], sys.argv[2])
+
+
+def model(hidden=8):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+
+def batch():
+    return torch.randn(8, 4), torch.randint(0, 3, (8,))
+
+
+def train(opt, net, steps):
+    for _ in range(steps):
+        x, y = batch()
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+
+if mode == "serve_on_worker":
+    sess.serve()
+if mode == "optimizer_on_server":
+    sess.optimizer(model())
+if sess.is_server:
+    sess.serve()
+    raise SystemExit(0)
+if mode == "models_differ":
+    net = model(9 if sess.worker_index == 1 else 8)
+else:
+    net = model()
+opt = sess.optimizer(net, overlap=mode == "clip_with_overlap")
+if mode == "never_steps":
+    raise SystemExit(0)
+if mode == "step_without_backward":
+    opt.zero_grad()
+    opt.step()
+if mode == "reshaped":
+    train(opt, net, 2)
+    net[2].weight = nn.Parameter(torch.zeros(5, 8))
+    net[2].bias = nn.Parameter(torch.zeros(5))
+    train(opt, net, 1)
+if mode == "clip_with_overlap":
+    x, y = batch()
+    F.cross_entropy(net(x), y).backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 0.01)
+    opt.step()
+if mode == "unequal_steps":
+    train(opt, net, 4 + sess.worker_index)
+train(opt, net, 3)
