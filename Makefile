@@ -77,7 +77,7 @@ run: install
 
 # --durations: the slowest tests at the end of every run (the suite must stay well under 30 minutes).
 test: install sysdeps
-	$(PY) -m pytest -q --durations=30
+	$(PY) -m pytest -q --durations=30 -m "not soak"
 
 # The GPU half of the kernel tests, compiled and run on a CUDA device (the CPU suite runs the same
 # comparisons in Triton's interpreter); fails where there is no GPU.
@@ -94,8 +94,9 @@ bench: install
 
 # Flip one bit of every byte of a real checkpoint and read each file as a resume would, in child
 # processes: every flip must be rejected (CheckpointError) or load identical contents (a few minutes).
-soak: install
+soak: install sysdeps
 	$(PY) tests/soak_checkpoint_flips.py --jobs 2
+	$(PY) -m pytest -q -m soak
 
 # The reference comparison of docs/benchmarks.md (root, Linux): 1 Gbit/s links, 4 workers, an MLP
 # 64-2048-2048-10 (4.35M parameters) on digits; qtrain's fp32 parameter server (adam), the four

@@ -7,7 +7,8 @@ from qtrain.algorithms import ALGORITHMS
 from qtrain.codecs import CODECS
 from qtrain.config import Config
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 
 
 def keys(cls, prefix=""):
@@ -30,3 +31,21 @@ def test_every_codec_and_algorithm_is_documented():
     algos = (DOCS / "algorithms.md").read_text()
     assert all(name in wire for name in CODECS)
     assert all(f"`{name}`" in algos for name in ALGORITHMS)
+
+
+def _block_after(marker: str, text: str) -> str:
+    """The fenced code block that follows ``<!-- marker -->`` in ``text``."""
+    rest = text.split(f"<!-- {marker} -->", 1)[1]
+    return rest.split("```", 2)[1].split("\n", 1)[1]
+
+
+def test_the_librarys_example_and_ddp_diff_are_the_files():
+    import difflib
+
+    doc = (ROOT / "docs" / "library.md").read_text()
+    assert _block_after("quickstart", doc) == (ROOT / "examples" / "quickstart.py").read_text()
+    before = (ROOT / "examples" / "from_ddp" / "train_ddp.py").read_text().splitlines()
+    after = (ROOT / "examples" / "from_ddp" / "train_qtrain.py").read_text().splitlines()
+    diff = "\n".join(difflib.unified_diff(before, after, "train_ddp.py", "train_qtrain.py", lineterm=""))
+    assert _block_after("ddp-diff", doc) == diff + "\n"
+    assert len((ROOT / "examples" / "quickstart.py").read_text().splitlines()) <= 40

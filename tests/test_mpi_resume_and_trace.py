@@ -21,7 +21,16 @@ from qtrain.io.trace import read_timeline, read_trace
 
 pytestmark = pytest.mark.mpi
 
-ALGORITHMS = ["sgd", "adam", "ecq-sgd", "qadam", "efficient-adam", "qcmd-adagrad", "qrda-adagrad"]
+# make test resumes three algorithms under MPI (a fused local Adam worker, a weights-mode downlink,
+# a stateful server rule), make soak all seven; every algorithm's state survives a checkpoint file
+# in test_resume_in_process.py, and test_mpi_train.py compares every algorithm's MPI run with the
+# simulator
+ALGORITHMS = [
+    pytest.param(
+        name, marks=[] if name in ("efficient-adam", "qadam", "qrda-adagrad") else [pytest.mark.soak]
+    )
+    for name in ("sgd", "adam", "ecq-sgd", "qadam", "efficient-adam", "qcmd-adagrad", "qrda-adagrad")
+]
 N = 8
 
 

@@ -89,9 +89,10 @@ def test_unknown_reproduction_is_one_line(tmp_path):
     ]
 
 
+@pytest.mark.soak
 def test_side_by_side_reproductions_give_the_same_tables(tmp_path):
     """`--jobs 2` (what make reproduce uses) runs reproductions in parallel processes, each
-    single-threaded: the tables are the same as one at a time."""
+    single-threaded: the tables are the same as one at a time (make soak)."""
     for jobs in ("1", "2"):
         p = subprocess.run(
             [

@@ -10,8 +10,12 @@ from torch import nn
 
 
 class LayoutModule(nn.Module):
-    def __init__(self, params: list[tuple[str, tuple[int, ...]]], buffers: dict[str, torch.Tensor]):
+    def __init__(
+        self, params: list[tuple[str, tuple[int, ...]]], buffers: dict[str, torch.Tensor], kind: str = "?"
+    ):
+        """``kind``: the class name of the workers' model (for the summary)."""
         super().__init__()
+        self.kind = kind
         for name, shape in params:
             owner, leaf = self._owner(name)
             owner.register_parameter(leaf, nn.Parameter(torch.zeros(shape, dtype=torch.float32)))

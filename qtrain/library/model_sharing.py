@@ -34,6 +34,7 @@ def share_model(topology, flat: FlatModel | None, device: torch.device, ended: b
         raise ModelsDiffer(problem)
     source = topology.workers[0]
     layout_sig = comm.bcast(parts[source] if topology.is_server else None, root=root)
+    kind = comm.bcast(type(flat.module).__name__ if comm.Get_rank() == source else None, root=source)
     numel = sum(int(np.prod(shape)) for what, shape, _ in layout_sig if what.startswith("parameter "))
     flat_init = (
         flat.params.detach().cpu().numpy().copy()
@@ -49,7 +50,7 @@ def share_model(topology, flat: FlatModel | None, device: torch.device, ended: b
         params = [
             (what.split(" ", 1)[1], shape) for what, shape, _ in layout_sig if what.startswith("parameter ")
         ]
-        flat = FlatModel(LayoutModule(params, buffers), device)
+        flat = FlatModel(LayoutModule(params, buffers, kind), device)
     flat.params.copy_(torch.from_numpy(flat_init))
     if has_buffers(flat.module):
         load_buffers(flat.module, buffers)

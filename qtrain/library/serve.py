@@ -117,6 +117,7 @@ def serve_run(session, plan, model, transport, resume) -> dict:
         empty,
         params_sha256(model.params),
         runner="library",
+        model=f"{model.module.kind} (the workers' own)",
         world_size=topo.world_size,
         stopped_early=stop_reason is not None,
         stop_reason=stop_reason,
