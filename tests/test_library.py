@@ -183,6 +183,21 @@ def test_a_module_zero_grad_that_drops_the_views_is_repaired_by_backward():
     assert model.weight.grad.data_ptr() == flat.grads.data_ptr()
 
 
+def test_a_dropped_grad_of_an_unused_parameter_is_zero_at_the_step():
+    """model.zero_grad() sets every .grad to None; a parameter that the next backward does not
+    reach must not send its old gradient (the flat slice still holds it)."""
+    model = nn.ModuleDict({"a": nn.Linear(3, 2), "b": nn.Linear(3, 2)})
+    flat = FlatModel(model, torch.device("cpu"))
+    x = torch.randn(4, 3)
+    (model["a"](x).sum() + model["b"](x).sum()).backward()
+    model.zero_grad()
+    model["a"](x).sum().backward()  # b unused this time
+    flat.reattach_grads()
+    b = flat.layout[2][1]
+    assert torch.count_nonzero(flat.grads[b:]) == 0
+    assert model["b"].weight.grad.data_ptr() == flat.grads[b:].data_ptr()
+
+
 def test_a_replaced_or_reshaped_parameter_is_named():
     model = nn.Sequential(nn.Linear(3, 2))
     flat = FlatModel(model, torch.device("cpu"))
@@ -191,6 +206,9 @@ def test_a_replaced_or_reshaped_parameter_is_named():
     assert flat.changed_parameter() == "parameter 0.bias was replaced or moved to cpu"
     model[0].weight = nn.Parameter(torch.zeros(5, 3))
     assert flat.changed_parameter() == "parameter 0.weight changed shape from [2, 3] to [5, 3]"
+    flat2 = FlatModel(nn.Linear(2, 2), torch.device("cpu"))
+    flat2.module.bias.requires_grad_(False)
+    assert flat2.changed_parameter() == "parameter bias was frozen (requires_grad=False)"
 
 
 def test_the_public_api_is_importable_from_the_top_and_nothing_else_is():

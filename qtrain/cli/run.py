@@ -66,6 +66,8 @@ def _run_script(sess, path, args: list[str]) -> None:
     try:
         runpy.run_path(str(path), run_name="__main__")
     except SystemExit as exc:
+        if sess._finished:  # qtrain refused (every rank knows, rank 0 said why): pass its exit on
+            raise
         if exc.code not in (None, 0):
             _fail_rank(sess._comm, sess._svc, RuntimeError(f"{path} exited with status {exc.code}"))
     except BaseException as exc:  # noqa: BLE001 - the script's failure ends the whole job

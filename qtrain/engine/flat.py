@@ -53,6 +53,20 @@ class FlatModel:
 
         return hook
 
+    def reattach_grads(self) -> None:
+        """Every parameter's ``.grad`` is its view of ``grads`` again: one that ``zero_grad(
+        set_to_none=True)`` dropped and no backward re-made (an unused parameter) is zero, one
+        that was assigned is copied in."""
+        now = dict(self.module.named_parameters())
+        for (name, _, _), view in zip(self.layout, self._grad_views, strict=True):
+            p = now[name]
+            if p.grad is None:
+                view.zero_()
+                p.grad = view
+            elif p.grad.data_ptr() != view.data_ptr():
+                view.copy_(p.grad)
+                p.grad = view
+
     def changed_parameter(self) -> str | None:
         """How the first parameter that no longer lives in ``params`` changed (replaced, moved to
         another device or reshaped since the model was flattened), or None."""
@@ -65,6 +79,8 @@ class FlatModel:
                 return f"parameter {name} changed shape from {list(shape)} to {list(p.shape)}"
             if p.device != self.device or p.data_ptr() != self.params[offset:].data_ptr():
                 return f"parameter {name} was replaced or moved to {p.device}"
+            if not p.requires_grad:
+                return f"parameter {name} was frozen (requires_grad=False)"
         return None
 
     def loss_and_grad(

@@ -235,6 +235,11 @@ class ServerStep:
             else:
                 with rec.phase("gather"):
                     seg, recs, messages = next(arrivals)
+                if control_of(recs, step, self.names):  # a control frame in the middle of a step
+                    raise WorkersDisagree(
+                        f"step {step}, segment {seg.index}: a control frame arrived after the step's first "
+                        "segments (a worker ended or checkpointed between backward() and step()?)"
+                    )
             timeline.mark(seg, "uplinks_in_s")
             records[seg.index] = recs
             rec.uplinks([m.numel() for m in messages], seg)

@@ -21,14 +21,24 @@ class ModelsDiffer(Exception):
     """Raised on every rank, with the same one line, when the workers' models do not agree."""
 
 
-def share_model(topology, flat: FlatModel | None, device: torch.device, ended: bool = False) -> FlatModel:
+def share_model(
+    topology, flat: FlatModel | None, device: torch.device, ended: bool = False, serving: bool = True
+) -> FlatModel:
     """Workers pass their flattened model (``ended``: the script ended without one); the serving
-    rank passes None and gets its stand-in, holding worker 0's initial state. Raises
-    :class:`ModelsDiffer` on every rank when the models do not agree."""
+    rank passes None and gets its stand-in, holding worker 0's initial state (``serving=False``:
+    the serving rank's script ended without serving). Raises :class:`ModelsDiffer` on every rank
+    when the models do not agree."""
     comm, root = topology.comm, topology.server
     payload = None if topology.is_server or ended else model_signature(flat)
     parts = comm.gather(payload, root=root)
-    problem = _problem(topology, parts) if topology.is_server else None
+    problem = None
+    if topology.is_server:
+        problem = (
+            _problem(topology, parts)
+            if serving
+            else "the serving rank (rank 0) ended without calling session.serve() "
+            "(if session.is_server: session.serve())"
+        )
     problem = comm.bcast(problem, root=root)
     if problem:
         raise ModelsDiffer(problem)
@@ -46,6 +56,17 @@ def share_model(topology, flat: FlatModel | None, device: torch.device, ended: b
         to_numpy(buffer_state(flat.module)) if comm.Get_rank() == source else None, root=source
     )
     buffers = to_torch(buffers)
+    frozen = comm.bcast(
+        to_numpy({n: p.detach() for n, p in flat.module.named_parameters() if not p.requires_grad})
+        if comm.Get_rank() == source
+        else None,
+        root=source,
+    )
+    if not topology.is_server:  # frozen parameters are not trained, but they are worker 0's too
+        with torch.no_grad():
+            for name, p in flat.module.named_parameters():
+                if not p.requires_grad:
+                    p.copy_(to_torch(frozen[name]))
     if topology.is_server:
         params = [
             (what.split(" ", 1)[1], shape) for what, shape, _ in layout_sig if what.startswith("parameter ")

@@ -36,14 +36,21 @@ class DistributedOptimizer(torch.optim.Optimizer):
     def __init__(self, worker, params):
         self._worker = worker
         super().__init__(params, {"lr": worker.lr})
-        worker.lr_of = self._current_lr
+        if worker.initial_lr is not None:  # a resume: what the run's scheduler started from
+            self.param_groups[0]["initial_lr"] = worker.initial_lr
+        worker.lr_of, worker.group = self._current_lr, self.param_groups[0]
 
     @property
     def lr(self) -> float:
         return self.param_groups[0]["lr"]
 
     def _current_lr(self) -> float:
-        """The param group's learning rate, read at each step's first segment."""
+        """The param group's learning rate, read at each step's first segment. After a resume,
+        the first read restores the checkpoint's rate: a scheduler built after the optimizer has
+        applied its own factor to it by then (LinearLR, warm-ups), as torch's
+        ``optimizer.load_state_dict`` after the scheduler's construction would undo."""
+        if self._worker.pending_lr is not None:
+            self.param_groups[0]["lr"], self._worker.pending_lr = self._worker.pending_lr, None
         lr = self.param_groups[0]["lr"]
         lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
         if not lr >= 0.0 or lr == float("inf"):

@@ -13,6 +13,7 @@ script's own), as in ``qtrain train``."""
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -117,8 +118,10 @@ class Session:
         rank = comm.Get_rank()
         svc = RankServices.start(rank, lambda line: print(line, flush=True))
         try:
+            # the resolved config is compared as text, so node-local copies of a file may differ in path
+            arguments = repr((request.out, request.resume, request.reset_worker_state, request.overwrite))
             topology, setup, _, world = agree_on_config(
-                comm, request.config, list(request.overrides), svc, arguments=repr(request)
+                comm, request.config, list(request.overrides), svc, arguments=arguments
             )
             out_dir = prepare_outputs(
                 comm,
@@ -197,6 +200,14 @@ class Session:
         from qtrain.library.worker import LibraryWorker
         from qtrain.runtime.worker_role import thread_multiple, uses_overlap
 
+        odd = [
+            (n, p.dtype) for n, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32
+        ]
+        if odd:
+            raise UsageError(
+                f"session.optimizer(): parameter {odd[0][0]} is {odd[0][1]}; qtrain keeps float32 parameters "
+                "(use torch.autocast for bf16/fp16 compute, as examples/bn_cnn.py does)"
+            )
         flat = FlatModel(model, self.device)
         if flat.numel == 0:
             raise UsageError("session.optimizer(): the model has no trainable parameters")
@@ -365,12 +376,21 @@ class Session:
         _fail_rank(self._comm, self._svc, exc, tb)
 
     def _at_exit(self) -> None:
-        if self.is_server and not self._finished:
-            return  # a script that never served: the workers' deadlines name it
         try:
+            if self.is_server and not self._finished:  # a script that never served: tell everyone
+                from qtrain.library.model_sharing import share_model
+
+                self._svc.watchdog.enter("ending without serving: telling the workers")
+                self._agreed(lambda: share_model(self._topology, None, self.device, serving=False))
+                return
             self.close()
-        except SystemExit:
-            raise
+        except SystemExit as exc:  # a refusal at exit: its status, without "Exception ignored in atexit"
+            from mpi4py import MPI
+
+            MPI.Finalize()
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
         except BaseException as exc:  # noqa: BLE001
             _fail_rank(self._comm, self._svc, exc, exc.__traceback__)
 

@@ -11,6 +11,7 @@ next step. The learning rate of the optimizer's param group travels with every s
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
@@ -18,6 +19,7 @@ from qtrain.engine.buffers import buffer_state, has_buffers, load_buffers
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
 from qtrain.engine.snapshots import rng_restore, rng_snapshot, to_cpu, to_numpy
 from qtrain.engine.step import WorkerStep
+from qtrain.io.trace import METRIC_NAME_BYTES
 from qtrain.library import extra_state
 from qtrain.library.errors import UsageError
 from qtrain.runtime.buffer_sync import worker_sync
@@ -33,10 +35,12 @@ class LibraryWorker:
         self.driver = WorkerStep(engine, flat, transport, plan.partition, overlap, self.svc.watchdog.enter)
         self.lr = engine.algorithm.hp.lr  # the starting learning rate (a resume restores it)
         self.lr_of = None  # the optimizer's param group, once it exists: each step's learning rate
+        self.group: dict | None = None  # that param group
+        self.pending_lr: float | None = None  # a resume's learning rate, applied at its first step
+        self.initial_lr: float | None = None  # a resume's ``initial_lr`` (torch schedulers read it)
         self.driver.lr_source = self.current_lr
         self.steps_done = 0
-        self.begun = self.backward_seen = self.accumulating = False
-        self.sent_version: int | None = None  # the gradient's version once overlap sent all of it
+        self.begun = self.backward_seen = self.accumulating = self.warned_loss = False
         self.stopping = False
         self.metrics: list[tuple[int, str, float]] = []
         self.closed = False
@@ -61,31 +65,44 @@ class LibraryWorker:
     def begin(self) -> None:
         if not self.begun:
             self.begun = True
+            self.hook_sent = False  # a segment of this step went out from backward's hooks
+            self.hook_version = -1  # the gradient's version after the last hook of the step
+            self.reported = bytearray(len(self.flat.layout))  # parameters reported since begin
+            self.loss_given = False
             self.driver.begin(self.steps_done + 1, self.svc.stop.requested, t0=self.t_end)
 
     def _on_param_ready(self, index: int) -> None:
+        if self.closed:
+            return
         self.backward_seen = True
         self.begin()
-        if not self.overlap or self.accumulating:
-            return
-        step = self.steps_done + 1
-        if self.sent_version is not None:
-            raise UsageError(
-                f"step {step}: a second backward() after backward had sent the step's gradient (overlap is "
-                "on): run the first micro-batches of gradient accumulation inside "
-                "`with optimizer.no_sync():`, or create the optimizer with overlap=False"
-            )
-        self.driver._param_ready(index)
-        if all(self.driver.readiness.sent):
-            self.sent_version = self.flat.grads._version
+        if self.overlap and not self.accumulating:
+            step = self.steps_done + 1
+            if self.reported[index]:
+                raise UsageError(
+                    f"step {step}: parameter {self.flat.layout[index][0]} got its gradient twice in one step "
+                    "with overlap on (a second backward(), or reentrant activation checkpointing): run the "
+                    "first micro-batches of gradient accumulation inside `with optimizer.no_sync():`, use "
+                    "checkpoint(..., use_reentrant=False), or create the optimizer with overlap=False"
+                )
+            self.reported[index] = 1
+            sent = [s for s in self.driver.readiness.sent]
+            self.driver._param_ready(index)
+            self.hook_sent |= sent != self.driver.readiness.sent
+            if self.hook_sent:
+                self.hook_lr = self.current_lr()
+        self.hook_version = self.flat.grads._version
 
     def set_loss(self, loss) -> None:
         self.begin()
+        self.loss_given = True
         self.driver.record["loss"] = float(loss)
 
     def step(self, loss=None, found_inf=None, grad_scale=None) -> bool:
         """Exchange this step with the server; whether every rank agreed to stop."""
         step = self.steps_done + 1
+        if self.closed:
+            raise UsageError(f"optimizer.step() after session.close() (step {step})")
         maybe_fail(self.svc.fault, self.topology.rank, step)
         why = self.flat.changed_parameter()
         if why:
@@ -98,34 +115,23 @@ class LibraryWorker:
                 f"step {step}: optimizer.step() without a backward pass since the last step "
                 "(call loss.backward() or optimizer.backward(loss) first)"
             )
-        if self.sent_version is not None and self.flat.grads._version != self.sent_version:
-            raise UsageError(
-                f"step {step}: the gradient changed after backward had sent it (overlap is on: gradient "
-                "clipping, GradScaler.unscale_ or another backward between backward() and step()); "
-                "create the optimizer with overlap=False (or set runtime.overlap=off) to change "
-                "gradients before step()"
-            )
+        if self.hook_sent:
+            self._check_after_hooks(step, found_inf, grad_scale, loss)
+        self.flat.reattach_grads()  # a .grad that model.zero_grad() dropped and backward never made
         grads = self.flat.grads
-        if grad_scale is not None or (found_inf is not None and float(found_inf)):
-            if self.sent_version is not None:
-                raise UsageError(
-                    f"step {step}: a GradScaler needs the optimizer created with overlap=False (overlap sent "
-                    "the scaled gradient during backward)"
-                )
-            if grad_scale is not None:  # GradScaler.step without unscale_: unscale as it would
-                grads.mul_(grad_scale.double().reciprocal().float().to(grads.device))
-            if found_inf is not None and float(found_inf):
-                # one worker cannot skip a step the others take: it contributes a zero gradient
-                grads.zero_()
-                self.svc.log.info("step %d: non-finite scaled gradient, this worker contributes zero", step)
+        if grad_scale is not None:  # GradScaler.step without unscale_: unscale as it would
+            grads.mul_(grad_scale.double().reciprocal().float().to(grads.device))
+        if found_inf is not None and float(found_inf):
+            # one worker cannot skip a step the others take: it contributes a zero gradient
+            grads.zero_()
+            self.svc.log.info("step %d: non-finite scaled gradient, this worker contributes zero", step)
         if loss is not None:
             self.set_loss(loss)
-        value = float(self.driver.record["loss"][0])
-        self.driver.end_backward(None if value != value else value)
+        value = float(self.driver.record["loss"][0]) if self.loss_given else None
+        self.driver.end_backward(value)
         stopping = self.driver.exchange(step)
         self.steps_done = step
         self.begun = self.backward_seen = False
-        self.sent_version = None
         self.t_end = time.perf_counter()
         if stopping and not self.stopping:
             self.stopping = True
@@ -135,12 +141,40 @@ class LibraryWorker:
             self.svc.log.info(
                 "step %d loss %.5f compute %.4fs comm %.4fs",
                 step,
-                value,
+                value if value is not None else float("nan"),
                 self.driver.compute_s,
                 self.driver.comm_s,
             )
         self._enter_loop()
         return self.stopping
+
+    def _check_after_hooks(self, step: int, found_inf, grad_scale, loss) -> None:
+        """With overlap, backward's hooks sent segments: nothing may have changed the gradient or
+        the learning rate since, and a GradScaler cannot work (its scale went out with them)."""
+        if self.flat.grads._version != self.hook_version:
+            raise UsageError(
+                f"step {step}: the gradient changed after backward had sent it (overlap is on: gradient "
+                "clipping or another change between backward() and step()); create the optimizer with "
+                "overlap=False (or set runtime.overlap=off) to change gradients before step()"
+            )
+        if found_inf is not None or grad_scale is not None:
+            raise UsageError(
+                f"step {step}: a GradScaler needs the optimizer created with overlap=False (overlap sent "
+                "the scaled gradient during backward)"
+            )
+        if self.current_lr() != self.hook_lr:
+            raise UsageError(
+                f"step {step}: the learning rate changed after backward had sent the step with lr "
+                f"{self.hook_lr:g} (overlap is on): change it after optimizer.step() (as schedulers do), or "
+                "create the optimizer with overlap=False"
+            )
+        if loss is not None and not self.warned_loss:
+            self.warned_loss = True
+            warnings.warn(
+                "optimizer.step(loss=...) with overlap on: the segments backward sent carry no loss, so the "
+                "trace's loss column stays empty; use optimizer.backward(loss) instead",
+                stacklevel=4,
+            )
 
     # ------------------------------------------------------------------ between steps
     def _between_steps(self, what: str) -> int:
@@ -158,9 +192,9 @@ class LibraryWorker:
                 "session.checkpoint() before the first optimizer.step(): there is nothing to save yet"
             )
         packed = extra_state.pack(extra) if extra is not None else None  # refused before anything is sent
+        snapshot = to_numpy(self._snapshot(packed))
         self.svc.watchdog.enter(f"step {step}: checkpoint")
         self.driver.send_control(step + 1, FLAG_CHECKPOINT)
-        snapshot = to_numpy(self._snapshot(packed))
         self.topology.comm.gather(
             (snapshot, self.driver.comm_s, self.driver.decode_s, self._take_metrics()),
             root=self.topology.server,
@@ -180,6 +214,7 @@ class LibraryWorker:
         """The end of this worker's loop: the server ends the run once every worker has closed."""
         if self.closed:
             return
+        self._between_steps("the end of the loop (session.close())")
         self.closed = True
         step = self.steps_done
         self.svc.watchdog.enter(f"end after step {step}")
@@ -198,6 +233,8 @@ class LibraryWorker:
     def log(self, metrics: dict) -> None:
         step = self.steps_done
         for name, value in metrics.items():
+            if len(name.encode()) > METRIC_NAME_BYTES:
+                raise UsageError(f"session.log(): the name {name!r} is longer than {METRIC_NAME_BYTES} bytes")
             try:
                 number = float(value.item() if isinstance(value, torch.Tensor) else value)
             except (TypeError, ValueError, RuntimeError):
@@ -216,6 +253,8 @@ class LibraryWorker:
             "rng": rng_snapshot(),
             "lr": float(self.current_lr()),
         }
+        if self.group is not None and "initial_lr" in self.group:
+            snap["initial_lr"] = float(self.group["initial_lr"])
         if has_buffers(self.flat.module):  # this replica's own: a checkpoint changes nothing
             snap["buffers"] = buffer_state(self.flat.module)
         if packed_extra is not None:
@@ -239,7 +278,8 @@ class LibraryWorker:
         if "buffers" in w:
             load_buffers(self.flat.module, w["buffers"])
         rng_restore(w["rng"])
-        self.lr = float(w["lr"])
+        self.lr = self.pending_lr = float(w["lr"])
+        self.initial_lr = float(w["initial_lr"]) if "initial_lr" in w else None
         self.session._resume_shards([w["shards"][k] for k in sorted(w["shards"], key=int)])
         self.session._resumed_extra = extra_state.unpack(w["extra"]) if "extra" in w else None
         self.svc.log.info("resumed at step %d", resume.step)

@@ -15,8 +15,13 @@ from qtrain.engine.snapshots import to_numpy, to_torch
 
 
 def model_signature(model) -> list[tuple[str, tuple[int, ...], str]]:
-    """(what, shape, dtype) of every trainable parameter and every buffer, in module order."""
+    """(what, shape, dtype) of every trainable parameter, every frozen one and every buffer."""
     params = [(f"parameter {name}", tuple(shape), "torch.float32") for name, _, shape in model.layout]
+    params += [
+        (f"frozen parameter {name}", tuple(p.shape), str(p.dtype))
+        for name, p in model.module.named_parameters()
+        if not p.requires_grad
+    ]
     buffers = [(f"buffer {name}", tuple(b.shape), str(b.dtype)) for name, b in model.module.named_buffers()]
     # every buffer, persistent or not: a non-persistent one of another shape is another model too
     return params + buffers

@@ -11,7 +11,10 @@ from torch.nn import functional as F
 import qtrain
 
 mode = sys.argv[1]
-sess = qtrain.init(None, ["train.log_every=1000", "runtime.timeout_s=30"], sys.argv[2])
+sets = ["train.log_every=1000", "runtime.timeout_s=30"]
+if mode == "clip_with_an_unused_parameter":
+    sets.append("runtime.segments=2")  # the used head's segment goes out from the hooks
+sess = qtrain.init(None, sets, sys.argv[2])
 
 
 def model(hidden=8):
@@ -36,13 +39,17 @@ if mode == "serve_on_worker":
 if mode == "optimizer_on_server":
     sess.optimizer(model())
 if sess.is_server:
-    sess.serve()
+    if mode != "server_never_serves":
+        sess.serve()
     raise SystemExit(0)
 if mode == "models_differ":
     net = model(9 if sess.worker_index == 1 else 8)
+elif mode == "clip_with_an_unused_parameter":
+    net = model(256)
+    net.append(nn.Linear(3, 3))  # never called: its segment waits for step(), the others go out
 else:
     net = model()
-opt = sess.optimizer(net, overlap=mode == "clip_with_overlap")
+opt = sess.optimizer(net, overlap=mode.startswith("clip_with"))
 if mode == "never_steps":
     raise SystemExit(0)
 if mode == "step_without_backward":
@@ -53,9 +60,9 @@ if mode == "reshaped":
     net[2].weight = nn.Parameter(torch.zeros(5, 8))
     net[2].bias = nn.Parameter(torch.zeros(5))
     train(opt, net, 1)
-if mode == "clip_with_overlap":
+if mode.startswith("clip_with"):
     x, y = batch()
-    F.cross_entropy(net(x), y).backward()
+    F.cross_entropy(net[:3](x), y).backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 0.01)
     opt.step()
 if mode == "unequal_steps":

@@ -1,5 +1,5 @@
 """A library script with everything a resume must bring back: dropout (the global torch RNG),
-BatchNorm (buffers), a cosine LR schedule (the param group's lr, the scheduler's own state), the
+BatchNorm (buffers), a warm-up + cosine LR schedule (the param group's lr, the scheduler's state), the
 shard's mid-epoch position and a counter of the script's own, saved as extra state.
 
     qtrain run resumable.py -- --steps N --report DIR [--pause-at K]
@@ -37,7 +37,15 @@ torch.manual_seed(1000 + sess.worker_index)  # each worker its own dropout strea
 model = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
 opt = sess.optimizer(model)
 loader = sess.shard(data, batch_size=16)
-sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.steps)
+warm = 30  # a linear warm-up, then cosine: a resume inside the warm-up must restore the lr itself
+sched = torch.optim.lr_scheduler.SequentialLR(
+    opt,
+    [
+        torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.steps - warm),
+    ],
+    milestones=[warm],
+)
 counter = 0
 if sess.resumed_extra is not None:
     sched.load_state_dict(sess.resumed_extra["scheduler"])
