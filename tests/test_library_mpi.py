@@ -236,7 +236,10 @@ def test_misuse_ends_the_job_in_one_line(tmp_path, mode):
         text=True,
         timeout=120,
     )
-    assert p.returncode == (2 if mode in ("models_differ", "server_never_serves") else 1), p.stdout + p.stderr
+    # exit 2 for the refusals, 1 for the failures; the serving rank that never served refuses at
+    # exit, after the workers did, and MPICH's launcher may then report it as killed (9)
+    wanted = {"models_differ": (2,), "server_never_serves": (2, 9)}.get(mode, (1,))
+    assert p.returncode in wanted, p.stdout + p.stderr
     lines = errors(p)
     assert lines and all(MISUSE[mode] in line for line in lines), p.stderr
     assert "Traceback" not in p.stderr, p.stderr

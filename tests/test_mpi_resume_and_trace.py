@@ -147,7 +147,7 @@ def test_a_run_that_dies_right_after_a_checkpoint_keeps_every_trace_row_once(tmp
         "configs/efficient-adam.yaml",
         out,
         *sets,
-        "runtime.timeout_s=60",
+        "runtime.timeout_s=30",
         env={"QTRAIN_INJECT_FAULT": "0:21:exit"},
     )
     assert died.returncode != 0

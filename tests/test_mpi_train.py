@@ -16,13 +16,16 @@ pytestmark = pytest.mark.mpi
 STEPS = "train.steps=20"
 
 
+SOAK = pytest.mark.soak  # make soak: cases whose paths the others cover in make test
+
+
 @pytest.mark.parametrize(
     "config, sets",
     [
-        ("configs/efficient-adam.yaml", []),
-        ("configs/qadam.yaml", ["algorithm.weight_quantization=true"]),
+        pytest.param("configs/efficient-adam.yaml", [], marks=SOAK),  # also test_library_mpi's default job
+        pytest.param("configs/qadam.yaml", ["algorithm.weight_quantization=true"], marks=SOAK),
         ("configs/qrda-adagrad.yaml", []),
-        ("configs/ecq-sgd.yaml", ["runtime.segments=3", "model.hidden=[256]"]),
+        pytest.param("configs/ecq-sgd.yaml", ["runtime.segments=3", "model.hidden=[256]"], marks=SOAK),
         ("configs/qcmd-adagrad.yaml", ["runtime.segments=4", "algorithm.l1=0.01"]),
         ("configs/qadam.yaml", ["runtime.segments=3", "algorithm.weight_quantization=true"]),
         ("configs/efficient-adam.yaml", ["runtime.segments=5", "runtime.overlap=off"]),

@@ -17,52 +17,21 @@ from __future__ import annotations
 import numpy as np
 
 from qtrain.engine.buffers import combine, has_buffers, load_buffers
-from qtrain.engine.checkpointer import Checkpointer
-from qtrain.engine.recorder import Recorder
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
 from qtrain.engine.snapshots import to_torch
-from qtrain.engine.step import ServerStep, worker_report
-from qtrain.io.net_counters import NetCounters
+from qtrain.engine.step import worker_report
 from qtrain.io.run_dir import params_sha256
 from qtrain.library.errors import UsageError
 from qtrain.runtime.buffer_sync import server_sync
-from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
 from qtrain.runtime.faults import maybe_fail
-from qtrain.runtime.server_role import agreed_stop, restore_or_send_initial
-from qtrain.runtime.timeline import TimelineRecorder
+from qtrain.runtime.server_role import final_report, start_serving
 
 
 def serve_run(session, plan, model, transport, resume) -> dict:
     svc, world, out_dir = session._svc, session._world, session.out_dir
-    topo, part, cfg, setup = plan.topology, plan.partition, plan.cfg, plan.setup
-    server = plan.server_engine(model.params)
-    start = resume.step if resume is not None else 0
-    rec = Recorder(
-        setup,
-        topo,
-        part,
-        svc.echo,
-        out_dir,
-        svc.watchdog,
-        cfg.train.progress,
-        world.mpi_library,
-        start,
-        counters=NetCounters.from_env(),
-    )
-    server_step = ServerStep(
-        server,
-        transport,
-        part,
-        rec,
-        decide_stop=lambda records: agreed_stop(svc.stop, records, topo),
-        names=[f"rank {r}" for r in topo.workers],
-    )
-    restore_or_send_initial(plan, server, model, rec, svc, resume, server_step)
-    svc.watchdog.enter("clock sync")
-    offsets = clock_offsets(topo, cfg.runtime.timeout_s) if timeline_wanted(cfg) else None
-    timeline = TimelineRecorder(rec.trace, part, topo, offsets, cfg.trace.timeline_every)
-    server_step.timeline = timeline
-    checkpointer = Checkpointer(out_dir, plan, world.mpi_library, world.hosts, svc.log, start)
+    topo, cfg, setup = plan.topology, plan.cfg, plan.setup
+    serving = start_serving(plan, model, transport, svc, world, out_dir, resume)
+    server, rec, server_step, start = serving.server, serving.rec, serving.step, serving.start
     buffered = has_buffers(model.module)
     step, stop_reason = start + 1, None
     try:
@@ -80,14 +49,14 @@ def serve_run(session, plan, model, transport, resume) -> dict:
                     parts = topo.comm.gather(None, root=topo.server)
                     times = np.array([parts[r][1:3] for r in topo.workers], dtype=np.float64)
                     rec.complete_held_rows(times[:, 0], times[:, 1])  # a resume keeps these rows
-                    _metrics(rec, topo, parts)
+                    _metrics(rec, topo.workers, [parts[r] for r in topo.workers])
                     rec.flush()
                     snaps = [to_torch(parts[r][0]) for r in topo.workers]
                     buffers = None
                     if buffered:  # the file's /buffers combine the replicas, which keep their own
                         buffers = combine(cfg.model.buffers, [s["buffers"] for s in snaps])
                         load_buffers(model.module, buffers)
-                    checkpointer.write(step - 1, server, snaps, rec, server.replica, buffers)
+                    serving.checkpointer.write(step - 1, server, snaps, rec, server.replica, buffers)
                 continue
             rec.end_step(worker_report(result.records), server.last_stats)
             if result.stop_reason is not None and stop_reason is None:
@@ -98,12 +67,7 @@ def serve_run(session, plan, model, transport, resume) -> dict:
         rec.progress.close()
     if buffered:
         server_sync(topo, model.module, cfg.model.buffers)
-    svc.watchdog.enter("final timing report")
-    report = topo.comm.gather(None, root=topo.server)
-    comm_s, decode_s, backward, arrived, applied, _ = zip(*[report[r] for r in topo.workers], strict=True)
-    _metrics(rec, topo, report)
-    timeline.close(np.array(backward), np.stack(arrived), np.stack(applied))
-    rec.close(list(comm_s), list(decode_s))
+    final_report(topo, serving, svc, on_report=lambda reports: _metrics(rec, topo.workers, reports))
     if step - 1 == start == 0:
         raise UsageError(
             "every worker's loop ended before its first optimizer.step(): nothing was trained "
@@ -129,9 +93,9 @@ def serve_run(session, plan, model, transport, resume) -> dict:
     )
 
 
-def _metrics(rec, topo, parts) -> None:
-    """The ``session.log`` rows each worker sent with a checkpoint or its final report."""
+def _metrics(rec, ranks, reports) -> None:
+    """The ``session.log`` rows each worker (``ranks``) sent last in its checkpoint or final report."""
     if rec.trace is None:
         return
-    for r in topo.workers:
-        rec.trace.add_metrics(r, parts[r][-1])
+    for r, report in zip(ranks, reports, strict=True):
+        rec.trace.add_metrics(r, report[-1])

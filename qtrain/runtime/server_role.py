@@ -6,6 +6,8 @@ summary."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from qtrain.engine.buffers import has_buffers, load_buffers, sync_due
@@ -22,12 +24,27 @@ from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.timeline import TimelineRecorder
 
 
-def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
-    topo, part, cfg, setup = plan.topology, plan.partition, plan.cfg, plan.setup
+@dataclass
+class Serving:
+    """What a serving rank runs with: its engine, recorder, step driver, timeline and
+    checkpointer, started (restored from ``resume``, or the initial weights sent, and the clocks
+    synchronised); ``start``: the step it continues after."""
+
+    server: object
+    rec: Recorder
+    step: ServerStep
+    timeline: TimelineRecorder
+    checkpointer: Checkpointer
+    start: int
+
+
+def start_serving(plan, model, transport, svc, world, out_dir, resume) -> Serving:
+    """The serving rank's side of a run, ``qtrain train``'s and the library's alike."""
+    topo, part, cfg = plan.topology, plan.partition, plan.cfg
     server = plan.server_engine(model.params)
     start = resume.step if resume is not None else 0
     rec = Recorder(
-        setup,
+        plan.setup,
         topo,
         part,
         svc.echo,
@@ -52,6 +69,27 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
     timeline = TimelineRecorder(rec.trace, part, topo, offsets, cfg.trace.timeline_every)
     server_step.timeline = timeline  # known once the clocks are synchronised, after start-up
     checkpointer = Checkpointer(out_dir, plan, world.mpi_library, world.hosts, svc.log, start)
+    return Serving(server, rec, server_step, timeline, checkpointer, start)
+
+
+def final_report(topo, serving: Serving, svc, on_report=None) -> None:
+    """The workers' final report (``gather``): the last communication times and instants close
+    the trace and the timeline. What follows those five fields in each worker's report is for
+    ``on_report(reports)``, called while the trace is still open."""
+    svc.watchdog.enter("final timing report")
+    report = topo.comm.gather(None, root=topo.server)
+    final = [report[r] for r in topo.workers]
+    if on_report is not None:
+        on_report(final)
+    comm_s, decode_s, backward, arrived, applied = zip(*[f[:5] for f in final], strict=True)
+    serving.timeline.close(np.array(backward), np.stack(arrived), np.stack(applied))
+    serving.rec.close(list(comm_s), list(decode_s))
+
+
+def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
+    topo, cfg, setup = plan.topology, plan.cfg, plan.setup
+    serving = start_serving(plan, model, transport, svc, world, out_dir, resume)
+    server, rec, server_step, start = serving.server, serving.rec, serving.step, serving.start
     stop_reason, step = None, start
     sync_buffers = has_buffers(model.module)
     try:
@@ -72,18 +110,13 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
                     rec.complete_held_rows(times[:, 0], times[:, 1])  # a resume keeps this step's rows
                     rec.flush()
                     snaps = [to_torch(parts[r][0]) for r in topo.workers]
-                    checkpointer.write(step, server, snaps, rec, server.replica, buffers)
+                    serving.checkpointer.write(step, server, snaps, rec, server.replica, buffers)
             if stop_reason is not None:
                 svc.log.info("stopping after step %d: %s", step, stop_reason)
                 break
     finally:
         rec.progress.close()
-    svc.watchdog.enter("final timing report")
-    report = topo.comm.gather(None, root=topo.server)
-    final = [report[r] for r in topo.workers]
-    comm_s, decode_s, backward, arrived, applied = zip(*final, strict=True)
-    timeline.close(np.array(backward), np.stack(arrived), np.stack(applied))
-    rec.close(list(comm_s), list(decode_s))
+    final_report(topo, serving, svc)
     return rec.summary(
         model,
         setup.dataset,

@@ -79,7 +79,13 @@ class WorldInfo:
             echo(f"  resuming from {resume.path} at step {resume.step}{fresh}")
 
 
-def _world_too_small_message() -> str:
+LIBRARY_USAGE = (
+    "a qtrain session needs at least 2 MPI ranks (rank 0 serves, ranks 1.. train): run "
+    "`mpiexec -n 3 python SCRIPT` or `mpiexec -n 3 qtrain run SCRIPT`"
+)
+
+
+def _world_too_small_message(usage: str | None = None) -> str:
     for var in LAUNCHER_SIZE_VARS:
         value = os.environ.get(var, "")
         if value.isdigit() and int(value) > 1:
@@ -88,6 +94,8 @@ def _world_too_small_message() -> str:
                 "against a different MPI than the launcher (e.g. the mpich wheel under Open MPI's mpirun); "
                 "see README, 'Ranks come up as singletons'"
             )
+    if usage is not None:
+        return usage
     return (
         "qtrain train needs at least 2 MPI ranks (rank 0 = server, ranks 1.. = workers): "
         "run `mpiexec -n 3 qtrain train CONFIG`, or `qtrain simulate CONFIG --workers N` without MPI"
@@ -98,7 +106,7 @@ def agree_on_plan(comm, config: str, overrides: list[str], svc, arguments: str =
     """Every rank: (Topology, RunPlan, this rank's model, WorldInfo), or Refused on every rank."""
     from qtrain.engine.run_plan import RunPlan
 
-    return _agree(comm, config, overrides, svc, RunPlan.build, arguments)
+    return _agree(comm, config, overrides, svc, RunPlan.build, arguments, None)
 
 
 def agree_on_config(comm, config: str | None, overrides: list[str], svc, arguments: str = ""):
@@ -110,10 +118,10 @@ def agree_on_config(comm, config: str | None, overrides: list[str], svc, argumen
     def build(cfg, topology, device):
         return build_library_setup(cfg, topology.num_workers), None
 
-    return _agree(comm, config, overrides, svc, build, arguments)
+    return _agree(comm, config, overrides, svc, build, arguments, LIBRARY_USAGE)
 
 
-def _agree(comm, config, overrides, svc, build, arguments: str):
+def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | None):
     """Load the config on every rank, build what ``build(cfg, topology, device)`` returns (a plan
     or setup, and this rank's model or None), and agree: on success everywhere, on the resolved
     config, the versions and ``arguments``, and on the models' names and shapes."""
@@ -127,7 +135,7 @@ def _agree(comm, config, overrides, svc, build, arguments: str):
 
     rank, size = comm.Get_rank(), comm.Get_size()
     if size < 2:
-        raise Refused(_world_too_small_message())
+        raise Refused(_world_too_small_message(usage))
     local = local_rank(comm)  # collective: every rank calls it
     topology = Topology.parameter_server(size, rank, comm)
     error = fingerprint = plan = model = cuda = signature = None
