@@ -154,12 +154,14 @@ class WorkerStep:
         self.record["lr_scale"] = scale
         hp.lr = scaled_lr(self.base_lr, scale)
 
-    def _param_ready(self, param: int) -> None:
-        """The per-parameter callback of the backward pass: send what each parameter completes."""
+    def _param_ready(self, param: int) -> bool:
+        """The per-parameter callback of the backward pass: send what each parameter completes;
+        whether it completed a segment."""
         done = self.readiness.param_ready(param)
         if done:
             self._send(done)
             self.enter(f"step {self._step}: compute (backward)")
+        return bool(done)
 
     def _send(self, segments) -> None:
         """Encode each segment into its send frame and post it, keeping the record current (the
@@ -221,7 +223,7 @@ class ServerStep:
         if control:
             for _seg, recs, _ in arrivals:  # every segment carries the same control frame
                 if control_of(recs, step, self.names) != control:
-                    raise RuntimeError(f"step {step}: control frames differ between segments")
+                    raise WorkersDisagree(f"step {step}: control frames differ between segments")
             return StepResult(None, None, control)
         rec.begin_step(step)
         rec.add_time("gather", time.perf_counter() - t0)

@@ -43,35 +43,33 @@ def share_model(
     if problem:
         raise ModelsDiffer(problem)
     source = topology.workers[0]
-    layout_sig = comm.bcast(parts[source] if topology.is_server else None, root=root)
-    kind = comm.bcast(type(flat.module).__name__ if comm.Get_rank() == source else None, root=source)
-    numel = sum(int(np.prod(shape)) for what, shape, _ in layout_sig if what.startswith("parameter "))
-    flat_init = (
-        flat.params.detach().cpu().numpy().copy()
-        if comm.Get_rank() == source
-        else np.empty(numel, np.float32)
-    )
-    comm.Bcast(flat_init, root=source)
-    buffers = comm.bcast(
-        to_numpy(buffer_state(flat.module)) if comm.Get_rank() == source else None, root=source
-    )
-    buffers = to_torch(buffers)
-    frozen = comm.bcast(
-        to_numpy({n: p.detach() for n, p in flat.module.named_parameters() if not p.requires_grad})
-        if comm.Get_rank() == source
+    mine = comm.Get_rank() == source
+    # worker 0's model: its signature and class name (for the serving rank's stand-in), buffers and
+    # frozen parameters in one pickled broadcast, then the flat parameters
+    signature, kind, buffers, frozen = comm.bcast(
+        (
+            model_signature(flat),
+            type(flat.module).__name__,
+            to_numpy(buffer_state(flat.module)),
+            to_numpy({n: p.detach() for n, p in flat.module.named_parameters() if not p.requires_grad}),
+        )
+        if mine
         else None,
         root=source,
     )
-    if not topology.is_server:  # frozen parameters are not trained, but they are worker 0's too
+    buffers = to_torch(buffers)
+    if topology.is_server:
+        params = [
+            (what.split(" ", 1)[1], shape) for what, shape, _ in signature if what.startswith("parameter ")
+        ]
+        flat = FlatModel(LayoutModule(params, buffers, kind), device)
+    else:  # frozen parameters are not trained, but they are worker 0's too
         with torch.no_grad():
             for name, p in flat.module.named_parameters():
                 if not p.requires_grad:
                     p.copy_(to_torch(frozen[name]))
-    if topology.is_server:
-        params = [
-            (what.split(" ", 1)[1], shape) for what, shape, _ in layout_sig if what.startswith("parameter ")
-        ]
-        flat = FlatModel(LayoutModule(params, buffers, kind), device)
+    flat_init = flat.params.detach().cpu().numpy().copy() if mine else np.empty(flat.numel, np.float32)
+    comm.Bcast(flat_init, root=source)
     flat.params.copy_(torch.from_numpy(flat_init))
     if has_buffers(flat.module):
         load_buffers(flat.module, buffers)

@@ -14,17 +14,14 @@ land in the trace's ``metrics`` table."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from qtrain.engine.buffers import combine, has_buffers, load_buffers
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
-from qtrain.engine.snapshots import to_torch
 from qtrain.engine.step import worker_report
 from qtrain.io.run_dir import params_sha256
 from qtrain.library.errors import UsageError
 from qtrain.runtime.buffer_sync import server_sync
 from qtrain.runtime.faults import maybe_fail
-from qtrain.runtime.server_role import final_report, start_serving
+from qtrain.runtime.server_role import final_report, gather_snapshots, run_facts, start_serving
 
 
 def serve_run(session, plan, model, transport, resume) -> dict:
@@ -46,12 +43,7 @@ def serve_run(session, plan, model, transport, resume) -> dict:
                 continue
             if result.control == FLAG_CHECKPOINT:
                 with rec.phase("checkpoint"):
-                    parts = topo.comm.gather(None, root=topo.server)
-                    times = np.array([parts[r][1:3] for r in topo.workers], dtype=np.float64)
-                    rec.complete_held_rows(times[:, 0], times[:, 1])  # a resume keeps these rows
-                    _metrics(rec, topo.workers, [parts[r] for r in topo.workers])
-                    rec.flush()
-                    snaps = [to_torch(parts[r][0]) for r in topo.workers]
+                    snaps = gather_snapshots(topo, rec, on_report=lambda r: _metrics(rec, topo.workers, r))
                     buffers = None
                     if buffered:  # the file's /buffers combine the replicas, which keep their own
                         buffers = combine(cfg.model.buffers, [s["buffers"] for s in snaps])
@@ -82,14 +74,9 @@ def serve_run(session, plan, model, transport, resume) -> dict:
         params_sha256(model.params),
         runner="library",
         model=f"{model.module.kind} (the workers' own)",
-        world_size=topo.world_size,
         stopped_early=stop_reason is not None,
         stop_reason=stop_reason,
-        seconds_per_step=rec.seconds_per_step(),
-        cuda_aware=world.cuda.answer,
-        devices=world.devices,
-        hosts=world.hosts,
-        resumed_from=str(resume.path) if resume is not None else None,
+        **run_facts(topo, world, rec, resume),
     )
 
 

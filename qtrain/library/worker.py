@@ -86,11 +86,8 @@ class LibraryWorker:
                     "checkpoint(..., use_reentrant=False), or create the optimizer with overlap=False"
                 )
             self.reported[index] = 1
-            sent = [s for s in self.driver.readiness.sent]
-            self.driver._param_ready(index)
-            self.hook_sent |= sent != self.driver.readiness.sent
-            if self.hook_sent:
-                self.hook_lr = self.current_lr()
+            if self.driver._param_ready(index) and not self.hook_sent:
+                self.hook_sent, self.hook_lr = True, self.current_lr()  # the step's rate is fixed now
         self.hook_version = self.flat.grads._version
 
     def set_loss(self, loss) -> None:

@@ -86,6 +86,32 @@ def final_report(topo, serving: Serving, svc, on_report=None) -> None:
     serving.rec.close(list(comm_s), list(decode_s))
 
 
+def gather_snapshots(topo, rec, on_report=None) -> list:
+    """The workers' checkpoint reports (``gather``: snapshot, comm_s, decode_s, then what the
+    caller's workers add, for ``on_report(reports)``): the held trace rows are completed with
+    those times (a resume keeps them) and flushed; the snapshots in worker order."""
+    parts = topo.comm.gather(None, root=topo.server)
+    reports = [parts[r] for r in topo.workers]
+    times = np.array([p[1:3] for p in reports], dtype=np.float64)
+    rec.complete_held_rows(times[:, 0], times[:, 1])
+    if on_report is not None:
+        on_report(reports)
+    rec.flush()
+    return [to_torch(p[0]) for p in reports]
+
+
+def run_facts(topo, world, rec, resume) -> dict:
+    """What a run's summary says of where and how it ran, for ``qtrain train`` and the library."""
+    return {
+        "world_size": topo.world_size,
+        "seconds_per_step": rec.seconds_per_step(),
+        "cuda_aware": world.cuda.answer,
+        "devices": world.devices,
+        "hosts": world.hosts,
+        "resumed_from": str(resume.path) if resume is not None else None,
+    }
+
+
 def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
     topo, cfg, setup = plan.topology, plan.cfg, plan.setup
     serving = start_serving(plan, model, transport, svc, world, out_dir, resume)
@@ -105,11 +131,7 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
             rec.end_step(worker_report(records), server.last_stats)
             if is_checkpoint_step(cfg, step, setup.steps, stop_reason is not None):
                 with rec.phase("checkpoint"):
-                    parts = topo.comm.gather(None, root=topo.server)
-                    times = np.array([parts[r][1:] for r in topo.workers], dtype=np.float64)
-                    rec.complete_held_rows(times[:, 0], times[:, 1])  # a resume keeps this step's rows
-                    rec.flush()
-                    snaps = [to_torch(parts[r][0]) for r in topo.workers]
+                    snaps = gather_snapshots(topo, rec)
                     serving.checkpointer.write(step, server, snaps, rec, server.replica, buffers)
             if stop_reason is not None:
                 svc.log.info("stopping after step %d: %s", step, stop_reason)
@@ -122,14 +144,9 @@ def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
         setup.dataset,
         params_sha256(model.params),
         runner="mpi",
-        world_size=topo.world_size,
         stopped_early=step < setup.steps,
         stop_reason=stop_reason,
-        seconds_per_step=rec.seconds_per_step(),
-        cuda_aware=world.cuda.answer,
-        devices=world.devices,
-        hosts=world.hosts,
-        resumed_from=str(resume.path) if resume is not None else None,
+        **run_facts(topo, world, rec, resume),
     )
 
 
