@@ -71,5 +71,5 @@ def test_no_module_imports_a_higher_layer(path):
 
 def test_the_checker_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from qtrain.runtime.launch import run_train\n")
-    assert imports(bad) == [(2, "qtrain.runtime.launch")]
+    bad.write_text("def f():\n    from qtrain.runtime.watchdog import Watchdog\n")
+    assert imports(bad) == [(2, "qtrain.runtime.watchdog")]

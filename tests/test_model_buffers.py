@@ -3,10 +3,10 @@ rank (``qtrain/runtime/model_agreement.py``).
 
 A plug-in MLP with a default ``BatchNorm1d`` used to evaluate with running statistics that nothing
 updated (0.889 test accuracy on digits against 0.958 for its twin without them, in the simulator;
-0.891 under MPI). Now the workers' statistics are combined at every evaluation and checkpoint, in
-the simulator and under MPI alike, bit for bit; and every worker starts from the serving rank's
-parameters and buffers, so a plug-in whose initialisation differs between ranks still trains one
-model."""
+0.891 under MPI). Now the workers' statistics are combined at every evaluation, in the simulator
+and under MPI alike, bit for bit (checkpoints save each replica's own and change nothing); and
+every worker starts from the serving rank's parameters and buffers, so a plug-in whose
+initialisation differs between ranks still trains one model."""
 
 import math
 import os
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from mpi_helpers import QTRAIN, mpi_train, summary
 
 from qtrain.config import ConfigError, load_config
-from qtrain.engine.buffers import combine, sync_due
+from qtrain.engine.buffers import combine
 from qtrain.engine.simulator import simulate
 from qtrain.io.checkpoint import read_checkpoint
 from qtrain.runtime.model_agreement import first_difference
@@ -61,11 +61,21 @@ def test_broadcast_is_worker_zeros_and_a_bad_policy_is_named():
         load_config("configs/default.yaml", ["model.buffers=mean"])
 
 
-def test_buffers_are_combined_where_the_server_evaluates_or_checkpoints():
-    cfg = load_config("configs/default.yaml", ["train.eval_every=10", "checkpoint.every=4"])
-    due = [s for s in range(1, 31) if sync_due(cfg, s, 30, False)]
-    assert due == [4, 8, 10, 12, 16, 20, 24, 28, 30]
-    assert sync_due(cfg, 3, 30, True)
+def test_a_checkpoint_saves_each_replicas_buffers_and_changes_nothing(tmp_path):
+    """Buffers are combined where the server evaluates, not at checkpoints: a checkpoint between
+    two evaluations holds each worker's own buffers (different) and their combination, and a run
+    that writes checkpoints every 7 steps ends exactly as one that writes none."""
+    sets = [*BN[:1], "train.steps=30", "train.eval_every=10"]
+    cfg = load_config("configs/default.yaml", [*sets, "checkpoint.every=7", "checkpoint.keep=10"])
+    with_checkpoints = simulate(cfg, 2, tmp_path / "run", log=lambda _: None)
+    tree = read_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000014.h5")[0]
+    own = [tree["workers"][r]["buffers"] for r in ("1", "2")]
+    assert not torch.equal(own[0]["2.running_mean"], own[1]["2.running_mean"])
+    combined = combine("average", own)
+    assert all(torch.equal(tree["buffers"][k], v) for k, v in combined.items())
+    without = sim(*sets)
+    for key in ("params_sha256", "final_test_loss", "final_test_accuracy"):
+        assert with_checkpoints[key] == without[key], key
 
 
 def test_the_first_difference_between_two_models_is_named():

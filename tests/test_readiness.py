@@ -55,7 +55,7 @@ def test_a_parameter_without_gradient_leaves_its_segments_to_rest():
 
 
 def test_overlap_setting_per_device_and_thread_level():
-    from qtrain.runtime.worker_role import uses_overlap
+    from qtrain.runtime.overlap import uses_overlap
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert uses_overlap("auto", cpu, False)[0] and uses_overlap("on", cpu, False)[0]

@@ -40,7 +40,7 @@ def _continue_from(path, cfg) -> str:
         replica = plan.model(device)
         replica.params.copy_(tree["replica_params"])
         engine, sampler = plan.worker_engine(w, device), plan.sampler(w)
-        worker_restore(tree["workers"][str(w + 1)], engine, sampler)
+        worker_restore(tree["workers"][str(w + 1)], engine, [sampler])
         workers.append(WorkerStep(engine, replica, channel.worker(w), part))
         samplers.append(sampler)
     server_step = ServerStep(server, channel, part, Recorder(plan.setup, plan.topology, part, lambda _: None))

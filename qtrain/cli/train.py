@@ -28,15 +28,11 @@ def train(
     ),
 ) -> None:
     """Train CONFIG on MPI: rank 0 is the parameter server, ranks 1..K-1 are workers."""
-    from qtrain.cli.errors import fail
     from qtrain.cli.report import print_summary
-    from qtrain.runtime.launch import TrainRequest, run_train
+    from qtrain.library.session import session as current
+    from qtrain.library.trainer import train as run
 
-    outcome = run_train(
-        TrainRequest(config, overrides, out, resume, reset_worker_state, overwrite), echo=typer.echo
-    )
-    if outcome.error:
-        fail(outcome.error, outcome.code)
-    if outcome.summary is not None:
-        print_summary(outcome.summary, str(outcome.out_dir))
-    sys.exit(outcome.code)
+    summary = run(config, overrides, out, resume, reset_worker_state, overwrite)
+    if summary is not None:
+        print_summary(summary, str(current().out_dir))
+    sys.exit(0)

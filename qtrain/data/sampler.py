@@ -21,15 +21,29 @@ def shard_indices(num_samples: int, workers: int, worker: int, seed: int) -> tor
 class ShardSampler:
     """Batches of ``batch_size`` indices from one worker's shard, reshuffled every epoch.
 
-    An epoch is ``len(shard) // batch_size`` batches (the short tail is dropped; a shard smaller
-    than the batch gives one batch of the whole shard). Epoch e's order comes from a generator
-    seeded by (seed, worker, e), so the whole state is two integers: (epoch, position).
+    Every worker's epoch is the same number of batches, the smallest shard's:
+    ``smallest // batch_size``, where ``smallest`` is ``num_samples // workers`` (the short tail
+    is dropped; a shard smaller than the batch gives one batch of ``smallest`` samples). So every
+    worker ends its epochs at the same step, which a loop over epochs (the library's
+    ``session.shard``) needs, and ``train.epochs`` counts the same steps on every worker. Epoch e's
+    order comes from a generator seeded by (seed, worker, e), so the whole state is two
+    integers: (epoch, position).
     """
 
-    def __init__(self, shard: torch.Tensor, batch_size: int, seed: int, worker: int, shuffle: bool = True):
+    def __init__(
+        self,
+        shard: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        worker: int,
+        shuffle: bool = True,
+        smallest=None,
+    ):
+        """``smallest``: the smallest shard's size (default: this one's)."""
         self.shard = shard
-        self.batch = min(batch_size, len(shard))
-        self.batches_per_epoch = len(shard) // self.batch
+        smallest = len(shard) if smallest is None else smallest
+        self.batch = min(batch_size, smallest)
+        self.batches_per_epoch = smallest // self.batch
         self.seed, self.worker, self.shuffle = seed, worker, shuffle
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order(0)

@@ -104,10 +104,10 @@ class RunStats:
         }
         if "accuracy" in final:  # classification and language models (a library run has none)
             out["final_test_accuracy"] = final["accuracy"]
-            out["final_train_accuracy"] = train["accuracy"]
+            out["final_train_accuracy"] = train.get("accuracy")
         if "perplexity" in final:
             out["final_test_perplexity"] = final["perplexity"]
-            out["final_train_perplexity"] = train["perplexity"]
+            out["final_train_perplexity"] = train.get("perplexity")
         if ds.optimum_train_loss is not None:
             out["optimum_train_loss"] = ds.optimum_train_loss
         out.update(extra)

@@ -8,9 +8,13 @@ default ``BatchNorm1d`` reached 0.891 test accuracy that way under MPI against 0
 without running statistics (issue #20); in the simulator, 300 steps, 0.889 against 0.958, and
 0.964 with this policy (tests/test_model_buffers.py).
 
-So at every step where the server evaluates or checkpoints, the workers' buffers are combined, and
-the result is what the server evaluates and saves *and* what every worker continues from, so that
-all replicas hold the same buffers afterwards, as they hold the same parameters:
+So at every step where the server evaluates (``train.eval_every``, ``train.steps``, an agreed stop:
+the step's downlink asks for them), at the end of the run, and whenever a library loop calls
+``session.sync_buffers()``, the workers' buffers are combined, and the result is what the server
+evaluates *and* what every worker continues from, so that all replicas hold the same buffers
+afterwards, as they hold the same parameters. A checkpoint changes nothing: it saves each
+replica's own buffers (what a resume restores, so it is bit-exact) and their combination (what
+the server evaluated with, and what ``checkpoint export`` gives):
 
 - ``average`` (default): floating-point buffers are the mean over workers, summed in worker order
   in the buffer's dtype, then divided by the number of workers (bit-reproducible; the simulator and
@@ -18,7 +22,7 @@ all replicas hold the same buffers afterwards, as they hold the same parameters:
   buffers (BatchNorm's ``num_batches_tracked``) are counters that every worker advances alike;
   they are taken from worker 0.
 - ``broadcast``: every buffer is worker 0's, as torch DDP's ``broadcast_buffers=True`` does (DDP
-  broadcasts at every forward; here at evaluations and checkpoints, which is when they are read).
+  broadcasts at every forward; here at evaluations, which is when they are read).
 
 The mean of per-shard running variances is not the variance of the union (it leaves out the
 spread of the shard means); with shards drawn from one distribution the difference is small, and
@@ -33,7 +37,6 @@ import torch
 from torch import nn
 
 from qtrain.config.schema import BUFFER_POLICIES as POLICIES
-from qtrain.engine.snapshots import is_checkpoint_step, is_eval_step
 
 
 def persistent_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -89,9 +92,3 @@ def combine(policy: str, states: list[dict[str, torch.Tensor]]) -> dict[str, tor
 def has_buffers(module: nn.Module) -> bool:
     """Whether ``module`` has persistent buffers (then they follow ``model.buffers``)."""
     return bool(persistent_buffers(module))
-
-
-def sync_due(cfg, step: int, steps: int, stopping: bool) -> bool:
-    """Whether the buffers are combined after ``step``: where the server evaluates or
-    checkpoints."""
-    return is_eval_step(cfg, step, steps, stopping) or is_checkpoint_step(cfg, step, steps, stopping)

@@ -140,11 +140,19 @@ class Recorder:
 
     def evaluate(self, model, dataset) -> dict:
         """Evaluate ``model`` on the test split now, and record it in the summary and trace."""
+        return self.evaluate_with(lambda: model.evaluate(dataset.x_test, dataset.y_test, dataset.task))
+
+    def evaluate_with(self, run) -> dict:
+        """Record ``run()``'s evaluation ({"loss", "accuracy"?, ...}) of this step."""
         with self.phase("evaluate"):
-            ev = model.evaluate(dataset.x_test, dataset.y_test, dataset.task)
+            ev = run()
         self.stats.add_eval(self.step, ev, self.trace)
         self._last_eval = (self.step, ev)
         return ev
+
+    def last_eval_at(self, step: int) -> dict | None:
+        """The evaluation of ``step``, when the last one was of it."""
+        return self._last_eval[1] if self._last_eval is not None and self._last_eval[0] == step else None
 
     @property
     def accuracy(self) -> float | None:

@@ -58,6 +58,8 @@ FLAG_LR = 2  # uplink: ``lr_scale`` holds this step's learning-rate factor (libr
 # Control frames (uplink, length 0, for every segment, in place of the next step's uplinks): a
 # worker of the library (``qtrain/library``) tells the server what happens between two steps.
 FLAG_CHECKPOINT = 4  # the workers checkpoint after the previous step (gather follows)
-FLAG_BUFFERS = 8  # the workers combine their model buffers now (gather follows)
+FLAG_BUFFERS = 8  # uplink control frame: the workers combine their model buffers now (gather
+# follows); downlink: the server evaluates after this step, so every worker combines its buffers
+# right after applying the step's downlink
 FLAG_END = 16  # the workers' loops ended after the previous step (final report follows)
 CONTROL_FLAGS = FLAG_CHECKPOINT | FLAG_BUFFERS | FLAG_END

@@ -66,19 +66,25 @@ def build_library_setup(cfg, workers: int) -> RunSetup:
     return RunSetup(cfg, workers, UserData(), algorithm, uplink, downlink, cfg.train.steps or 0)
 
 
-def build_flat_model(setup: RunSetup, device: torch.device) -> FlatModel:
-    """The model with its seeded initial weights: identical on every rank and in the simulator."""
+def build_module(setup: RunSetup) -> torch.nn.Module:
+    """The config's model with its seeded initial weights: identical on every rank and in the
+    simulator."""
     cfg, ds = setup.cfg, setup.dataset
     torch.manual_seed(derive_seed(cfg.seed, "model"))
-    module = build_model(cfg.model.name, ds.input_shape, ds.outputs, cfg.model.hidden, cfg.model.kwargs)
-    return FlatModel(module, device)
+    return build_model(cfg.model.name, ds.input_shape, ds.outputs, cfg.model.hidden, cfg.model.kwargs)
+
+
+def build_flat_model(setup: RunSetup, device: torch.device) -> FlatModel:
+    """:func:`build_module`, flattened on ``device``."""
+    return FlatModel(build_module(setup), device)
 
 
 def build_sampler(setup: RunSetup, worker: int) -> ShardSampler:
     """Worker ``worker`` (0-based; MPI rank r is worker r - 1) and its shard of the training set."""
     cfg = setup.cfg
-    shard = shard_indices(len(setup.dataset.x_train), setup.workers, worker, cfg.seed)
-    return ShardSampler(shard, cfg.data.batch_size, cfg.seed, worker, cfg.data.shuffle)
+    n = len(setup.dataset.x_train)
+    shard = shard_indices(n, setup.workers, worker, cfg.seed)
+    return ShardSampler(shard, cfg.data.batch_size, cfg.seed, worker, cfg.data.shuffle, n // setup.workers)
 
 
 def resolved_config(cfg, setup: RunSetup):

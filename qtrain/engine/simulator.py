@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from qtrain.engine.buffers import buffer_state, combine, has_buffers, load_buffers, sync_due
+from qtrain.engine.buffers import buffer_state, combine, has_buffers, load_buffers
 from qtrain.engine.channel import InProcessChannel
 from qtrain.engine.checkpointer import Checkpointer
 from qtrain.engine.recorder import Recorder
@@ -63,7 +63,13 @@ def simulate(
     ]
     samplers = [plan.sampler(w) for w in range(workers)]
     rec = Recorder(setup, plan.topology, part, log, out_dir, progress="lines")
-    server_step = ServerStep(server, channel, part, rec)
+    server_step = ServerStep(
+        server,
+        channel,
+        part,
+        rec,
+        wants_buffers=lambda step, stopping: sync_buffers and rec.eval_due(stopping),
+    )
     checkpointer = Checkpointer(out_dir, plan, "none (simulator)", ["simulator"]) if out_dir else None
     log(f"simulate: {plan.describe()}")
     server_step.send_initial()
@@ -75,22 +81,29 @@ def simulate(
         for w, sampler in zip(workers_, samplers, strict=True):
             idx = sampler.next_batch()
             w.compute(step, ds.x_train[idx], ds.y_train[idx], ds.task)
-        records, _, _ = server_step.run(step)
+        result = server_step.run(step)
         for w in workers_:
             w.exchange(step)
-        buffers = None
-        if sync_buffers and sync_due(cfg, step, setup.steps, False):
+        if result.buffers:  # the server evaluates now: every replica adopts the combination
             with rec.phase("buffers"):
-                buffers = combine(cfg.model.buffers, [buffer_state(r.module) for r in replicas])
+                combined = combine(cfg.model.buffers, [buffer_state(r.module) for r in replicas])
                 for model in (*replicas, server_model):
-                    load_buffers(model.module, buffers)
+                    load_buffers(model.module, combined)
         if rec.eval_due():
             rec.evaluate(server_model, ds)
-        rec.end_step(worker_report(records), server.last_stats)
+        rec.end_step(worker_report(result.records), server.last_stats)
         if observe is not None:
             observe(step, server_model.params, ds)
         if checkpointer is not None and is_checkpoint_step(cfg, step, setup.steps, False):
-            snaps = [worker_snapshot(w.engine, s) for w, s in zip(workers_, samplers, strict=True)]
+            own = [buffer_state(r.module) if sync_buffers else None for r in replicas]
+            snaps = [
+                worker_snapshot(w.engine, [s.state_dict()], w.base_lr, b)
+                for w, s, b in zip(workers_, samplers, own, strict=True)
+            ]
+            buffers = None
+            if sync_buffers:  # the file combines the replicas' buffers, which keep their own
+                buffers = combine(cfg.model.buffers, own)
+                load_buffers(server_model.module, buffers)
             rec.complete_held_rows(
                 [w.comm_s for w in workers_], [w.decode_s for w in workers_]
             )  # a resumed run finds this step's rows

@@ -62,13 +62,42 @@ def to_torch(tree):
     return tree
 
 
-def worker_snapshot(engine, sampler) -> dict:
-    return to_cpu({"engine": engine.state_dict(), "sampler": sampler.state_dict(), "rng": rng_snapshot()})
+def worker_snapshot(
+    engine, positions: list, lr: float, buffers=None, extra=None, initial_lr: float | None = None
+) -> dict:
+    """A worker's complete state for a checkpoint (``qtrain train``, the library and the
+    simulator alike): its engine, its data positions (each shard's ``state_dict``, in the order
+    the loop made them), the process RNGs, the learning rate of its last step, and when present
+    its replica's own model buffers, the user's ``extra`` (packed) and the param group's
+    ``initial_lr``."""
+    snap = {
+        "engine": engine.state_dict(),
+        "shards": {str(i): p for i, p in enumerate(positions)},
+        "rng": rng_snapshot(),
+        "lr": float(lr),
+    }
+    if initial_lr is not None:
+        snap["initial_lr"] = float(initial_lr)
+    if buffers is not None:
+        snap["buffers"] = buffers
+    if extra is not None:
+        snap["extra"] = extra
+    return to_cpu(snap)
 
 
-def worker_restore(snap: dict, engine, sampler) -> None:
+def worker_positions(snap: dict) -> list:
+    """The data positions of a worker snapshot, in order (a checkpoint from before the library
+    kept the built-in sampler's alone, as ``sampler``)."""
+    if "shards" not in snap:
+        return [snap["sampler"]]
+    return [snap["shards"][k] for k in sorted(snap["shards"], key=int)]
+
+
+def worker_restore(snap: dict, engine, samplers: list) -> None:
+    """Restore ``worker_snapshot``'s engine, RNGs and the positions of ``samplers``."""
     engine.load_state_dict(snap["engine"])
-    sampler.load_state_dict(snap["sampler"])
+    for sampler, position in zip(samplers, worker_positions(snap), strict=False):
+        sampler.load_state_dict(position)
     rng_restore(snap["rng"])
 
 

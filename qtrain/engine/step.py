@@ -1,6 +1,6 @@
 """The step driver: the order of one training step on each side, written once.
 
-The MPI roles (``runtime/worker_role.py``, ``runtime/server_role.py``) and the simulator
+The MPI roles (``library/worker.py``, ``library/serve.py``) and the simulator
 (``engine/simulator.py``) are loops over these two classes; they differ only in the channel the
 driver talks to (``engine/channel.py``: MPI's transport, or the in-process channel of the
 simulator's virtual workers), which is why an MPI run and a simulated one end with the same
@@ -48,6 +48,10 @@ def _nothing(_what: str) -> None:
     return None
 
 
+def _nothing_at(_step: int) -> None:
+    return None
+
+
 class WorkerStep:
     """One worker's side of every step, against its channel. ``enter(what)`` tells the watchdog
     (MPI) what is running. The previous step's communication and decode times and instants travel
@@ -66,6 +70,7 @@ class WorkerStep:
         self._step, self._first_send = 0, True
         self.base_lr = engine.algorithm.hp.lr
         self.lr_source = None  # callable -> this step's learning rate (None: algorithm.lr)
+        self.buffers_asked = False  # the last downlink asked for the model buffers
 
     def receive_initial(self) -> None:
         """Weights mode: adopt the server's starting weights (the step-0 downlink)."""
@@ -124,8 +129,9 @@ class WorkerStep:
 
     def exchange(self, step: int) -> bool:
         """Apply this step's downlink segments as they arrive, complete the sends; whether the
-        server asked every rank to stop after this step."""
-        t_start, decode_s, stopping = time.perf_counter(), 0.0, False
+        server asked every rank to stop after this step (``buffers_asked``: whether it asked
+        for the model buffers, which the caller then combines)."""
+        t_start, decode_s, stopping, buffers = time.perf_counter(), 0.0, False, False
         self.enter(f"step {step}: downlink")
         self.channel.post_downlinks(step)
         for seg, head, msg in self.channel.downlinks(step):  # as they complete
@@ -133,9 +139,12 @@ class WorkerStep:
             self.engine.apply_downlink(seg, msg, self.model.params)
             self.applied[seg.index] = time.perf_counter()
             decode_s += self.applied[seg.index] - td
-            stopping |= bool(int(head["flags"]) & FLAG_STOP)  # set on the server's last segment
+            flags = int(head["flags"])  # set on the server's last segment
+            stopping |= bool(flags & FLAG_STOP)
+            buffers |= bool(flags & FLAG_BUFFERS)
             self.enter(f"step {step}: downlink")
         self.channel.finish_sends(step)
+        self.buffers_asked = buffers
         self.comm_s = time.perf_counter() - t_start - decode_s  # waiting and transfer (in-process: ~0)
         self.decode_s = decode_s
         return stopping
@@ -191,10 +200,24 @@ class ServerStep:
     the initial weights went out). ``decide_stop(records)`` returns the agreed stop reason once
     every record of the step is in (None: go on)."""
 
-    def __init__(self, engine, channel, partition, recorder, timeline=None, decide_stop=None, names=None):
+    def __init__(
+        self,
+        engine,
+        channel,
+        partition,
+        recorder,
+        timeline=None,
+        decide_stop=None,
+        names=None,
+        wants_buffers=None,
+    ):
         self.engine, self.channel, self.partition, self.rec = engine, channel, partition, recorder
         self.timeline = timeline if timeline is not None else _NoTimeline()
         self.decide_stop = decide_stop or (lambda records: None)
+        # (step, stopping) -> whether the workers combine their buffers after the step (the
+        # server evaluates then): the step's downlink says so
+        self.wants_buffers = wants_buffers or (lambda step, stopping: False)
+        self.before_step = _nothing_at  # called with the step once its first uplinks are in
         self.names = names  # how messages name each worker ("rank 1", "worker 0"), in worker order
         self.base_lr = engine.algorithm.hp.lr
 
@@ -224,7 +247,8 @@ class ServerStep:
             for _seg, recs, _ in arrivals:  # every segment carries the same control frame
                 if control_of(recs, step, self.names) != control:
                     raise WorkersDisagree(f"step {step}: control frames differ between segments")
-            return StepResult(None, None, control)
+            return StepResult(None, None, control, False)
+        self.before_step(step)
         rec.begin_step(step)
         rec.add_time("gather", time.perf_counter() - t0)
         timeline.begin_step(step, t0)
@@ -251,15 +275,18 @@ class ServerStep:
             with rec.phase("server_step", seg):
                 down = engine.make_downlink(seg, mean)
             timeline.mark(seg, "encoded_s")
+            flags = 0
             if n == len(self.partition):  # every record of the step is in: decide the stop
                 stop_reason = self.decide_stop(records)
+                buffers = self.wants_buffers(step, stop_reason is not None)
+                flags = (FLAG_STOP if stop_reason else 0) | (FLAG_BUFFERS if buffers else 0)
             with rec.phase("broadcast", seg):
-                channel.post_downlink(seg, step, FLAG_STOP if stop_reason else 0, down)
+                channel.post_downlink(seg, step, flags, down)
             rec.downlink(down.numel(), seg)
         with rec.phase("broadcast"):
             channel.finish_downlinks(step)
         timeline.end_step(records, channel.down_posted_at, channel.down_done_at)
-        return StepResult(records, stop_reason, 0)
+        return StepResult(records, stop_reason, 0, buffers)
 
 
 class WorkersDisagree(RuntimeError):
@@ -270,6 +297,7 @@ class StepResult(NamedTuple):
     records: list | None  # the uplink records per segment (arrays in worker order)
     stop_reason: str | None  # the agreed stop, or None
     control: int  # the control flag the workers sent instead of uplinks (0: a step ran)
+    buffers: bool = False  # the downlink asked every worker to combine its buffers after the step
 
 
 def scaled_lr(base: float, scale) -> float:

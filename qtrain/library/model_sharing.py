@@ -1,9 +1,11 @@
 """One model for every rank of a library run: the workers compare their models' parameter and
 buffer names and shapes (a mismatch is one line naming the rank and the first difference), then
-every worker and the serving rank adopt worker 0's initial parameters and buffers, as torch DDP
-broadcasts rank 0's module state. The serving rank never sees the user's class: it builds a
-:class:`LayoutModule` with the same names and shapes. Collective over every rank; pickled
-lower-case mpi4py calls (start-up only)."""
+every rank adopts one rank's initial parameters and buffers, as torch DDP broadcasts rank 0's
+module state: the serving rank's (rank 0) when it serves with a model of its own
+(``session.serve(model)``, as ``qtrain train`` does), worker 0's otherwise. Without a model of
+its own the serving rank never sees the user's class: it builds a :class:`LayoutModule` with the
+same names and shapes. Collective over every rank; pickled lower-case mpi4py calls (start-up
+only)."""
 
 from __future__ import annotations
 
@@ -22,30 +24,37 @@ class ModelsDiffer(Exception):
 
 
 def share_model(
-    topology, flat: FlatModel | None, device: torch.device, ended: bool = False, serving: bool = True
+    topology,
+    flat: FlatModel | None,
+    device: torch.device,
+    ended: bool = False,
+    serving: bool = True,
+    server_module: torch.nn.Module | None = None,
 ) -> FlatModel:
     """Workers pass their flattened model (``ended``: the script ended without one); the serving
-    rank passes None and gets its stand-in, holding worker 0's initial state (``serving=False``:
-    the serving rank's script ended without serving). Raises :class:`ModelsDiffer` on every rank
-    when the models do not agree."""
+    rank passes None and gets its own ``server_module`` flattened, or a stand-in, holding worker
+    0's initial state (``serving=False``: the serving rank's script ended without serving).
+    Raises :class:`ModelsDiffer` on every rank when the models do not agree."""
     comm, root = topology.comm, topology.server
     payload = None if topology.is_server or ended else model_signature(flat)
     parts = comm.gather(payload, root=root)
     problem = None
     if topology.is_server:
+        if server_module is not None:
+            flat = FlatModel(server_module, device)
         problem = (
-            _problem(topology, parts)
+            _problem(topology, parts, flat)
             if serving
             else "the serving rank (rank 0) ended without calling session.serve() "
             "(if session.is_server: session.serve())"
         )
-    problem = comm.bcast(problem, root=root)
+    source = root if server_module is not None else topology.workers[0]
+    problem, source = comm.bcast((problem, source), root=root)
     if problem:
         raise ModelsDiffer(problem)
-    source = topology.workers[0]
     mine = comm.Get_rank() == source
-    # worker 0's model: its signature and class name (for the serving rank's stand-in), buffers and
-    # frozen parameters in one pickled broadcast, then the flat parameters
+    # the source's model: its signature and class name (for the serving rank's stand-in), buffers
+    # and frozen parameters in one pickled broadcast, then the flat parameters
     signature, kind, buffers, frozen = comm.bcast(
         (
             model_signature(flat),
@@ -58,12 +67,12 @@ def share_model(
         root=source,
     )
     buffers = to_torch(buffers)
-    if topology.is_server:
+    if topology.is_server and flat is None:
         params = [
             (what.split(" ", 1)[1], shape) for what, shape, _ in signature if what.startswith("parameter ")
         ]
         flat = FlatModel(LayoutModule(params, buffers, kind), device)
-    else:  # frozen parameters are not trained, but they are worker 0's too
+    if not mine:  # frozen parameters are the source's too
         with torch.no_grad():
             for name, p in flat.module.named_parameters():
                 if not p.requires_grad:
@@ -76,7 +85,7 @@ def share_model(
     return flat
 
 
-def _problem(topology, parts: list) -> str | None:
+def _problem(topology, parts: list, server_model: FlatModel | None) -> str | None:
     workers = list(topology.workers)
     absent = [r for r in workers if parts[r] is None]
     if absent:
@@ -89,4 +98,11 @@ def _problem(topology, parts: list) -> str | None:
         why = first_difference(parts[source], parts[r], ref=f"rank {source}'s")
         if why:
             return f"rank {r}'s model differs from rank {source}'s: it {why}"
+    if server_model is not None:
+        why = first_difference(parts[source], model_signature(server_model), ref=f"rank {source}'s")
+        if why:
+            return (
+                f"the model given to session.serve() (rank {topology.server}) differs from rank "
+                f"{source}'s: it {why}"
+            )
     return None

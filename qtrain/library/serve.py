@@ -7,12 +7,19 @@ checkpoint (the workers' snapshots, with their own buffers and extra state, come
 the file's ``/buffers`` combine them, and the replicas keep their own, so a checkpoint changes
 nothing and a resume is bit-exact) or ends the run (the replicas adopt the combined buffers).
 
-A stop that a signal asks for is agreed as in ``qtrain train``: the downlink tells every worker
-(``session.should_stop``), and their loops decide how to end. The trace, the checkpoints and
+With ``evaluate`` (``session.serve(model, evaluate)``, as ``qtrain train`` serves) the server
+evaluates its own model where ``train.eval_every``, ``train.steps`` or an agreed stop say, after
+the step's downlink asked every worker for its buffers (``FLAG_BUFFERS``): the buffers are
+combined and adopted by every replica first, so the evaluation sees what the workers continue
+from. A stop that a signal asks for is agreed as in ``qtrain train``: the downlink tells every
+worker (``session.should_stop``), and their loops decide how to end. The trace, the checkpoints and
 ``summary.json`` are written as ``qtrain train`` writes them; the workers' ``session.log`` rows
 land in the trace's ``metrics`` table."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from qtrain.engine.buffers import combine, has_buffers, load_buffers
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
@@ -23,17 +30,33 @@ from qtrain.runtime.buffer_sync import server_sync
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.server_role import final_report, gather_snapshots, run_facts, start_serving
 
+NO_EVALUATION = {"loss": None}
 
-def serve_run(session, plan, model, transport, resume) -> dict:
+
+@dataclass
+class Evaluation:
+    """What ``session.serve`` evaluates: ``test(module)`` at the run's cadence and at the end,
+    ``train(module)`` once at the end (either may be None); ``own_model``: the server has the
+    user's model, not a stand-in."""
+
+    test: Callable | None = None
+    train: Callable | None = None
+    own_model: bool = False
+
+
+def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | None = None) -> dict:
+    evaluation = evaluation or Evaluation()
     svc, world, out_dir = session._svc, session._world, session.out_dir
     topo, cfg, setup = plan.topology, plan.cfg, plan.setup
     serving = start_serving(plan, model, transport, svc, world, out_dir, resume)
     server, rec, server_step, start = serving.server, serving.rec, serving.step, serving.start
     buffered = has_buffers(model.module)
+    evaluates = evaluation.test is not None
+    server_step.wants_buffers = lambda step, stopping: buffered and evaluates and rec.eval_due(stopping)
+    server_step.before_step = lambda step: maybe_fail(svc.fault, topo.rank, step)
     step, stop_reason = start + 1, None
     try:
         while True:
-            maybe_fail(svc.fault, topo.rank, step)
             result = server_step.run(step)
             if result.control == FLAG_END:
                 break
@@ -50,6 +73,11 @@ def serve_run(session, plan, model, transport, resume) -> dict:
                         load_buffers(model.module, buffers)
                     serving.checkpointer.write(step - 1, server, snaps, rec, server.replica, buffers)
                 continue
+            if result.buffers:  # the downlink asked for them: the server evaluates after this step
+                with rec.phase("buffers"):
+                    server_sync(topo, model.module, cfg.model.buffers)
+            if evaluates and rec.eval_due(result.stop_reason is not None):
+                svc.log.info("step %d eval %s", step, _evaluate(rec, evaluation.test, model.module))
             rec.end_step(worker_report(result.records), server.last_stats)
             if result.stop_reason is not None and stop_reason is None:
                 stop_reason = result.stop_reason
@@ -65,19 +93,47 @@ def serve_run(session, plan, model, transport, resume) -> dict:
             "every worker's loop ended before its first optimizer.step(): nothing was trained "
             "(does the script's loop run? is its data empty?)"
         )
-    empty = {"loss": None}
+    svc.watchdog.enter("final evaluation")
+    final = rec.last_eval_at(rec.step)
+    if final is None:
+        final = _evaluate(rec, evaluation.test, model.module) if evaluates else NO_EVALUATION
+    train = _checked(evaluation.train, model.module, "evaluate_train") if evaluation.train else NO_EVALUATION
+    label = {} if evaluation.own_model else {"model": f"{model.module.kind} (the workers' own)"}
+    builtin = session._builtin_model is not None
     return rec.stats.summary(
         setup,
         step - 1,
-        empty,
-        empty,
+        final,
+        train,
         params_sha256(model.params),
-        runner="library",
-        model=f"{model.module.kind} (the workers' own)",
+        runner="mpi" if builtin else "library",
         stopped_early=stop_reason is not None,
         stop_reason=stop_reason,
+        **label,
         **run_facts(topo, world, rec, resume),
     )
+
+
+def _evaluate(rec, evaluate, module) -> dict:
+    """One evaluation, recorded (summary history, the trace's evaluations; keys other than loss
+    and accuracy go to its metrics table as the serving rank's)."""
+    ev = rec.evaluate_with(lambda: _checked(evaluate, module, "evaluate"))
+    extra = [(rec.step, k, float(v)) for k, v in ev.items() if k not in ("loss", "accuracy")]
+    if extra and rec.trace is not None:
+        rec.trace.add_metrics(rec.topology.server, extra)
+    return ev
+
+
+def _checked(evaluate, module, name: str) -> dict:
+    ev = evaluate(module)
+    if not isinstance(ev, dict) or "loss" not in ev:
+        raise UsageError(
+            f"session.serve({name}=...) must return a dict with a 'loss' (and optional numbers), not {ev!r}"
+        )
+    try:
+        return {k: float(v) for k, v in ev.items()}
+    except (TypeError, ValueError):
+        raise UsageError(f"session.serve({name}=...) returned a value that is not a number: {ev!r}") from None
 
 
 def _metrics(rec, ranks, reports) -> None:

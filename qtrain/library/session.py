@@ -73,6 +73,16 @@ def init(
     return _SESSION
 
 
+def _start_builtin(request: _Request) -> Session:
+    """``qtrain train``'s session (``library/trainer.py``): ``init`` that also loads the config's
+    data and model on every rank."""
+    global _SESSION
+    if _SESSION is not None:
+        raise UsageError("a qtrain session exists already in this process")
+    _SESSION = Session._start(request, builtin=True)
+    return _SESSION
+
+
 def session() -> Session:
     """The session ``qtrain.init`` (or ``qtrain run``) started."""
     if _SESSION is None:
@@ -98,6 +108,7 @@ class Session:
         self.config = setup.cfg
         self.out_dir: Path = out_dir
         self._worker = None
+        self._builtin_model = None  # qtrain train's: the config's model, built at start-up
         self._shards: list = []
         self._pending_shards: list | None = None
         self._resumed_extra = None
@@ -105,14 +116,16 @@ class Session:
 
     # ------------------------------------------------------------------ start-up
     @classmethod
-    def _start(cls, request: _Request) -> Session:
+    def _start(cls, request: _Request, builtin: bool = False) -> Session:
+        """Start-up on every rank. ``builtin``: ``qtrain train``'s, which also loads the config's
+        data and builds its model on every rank and agrees on both (``_builtin_model``)."""
         from mpi4py import MPI
 
         from qtrain.config import dump_yaml
         from qtrain.engine.setup import resolved_config
         from qtrain.io.run_dir import write_config
         from qtrain.runtime.services import RankServices
-        from qtrain.runtime.startup import Refused, agree_on_config, prepare_outputs
+        from qtrain.runtime.startup import Refused, agree_on_builtin, agree_on_config, prepare_outputs
 
         comm = MPI.COMM_WORLD
         rank = comm.Get_rank()
@@ -120,7 +133,8 @@ class Session:
         try:
             # the resolved config is compared as text, so node-local copies of a file may differ in path
             arguments = repr((request.out, request.resume, request.reset_worker_state, request.overwrite))
-            topology, setup, _, world = agree_on_config(
+            agree = agree_on_builtin if builtin else agree_on_config
+            topology, setup, module, world = agree(
                 comm, request.config, list(request.overrides), svc, arguments=arguments
             )
             out_dir = prepare_outputs(
@@ -131,16 +145,17 @@ class Session:
                 bool(request.resume),
                 request.overwrite,
                 svc.echo if rank == 0 else None,
-                kind="run",
+                kind="train" if builtin else "run",
             )
         except Refused as exc:
             svc.watchdog.stop()
             if rank == 0:
-                print(f"qtrain: {exc}", file=sys.stderr, flush=True)
+                print(f"qtrain: error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         except BaseException as exc:  # noqa: BLE001 - never leave the other ranks waiting
             _fail_rank(comm, svc, exc)
         self = cls(request, comm, svc, topology, setup, world, out_dir)
+        self._builtin_model = module
         self._config_text = dump_yaml(resolved_config(setup.cfg, setup))
         try:
             svc.open_log(out_dir, world)
@@ -153,9 +168,18 @@ class Session:
         return self
 
     # ------------------------------------------------------------------ the serving rank
-    def serve(self) -> dict:
+    def serve(self, model: torch.nn.Module | None = None, evaluate=None, evaluate_train=None) -> dict:
         """Serve until every worker's loop has ended; write the trace, the checkpoints and
-        ``summary.json``; return the summary. Only on the serving rank."""
+        ``summary.json``; return the summary. Only on the serving rank.
+
+        ``model``: this rank's own instance of the workers' architecture (names and shapes are
+        checked against theirs; it starts from worker 0's state and always holds the server's
+        parameters and the combined buffers); without it the server keeps a stand-in with no
+        forward. ``evaluate(model) -> {"loss": ..., "accuracy": ..., ...}``: the server evaluates
+        it every ``train.eval_every`` steps, at ``train.steps``, at an agreed stop and at the
+        end, after the workers' buffers are combined (the summary's ``final_test_*``, the trace's
+        evaluations, other keys in its ``metrics``). ``evaluate_train(model)``: once at the end,
+        the summary's ``final_train_*``."""
         if not self.is_server:
             raise UsageError(
                 f"session.serve() on a worker (rank {self.rank}): only the serving rank serves "
@@ -163,16 +187,26 @@ class Session:
             )
         if self._finished:
             raise UsageError("session.serve() was called already")
+        if evaluate is not None and model is None:
+            raise UsageError(
+                "session.serve(evaluate=...) needs model=: the server evaluates its own instance"
+            )
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise UsageError(
+                f"session.serve(model=...) takes a torch.nn.Module, not a {type(model).__name__}"
+            )
         from qtrain.io.run_dir import write_summary
         from qtrain.library.model_sharing import share_model
-        from qtrain.library.serve import serve_run
+        from qtrain.library.serve import Evaluation, serve_run
 
         self._svc.watchdog.enter("waiting for the workers' models (session.optimizer)")
-        flat = self._agreed(lambda: share_model(self._topology, None, self.device))
+        flat = self._agreed(lambda: share_model(self._topology, None, self.device, server_module=model))
         plan = self._plan(flat)
         resume = self._resume_point(plan)
-        self._world.announce(plan, self._svc.echo, resume, title="qtrain library run")
-        summary = serve_run(self, plan, flat, self._transport(plan), resume)
+        title = "qtrain train" if self._builtin_model is not None else "qtrain library run"
+        self._world.announce(plan, self._svc.echo, resume, title=title)
+        evaluation = Evaluation(evaluate, evaluate_train, own_model=model is not None)
+        summary = serve_run(self, plan, flat, self._transport(plan), resume, evaluation)
         write_summary(self.out_dir, summary)
         self._finished = True
         self._svc.watchdog.stop()
@@ -198,7 +232,7 @@ class Session:
         from qtrain.library.model_sharing import share_model
         from qtrain.library.optimizer import DistributedOptimizer
         from qtrain.library.worker import LibraryWorker
-        from qtrain.runtime.worker_role import thread_multiple, uses_overlap
+        from qtrain.runtime.overlap import thread_multiple, uses_overlap
 
         odd = [
             (n, p.dtype) for n, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32
@@ -329,7 +363,7 @@ class Session:
         self._finished = True
         self._svc.watchdog.stop()
         if self.rank == 0:
-            print(f"qtrain: {message}", file=sys.stderr, flush=True)
+            print(f"qtrain: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2)
 
     def _plan(self, flat):
@@ -395,10 +429,10 @@ class Session:
             _fail_rank(self._comm, self._svc, exc, exc.__traceback__)
 
 
-def _fail_rank(comm, svc, exc: BaseException, tb=None):
+def _fail_rank(comm, svc, exc: BaseException, tb=None, expected: tuple = ()):
     """One line naming this rank and the cause, then the whole job ends (MPI_Abort). qtrain's own
-    errors (a usage error, a bad file, a diverged run) are that line alone; anything else is the
-    script's, so its traceback goes first."""
+    errors (a usage error, a bad file, a diverged run, and ``expected``) are that line alone;
+    anything else is the script's, so its traceback goes first (the rank log has it always)."""
     from qtrain.engine.divergence import Diverged
     from qtrain.engine.step import WorkersDisagree
     from qtrain.io.disk_errors import describe
@@ -406,7 +440,9 @@ def _fail_rank(comm, svc, exc: BaseException, tb=None):
     from qtrain.runtime.services import abort
     from qtrain.runtime.waiting import Stalled
 
-    ours = isinstance(exc, (UsageError, Diverged, OSError, WorkersDisagree, Stalled, InjectedFault))
+    ours = isinstance(
+        exc, (UsageError, Diverged, OSError, WorkersDisagree, Stalled, InjectedFault, *expected)
+    )
     text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
     if svc.log is not None:
         try:

@@ -1,11 +1,12 @@
 """``session.shard(dataset)``: a worker's share of any map-style torch ``Dataset``, as a
 ``DataLoader`` that remembers where it is, so a resumed run sees the same batches.
 
-The shard and the order are the built-in sampler's (``data/sampler.py``): worker ``w`` of ``N``
-takes a contiguous slice of one seeded permutation of the indices, and every epoch reshuffles the
-shard with a generator seeded by (seed, worker, epoch). Every worker gets the same number of
-batches per epoch, ``(len(dataset) // N) // batch_size`` (the smallest shard's; the short tail is
-dropped), so every worker makes the same number of steps. The position (epoch, batches handed to
+The shard, the order and the position are the built-in sampler's (``data/sampler.py``, the one
+``qtrain train`` uses): worker ``w`` of ``N`` takes a contiguous slice of one seeded permutation
+of the indices, and every epoch reshuffles the shard with a generator seeded by (seed, worker,
+epoch). Every worker gets the same number of batches per epoch, ``(len(dataset) // N) //
+batch_size`` (the smallest shard's; the short tail is dropped), so every worker makes the same
+number of steps. The position (epoch, batches handed to
 the loop) is counted where the loop receives a batch, after any prefetching, and is part of the
 worker's checkpoint: a resume continues mid-epoch with the next batch. Each epoch's DataLoader
 gets its own seeded generator, so the loader never draws from the global torch generator (which a
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from qtrain.data import shard_indices
+from qtrain.data import ShardSampler, shard_indices
 from qtrain.library.errors import UsageError
 from qtrain.seeding import derive_seed
 
@@ -48,42 +49,42 @@ class ShardedLoader:
             raise UsageError(f"session.shard(): the dataset has {n} samples for {workers} workers")
         if batch_size < 1:
             raise UsageError(f"session.shard(): batch_size must be at least 1, got {batch_size}")
-        self.dataset, self.shuffle, self.seed, self.worker = dataset, shuffle, seed, worker
-        self.indices = shard_indices(n, workers, worker, seed)
-        smallest = n // workers
-        self.batch_size = min(batch_size, smallest)
-        self.batches_per_epoch = smallest // self.batch_size
+        self.dataset, self.seed, self.worker = dataset, seed, worker
+        self.sampler = ShardSampler(
+            shard_indices(n, workers, worker, seed), batch_size, seed, worker, shuffle, n // workers
+        )
+        self.batch_size, self.batches_per_epoch = self.sampler.batch, self.sampler.batches_per_epoch
         self.loader_kwargs = loader_kwargs
-        self._epoch, self.position = 0, 0
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     @property
+    def position(self) -> int:
+        """Batches of the current epoch handed to the loop."""
+        return self.sampler.position
+
+    @property
     def epoch(self) -> int:
         """The epoch the next pass runs or continues (0-based): after a resume, the epoch the
         checkpoint was in, so ``for epoch in range(loader.epoch, epochs)`` picks up where it was."""
-        return self._epoch + 1 if self.position >= self.batches_per_epoch else self._epoch
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
-            return self.indices
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, "data", self.worker, epoch))
-        return self.indices[torch.randperm(len(self.indices), generator=gen)]
+        s = self.sampler
+        return s.epoch + 1 if s.position >= s.batches_per_epoch else s.epoch
 
     def __iter__(self):
-        if self.position >= self.batches_per_epoch:  # the last pass ended an epoch: the next one
-            self._epoch, self.position = self._epoch + 1, 0
-        order, b = self._order(self._epoch), self.batch_size
-        batches = [order[i * b : (i + 1) * b].tolist() for i in range(self.position, self.batches_per_epoch)]
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, "loader", self.worker, self._epoch))
+        """One epoch: the rest of the current one, or the next whole one."""
+        s = self.sampler
+        epoch, start = (s.epoch + 1, 0) if s.position >= s.batches_per_epoch else (s.epoch, s.position)
+        order, b = s._epoch_order(epoch), s.batch
+        batches = [order[i * b : (i + 1) * b].tolist() for i in range(start, s.batches_per_epoch)]
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "loader", self.worker, epoch))
         loader = DataLoader(self.dataset, batch_sampler=batches, generator=generator, **self.loader_kwargs)
         for batch in loader:
-            self.position += 1
+            s.next_batch()  # the position moves where the loop receives the batch
             yield batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "position": self.position}
+        return self.sampler.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self._epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.sampler.load_state_dict(state)

@@ -17,7 +17,7 @@ import torch
 
 from qtrain.engine.buffers import buffer_state, has_buffers, load_buffers
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
-from qtrain.engine.snapshots import rng_restore, rng_snapshot, to_cpu, to_numpy
+from qtrain.engine.snapshots import rng_restore, to_numpy, worker_positions, worker_snapshot
 from qtrain.engine.step import WorkerStep
 from qtrain.io.trace import METRIC_NAME_BYTES
 from qtrain.library import extra_state
@@ -64,6 +64,7 @@ class LibraryWorker:
 
     def begin(self) -> None:
         if not self.begun:
+            maybe_fail(self.svc.fault, self.topology.rank, self.steps_done + 1)  # before the step sends
             self.begun = True
             self.hook_sent = False  # a segment of this step went out from backward's hooks
             self.hook_version = -1  # the gradient's version after the last hook of the step
@@ -100,7 +101,6 @@ class LibraryWorker:
         step = self.steps_done + 1
         if self.closed:
             raise UsageError(f"optimizer.step() after session.close() (step {step})")
-        maybe_fail(self.svc.fault, self.topology.rank, step)
         why = self.flat.changed_parameter()
         if why:
             raise UsageError(
@@ -127,6 +127,9 @@ class LibraryWorker:
         value = float(self.driver.record["loss"][0]) if self.loss_given else None
         self.driver.end_backward(value)
         stopping = self.driver.exchange(step)
+        if self.driver.buffers_asked:  # the server evaluates after this step
+            self.svc.watchdog.enter(f"step {step}: buffers")
+            self._sync_buffers()
         self.steps_done = step
         self.begun = self.backward_seen = False
         self.t_end = time.perf_counter()
@@ -244,19 +247,17 @@ class LibraryWorker:
 
     # ------------------------------------------------------------------ checkpoints
     def _snapshot(self, packed_extra) -> dict:
-        snap = {
-            "engine": self.engine.state_dict(),
-            "shards": {str(i): s.state_dict() for i, s in enumerate(self.session._shards)},
-            "rng": rng_snapshot(),
-            "lr": float(self.current_lr()),
-        }
-        if self.group is not None and "initial_lr" in self.group:
-            snap["initial_lr"] = float(self.group["initial_lr"])
-        if has_buffers(self.flat.module):  # this replica's own: a checkpoint changes nothing
-            snap["buffers"] = buffer_state(self.flat.module)
-        if packed_extra is not None:
-            snap["extra"] = packed_extra
-        return to_cpu(snap)
+        group = self.group or {}
+        return worker_snapshot(
+            self.engine,
+            [s.state_dict() for s in self.session._shards],
+            self.current_lr(),
+            buffer_state(self.flat.module)
+            if has_buffers(self.flat.module)
+            else None,  # a checkpoint changes nothing
+            packed_extra,
+            group.get("initial_lr"),
+        )
 
     def _restore(self, resume) -> None:
         self.flat.params.copy_(resume.replica_params)
@@ -267,16 +268,13 @@ class LibraryWorker:
         if w is None:
             self.svc.log.info("--reset-worker-state: moments and error buffers start from zero")
             return
-        if "shards" not in w:
-            raise UsageError(
-                f"the checkpoint of step {resume.step} was written by qtrain train, not by the library"
-            )
         self.engine.load_state_dict(w["engine"])
         if "buffers" in w:
             load_buffers(self.flat.module, w["buffers"])
         rng_restore(w["rng"])
-        self.lr = self.pending_lr = float(w["lr"])
+        if "lr" in w:  # checkpoints from before the library ran at algorithm.lr
+            self.lr = self.pending_lr = float(w["lr"])
         self.initial_lr = float(w["initial_lr"]) if "initial_lr" in w else None
-        self.session._resume_shards([w["shards"][k] for k in sorted(w["shards"], key=int)])
+        self.session._resume_shards(worker_positions(w))
         self.session._resumed_extra = extra_state.unpack(w["extra"]) if "extra" in w else None
         self.svc.log.info("resumed at step %d", resume.step)

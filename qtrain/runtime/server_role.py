@@ -1,8 +1,7 @@
-"""The serving rank: a loop over the step driver's server step (``engine/step.py``) over the MPI
-transport (each segment taken as soon as all its uplinks are in, its downlink broadcast posted
-while later segments still arrive); between steps it combines the workers' buffers, evaluates,
-traces and shows progress through the Recorder, and writes the checkpoints; it returns the
-summary."""
+"""The serving rank's pieces, for ``session.serve`` (``library/serve.py``, which ``qtrain train``
+serves with too): the engine, recorder, step driver over the MPI transport, timeline and
+checkpointer started (restored from a checkpoint, or the initial weights sent); the gathers of
+the workers' checkpoint and final reports; the agreed stop; the run's facts for the summary."""
 
 from __future__ import annotations
 
@@ -10,17 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qtrain.engine.buffers import has_buffers, load_buffers, sync_due
+from qtrain.engine.buffers import has_buffers, load_buffers
 from qtrain.engine.checkpointer import Checkpointer
 from qtrain.engine.recorder import Recorder
 from qtrain.engine.records import FLAG_STOP
-from qtrain.engine.snapshots import is_checkpoint_step, rng_restore, to_torch
-from qtrain.engine.step import ServerStep, worker_report
+from qtrain.engine.snapshots import rng_restore, to_torch
+from qtrain.engine.step import ServerStep
 from qtrain.io.net_counters import NetCounters
-from qtrain.io.run_dir import params_sha256
-from qtrain.runtime.buffer_sync import server_sync
 from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
-from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.timeline import TimelineRecorder
 
 
@@ -110,44 +106,6 @@ def run_facts(topo, world, rec, resume) -> dict:
         "hosts": world.hosts,
         "resumed_from": str(resume.path) if resume is not None else None,
     }
-
-
-def run_server(plan, model, transport, svc, world, out_dir, resume) -> dict:
-    topo, cfg, setup = plan.topology, plan.cfg, plan.setup
-    serving = start_serving(plan, model, transport, svc, world, out_dir, resume)
-    server, rec, server_step, start = serving.server, serving.rec, serving.step, serving.start
-    stop_reason, step = None, start
-    sync_buffers = has_buffers(model.module)
-    try:
-        for step in range(start + 1, setup.steps + 1):
-            maybe_fail(svc.fault, topo.rank, step)
-            records, stop_reason, _ = server_step.run(step)  # qtrain train's workers send no control
-            buffers = None
-            if sync_buffers and sync_due(cfg, step, setup.steps, stop_reason is not None):
-                with rec.phase("buffers"):
-                    buffers = server_sync(topo, model.module, cfg.model.buffers)
-            if rec.eval_due(stop_reason is not None):
-                svc.log.info("step %d eval %s", step, rec.evaluate(model, setup.dataset))
-            rec.end_step(worker_report(records), server.last_stats)
-            if is_checkpoint_step(cfg, step, setup.steps, stop_reason is not None):
-                with rec.phase("checkpoint"):
-                    snaps = gather_snapshots(topo, rec)
-                    serving.checkpointer.write(step, server, snaps, rec, server.replica, buffers)
-            if stop_reason is not None:
-                svc.log.info("stopping after step %d: %s", step, stop_reason)
-                break
-    finally:
-        rec.progress.close()
-    final_report(topo, serving, svc)
-    return rec.summary(
-        model,
-        setup.dataset,
-        params_sha256(model.params),
-        runner="mpi",
-        stopped_early=step < setup.steps,
-        stop_reason=stop_reason,
-        **run_facts(topo, world, rec, resume),
-    )
 
 
 def restore_or_send_initial(plan, server, model, rec, svc, resume, server_step) -> None:

@@ -23,16 +23,6 @@ class Refused(Exception):
 
 
 @dataclass
-class Outcome:
-    """What ``run_train`` returns to the CLI on each rank."""
-
-    code: int
-    summary: dict | None = None  # the serving rank's run summary
-    out_dir: Path | None = None
-    error: str | None = None  # the one-line refusal, on rank 0
-
-
-@dataclass
 class WorldInfo:
     """What every rank learned about the others at start-up."""
 
@@ -102,11 +92,17 @@ def _world_too_small_message(usage: str | None = None) -> str:
     )
 
 
-def agree_on_plan(comm, config: str, overrides: list[str], svc, arguments: str = ""):
-    """Every rank: (Topology, RunPlan, this rank's model, WorldInfo), or Refused on every rank."""
-    from qtrain.engine.run_plan import RunPlan
+def agree_on_builtin(comm, config: str, overrides: list[str], svc, arguments: str = ""):
+    """``qtrain train``'s start-up: every rank loads the config, its data and its model (the
+    config's, seeded, not yet flattened) and the ranks agree on all three. (Topology, RunSetup,
+    this rank's nn.Module, WorldInfo), or Refused on every rank."""
+    from qtrain.engine.setup import build_module, build_setup
 
-    return _agree(comm, config, overrides, svc, RunPlan.build, arguments, None)
+    def build(cfg, topology, device):
+        setup = build_setup(cfg, topology.num_workers)
+        return setup, build_module(setup)
+
+    return _agree(comm, config, overrides, svc, build, arguments, None)
 
 
 def agree_on_config(comm, config: str | None, overrides: list[str], svc, arguments: str = ""):
@@ -129,7 +125,7 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
     from qtrain.engine.topology import Topology
     from qtrain.kernels import set_threads as set_kernel_threads
     from qtrain.runtime import faults, mpi_info
-    from qtrain.runtime.model_agreement import adopt_server_model, first_difference, model_signature
+    from qtrain.runtime.model_agreement import first_difference, model_signature
     from qtrain.runtime.placement import choose_device, local_rank, oversubscribed
     from qtrain.runtime.waiting import set_spin
 
@@ -182,7 +178,6 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
                 raise Refused(
                     f"rank {r}'s model differs from rank 0's: it {why} (model.name {cfg.model.name!r})"
                 )
-        adopt_server_model(topology, model)
     world = WorldInfo([r[2] for r in reports], [r[3] for r in reports], cuda, mpi_info.library_version())
     # ranks on this host share its cores whatever MPI's shared-memory view says (network
     # namespaces, MPIR_CVAR_NOLOCAL): count them by host name

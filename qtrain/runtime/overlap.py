@@ -1,0 +1,27 @@
+"""Whether a worker sends each segment from backward's hooks (overlap) or after backward."""
+
+from __future__ import annotations
+
+
+def uses_overlap(setting: str, device, thread_multiple: bool) -> tuple[bool, str]:
+    """``runtime.overlap`` (on, off or auto) for this worker: whether to send segments from the
+    backward hooks, and why. Autograd runs a CPU backward's hooks on the thread that called
+    backward, the one that talks MPI, so any thread level will do; a CUDA backward runs them on a
+    device thread, which needs MPI_THREAD_MULTIPLE (``thread_multiple``: the library granted it).
+    ``auto`` is on for CPU workers only; ``on`` falls back to sending after backward, with the
+    reason, where the thread level is too low."""
+    if setting == "off":
+        return False, "runtime.overlap=off"
+    if str(device) == "cpu":
+        return True, "hooks run on the MPI thread (CPU backward)"
+    if setting == "auto":
+        return False, "auto: a CUDA backward runs hooks on a device thread"
+    if not thread_multiple:
+        return False, "runtime.overlap=on needs MPI_THREAD_MULTIPLE for a CUDA backward, not granted"
+    return True, "runtime.overlap=on with MPI_THREAD_MULTIPLE"
+
+
+def thread_multiple() -> bool:
+    from mpi4py import MPI
+
+    return MPI.Query_thread() == MPI.THREAD_MULTIPLE
