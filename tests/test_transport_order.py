@@ -10,7 +10,7 @@ from qtrain.codecs import get_codec
 from qtrain.engine.partition import Partition
 from qtrain.engine.records import DOWNLINK_RECORD, UPLINK_RECORD
 from qtrain.engine.topology import Topology
-from qtrain.runtime.transport import Transport
+from qtrain.runtime.transport import ServerTransport
 from qtrain.runtime.waiting import Stalled, wait_some
 
 
@@ -68,7 +68,7 @@ def server_transport(script, segments=3, workers=2, step=7, timeout_s=5.0):
 
     comm = ScriptedComm([(r, part.segments[k].tag) for r, k in script], payload)
     topo = Topology.parameter_server(workers + 1, 0, comm)
-    t = Transport(topo, part, codec, codec, torch.device("cpu"), False, timeout_s)
+    t = ServerTransport(topo, part, codec, codec, timeout_s)
     return t, part, comm
 
 

@@ -4,8 +4,10 @@ A **worker channel** posts a segment's uplink (its record and packed message) an
 downlink segments; a **server channel** yields each segment's uplinks (records and messages in
 worker order) once all are in and posts each segment's downlink. Two implement them:
 
-- ``runtime.transport.Transport``: MPI (``Isend``/``Irecv`` into preallocated frames, ``Ibcast``
-  downlinks, deadlines that name the silent rank);
+- ``runtime/transport.py``: MPI, one class per role (``WorkerTransport``, ``ServerTransport``:
+  ``Isend``/``Irecv`` into preallocated frames, ``Ibcast`` downlinks, deadlines that name the
+  silent rank), which also carry the pickled reports between steps (checkpoints, buffers, the
+  final report);
 - :class:`InProcessChannel`: the simulator's N virtual workers and its server in one process, the
   same messages handed over as Python objects, segments in index order.
 

@@ -52,6 +52,7 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
     server, rec, server_step, start = serving.server, serving.rec, serving.step, serving.start
     buffered = has_buffers(model.module)
     evaluates = evaluation.test is not None
+    metrics = lambda reports: _metrics(rec, topo.workers, reports)  # noqa: E731 - the workers' log rows
     server_step.wants_buffers = lambda step, stopping: buffered and evaluates and rec.eval_due(stopping)
     server_step.before_step = lambda step: maybe_fail(svc.fault, topo.rank, step)
     step, stop_reason = start + 1, None
@@ -62,11 +63,11 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
                 break
             if result.control == FLAG_BUFFERS:
                 with rec.phase("buffers"):
-                    server_sync(topo, model.module, cfg.model.buffers)
+                    server_sync(transport, model.module, cfg.model.buffers)
                 continue
             if result.control == FLAG_CHECKPOINT:
                 with rec.phase("checkpoint"):
-                    snaps = gather_snapshots(topo, rec, on_report=lambda r: _metrics(rec, topo.workers, r))
+                    snaps = gather_snapshots(transport, rec, on_report=metrics)
                     buffers = None
                     if buffered:  # the file's /buffers combine the replicas, which keep their own
                         buffers = combine(cfg.model.buffers, [s["buffers"] for s in snaps])
@@ -75,7 +76,7 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
                 continue
             if result.buffers:  # the downlink asked for them: the server evaluates after this step
                 with rec.phase("buffers"):
-                    server_sync(topo, model.module, cfg.model.buffers)
+                    server_sync(transport, model.module, cfg.model.buffers)
             if evaluates and rec.eval_due(result.stop_reason is not None):
                 svc.log.info("step %d eval %s", step, _evaluate(rec, evaluation.test, model.module))
             rec.end_step(worker_report(result.records), server.last_stats)
@@ -86,8 +87,8 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
     finally:
         rec.progress.close()
     if buffered:
-        server_sync(topo, model.module, cfg.model.buffers)
-    final_report(topo, serving, svc, on_report=lambda reports: _metrics(rec, topo.workers, reports))
+        server_sync(transport, model.module, cfg.model.buffers)
+    final_report(transport, serving, svc, on_report=metrics)
     if step - 1 == start == 0:
         raise UsageError(
             "every worker's loop ended before its first optimizer.step(): nothing was trained "

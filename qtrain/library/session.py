@@ -387,10 +387,10 @@ class Session:
             self._refuse(str(exc))
 
     def _transport(self, plan):
-        from qtrain.runtime.transport import Transport
+        from qtrain.runtime.transport import open_transport
 
         s = plan.setup
-        return Transport(
+        return open_transport(
             self._topology,
             plan.partition,
             s.uplink.codec,

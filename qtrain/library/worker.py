@@ -31,7 +31,7 @@ class LibraryWorker:
     def __init__(self, session, flat, plan, engine, transport, overlap: bool, resume):
         self.session, self.flat, self.plan, self.engine = session, flat, plan, engine
         self.svc, self.topology = session._svc, plan.topology
-        self.overlap = overlap
+        self.overlap, self.transport = overlap, transport
         self.driver = WorkerStep(engine, flat, transport, plan.partition, overlap, self.svc.watchdog.enter)
         self.lr = engine.algorithm.hp.lr  # the starting learning rate (a resume restores it)
         self.lr_of = None  # the optimizer's param group, once it exists: each step's learning rate
@@ -195,10 +195,7 @@ class LibraryWorker:
         snapshot = to_numpy(self._snapshot(packed))
         self.svc.watchdog.enter(f"step {step}: checkpoint")
         self.driver.send_control(step + 1, FLAG_CHECKPOINT)
-        self.topology.comm.gather(
-            (snapshot, self.driver.comm_s, self.driver.decode_s, self._take_metrics()),
-            root=self.topology.server,
-        )
+        self.transport.report((snapshot, self.driver.comm_s, self.driver.decode_s, self._take_metrics()))
         self._enter_loop()
 
     def sync_buffers(self) -> None:
@@ -224,11 +221,11 @@ class LibraryWorker:
         self.svc.watchdog.enter("final timing report")
         d = self.driver
         final = (d.comm_s, d.decode_s, d.backward_end, d.arrived, d.applied, self._take_metrics())
-        self.topology.comm.gather(final, root=self.topology.server)
+        self.transport.report(final)
 
     def _sync_buffers(self) -> None:
         if has_buffers(self.flat.module):
-            worker_sync(self.topology, self.flat.module)
+            worker_sync(self.transport, self.flat.module)
 
     def log(self, metrics: dict) -> None:
         step = self.steps_done

@@ -9,18 +9,15 @@ from qtrain.engine.buffers import buffer_state, combine, load_buffers
 from qtrain.engine.snapshots import to_numpy, to_torch
 
 
-def server_sync(topology, module, policy: str) -> dict:
+def server_sync(transport, module, policy: str) -> dict:
     """On the serving rank: gather, combine, send back, adopt; the combined buffers."""
-    comm, root = topology.comm, topology.server
-    parts = comm.gather(None, root=root)
-    combined = combine(policy, [to_torch(parts[r]) for r in topology.workers])
-    comm.bcast(to_numpy(combined), root=root)
+    combined = combine(policy, [to_torch(part) for part in transport.reports()])
+    transport.share(to_numpy(combined))
     load_buffers(module, combined)
     return combined
 
 
-def worker_sync(topology, module) -> None:
+def worker_sync(transport, module) -> None:
     """On a worker: send this replica's buffers, adopt the combined ones."""
-    comm, root = topology.comm, topology.server
-    comm.gather(to_numpy(buffer_state(module)), root=root)
-    load_buffers(module, to_torch(comm.bcast(None, root=root)))
+    transport.report(to_numpy(buffer_state(module)))
+    load_buffers(module, to_torch(transport.shared()))

@@ -68,13 +68,12 @@ def start_serving(plan, model, transport, svc, world, out_dir, resume) -> Servin
     return Serving(server, rec, server_step, timeline, checkpointer, start)
 
 
-def final_report(topo, serving: Serving, svc, on_report=None) -> None:
+def final_report(transport, serving: Serving, svc, on_report=None) -> None:
     """The workers' final report (``gather``): the last communication times and instants close
     the trace and the timeline. What follows those five fields in each worker's report is for
     ``on_report(reports)``, called while the trace is still open."""
     svc.watchdog.enter("final timing report")
-    report = topo.comm.gather(None, root=topo.server)
-    final = [report[r] for r in topo.workers]
+    final = transport.reports()
     if on_report is not None:
         on_report(final)
     comm_s, decode_s, backward, arrived, applied = zip(*[f[:5] for f in final], strict=True)
@@ -82,12 +81,11 @@ def final_report(topo, serving: Serving, svc, on_report=None) -> None:
     serving.rec.close(list(comm_s), list(decode_s))
 
 
-def gather_snapshots(topo, rec, on_report=None) -> list:
+def gather_snapshots(transport, rec, on_report=None) -> list:
     """The workers' checkpoint reports (``gather``: snapshot, comm_s, decode_s, then what the
     caller's workers add, for ``on_report(reports)``): the held trace rows are completed with
     those times (a resume keeps them) and flushed; the snapshots in worker order."""
-    parts = topo.comm.gather(None, root=topo.server)
-    reports = [parts[r] for r in topo.workers]
+    reports = transport.reports()
     times = np.array([p[1:3] for p in reports], dtype=np.float64)
     rec.complete_held_rows(times[:, 0], times[:, 1])
     if on_report is not None:

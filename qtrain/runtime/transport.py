@@ -22,6 +22,12 @@ Point-to-point receives (not ``Gather``) let the deadline name exactly which wor
 
 CUDA-aware MPI: device tensors go to MPI directly after the producing stream is synchronized;
 otherwise frames are staged through preallocated host buffers (pinned when CUDA is present).
+
+Each role has its own class (``open_transport`` picks it): :class:`WorkerTransport`, the worker
+channel of the step driver, and :class:`ServerTransport`, the server channel
+(``engine/channel.py``). Both also carry what travels between steps (checkpoint snapshots, model
+buffers, the final report): ``report``/``shared`` on a worker, ``reports``/``share`` on the
+serving rank, pickled collectives that never run on the per-step hot path.
 """
 
 from __future__ import annotations
@@ -59,48 +65,19 @@ def _mpi_buffer(t: torch.Tensor):
     return t.numpy() if t.device.type == "cpu" else t
 
 
-class Transport:
-    def __init__(
-        self, topology, partition, uplink_codec, downlink_codec, device, cuda_aware: bool, timeout_s: float
-    ):
+class _Transport:
+    """What both sides know: the segments, each one's largest uplink and downlink message, its
+    serving rank, and the deadline of every wait."""
+
+    def __init__(self, topology, partition, uplink_codec, downlink_codec, timeout_s: float):
         self.topology, self.partition = topology, partition
         self.comm = topology.comm
-        self.device = device
-        self.cuda_aware = cuda_aware and device.type == "cuda"
         self.timeout_s = timeout_s
         self.up_fixed, self.down_fixed = uplink_codec.fixed_size, downlink_codec.fixed_size
         self.up_max = [uplink_codec.wire_bytes(s.numel) for s in partition]
         self.down_max = [downlink_codec.wire_bytes(s.numel) for s in partition]
-        up_frame = [UP + (m if self.up_fixed else 0) for m in self.up_max]
-        down_frame = [DOWN + (m if self.down_fixed else 0) for m in self.down_max]
-        workers = topology.num_workers
-        if topology.is_server:
-            self._recv = [np.empty((workers, n), dtype=np.uint8) for n in up_frame]
-            if not self.up_fixed:  # fixed-size messages arrive inside their frames
-                self._recv_msgs = [[np.empty(m, dtype=np.uint8) for _ in range(workers)] for m in self.up_max]
-            self._down = [np.empty(n, dtype=np.uint8) for n in down_frame]
-            self._queued: list = [None] * len(partition)  # per segment: the buffers to broadcast
-            self._down_reqs: list = []
-            self._down_of: list[int] = []  # the segment of each posted broadcast
-            self.down_posted_at = np.zeros(len(partition))  # perf_counter instants, this step
-            self.down_done_at = np.zeros(len(partition))
-            self._next_down = 0  # the lowest segment whose broadcast is not posted yet
-            return
-        frames_on = device if self.cuda_aware else torch.device("cpu")
-
-        def buffer(n):
-            return (
-                torch.empty(n, dtype=torch.uint8, device=device)
-                if self.cuda_aware
-                else _host_buffer(n, device)
-            )
-
-        self._send = [buffer(n) for n in up_frame]
-        self._send_msgs = None if self.up_fixed else [buffer(m) for m in self.up_max]
-        self._down_t = [buffer(n) for n in down_frame]
-        self._down_msgs = None if self.down_fixed else [buffer(m) for m in self.down_max]
-        self._frames_on_device = frames_on == device
-        self._pending_send: list = []
+        self.up_frame = [UP + (m if self.up_fixed else 0) for m in self.up_max]
+        self.down_frame = [DOWN + (m if self.down_fixed else 0) for m in self.down_max]
 
     def _server_of(self, seg) -> int:
         return self.topology.servers[seg.owner]
@@ -109,7 +86,47 @@ class Transport:
     def _where(step: int, seg) -> str:
         return f" (step {step}, segment {seg.index})"
 
-    # ---------------------------------------------------------------- worker side
+
+def open_transport(
+    topology, partition, uplink_codec, downlink_codec, device, cuda_aware: bool, timeout_s: float
+):
+    """This rank's side: a :class:`ServerTransport` on a serving rank, else a :class:`WorkerTransport`."""
+    if topology.is_server:
+        return ServerTransport(topology, partition, uplink_codec, downlink_codec, timeout_s)
+    return WorkerTransport(topology, partition, uplink_codec, downlink_codec, device, cuda_aware, timeout_s)
+
+
+class WorkerTransport(_Transport):
+    """A worker's channel: its uplink frames (on the device with CUDA-aware MPI, else staged in
+    host memory) and the downlink frames it receives into."""
+
+    def __init__(
+        self, topology, partition, uplink_codec, downlink_codec, device, cuda_aware: bool, timeout_s: float
+    ):
+        super().__init__(topology, partition, uplink_codec, downlink_codec, timeout_s)
+        self.device = device
+        self.cuda_aware = cuda_aware and device.type == "cuda"
+
+        def buffer(n):
+            if self.cuda_aware:
+                return torch.empty(n, dtype=torch.uint8, device=device)
+            return _host_buffer(n, device)
+
+        self._send = [buffer(n) for n in self.up_frame]
+        self._send_msgs = None if self.up_fixed else [buffer(m) for m in self.up_max]
+        self._down_t = [buffer(n) for n in self.down_frame]
+        self._down_msgs = None if self.down_fixed else [buffer(m) for m in self.down_max]
+        self._frames_on_device = (device if self.cuda_aware else torch.device("cpu")) == device
+        self._pending_send: list = []
+
+    def report(self, obj) -> None:
+        """Send ``obj`` to the serving rank, with every other worker (:meth:`ServerTransport.reports`)."""
+        self.comm.gather(obj, root=self.topology.server)
+
+    def shared(self):
+        """What the serving rank sends every worker (:meth:`ServerTransport.share`)."""
+        return self.comm.bcast(None, root=self.topology.server)
+
     def message_buffer(self, seg) -> torch.Tensor | None:
         """Where this worker may encode segment ``seg``'s message in place (its slot of the send
         frame), or None when the frames live on another device than the data."""
@@ -206,7 +223,33 @@ class Transport:
     def _on_device(self, msg: torch.Tensor) -> torch.Tensor:
         return msg.to(self.device, non_blocking=True) if msg.device != self.device else msg
 
-    # ---------------------------------------------------------------- server side
+
+class ServerTransport(_Transport):
+    """The serving rank's channel: a receive row per (segment, worker), and the downlink frames."""
+
+    def __init__(self, topology, partition, uplink_codec, downlink_codec, timeout_s: float):
+        super().__init__(topology, partition, uplink_codec, downlink_codec, timeout_s)
+        workers = topology.num_workers
+        self._recv = [np.empty((workers, n), dtype=np.uint8) for n in self.up_frame]
+        if not self.up_fixed:  # fixed-size messages arrive inside their frames
+            self._recv_msgs = [[np.empty(m, dtype=np.uint8) for _ in range(workers)] for m in self.up_max]
+        self._down = [np.empty(n, dtype=np.uint8) for n in self.down_frame]
+        self._queued: list = [None] * len(partition)  # per segment: the buffers to broadcast
+        self._down_reqs: list = []
+        self._down_of: list[int] = []  # the segment of each posted broadcast
+        self.down_posted_at = np.zeros(len(partition))  # perf_counter instants, this step
+        self.down_done_at = np.zeros(len(partition))
+        self._next_down = 0  # the lowest segment whose broadcast is not posted yet
+
+    def reports(self) -> list:
+        """Every worker's :meth:`WorkerTransport.report`, in worker order."""
+        parts = self.comm.gather(None, root=self.topology.server)
+        return [parts[r] for r in self.topology.workers]
+
+    def share(self, obj) -> None:
+        """Send ``obj`` to every worker (:meth:`WorkerTransport.shared`)."""
+        self.comm.bcast(obj, root=self.topology.server)
+
     def post_uplinks(self) -> None:
         """Post the receives of every segment of this step, from every worker (the messages of
         variable-size codecs follow once their records are in, see :meth:`uplinks`)."""
