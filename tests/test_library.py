@@ -61,6 +61,26 @@ def test_unequal_shards_give_every_worker_the_same_number_of_batches():
     assert counts == [2, 2]
 
 
+def test_the_built_in_sampler_gives_every_worker_the_smallest_shards_epoch():
+    """qtrain train's sampler and the shard share one rule: 1438 digits samples over 3 workers
+    (shards of 480, 479, 479) are 14 batches of 32 per epoch on every worker."""
+    setup = build_setup(load_config("configs/default.yaml"), 3)
+    assert [build_sampler(setup, w).batches_per_epoch for w in range(3)] == [14, 14, 14]
+
+
+def test_a_server_evaluation_must_be_a_dict_of_numbers_with_a_loss():
+    from qtrain.library.serve import _checked
+
+    module = nn.Linear(2, 1)
+    assert _checked(lambda m: {"loss": torch.tensor(0.5), "accuracy": 1}, module, "evaluate") == {
+        "loss": 0.5,
+        "accuracy": 1.0,
+    }
+    for bad in (0.5, {"accuracy": 1.0}, {"loss": "low"}):
+        with pytest.raises(UsageError, match=r"session.serve\(evaluate=...\)"):
+            _checked(lambda m, bad=bad: bad, module, "evaluate")
+
+
 def test_the_shard_leaves_the_global_generator_alone():
     data = TensorDataset(torch.arange(40))
     torch.manual_seed(5)

@@ -173,11 +173,12 @@ class Session:
         ``summary.json``; return the summary. Only on the serving rank.
 
         ``model``: this rank's own instance of the workers' architecture (names and shapes are
-        checked against theirs; it starts from worker 0's state and always holds the server's
-        parameters and the combined buffers); without it the server keeps a stand-in with no
-        forward. ``evaluate(model) -> {"loss": ..., "accuracy": ..., ...}``: the server evaluates
-        it every ``train.eval_every`` steps, at ``train.steps``, at an agreed stop and at the
-        end, after the workers' buffers are combined (the summary's ``final_test_*``, the trace's
+        checked against theirs; every worker then starts from its initial state, as DDP starts
+        from rank 0's, and it holds the server's parameters and the combined buffers); without
+        it the server keeps a stand-in with no forward and the workers start from worker 0's.
+        ``evaluate(model) -> {"loss": ..., "accuracy": ..., ...}``: the server evaluates it every
+        ``train.eval_every`` steps, at ``train.steps``, at an agreed stop and at the end, after
+        the workers' buffers are combined (the summary's ``final_test_*``, the trace's
         evaluations, other keys in its ``metrics``). ``evaluate_train(model)``: once at the end,
         the summary's ``final_train_*``."""
         if not self.is_server:
@@ -216,7 +217,8 @@ class Session:
     def optimizer(self, model: torch.nn.Module, overlap: bool | None = None):
         """Wrap ``model`` (moved to ``session.device``) for this run: returns a
         :class:`~qtrain.library.optimizer.DistributedOptimizer`. Every worker calls it with the
-        same architecture; the initial parameters and buffers then come from worker 0.
+        same architecture; the initial parameters and buffers then come from worker 0 (from the
+        serving rank when it serves with a model of its own).
         ``overlap``: send each segment from backward's hooks (default ``runtime.overlap``); pass
         False to clip, unscale or otherwise change gradients between ``backward()`` and ``step()``."""
         if self.is_server:
