@@ -123,3 +123,55 @@ def test_the_host_is_named_from_cpuinfo_or_else_platform(tmp_path):
     line = host_line(host | {"torch_threads": 1})
     assert line.startswith(f"host: {host['cpu_model']} ({host['cpu_capability']}, {os.cpu_count()} cores")
     assert "copy 12.5 GB/s (1 thread)" in line and describe_host()["copy_gbps"] > 0
+
+
+def test_dash_h_version_and_flags_that_look_like_flags():
+    for args in (["-h"], ["simulate", "-h"], ["analyze", "--help"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "-h, --help" in result.output, result.output
+    assert "--json  " in runner.invoke(app, ["analyze", "-h"]).output  # no `<bool>` after a flag
+    result = runner.invoke(app, ["--version"])
+    import qtrain
+
+    assert result.exit_code == 0 and result.output == f"qtrain {qtrain.__version__}\n"
+
+
+def test_config_list_and_show_print_the_shipped_configs():
+    listed = runner.invoke(app, ["config", "list"])
+    assert listed.exit_code == 0 and listed.output.splitlines()[0].startswith("adam ")
+    shown = runner.invoke(app, ["config", "show", "qadam"])
+    assert shown.exit_code == 0 and "weight_quantization" in shown.output
+    missing = subprocess.run(
+        [sys.executable, "-m", "qtrain", "config", "show", "nope"], capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "no shipped config 'nope' (shipped: adam," in missing.stderr
+
+
+def test_quiet_prints_nothing(tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "qtrain", "simulate", "sgd", "-w", "2", "--set", "train.steps=3", "-q"]
+        + ["--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
+    assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
+
+
+def test_without_an_mpi_library_info_still_reports_and_train_says_how_to_get_one(tmp_path):
+    env = {**os.environ, "MPI4PY_LIBMPI": str(tmp_path / "libmpi.so")}  # nothing there
+    info = subprocess.run([sys.executable, "-m", "qtrain", "info"], capture_output=True, text=True, env=env)
+    assert info.returncode == 0 and "torch " in info.stdout, info.stderr
+    assert "mpi_library            none: no MPI library could be loaded" in info.stdout
+    for args in (["train", "default"], ["run", "examples/quickstart.py"]):
+        p = subprocess.run([sys.executable, "-m", "qtrain", *args], capture_output=True, text=True, env=env)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1, p.stderr
+        assert "no MPI library could be loaded" in lines[0] and "pip install mpich" in lines[0]
+
+
+def test_a_cold_kernel_cache_is_noticed(tmp_path, monkeypatch):
+    from qtrain.kernels import cache_is_cold
+
+    assert not cache_is_cold()  # make install compiled them
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    assert cache_is_cold()

@@ -117,3 +117,29 @@ def test_link_defaults_and_overrides():
         load_config(None, ["algorithm.name=efficient-adam", "uplink.error_feedback=false"])
     )
     assert not up.error_feedback and down.error_feedback and down.codec.name == "sign"
+
+
+def test_nested_keys_of_a_free_form_mapping_can_be_set():
+    cfg = load_config("configs/default.yaml", ["model.kwargs.track=false", "model.kwargs.block.width=3"])
+    assert cfg.model.kwargs == {"track": False, "block": {"width": 3}}
+
+
+def test_an_error_that_a_set_causes_names_the_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--set algorithm.lr=-1: algorithm.lr must be > 0"):
+        load_config("configs/default.yaml", ["train.steps=5", "algorithm.lr=-1"])
+    with pytest.raises(ConfigError, match=r"^--set train.eval_every=0: train.eval_every"):
+        load_config("configs/default.yaml", ["algorithm.lr=-1", "algorithm.lr=0.01", "train.eval_every=0"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {eval_every: 0}\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: train.eval_every"):  # a file wrong by itself is named
+        load_config(bad, ["algorithm.lr=0.01"])
+
+
+def test_a_shipped_config_is_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    for name in ("sgd", "sgd.yaml", "configs/sgd.yaml"):
+        assert load_config(name).algorithm.name == "sgd"
+    (tmp_path / "sgd.yaml").write_text("algorithm: {name: adam}\n")  # a file that exists wins
+    assert load_config("sgd.yaml").algorithm.name == "adam"
+    with pytest.raises(ConfigError, match="does not exist .shipped configs, by name: adam, default"):
+        load_config("nope")

@@ -200,3 +200,37 @@ def test_plugin_models(tmp_path, monkeypatch):
         build_model("myplug:nothing", (5,), 2)
     with pytest.raises(ValueError, match="cannot import"):
         build_model("nosuchpkg_qtrain:f", (5,), 2)
+
+
+def test_every_file_loader_infers_the_task_by_one_rule_and_data_task_overrides_it(tmp_path):
+    """Float labels with integer values (what np.loadtxt gives) are classes in an npz as in a
+    libsvm file; data.task says otherwise when asked, and refuses what cannot be classes."""
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "d.npz"
+    labels = rng.integers(0, 3, 40).astype(np.float64)
+    np.savez(
+        npz,
+        x_train=rng.normal(size=(30, 4)),
+        y_train=labels[:30],
+        x_test=rng.normal(size=(10, 4)),
+        y_test=labels[30:],
+    )
+    auto = load_dataset(DataConfig(name="npz", path=str(npz)), seed=0)
+    assert (auto.task, auto.outputs) == ("classification", 3)
+    forced = load_dataset(DataConfig(name="npz", path=str(npz), task="regression"), seed=0)
+    assert (forced.task, forced.outputs, forced.y_train.dtype) == ("regression", 1, torch.float32)
+    np.savez(
+        npz,
+        x_train=rng.normal(size=(30, 4)),
+        y_train=rng.normal(size=30),
+        x_test=rng.normal(size=(10, 4)),
+        y_test=rng.normal(size=10),
+    )
+    with pytest.raises(ValueError, match="data.task=classification, but the labels have a non-integer value"):
+        load_dataset(DataConfig(name="npz", path=str(npz), task="classification"), seed=0)
+    svm = tmp_path / "a.svm"
+    svm.write_text("".join(f"{i % 3}.0 1:{i * 0.1}\n" for i in range(20)))
+    assert load_dataset(DataConfig(name="libsvm", path=str(svm)), seed=0).task == "classification"
+    assert (
+        load_dataset(DataConfig(name="libsvm", path=str(svm), task="regression"), seed=0).task == "regression"
+    )

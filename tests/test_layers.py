@@ -15,6 +15,7 @@ LAYERS = {
     "units": 0,
     "codecs": 0,
     "io": 0,
+    "shipped": 0,  # the configs and the Slurm template that ship with qtrain
     "kernels": 1,  # compiled fast paths of the codecs
     "algorithms": 1,
     "models": 1,

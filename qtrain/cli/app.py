@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from qtrain.cli import analyze, bench, checkpoint, info, reproduce, run, simulate, slurm, train
+from qtrain.cli import analyze, bench, checkpoint, configs, info, reproduce, run, simulate, slurm, train
 
 app = typer.Typer(
     name="qtrain",
@@ -12,7 +12,28 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: flags look like flags (rich showed `--json <bool>`)
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from qtrain import __version__
+
+        typer.echo(f"qtrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print qtrain's version and exit."
+    ),
+) -> None:
+    """Communication-efficient distributed training on MPI: quantized parameter server, error feedback."""
+
+
 app.command("info")(info.info)
 app.command("train")(train.train)
 app.command("run")(run.run)
@@ -20,6 +41,7 @@ app.command("simulate")(simulate.simulate)
 app.command("analyze")(analyze.analyze)
 app.command("compare")(analyze.compare)
 app.command("reproduce")(reproduce.reproduce)
+app.add_typer(configs.app, name="config")
 app.add_typer(checkpoint.app, name="checkpoint")
 app.add_typer(slurm.app, name="slurm")
 app.add_typer(bench.app, name="bench")

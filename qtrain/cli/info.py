@@ -17,7 +17,11 @@ def collect() -> dict:
     import qtrain
     from qtrain.runtime import mpi_info
 
-    cuda = mpi_info.decide_cuda_aware("auto")
+    missing = mpi_info.missing_mpi()
+    if missing is None:
+        library, cuda = mpi_info.library_version(), mpi_info.decide_cuda_aware("auto")
+    else:
+        library, cuda = f"none: {missing}", mpi_info.CudaAwareness("no", "no MPI library")
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
         "qtrain": qtrain.__version__,
@@ -27,7 +31,7 @@ def collect() -> dict:
         "mpi4py": mpi4py.__version__,
         "h5py": h5py.__version__,
         "hdf5": h5py.version.hdf5_version,
-        "mpi_library": mpi_info.library_version(),
+        "mpi_library": library,
         "cuda_aware_mpi": cuda.answer,
         "cuda_aware_how": cuda.how,
         "torch_cuda": torch.version.cuda,

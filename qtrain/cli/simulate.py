@@ -16,7 +16,9 @@ def simulate(
         [], "--set", help="Override a key: --set algorithm.lr=0.01 (repeatable)."
     ),
     out: str = typer.Option(None, "--out", help="Output directory (default runs/simulate-ALGORITHM-TIME)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the final summary line."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Print nothing but errors (the summary is in OUT/summary.json)."
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="OUT holds another run: remove its files first (they are named)."
     ),
@@ -43,4 +45,5 @@ def simulate(
         fail(str(exc))
     except OSError as exc:  # a full disk, a read-only file system: one line naming the file
         fail(describe(exc))
-    print_summary(summary, out)
+    if not quiet:
+        print_summary(summary, out)

@@ -9,10 +9,9 @@ from pathlib import Path
 import typer
 
 from qtrain.engine.topology import SERVING_RANKS
+from qtrain.shipped import SLURM_TEMPLATE as TEMPLATE
 
 app = typer.Typer(help="Slurm helpers.", no_args_is_help=True)
-
-TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "train.sbatch"
 TIME = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
 
 
@@ -25,8 +24,11 @@ def render_script(
     partition: str | None,
     home: Path,
     template: str,
+    qtrain_bin: Path | None = None,
 ) -> str:
-    """The template's body under #SBATCH lines for this shape; CONFIG becomes the default argument."""
+    """The template's body under #SBATCH lines for this shape; CONFIG becomes the default argument.
+    ``home``: where the job runs (its ``runs/``); ``qtrain_bin``: the ``qtrain`` it runs (default:
+    the template's own, ``$QTRAIN_HOME/.venv/bin/qtrain``)."""
     tasks = workers + SERVING_RANKS
     per_node = -(-tasks // nodes)  # tasks are packed in rank order: the server first, then workers
     header = [
@@ -51,8 +53,10 @@ def render_script(
         # workers on a node share its GPUs by node-local rank; the server needs none
         header.append(f"#SBATCH --gres=gpu:{gpus_per_worker * min(workers, per_node)}")
     body = [line for line in template.splitlines()[1:] if not line.startswith("#SBATCH")]
-    preset = [
-        f"export QTRAIN_HOME=${{QTRAIN_HOME:-{shlex.quote(str(home))}}}",
+    preset = [f"export QTRAIN_HOME=${{QTRAIN_HOME:-{shlex.quote(str(home))}}}"]
+    if qtrain_bin is not None:
+        preset.append(f"export QTRAIN=${{QTRAIN:-{shlex.quote(str(qtrain_bin))}}}")
+    preset += [
         f'set -- {shlex.quote(config)} "$@"',
     ]
     return "\n".join(header + preset + body) + "\n"
@@ -76,13 +80,30 @@ def render(
         fail(f"{nodes} nodes for {workers + SERVING_RANKS} tasks: some nodes would be empty")
     if not TIME.match(time):
         fail(f"--time {time!r} must look like HH:MM:SS or D-HH:MM:SS")
-    if not Path(config).is_file():
+    from qtrain.shipped import resolve_config
+
+    path = resolve_config(config)
+    if not path.is_file():
         fail(f"config file {config!r} does not exist")
     if not TEMPLATE.is_file():
-        fail(f"the batch template {TEMPLATE} is missing (qtrain must run from its source checkout)")
-    home = TEMPLATE.parents[1]
-    cfg = str(Path(config).resolve())
-    typer.echo(
-        render_script(cfg, nodes, workers, gpus_per_worker, time, partition, home, TEMPLATE.read_text()),
-        nl=False,
+        fail(f"the batch template {TEMPLATE} is missing from this installation of qtrain")
+    cfg = str(path.resolve())
+    script = render_script(
+        cfg,
+        nodes,
+        workers,
+        gpus_per_worker,
+        time,
+        partition,
+        Path.cwd(),
+        TEMPLATE.read_text(),
+        _this_qtrain(),
     )
+    typer.echo(script, nl=False)
+
+
+def _this_qtrain() -> Path:
+    """The ``qtrain`` of this installation (beside its python), which the job runs."""
+    import sys
+
+    return Path(sys.executable).parent / "qtrain"

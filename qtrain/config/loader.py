@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -122,8 +123,22 @@ def _apply_override(cfg: Config, key: str, value: Any) -> None:
         if i == len(parts) - 1:
             tp = typing.get_type_hints(type(target))[part]
             setattr(target, part, _coerce(value, tp, f"--set {key}"))
-        else:
-            target = getattr(target, part)
+            return
+        child = getattr(target, part)
+        if isinstance(child, dict):  # a free-form mapping (model.kwargs): the rest of the key is its
+            _set_nested(child, parts[i + 1 :], value)
+            return
+        target = child
+
+
+def _set_nested(mapping: dict, keys: list[str], value: Any) -> None:
+    """``mapping[k1][k2]... = value``, making the inner mappings on the way."""
+    for k in keys[:-1]:
+        inner = mapping.get(k)
+        if not isinstance(inner, dict):
+            inner = mapping[k] = {}
+        mapping = inner
+    mapping[keys[-1]] = value
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -131,11 +146,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is None:
         cfg = Config()
     else:
-        p = Path(path)
+        from qtrain.shipped import config_names, resolve_config
+
+        p = resolve_config(path)
         if p.is_dir():
             raise ConfigError(f"config file {str(p)!r} is a directory, not a YAML file")
         if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
+            names = ", ".join(config_names())
+            raise ConfigError(f"config file {str(p)!r} does not exist (shipped configs, by name: {names})")
         try:
             raw = yaml.safe_load(p.read_bytes().decode("utf-8"))
         except UnicodeDecodeError as exc:
@@ -152,12 +170,39 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             cfg = _build(Config, raw, "")
         except ConfigError as exc:
             raise ConfigError(f"{p}: {exc}") from exc
-    for key, value in parse_overrides(overrides or []):
-        _apply_override(cfg, key, value)
     from qtrain.config.validate import validate
 
-    validate(cfg, source=str(path) if path else "defaults")
+    items = list(overrides or [])
+    parsed = parse_overrides(items)
+    base = copy.deepcopy(cfg) if parsed else None
+    for key, value in parsed:
+        _apply_override(cfg, key, value)
+    source = str(path) if path else "defaults"
+    try:
+        validate(cfg, source=source)
+    except ConfigError as exc:
+        culprit = _culprit(base, items, parsed, validate, str(exc)[len(source) + 2 :]) if parsed else None
+        if culprit is not None:
+            raise culprit from None
+        raise
     return cfg
+
+
+def _culprit(base: Config, items: list[str], parsed: list, validate, problem: str) -> ConfigError | None:
+    """When the file alone is valid and its overrides make it invalid: ``problem`` (the final
+    error, without its source) named after the first ``--set`` from which on it holds."""
+    try:
+        validate(base, source="")
+    except ConfigError:
+        return None  # the file itself is wrong
+    for item, (key, value) in zip(items, parsed, strict=True):
+        _apply_override(base, key, value)
+        try:
+            validate(base, source="")
+        except ConfigError as exc:
+            if str(exc).endswith(problem):
+                return ConfigError(f"--set {item}: {problem}")
+    return None
 
 
 def to_dict(cfg) -> dict:

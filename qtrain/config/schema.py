@@ -36,6 +36,9 @@ class DataConfig:
     density: float = 0.1  # synthetic-sparse-logistic: share of nonzero true weights
     shuffle: bool = True  # reshuffle each worker's shard every epoch
     context: int = 64  # text: characters per training window
+    # libsvm and npz labels: classification | regression | auto (integer-valued labels in one
+    # column are classes, anything else is regression; the plan prints what was chosen)
+    task: str = "auto"
 
 
 @dataclass

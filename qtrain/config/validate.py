@@ -104,6 +104,8 @@ def _validate(cfg) -> None:
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(a, key) < 1:
             raise ConfigError(f"algorithm.{key} must be in [0, 1), got {getattr(a, key)}")
+    if d.task not in ("auto", "classification", "regression"):
+        raise ConfigError(f"data.task must be auto, classification or regression, got {d.task!r}")
     if not 0 < d.test_fraction < 1:
         raise ConfigError(f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
     if not 0 < d.density <= 1:

@@ -26,18 +26,29 @@ def _need_path(cfg, what: str) -> Path:
     return path
 
 
-def _labels(y: np.ndarray, name: str) -> tuple[torch.Tensor, str, int, dict | None]:
-    """Integer-valued labels -> classification with ids 0..C-1; anything else -> regression."""
+def _labels(y: np.ndarray, name: str, task: str = "auto") -> tuple[torch.Tensor, str, int, dict | None]:
+    """``data.task`` for labels ``y`` (one row per sample): classification with ids 0..C-1, or
+    regression with one float target per column. ``auto``: integer-valued labels in one column
+    (integer or float dtype alike, as ``np.loadtxt`` gives them) are classes, anything else is
+    regression; every file loader decides with this one rule."""
+    y = y.astype(np.float64) if y.dtype == np.bool_ else y
     if not np.all(np.isfinite(y)):
         raise ValueError(f"{name}: labels contain NaN or Inf")
-    if np.issubdtype(y.dtype, np.integer) or (
-        np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))
-    ):
-        classes = np.unique(y)
+    column = y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)
+    whole = np.issubdtype(y.dtype, np.integer) or bool(np.all(y == np.round(y)))
+    if task == "auto":
+        task = "classification" if column and whole else "regression"
+    if task == "classification":
+        if not (column and whole):
+            why = "several columns" if not column else f"a non-integer value {y[y != np.round(y)][0]!r}"
+            raise ValueError(f"{name}: data.task=classification, but the labels have {why}")
+        flat = y.reshape(-1)
+        classes = np.unique(flat)
         mapping = {v: i for i, v in enumerate(classes.tolist())}
-        ids = np.searchsorted(classes, y)
+        ids = np.searchsorted(classes, flat)
         return torch.from_numpy(ids.astype(np.int64)), "classification", len(classes), mapping
-    return torch.from_numpy(y.astype(np.float32)).reshape(len(y), -1), "regression", 1, None
+    targets = torch.from_numpy(y.astype(np.float32)).reshape(len(y), -1)
+    return targets, "regression", targets.shape[1], None
 
 
 def libsvm(cfg, seed: int) -> Dataset:
@@ -60,9 +71,9 @@ def libsvm(cfg, seed: int) -> Dataset:
         raise ValueError(f"{path}: not a valid LIBSVM/svmlight file ({exc})") from exc
     x = torch.from_numpy(np.asarray(xtr.todense(), dtype=np.float32))
     if xte is None:
-        y, task, outputs, _ = _labels(ytr, cfg.name)
+        y, task, outputs, _ = _labels(ytr, cfg.name, cfg.task)
         return Dataset("libsvm", *split(x, y, cfg.test_fraction, 20260), task, outputs).check()
-    y_all, task, outputs, _ = _labels(np.concatenate([ytr, yte]), cfg.name)
+    y_all, task, outputs, _ = _labels(np.concatenate([ytr, yte]), cfg.name, cfg.task)
     xt = torch.from_numpy(np.asarray(xte.todense(), dtype=np.float32))
     return Dataset("libsvm", x, y_all[: len(ytr)], xt, y_all[len(ytr) :], task, outputs).check()
 
@@ -146,7 +157,8 @@ def cifar10(cfg, seed: int) -> Dataset:
 
 def npz(cfg, seed: int) -> Dataset:
     """Arrays ``x_train``, ``y_train``, ``x_test``, ``y_test`` in a ``.npz`` file (no pickles).
-    Classification when y is integer-typed (labels remapped to 0..C-1), regression otherwise."""
+    ``data.task`` decides classification (labels remapped to 0..C-1) or regression, by the rule of
+    every file loader (``_labels``)."""
     path = _need_path(cfg, "an .npz file")
     try:
         f = np.load(path, allow_pickle=False)
@@ -179,13 +191,12 @@ def npz(cfg, seed: int) -> Dataset:
     ytr, yte = arrays["y_train"], arrays["y_test"]
     xtr = torch.from_numpy(arrays["x_train"].astype(np.float32))
     xte = torch.from_numpy(arrays["x_test"].astype(np.float32))
-    if np.issubdtype(ytr.dtype, np.integer) and np.issubdtype(yte.dtype, np.integer):
-        classes = np.unique(np.concatenate([ytr.ravel(), yte.ravel()]))
-        y1 = torch.from_numpy(np.searchsorted(classes, ytr.ravel()).astype(np.int64))
-        y2 = torch.from_numpy(np.searchsorted(classes, yte.ravel()).astype(np.int64))
-        return Dataset("npz", xtr, y1, xte, y2, "classification", len(classes)).check()
-    y1 = torch.from_numpy(ytr.astype(np.float32)).reshape(len(ytr), -1)
-    y2 = torch.from_numpy(yte.astype(np.float32)).reshape(len(yte), -1)
-    if y1.shape[1] != y2.shape[1]:
+    targets = ytr.shape[1:] or (1,)
+    if targets != (yte.shape[1:] or (1,)):
         raise ValueError(f"{path}: y_train and y_test have different numbers of targets")
-    return Dataset("npz", xtr, y1, xte, y2, "regression", y1.shape[1]).check()
+    ytr, yte = ytr.reshape((len(ytr), *targets)), yte.reshape((len(yte), *targets))
+    common = np.result_type(ytr.dtype, yte.dtype)
+    y_all, task, outputs, _ = _labels(
+        np.concatenate([ytr.astype(common), yte.astype(common)]), str(path), cfg.task
+    )
+    return Dataset("npz", xtr, y_all[: len(ytr)], xte, y_all[len(ytr) :], task, outputs).check()

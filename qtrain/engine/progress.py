@@ -34,12 +34,16 @@ class ProgressReporter:
         accuracy: float | None,
         up_bytes: float,
         down_bytes: float,
-        compression_up: float,
+        fp32_bytes: float,
     ) -> None:
+        """``up_bytes``, ``down_bytes``: this step's bytes per worker each way; ``fp32_bytes``: the
+        same step's in fp32 (the ratios of both ways are shown)."""
         acc = f" acc {accuracy:.4f}" if accuracy is not None else ""
+        ratio_up = fp32_bytes / up_bytes if up_bytes else float("inf")
+        ratio_down = fp32_bytes / down_bytes if down_bytes else float("inf")
         info = (
-            f"loss {loss:.4f}{acc} up {up_bytes:.0f} B/worker down {down_bytes:.0f} B/worker "
-            f"({compression_up:.1f}x < fp32)"
+            f"loss {loss:.4f}{acc} up {up_bytes:.0f} B/worker ({ratio_up:.1f}x < fp32) "
+            f"down {down_bytes:.0f} B/worker ({ratio_down:.1f}x < fp32)"
         )
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=info)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qtrain.codecs import get_codec
 from qtrain.engine.accounting import RunStats, trace_attrs
 from qtrain.engine.progress import ProgressReporter
 from qtrain.engine.snapshots import is_eval_step
@@ -98,6 +99,7 @@ class Recorder:
         self._pending = None  # worker rows waiting for their late communication times
         self._up = np.zeros(topology.num_workers, dtype=np.int64)
         self._down = 0
+        self._fp32 = partition.wire_bytes(get_codec("none"))  # one worker's step in fp32, each way
 
     # ------------------------------------------------------------------ a step
     def begin_step(self, step: int) -> None:
@@ -171,11 +173,9 @@ class Recorder:
         ]
         if self.trace is not None:
             self._trace_step(workers, server_stats)
-        up = self.stats.bytes_up / max((self.step - self.start) * self.topology.num_workers, 1)
-        down = self.stats.bytes_down / max((self.step - self.start) * self.topology.num_workers, 1)
-        self.progress.update(
-            self.step, self.stats.last_batch_loss, self.accuracy, up, down, self.stats.compression_up
-        )
+        # this step's bytes per worker each way (a resumed run's totals hold steps it did not run)
+        up, down = float(self._up.mean()), float(self._down)
+        self.progress.update(self.step, self.stats.last_batch_loss, self.accuracy, up, down, self._fp32)
 
     def _trace_step(self, workers: WorkerReport, server_stats: dict) -> None:
         ranks = list(self.topology.workers)

@@ -40,6 +40,60 @@ def set_threads(threads: int) -> None:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
+_WARM = False  # this process has made sure the numba kernels are compiled
+
+
+def warm_up() -> None:
+    """Compile (or load from the disk cache) every numba kernel the codecs use."""
+    from qtrain.codecs import get_codec
+
+    x, e = torch.randn(4096), torch.zeros(4096)
+    for name, params in (("sign", {}), ("uniform", {"bits": 2})):
+        fast = kernel_codec(get_codec(name, **params), "cpu", "numba")
+        rows = torch.zeros(2, 2048, dtype=torch.uint8)
+        m, _ = fast.encode_ef(x, e, out=rows[0])
+        rows[1, : m.numel()] = m
+        fast.decode_combine([rows[0, : m.numel()], rows[1, : m.numel()]], torch.empty(4096), "mean")
+        fast.decode_combine([m], torch.empty(4096), "subtract")
+        fast.decode_combine([m.clone(), m.clone()], torch.empty(4096), "mean")
+
+
+def cache_is_cold() -> bool:
+    """Whether numba's disk cache lacks this installation's kernels (or holds older ones): numba
+    keeps them in ``NUMBA_CACHE_DIR/kernels_<sha1 of this folder>``, indexed by ``*.nbi`` files."""
+    import hashlib
+
+    here = Path(__file__).resolve().parent
+    source = here / "cpu_dense.py"
+    digest = hashlib.sha1(str(here).encode()).hexdigest()
+    cache = Path(os.environ["NUMBA_CACHE_DIR"]) / f"{here.name}_{digest}"
+    stamps = [p.stat().st_mtime for p in cache.glob("cpu_dense.*.nbi")]
+    return not stamps or min(stamps) < source.stat().st_mtime
+
+
+def _warm_once() -> None:
+    """The first numba kernel codec of a process on a cold cache compiles every kernel at once
+    and says so (20-45 s on 2 cores), instead of a silent pause inside the first step."""
+    global _WARM
+    if _WARM:
+        return
+    _WARM = True
+    if not cache_is_cold():
+        return
+    import sys
+    import time
+
+    print(
+        f"qtrain: compiling the numba codec kernels (once per installation, 20-45 s on 2 cores; "
+        f"cached in {os.environ['NUMBA_CACHE_DIR']})",
+        file=sys.stderr,
+        flush=True,
+    )
+    start = time.perf_counter()
+    warm_up()
+    print(f"qtrain: numba kernels ready in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
 def codec_path(codec, device, choice: str = "auto"):
     """What the engines encode and decode ``codec`` with: its compiled kernel codec where one
     applies (:func:`kernel_codec`), else the torch reference behind the same interface."""
@@ -86,7 +140,10 @@ def kernel_codec(codec, device, choice: str = "auto"):
 
     if codec.name in FORMATS:
         return FloatKernelCodec(codec)
-    return DenseKernelCodec(codec) if kernel_kind(codec) is not None else None
+    if kernel_kind(codec) is None:
+        return None
+    _warm_once()
+    return DenseKernelCodec(codec)
 
 
 def _triton_codec(codec, choice: str):

@@ -119,6 +119,12 @@ class Session:
     def _start(cls, request: _Request, builtin: bool = False) -> Session:
         """Start-up on every rank. ``builtin``: ``qtrain train``'s, which also loads the config's
         data and builds its model on every rank and agrees on both (``_builtin_model``)."""
+        from qtrain.runtime.mpi_info import missing_mpi
+
+        missing = missing_mpi()
+        if missing is not None:  # every rank finds the same, and none can tell the others
+            print(f"qtrain: error: {missing}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
         from mpi4py import MPI
 
         from qtrain.config import dump_yaml
@@ -204,8 +210,9 @@ class Session:
         flat = self._agreed(lambda: share_model(self._topology, None, self.device, server_module=model))
         plan = self._plan(flat)
         resume = self._resume_point(plan)
-        title = "qtrain train" if self._builtin_model is not None else "qtrain library run"
-        self._world.announce(plan, self._svc.echo, resume, title=title)
+        builtin = self._builtin_model is not None
+        title = "qtrain train" if builtin else "qtrain library run"
+        self._world.announce(plan, self._svc.echo, resume, title=title, config_workers=builtin)
         evaluation = Evaluation(evaluate, evaluate_train, own_model=model is not None)
         summary = serve_run(self, plan, flat, self._transport(plan), resume, evaluation)
         write_summary(self.out_dir, summary)
@@ -306,9 +313,7 @@ class Session:
         from qtrain.engine.snapshots import is_checkpoint_step
 
         step = self.step
-        return step > 0 and is_checkpoint_step(
-            self.config, step, self.config.train.steps or 0, self.should_stop
-        )
+        return step > 0 and is_checkpoint_step(self.config, step, self._setup.steps, self.should_stop)
 
     @property
     def resumed_extra(self):

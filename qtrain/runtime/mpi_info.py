@@ -34,6 +34,21 @@ def _mpi():
     return MPI
 
 
+def missing_mpi() -> str | None:
+    """None when mpi4py loads an MPI library; else one line saying why not and how to get one
+    (``qtrain info`` prints it, ``qtrain train`` and ``qtrain run`` exit 2 with it)."""
+    try:
+        _mpi()
+    except (ImportError, RuntimeError) as exc:
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        return (
+            f"no MPI library could be loaded ({why}): `pip install mpich` (or qtrain[mpich]) for one "
+            "from PyPI, or load your site's MPI module and `pip install --no-binary=mpi4py mpi4py` "
+            "against it (README, 'On a cluster')"
+        )
+    return None
+
+
 def library_version() -> str:
     """First line of ``MPI_Get_library_version``, e.g. ``MPICH Version: 5.0.2``."""
     text = _mpi().Get_library_version().replace("\x00", "")  # Open MPI's string carries a NUL

@@ -33,8 +33,9 @@ class WorldInfo:
     version: str = field(default=qtrain.__version__)
     waits: str = ""  # how this node's ranks wait for MPI (runtime/waiting.py), said at start-up
 
-    def announce(self, plan, echo, resume, title: str = "qtrain train") -> None:
-        """What the serving rank prints before training: plan, wire cost, CUDA-aware decision, ranks."""
+    def announce(self, plan, echo, resume, title: str = "qtrain train", config_workers: bool = True) -> None:
+        """What the serving rank prints before training: plan, wire cost, CUDA-aware decision, ranks;
+        with ``config_workers``, a note when the config's ``workers`` is not the world's."""
         from qtrain.codecs import get_codec
 
         s, part, topo = plan.setup, plan.partition, plan.topology
@@ -45,6 +46,17 @@ class WorldInfo:
             f"{title}: {s.algorithm.name}, {len(topo.servers)} server + {topo.num_workers} workers, "
             f"{steps}, {n} parameters in {part.describe()}"
         )
+        ds = s.dataset
+        if getattr(ds, "x_train", None) is not None:  # the built-in data (a library run's is the user's)
+            what = f"{ds.outputs} classes" if ds.task != "regression" else f"{ds.outputs} target(s)"
+            sizes = f"{len(ds.x_train)} train / {len(ds.x_test)} test samples"
+            echo(f"  data {ds.name}: {ds.task}, {what}, {sizes}")
+        if config_workers and s.cfg.workers != topo.num_workers:
+            echo(
+                f"  note: the config says workers: {s.cfg.workers}, but {topo.world_size} ranks make "
+                f"{topo.num_workers} workers; under MPI the launched world decides (workers is "
+                "`qtrain simulate`'s default)"
+            )
         for name, link, extra in (
             ("uplink  ", s.uplink, ""),
             ("downlink", s.downlink, f" [{s.algorithm.downlink_mode}]"),
