@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -186,3 +187,54 @@ def test_render_gpu_shape_and_errors(tmp_path):
         cwd=REPO,
     )
     assert bad.returncode == 2 and "--time" in bad.stderr
+
+
+def test_render_takes_a_real_clusters_options_and_asks_for_the_gpus_it_uses(tmp_path):
+    """Each option becomes its #SBATCH line; --gres counts one GPU per worker on the fullest node
+    (the serving rank on node 0 takes none); a shape that cannot fit --gpus-per-node is refused
+    with the node count it needs."""
+    from typer.testing import CliRunner
+
+    from qtrain.cli.app import app
+
+    def render(*args):
+        return CliRunner().invoke(app, ["slurm", "render", "default", *args])
+
+    r = render(
+        "--nodes", "4", "--workers", "15", "--gpus-per-worker", "1", "--gpus-per-node", "4",
+        "--account", "proj", "--qos", "high", "--mem", "64G", "--constraint", "a100", "--exclusive",
+        "--setup", "module load cuda; source ~/env/bin/activate", "--python", sys.executable,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    for line in (
+        "#SBATCH --ntasks=16",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --gres=gpu:4",  # nodes hold 3, 4, 4, 4 workers
+        "#SBATCH --account=proj",
+        "#SBATCH --qos=high",
+        "#SBATCH --mem=64G",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --exclusive",
+        "module load cuda; source ~/env/bin/activate",
+        f"export QTRAIN=${{QTRAIN:-{Path(sys.executable).parent / 'qtrain'}}}",
+    ):
+        assert line in lines, line
+    assert "workers per node [3, 4, 4, 4]" in r.output
+    assert lines.index("module load cuda; source ~/env/bin/activate") < lines.index("set -uo pipefail")
+    cpu = render("--workers", "2")
+    assert cpu.exit_code == 0
+    assert not [
+        line for line in cpu.output.splitlines() if line.startswith(("#SBATCH --gres", "#SBATCH --account"))
+    ]
+    for args, why in (
+        (
+            ["--nodes", "2", "--workers", "15", "--gpus-per-worker", "1", "--gpus-per-node", "4"],
+            "use --nodes 4",
+        ),
+        (["--workers", "2", "--gpus-per-worker", "2"], "each worker computes on one GPU"),
+        (["--workers", "2", "--mem", "lots"], "--mem 'lots' must be a size"),
+        (["--workers", "2", "--python", str(tmp_path / "nope")], "does not exist"),
+    ):
+        bad = render(*args)
+        assert bad.exit_code == 2 and why in bad.output, bad.output

@@ -1,9 +1,17 @@
-"""``qtrain slurm render``: a ready sbatch script for a given job shape."""
+"""``qtrain slurm render``: a ready sbatch script for a given job shape.
+
+Placement (a documented choice, not a heterogeneous job): the tasks are packed in rank order with
+the same ``--ntasks-per-node`` everywhere, so the serving rank (task 0) shares node 0 with the
+first workers. It takes no GPU: ``--gres=gpu:G`` counts workers only, G = the most workers any
+node holds (each worker uses one GPU, ``cuda:(node-local rank % G)``), so on node 0 one of the
+requested GPUs stays free when the node is full of workers elsewhere. ``--gpus-per-node`` checks
+that a shape fits the cluster's nodes and says how many nodes it needs when it does not."""
 
 from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
@@ -13,92 +21,150 @@ from qtrain.shipped import SLURM_TEMPLATE as TEMPLATE
 
 app = typer.Typer(help="Slurm helpers.", no_args_is_help=True)
 TIME = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
+MEM = re.compile(r"^\d+[KMGT]?$")
+
+
+@dataclass
+class JobShape:
+    """What ``slurm render`` was asked for."""
+
+    nodes: int
+    workers: int
+    gpus: bool = False  # one GPU per worker
+    time: str = "01:00:00"
+    sbatch: dict[str, str | None] = field(default_factory=dict)  # partition, account, ...: value
+    setup: str | None = None  # shell lines the batch script runs before qtrain (module load, ...)
+
+    @property
+    def tasks(self) -> int:
+        return self.workers + SERVING_RANKS
+
+    @property
+    def per_node(self) -> int:
+        return -(-self.tasks // self.nodes)  # tasks are packed in rank order: the server first
+
+    def workers_per_node(self) -> list[int]:
+        """Workers on each node, in node order (node 0 holds the serving rank too)."""
+        left, out = self.tasks, []
+        for node in range(self.nodes):
+            here = min(self.per_node, left)
+            out.append(here - (SERVING_RANKS if node == 0 else 0))
+            left -= here
+        return out
 
 
 def render_script(
-    config: str,
-    nodes: int,
-    workers: int,
-    gpus_per_worker: int,
-    time: str,
-    partition: str | None,
-    home: Path,
-    template: str,
-    qtrain_bin: Path | None = None,
+    shape: JobShape, config: str, home: Path, template: str, qtrain_bin: Path | None = None
 ) -> str:
-    """The template's body under #SBATCH lines for this shape; CONFIG becomes the default argument.
+    """The template's body under #SBATCH lines for ``shape``; CONFIG becomes the default argument.
     ``home``: where the job runs (its ``runs/``); ``qtrain_bin``: the ``qtrain`` it runs (default:
     the template's own, ``$QTRAIN_HOME/.venv/bin/qtrain``)."""
-    tasks = workers + SERVING_RANKS
-    per_node = -(-tasks // nodes)  # tasks are packed in rank order: the server first, then workers
     header = [
         "#!/usr/bin/env bash",
-        f"# Rendered by `qtrain slurm render {config} --nodes {nodes} --workers {workers}`: "
-        f"{SERVING_RANKS} server + "
-        f"{workers} workers on {nodes} node(s). Submit with: sbatch THIS_FILE [--set key=value ...]",
+        f"# Rendered by `qtrain slurm render {config} --nodes {shape.nodes} --workers {shape.workers}`: "
+        f"{SERVING_RANKS} server + {shape.workers} workers on {shape.nodes} node(s). Submit with: "
+        "sbatch THIS_FILE [--set key=value ...]",
         "#SBATCH --job-name=qtrain",
-        f"#SBATCH --nodes={nodes}",
-        f"#SBATCH --ntasks={tasks}",
-        f"#SBATCH --ntasks-per-node={per_node}",
+        f"#SBATCH --nodes={shape.nodes}",
+        f"#SBATCH --ntasks={shape.tasks}",
+        f"#SBATCH --ntasks-per-node={shape.per_node}",
         "#SBATCH --cpus-per-task=1",
-        f"#SBATCH --time={time}",
+        f"#SBATCH --time={shape.time}",
         "#SBATCH --signal=B:USR1@120",
         "#SBATCH --requeue",
         "#SBATCH --open-mode=append",
         "#SBATCH --output=slurm-%x-%j.out",
     ]
-    if partition:
-        header.append(f"#SBATCH --partition={partition}")
-    if gpus_per_worker:
-        # workers on a node share its GPUs by node-local rank; the server needs none
-        header.append(f"#SBATCH --gres=gpu:{gpus_per_worker * min(workers, per_node)}")
+    for option, value in shape.sbatch.items():
+        header.append(f"#SBATCH --{option}" + ("" if value is None else f"={value}"))
+    if shape.gpus:
+        per_node = shape.workers_per_node()
+        header.append(
+            f"# GPUs: one per worker; workers per node {per_node}; the server (task 0, node 0) takes none"
+        )
+        header.append(f"#SBATCH --gres=gpu:{max(per_node)}")
     body = [line for line in template.splitlines()[1:] if not line.startswith("#SBATCH")]
     preset = [f"export QTRAIN_HOME=${{QTRAIN_HOME:-{shlex.quote(str(home))}}}"]
     if qtrain_bin is not None:
         preset.append(f"export QTRAIN=${{QTRAIN:-{shlex.quote(str(qtrain_bin))}}}")
-    preset += [
-        f'set -- {shlex.quote(config)} "$@"',
-    ]
+    if shape.setup:
+        preset += ["# --setup: run before qtrain, in the batch shell (srun's tasks inherit it)", shape.setup]
+    preset.append(f'set -- {shlex.quote(config)} "$@"')
     return "\n".join(header + preset + body) + "\n"
 
 
 @app.command("render")
 def render(
-    config: str = typer.Argument(..., help="The config file the job trains."),
+    config: str = typer.Argument(..., help="The config the job trains (a path, or a shipped config's name)."),
     nodes: int = typer.Option(1, "--nodes", help="Nodes."),
     workers: int = typer.Option(..., "--workers", help="Worker tasks (the job has workers + 1 tasks)."),
-    gpus_per_worker: int = typer.Option(0, "--gpus-per-worker", help="GPUs per worker (0: CPU workers)."),
+    gpus_per_worker: int = typer.Option(
+        0, "--gpus-per-worker", help="0: CPU workers; 1: one GPU per worker (each worker uses one)."
+    ),
+    gpus_per_node: int = typer.Option(
+        None, "--gpus-per-node", help="The nodes' GPU count: refuse a shape that cannot fit on them."
+    ),
     time: str = typer.Option("01:00:00", "--time", help="Time limit, [D-]HH:MM:SS."),
     partition: str = typer.Option(None, "--partition", help="Partition."),
+    account: str = typer.Option(None, "--account", help="Account to charge."),
+    qos: str = typer.Option(None, "--qos", help="Quality of service."),
+    mem: str = typer.Option(None, "--mem", help="Memory per node (e.g. 64G)."),
+    constraint: str = typer.Option(None, "--constraint", help="Node features (e.g. a100)."),
+    exclusive: bool = typer.Option(False, "--exclusive", help="Whole nodes for the job."),
+    setup: str = typer.Option(
+        None, "--setup", help="Shell lines run before qtrain: 'module load cuda; source ~/env/bin/activate'."
+    ),
+    python: str = typer.Option(
+        None, "--python", help="The python of the environment to run (its qtrain; default: this one)."
+    ),
 ) -> None:
     """Print an sbatch script for this shape (save it and submit it with sbatch)."""
     from qtrain.cli.errors import fail
-
-    if workers < 1 or nodes < 1 or gpus_per_worker < 0:
-        fail("--workers and --nodes must be at least 1, --gpus-per-worker at least 0")
-    if nodes > workers + SERVING_RANKS:
-        fail(f"{nodes} nodes for {workers + SERVING_RANKS} tasks: some nodes would be empty")
-    if not TIME.match(time):
-        fail(f"--time {time!r} must look like HH:MM:SS or D-HH:MM:SS")
     from qtrain.shipped import resolve_config
 
+    if workers < 1 or nodes < 1:
+        fail("--workers and --nodes must be at least 1")
+    if gpus_per_worker not in (0, 1):
+        fail(
+            f"--gpus-per-worker {gpus_per_worker}: each worker computes on one GPU (0: CPU workers, 1: GPU "
+            "workers); to use more GPUs, run more workers"
+        )
+    shape = JobShape(nodes, workers, gpus_per_worker == 1, time)
+    if nodes > shape.tasks:
+        fail(f"{nodes} nodes for {shape.tasks} tasks: some nodes would be empty")
+    if not TIME.match(time):
+        fail(f"--time {time!r} must look like HH:MM:SS or D-HH:MM:SS")
+    if mem is not None and not MEM.match(mem):
+        fail(f"--mem {mem!r} must be a size like 64G or 512000M")
+    if gpus_per_node is not None and shape.gpus and max(shape.workers_per_node()) > gpus_per_node:
+        need = -(-shape.tasks // gpus_per_node)
+        fail(
+            f"{workers} GPU workers on {nodes} node(s) put {max(shape.workers_per_node())} workers on a node "
+            f"with {gpus_per_node} GPUs: use --nodes {need} (or fewer workers)"
+        )
+    shape.sbatch = {
+        k: v
+        for k, v in (
+            ("partition", partition),
+            ("account", account),
+            ("qos", qos),
+            ("mem", mem),
+            ("constraint", constraint),
+        )
+        if v is not None
+    }
+    if exclusive:
+        shape.sbatch["exclusive"] = None
+    shape.setup = setup
     path = resolve_config(config)
     if not path.is_file():
         fail(f"config file {config!r} does not exist")
     if not TEMPLATE.is_file():
         fail(f"the batch template {TEMPLATE} is missing from this installation of qtrain")
-    cfg = str(path.resolve())
-    script = render_script(
-        cfg,
-        nodes,
-        workers,
-        gpus_per_worker,
-        time,
-        partition,
-        Path.cwd(),
-        TEMPLATE.read_text(),
-        _this_qtrain(),
-    )
+    qtrain_bin = _this_qtrain() if python is None else Path(python).parent / "qtrain"
+    if python is not None and not Path(python).exists():
+        fail(f"--python {python!r} does not exist")
+    script = render_script(shape, str(path.resolve()), Path.cwd(), TEMPLATE.read_text(), qtrain_bin)
     typer.echo(script, nl=False)
 
 
