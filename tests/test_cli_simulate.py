@@ -62,3 +62,43 @@ def test_outputs_to_unwritable_paths_are_one_line(tmp_path):
         lines = [line for line in p.stderr.splitlines() if line.strip()]
         assert p.returncode == 2 and "Traceback" not in p.stderr, (args, p.stderr[-1500:])
         assert len(lines) == 1 and lines[0].startswith("qtrain: error:") and message in lines[0], lines
+
+
+def test_compare_plots_loss_and_accuracy_against_time_and_bytes_and_warns_of_unlike_runs(tmp_path):
+    """The figure that answers "does compression pay": four labelled panels, a line per run with a
+    trace; runs with other workers, models or data are compared with a warning."""
+    from qtrain.analysis.plots import COMPARE_PANELS, plot_compare
+    from qtrain.io.trace import read_trace
+
+    runs = []
+    for name, workers in (("sgd", 2), ("ecq-sgd", 2), ("ecq-sgd", 3)):
+        out = tmp_path / f"{name}-{workers}"
+        p = qtrain(
+            "simulate",
+            name,
+            "-w",
+            str(workers),
+            "--set",
+            "train.steps=20",
+            "--set",
+            "train.eval_every=10",
+            "--out",
+            str(out),
+            "-q",
+        )
+        assert p.returncode == 0, p.stderr
+        runs.append(
+            {
+                "label": out.name,
+                "summary": json.loads((out / "summary.json").read_text()),
+                "steps": read_trace(out / "trace.h5")[0],
+            }
+        )
+    assert plot_compare(runs, str(tmp_path / "cmp.png")) == list(COMPARE_PANELS)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "cmp.png").shape[2] in (3, 4)
+    same = qtrain("compare", str(tmp_path / "sgd-2"), str(tmp_path / "ecq-sgd-2"))
+    assert same.returncode == 0 and "warning" not in same.stderr
+    unlike = qtrain("compare", str(tmp_path / "sgd-2"), str(tmp_path / "ecq-sgd-3"))
+    assert unlike.returncode == 0 and "qtrain: warning: the runs differ in workers (2, 3)" in unlike.stderr

@@ -60,9 +60,13 @@ def plot_trace(
         ax.set(ylabel="test loss")
     ax.set(title=PANEL_TITLES[1], xlabel="step")
     ax = axes[0, 2]
-    ax.plot(s["step"], s["bytes_up"], label="uplink (all workers)")
-    ax.plot(s["step"], s["bytes_down"], label="downlink (all workers)")
-    ax.axhline(report["fp32_bytes_per_step_each_way"], color="gray", linestyle="--", label="fp32, each way")
+    # lines that coincide stay visible: fp32 as a wide band behind, the uplink solid and wide, the
+    # downlink dashed on top of it (1-bit both ways: equal; fp32 downlink: on the band)
+    ax.axhline(
+        report["fp32_bytes_per_step_each_way"], color="gray", linewidth=7, alpha=0.3, label="fp32, each way"
+    )
+    ax.plot(s["step"], s["bytes_up"], linewidth=3, label="uplink (all workers)")
+    ax.plot(s["step"], s["bytes_down"], linewidth=1.5, linestyle="--", label="downlink (all workers)")
     ax.set(title=PANEL_TITLES[2], xlabel="step", ylabel="bytes", yscale="log")
     ax.legend(fontsize=8)
     ax = axes[1, 0]
@@ -88,42 +92,62 @@ def plot_trace(
     return titles
 
 
+COMPARE_PANELS = (
+    "Training loss against wall-clock time",
+    "Training loss against bytes sent",
+    "Test accuracy against wall-clock time",
+    "Test accuracy against bytes sent",
+)
+
+
 def plot_compare(runs: list[dict], path: str) -> list[str]:
-    """Runs side by side: loss, test accuracy, bytes per step each way."""
-    plt, (fig, axes) = _figure(1, 3)
-    titles = ["Training loss", "Test accuracy", "Bytes per step"]
+    """Does compression pay? Each run's training loss and test accuracy (test loss where there is
+    no accuracy) against wall-clock time and against the bytes sent both ways by all workers, on
+    linear axes. Runs without a trace have no curves. Returns the titles of the panels drawn."""
+    plt, (fig, axes) = _figure(2, 2)
+    accuracy = all(
+        "test_accuracy" in (r["summary"].get("evals") or [{}])[0] for r in runs if r["summary"].get("evals")
+    )
+    metric, ylabel = ("test_accuracy", "test accuracy") if accuracy else ("test_loss", "test loss")
     for run in runs:
-        s = per_step(run["steps"]) if run["steps"] is not None else None
-        if s is not None:
-            axes[0].plot(s["step"], s["loss"], label=run["label"])
-        ev = run["summary"].get("evals", [])
-        if ev and "test_accuracy" in ev[0]:
-            axes[1].plot(
-                [e["step"] for e in ev], [e["test_accuracy"] for e in ev], marker="o", label=run["label"]
-            )
-    labels = [r["label"] for r in runs]
-    x = np.arange(len(runs))
-    steps = [max(r["summary"]["steps"], 1) for r in runs]
-    axes[2].bar(
-        x - 0.2, [r["summary"]["bytes_up"] / n for r, n in zip(runs, steps, strict=True)], 0.4, label="uplink"
-    )
-    axes[2].bar(
-        x + 0.2,
-        [r["summary"]["bytes_down"] / n for r, n in zip(runs, steps, strict=True)],
-        0.4,
-        label="downlink",
-    )
-    axes[2].set_xticks(x, labels, rotation=20, fontsize=8)
-    axes[2].set(yscale="log", ylabel="bytes (all workers)")
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_title(title)
-        ax.legend(fontsize=8)
-    axes[0].set(xlabel="step")
-    axes[1].set(xlabel="step")
+        if run["steps"] is None:
+            continue
+        s = per_step(run["steps"])
+        sent = np.cumsum(s["bytes_up"] + s["bytes_down"]) / 1e6
+        axes[0, 0].plot(s["wall_s"], s["loss"], label=run["label"])
+        axes[0, 1].plot(sent, s["loss"], label=run["label"])
+        ev = [e for e in run["summary"].get("evals", []) if metric in e]
+        if ev:
+            at = np.array([e["step"] for e in ev], dtype=np.float64)
+            values = [e[metric] for e in ev]
+            axes[1, 0].plot(np.interp(at, s["step"], s["wall_s"]), values, marker="o", label=run["label"])
+            axes[1, 1].plot(np.interp(at, s["step"], sent), values, marker="o", label=run["label"])
+    for ax, title, x, y in zip(
+        axes.ravel(),
+        COMPARE_PANELS,
+        ("wall-clock seconds", "MB sent (uplink + downlink, all workers)") * 2,
+        ("mean batch loss", "mean batch loss", ylabel, ylabel),
+        strict=True,
+    ):
+        ax.set(title=title if accuracy or "accuracy" not in title else title.replace("accuracy", "loss"))
+        ax.set(xlabel=x, ylabel=y)
+        if ax.has_data():
+            ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     drawn = [a.get_title() for a in fig.get_axes() if a.has_data()]
     plt.close(fig)
     return drawn
+
+
+def compare_mismatches(summaries: list[dict]) -> list[str]:
+    """What differs between runs that a comparison of their curves assumes equal: workers, model,
+    dataset."""
+    out = []
+    for key in ("workers", "model", "dataset"):
+        values = [s.get(key) for s in summaries]
+        if len({str(v) for v in values}) > 1:
+            out.append(f"{key} ({', '.join(map(str, values))})")
+    return out
 
 
 BENCH_PANELS = ("Seconds per step, split by phase", "Test accuracy against wall-clock time")

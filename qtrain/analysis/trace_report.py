@@ -17,6 +17,7 @@ def per_step(steps: np.ndarray) -> dict[str, np.ndarray]:
         "bytes_up": server["bytes_recv"].astype(np.int64),
         "bytes_down": server["bytes_sent"].astype(np.int64),
         "loss": server["loss"],
+        "wall_s": server["wall_s"],  # seconds since the run (or its resume) started, at the step's end
         "up_rel_error": server["up_rel_error"],
         "down_rel_error": server["down_rel_error"],
         "up_ef_norm": server["up_ef_norm"],

@@ -123,6 +123,11 @@ def compare(
                 "wall_seconds": s["wall_seconds"],
             }
         )
+    from qtrain.analysis.plots import compare_mismatches
+
+    odd = compare_mismatches([r["summary"] for r in loaded])
+    if odd:
+        typer.echo(f"qtrain: warning: the runs differ in {'; '.join(odd)}", err=True)
     if plot:
         from qtrain.analysis.plots import plot_compare
 
