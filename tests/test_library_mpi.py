@@ -42,7 +42,10 @@ def test_the_default_job_as_a_script_equals_qtrain_train(tmp_path):
     """The user's own loop, loss, DataLoader (session.shard) and optimizer step give the params
     of ``qtrain train configs/default.yaml``: the simulator's sha, which equals MPI's
     (test_mpi_train). The trace carries the script's session.log rows."""
-    p = qtrain_run(SCRIPTS / "default_job.py", "-c", "configs/default.yaml", "--out", str(tmp_path / "lib"))
+    live = ["--set", "trace.csv=true", "--set", "trace.tensorboard=true"]  # changes no number
+    p = qtrain_run(
+        SCRIPTS / "default_job.py", "-c", "configs/default.yaml", *live, "--out", str(tmp_path / "lib")
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     ref = simulate("configs/default.yaml", 2, tmp_path / "sim")
     got = summary(tmp_path / "lib")
@@ -57,6 +60,12 @@ def test_the_default_job_as_a_script_equals_qtrain_train(tmp_path):
     metrics = read_metrics(tmp_path / "lib" / "trace.h5")
     assert len(metrics) == 2 * 600 and set(metrics["rank"]) == {1, 2} and set(metrics["name"]) == {b"loss"}
     assert metrics["step"].min() == 1 and metrics["step"].max() == 600
+    for rank in (1, 2):  # session.log's numbers, written live by each worker
+        lines = (tmp_path / "lib" / "metrics" / f"rank-{rank}.csv").read_text().splitlines()
+        assert lines[0] == "step,wall_s,name,value" and len(lines) == 601 and lines[-1].startswith("600,")
+    served = (tmp_path / "lib" / "metrics" / "rank-0.csv").read_text()
+    assert ",bytes/up_per_worker,682.0" in served and "600," in served
+    assert list((tmp_path / "lib" / "tensorboard" / "rank-1").glob("events.out.tfevents.*"))
 
 
 def _worker_reports(report: Path) -> list[dict]:

@@ -132,3 +132,26 @@ def test_the_final_test_evaluation_is_the_last_steps_not_a_second_pass(tmp_path,
         assert model.calls == ["test", "test", "train"] and s["final_test_loss"] == 2.0
         assert s["evals"][-1]["test_loss"] == 1.0 and s["final_train_loss"] == 3.0
     rec.close()
+
+
+def test_live_metrics_grow_as_csv_and_tensorboard_events(tmp_path):
+    """trace.csv and trace.tensorboard: the serving rank's numbers of every step (loss, bytes,
+    compression both ways, phase times) and every evaluation, readable while the run goes."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from qtrain.config import load_config
+    from qtrain.engine.simulator import simulate
+
+    sets = ["train.steps=20", "train.eval_every=10", "trace.csv=true", "trace.tensorboard=true"]
+    summary = simulate(load_config("configs/default.yaml", sets), 2, tmp_path / "run", log=lambda _: None)
+    rows = (tmp_path / "run" / "metrics" / "rank-0.csv").read_text().splitlines()
+    assert rows[0] == "step,wall_s,name,value"
+    names = {line.split(",")[2] for line in rows[1:]}
+    assert {"train/batch_loss", "bytes/up_per_worker", "compression/down", "test/accuracy"} <= names
+    assert {"time/worker_compute_s", "time/server_aggregate_s"} <= names
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "rank-0"))
+    events.Reload()
+    accuracy = [(e.step, e.value) for e in events.Scalars("test/accuracy")]
+    assert [s for s, _ in accuracy] == [10, 20]
+    assert abs(accuracy[-1][1] - summary["final_test_accuracy"]) < 1e-6
+    assert len(events.Scalars("train/batch_loss")) == 20

@@ -116,6 +116,8 @@ class TraceConfig:
     enabled: bool = True  # write OUT/trace.h5 (one row per step per rank)
     flush_every: int = 10  # flush the trace every N steps (what a killed run keeps)
     timeline_every: int = 10  # MPI runs: record the per-segment timeline of every Nth step (0: never)
+    csv: bool = False  # live metrics as OUT/metrics/rank-R.csv (step, wall_s, name, value), growing
+    tensorboard: bool = False  # live metrics as TensorBoard events in OUT/tensorboard/rank-R
 
 
 @dataclass

@@ -104,6 +104,11 @@ def _validate(cfg) -> None:
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(a, key) < 1:
             raise ConfigError(f"algorithm.{key} must be in [0, 1), got {getattr(a, key)}")
+    if cfg.trace.tensorboard:
+        from qtrain.io.live_metrics import TENSORBOARD_MISSING, tensorboard_available
+
+        if not tensorboard_available():
+            raise ConfigError(TENSORBOARD_MISSING)
     if d.task not in ("auto", "classification", "regression"):
         raise ConfigError(f"data.task must be auto, classification or regression, got {d.task!r}")
     if not 0 < d.test_fraction < 1:

@@ -25,6 +25,7 @@ from qtrain.codecs import get_codec
 from qtrain.engine.accounting import RunStats, trace_attrs
 from qtrain.engine.progress import ProgressReporter
 from qtrain.engine.snapshots import is_eval_step
+from qtrain.io.live_metrics import LiveMetrics
 from qtrain.io.trace import TraceWriter, server_row, worker_rows
 
 # server phases and the trace column each one fills in the server's row
@@ -89,6 +90,7 @@ class Recorder:
                 resume_step=start_step or None,
             )
         self.progress = ProgressReporter(setup.steps, cfg.train.log_every, echo, progress, mpi_library)
+        self.live = LiveMetrics(out_dir, topology.server, cfg.trace.csv, cfg.trace.tensorboard)
         self.start = self.step = start_step
         self.counters = counters  # io.net_counters.NetCounters of this rank's link, or None
         self.t0 = time.perf_counter()
@@ -150,6 +152,7 @@ class Recorder:
             ev = run()
         self.stats.add_eval(self.step, ev, self.trace)
         self._last_eval = (self.step, ev)
+        self.live.scalars(self.step, {f"test/{k}": v for k, v in ev.items()})
         return ev
 
     def last_eval_at(self, step: int) -> dict | None:
@@ -176,6 +179,22 @@ class Recorder:
         # this step's bytes per worker each way (a resumed run's totals hold steps it did not run)
         up, down = float(self._up.mean()), float(self._down)
         self.progress.update(self.step, self.stats.last_batch_loss, self.accuracy, up, down, self._fp32)
+        if self.live.enabled:
+            self._live_step(workers, up, down)
+
+    def _live_step(self, workers: WorkerReport, up: float, down: float) -> None:
+        values = {
+            "train/batch_loss": self.stats.last_batch_loss,
+            "bytes/up_per_worker": up,
+            "bytes/down_per_worker": down,
+            "compression/up": self._fp32 / up if up else None,
+            "compression/down": self._fp32 / down if down else None,
+            "time/worker_compute_s": float(workers.compute_s.mean()),
+            "time/worker_encode_s": float(workers.encode_s.mean()),
+            "time/worker_comm_s": float(np.mean(workers.prev_comm_s)),  # of the step before
+        }
+        values.update({f"time/server_{name}_s": dt for name, dt in self.times.items()})
+        self.live.scalars(self.step, values)
 
     def _trace_step(self, workers: WorkerReport, server_stats: dict) -> None:
         ranks = list(self.topology.workers)
@@ -232,8 +251,9 @@ class Recorder:
     # ------------------------------------------------------------------ the end
     def close(self, last_comm_s=None, last_decode_s=None) -> None:
         """Stop the progress display; complete the held-back rows (MPI: with the workers' final
-        report) and close the trace."""
+        report) and close the trace and the live metrics."""
         self.progress.close()
+        self.live.close()
         if self.trace is None:
             return
         if self._pending is not None and last_comm_s is not None:

@@ -31,21 +31,34 @@ def write_atomic(path: Path, text: str) -> None:
 
 def run_files(path: Path) -> list[Path]:
     """The files a run writes that are in ``path``: config.yaml, summary.json, trace.h5 (and their
-    .tmp), checkpoints/step-*.h5(.tmp), logs/rank-*.log. Nothing else is ever touched."""
+    .tmp), checkpoints/step-*.h5(.tmp), logs/rank-*.log, and the live metrics metrics/rank-*.csv
+    and tensorboard/rank-*/events.out.tfevents.*. Nothing else is ever touched."""
     found = [path / n for n in ("config.yaml", "summary.json", "trace.h5") if (path / n).is_file()]
     found += [p for n in ("config.yaml", "summary.json", "trace.h5") for p in path.glob(f"{n}.tmp")]
-    for sub, pattern in (("checkpoints", "step-*.h5*"), ("logs", "rank-*.log")):
+    for sub, pattern in (
+        ("checkpoints", "step-*.h5*"),
+        ("logs", "rank-*.log"),
+        ("metrics", "rank-*.csv"),
+        ("tensorboard", "rank-*/events.out.tfevents.*"),
+    ):
         if (path / sub).is_dir():
             found += sorted(p for p in (path / sub).glob(pattern) if p.is_file())
     return found
 
 
 def describe_files(path: Path, files: list[Path]) -> str:
-    ckpts = [f for f in files if f.parent.name == "checkpoints" and f.suffix == ".h5"]
-    others = [str(f.relative_to(path)) for f in files if f not in ckpts and f.parent.name != "logs"]
-    logs = sum(1 for f in files if f.parent.name == "logs")
+    def top(f: Path) -> str:
+        return f.relative_to(path).parts[0]
+
+    ckpts = [f for f in files if top(f) == "checkpoints" and f.suffix == ".h5"]
+    counted = ("logs", "metrics", "tensorboard")
+    others = [str(f.relative_to(path)) for f in files if f not in ckpts and top(f) not in counted]
+    logs = sum(1 for f in files if top(f) == "logs")
+    live = sum(1 for f in files if top(f) in ("metrics", "tensorboard"))
     parts = others + ([f"{len(ckpts)} checkpoints ({', '.join(f.name for f in ckpts)})"] if ckpts else [])
-    return ", ".join(parts + ([f"{logs} rank logs"] if logs else []))
+    return ", ".join(
+        parts + ([f"{logs} rank logs"] if logs else []) + ([f"{live} live-metric files"] if live else [])
+    )
 
 
 def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = False) -> tuple[Path, str]:

@@ -19,6 +19,7 @@ from qtrain.engine.buffers import buffer_state, has_buffers, load_buffers
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
 from qtrain.engine.snapshots import rng_restore, to_numpy, worker_positions, worker_snapshot
 from qtrain.engine.step import WorkerStep
+from qtrain.io.live_metrics import LiveMetrics
 from qtrain.io.trace import METRIC_NAME_BYTES
 from qtrain.library import extra_state
 from qtrain.library.errors import UsageError
@@ -43,6 +44,8 @@ class LibraryWorker:
         self.begun = self.backward_seen = self.accumulating = self.warned_loss = False
         self.stopping = False
         self.metrics: list[tuple[int, str, float]] = []
+        trace = plan.cfg.trace  # session.log numbers also go to this rank's live files at once
+        self.live = LiveMetrics(session.out_dir, self.topology.rank, trace.csv, trace.tensorboard)
         self.closed = False
         if resume is not None:
             self._restore(resume)
@@ -222,6 +225,7 @@ class LibraryWorker:
         d = self.driver
         final = (d.comm_s, d.decode_s, d.backward_end, d.arrived, d.applied, self._take_metrics())
         self.transport.report(final)
+        self.live.close()
 
     def _sync_buffers(self) -> None:
         if has_buffers(self.flat.module):
@@ -237,6 +241,7 @@ class LibraryWorker:
             except (TypeError, ValueError, RuntimeError):
                 raise UsageError(f"session.log({name}=...): {type(value).__name__} is not a number") from None
             self.metrics.append((step, name, number))
+            self.live.scalars(step, {name: number})
 
     def _take_metrics(self) -> list:
         rows, self.metrics = self.metrics, []
