@@ -143,3 +143,15 @@ def test_a_shipped_config_is_found_by_name_from_anywhere(tmp_path, monkeypatch):
     assert load_config("sgd.yaml").algorithm.name == "adam"
     with pytest.raises(ConfigError, match="does not exist .shipped configs, by name: adam, default"):
         load_config("nope")
+
+
+def test_a_resume_may_change_the_learning_rate_and_lists_every_change():
+    from qtrain.config import dump_yaml
+    from qtrain.runtime.resume import config_changes, resume_changes
+
+    saved = dump_yaml(load_config("configs/qadam.yaml"))
+    now = dump_yaml(load_config("configs/qadam.yaml", ["algorithm.lr=0.0005", "train.eval_every=5"]))
+    assert config_changes(saved, now) == []
+    assert resume_changes(saved, now) == {"algorithm.lr": [0.002, 0.0005], "train.eval_every": [100, 5]}
+    other = dump_yaml(load_config("configs/qadam.yaml", ["algorithm.beta2=0.9", "runtime.segments=2"]))
+    assert config_changes(saved, other) == ["algorithm.beta2", "runtime.segments"]

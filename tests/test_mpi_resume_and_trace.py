@@ -205,13 +205,23 @@ def test_resume_refuses_a_checkpoint_at_or_past_the_last_step(tmp_path):
     assert "step-0000030.h5 is at step 30 and this run ends at step 20: nothing left to train" in p.stderr
 
 
-def test_resume_refuses_a_different_algorithm_setting(tmp_path):
+def test_resume_takes_a_learning_rate_drop_lists_it_and_refuses_other_algorithm_settings(tmp_path):
     out = tmp_path / "run"
     assert mpi_train(3, "configs/qadam.yaml", out, "train.steps=10").returncode == 0
     p = mpi_train(
-        3, "configs/qadam.yaml", out, "train.steps=20", "algorithm.lr=0.5", extra=("--resume", "auto")
+        3, "configs/qadam.yaml", out, "train.steps=20", "algorithm.beta1=0.8", extra=("--resume", "auto")
     )
-    assert p.returncode == 2 and "differs from the checkpoint's in algorithm.lr" in p.stderr
+    assert p.returncode == 2 and "differs from the checkpoint's in algorithm.beta1" in p.stderr
+    p = mpi_train(
+        3, "configs/qadam.yaml", out, "train.steps=20", "algorithm.lr=0.001", extra=("--resume", "auto")
+    )
+    assert p.returncode == 0, p.stderr
+    assert "qtrain: resume changes algorithm.lr: 0.002 -> 0.001" in p.stdout
+    changes = summary(out)["resume_changes"]
+    assert changes == {"algorithm.lr": [0.002, 0.001], "train.steps": [10, 20]}
+    # the drop took effect: a resume is otherwise bit-exact, so the uninterrupted run would match
+    whole = simulate("configs/qadam.yaml", 2, tmp_path / "whole", "train.steps=20")
+    assert summary(out)["params_sha256"] != whole["params_sha256"]
 
 
 def test_trace_schema_h5dump_pandas_analyze_plot_and_export(tmp_path):

@@ -275,7 +275,10 @@ class LibraryWorker:
             load_buffers(self.flat.module, w["buffers"])
         rng_restore(w["rng"])
         if "lr" in w:  # checkpoints from before the library ran at algorithm.lr
-            self.lr = self.pending_lr = float(w["lr"])
+            lr, then, now = float(w["lr"]), resume.saved_lr, self.engine.algorithm.hp.lr
+            if then and then != now:  # a resume that changes algorithm.lr scales the run's rate
+                lr = lr * now / then
+            self.lr = self.pending_lr = lr
         self.initial_lr = float(w["initial_lr"]) if "initial_lr" in w else None
         self.session._resume_shards(worker_positions(w))
         self.session._resumed_extra = extra_state.unpack(w["extra"]) if "extra" in w else None

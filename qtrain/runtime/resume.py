@@ -16,6 +16,8 @@ from qtrain.io.checkpoint import CheckpointError, newest_valid, read_checkpoint
 MAY_CHANGE = {"train", "runtime", "checkpoint", "trace", "workers"}
 # ... except these, which decide the random streams and the message layout
 MUST_MATCH = {"runtime.segments", "runtime.segment_bytes"}
+# keys outside those sections that a user legitimately changes mid-run (a manual learning-rate drop)
+MAY_CHANGE_KEYS = {"algorithm.lr"}
 
 
 @dataclass
@@ -27,6 +29,8 @@ class ResumePoint:
     worker: dict | None = None  # this worker's saved state; None with --reset-worker-state
     worker_state_reset: bool = False
     buffers: dict | None = None  # the model buffers every worker continues from (working ranks)
+    saved_lr: float | None = None  # algorithm.lr of the checkpoint's run (every rank)
+    changes: dict | None = None  # key -> [checkpoint's value, this run's] (serving rank)
 
 
 def _diff(a, b, prefix="") -> list[str]:
@@ -45,7 +49,25 @@ def config_changes(saved_text: str, config_text: str) -> list[str]:
     it existed resume)."""
     saved = to_dict(from_yaml_text(saved_text))
     now = yaml.safe_load(config_text)
-    return [k for k in _diff(saved, now) if k.split(".")[0] not in MAY_CHANGE or k in MUST_MATCH]
+    return [
+        k
+        for k in _diff(saved, now)
+        if (k.split(".")[0] not in MAY_CHANGE or k in MUST_MATCH) and k not in MAY_CHANGE_KEYS
+    ]
+
+
+def resume_changes(saved_text: str, config_text: str) -> dict:
+    """Every key the resumed run changes: key -> [the checkpoint's value, this run's] (what the
+    log and ``summary.json`` list)."""
+    saved = to_dict(from_yaml_text(saved_text))
+    now = yaml.safe_load(config_text)
+
+    def get(tree, key):
+        for part in key.split("."):
+            tree = tree.get(part) if isinstance(tree, dict) else None
+        return tree
+
+    return {k: [get(saved, k), get(now, k)] for k in _diff(saved, now)}
 
 
 def load_for_resume(
@@ -70,8 +92,8 @@ def load_for_resume(
     if changed:
         raise CheckpointError(
             f"{path}: the run's config differs from the checkpoint's in {', '.join(changed)} "
-            "(only train.*, runtime.*, checkpoint.*, trace.* may change on resume, and not "
-            "runtime.segments or runtime.segment_bytes)"
+            "(only train.*, runtime.*, checkpoint.*, trace.* and algorithm.lr may change on resume, "
+            "and not runtime.segments or runtime.segment_bytes)"
         )
     if layout is not None:
         saved = [(n, int(o), tuple(shape)) for n, o, shape in json.loads(tree["layout"])]
@@ -140,13 +162,24 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
         parts = [None] * topology.world_size
         for r in topology.workers:
             parts[r] = to_numpy(tree["workers"][str(r)]) if same else None
+        saved_lr = float(from_yaml_text(tree["config"]).algorithm.lr)
         common = to_numpy(
-            {"step": tree["step"], "replica_params": tree["replica_params"], "buffers": tree.get("buffers")}
+            {
+                "step": tree["step"],
+                "replica_params": tree["replica_params"],
+                "buffers": tree.get("buffers"),
+                "saved_lr": saved_lr,
+            }
         )
     mine = comm.scatter(parts, root=server)
     common = comm.bcast(common, root=server)
     if topology.is_server:
-        return ResumePoint(tree["step"], path, tree=tree, worker_state_reset=reset)
+        changes = resume_changes(tree["config"], plan.config_text)
+        for key, (then, now) in changes.items():
+            echo(f"qtrain: resume changes {key}: {then} -> {now}")
+        return ResumePoint(
+            tree["step"], path, tree=tree, worker_state_reset=reset, saved_lr=saved_lr, changes=changes
+        )
     c = to_torch(common)
     worker = to_torch(mine) if mine is not None else None
     return ResumePoint(
@@ -156,4 +189,5 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
         worker=worker,
         worker_state_reset=reset,
         buffers=c["buffers"],
+        saved_lr=float(c["saved_lr"]),
     )

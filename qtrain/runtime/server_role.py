@@ -103,6 +103,7 @@ def run_facts(topo, world, rec, resume) -> dict:
         "devices": world.devices,
         "hosts": world.hosts,
         "resumed_from": str(resume.path) if resume is not None else None,
+        "resume_changes": resume.changes if resume is not None else None,
     }
 
 
