@@ -50,23 +50,21 @@ def test_libsvm_and_npz_files(tmp_path):
     assert ds.task == "classification" and ds.outputs == 2 and ds.x_train.shape[1] == 3
     npz = tmp_path / "d.npz"
     rng = np.random.default_rng(0)
-    np.savez(
-        npz,
-        x_train=rng.normal(size=(30, 4)),
-        y_train=rng.integers(3, 6, 30),
-        x_test=rng.normal(size=(10, 4)),
-        y_test=rng.integers(3, 6, 10),
-    )
-    ds = load_dataset(DataConfig(name="npz", path=str(npz)), seed=0)
+    ds = load_dataset(_npz_with_labels(npz, rng, rng.integers(3, 6, 40)), seed=0)
     assert ds.task == "classification" and int(ds.y_train.max()) <= 2
+    assert load_dataset(_npz_with_labels(npz, rng, rng.normal(size=40)), seed=0).task == "regression"
+
+
+def _npz_with_labels(path, rng, labels, **config) -> DataConfig:
+    """An npz of 30 training and 10 test samples of 4 features, labelled ``labels`` (40, in order)."""
     np.savez(
-        npz,
+        path,
         x_train=rng.normal(size=(30, 4)),
-        y_train=rng.normal(size=30),
+        y_train=labels[:30],
         x_test=rng.normal(size=(10, 4)),
-        y_test=rng.normal(size=10),
+        y_test=labels[30:],
     )
-    assert load_dataset(DataConfig(name="npz", path=str(npz)), seed=0).task == "regression"
+    return DataConfig(name="npz", path=str(path), **config)
 
 
 def test_bad_data_files_give_clear_errors(tmp_path):
@@ -208,26 +206,12 @@ def test_every_file_loader_infers_the_task_by_one_rule_and_data_task_overrides_i
     rng = np.random.default_rng(0)
     npz = tmp_path / "d.npz"
     labels = rng.integers(0, 3, 40).astype(np.float64)
-    np.savez(
-        npz,
-        x_train=rng.normal(size=(30, 4)),
-        y_train=labels[:30],
-        x_test=rng.normal(size=(10, 4)),
-        y_test=labels[30:],
-    )
-    auto = load_dataset(DataConfig(name="npz", path=str(npz)), seed=0)
+    auto = load_dataset(_npz_with_labels(npz, rng, labels), seed=0)
     assert (auto.task, auto.outputs) == ("classification", 3)
-    forced = load_dataset(DataConfig(name="npz", path=str(npz), task="regression"), seed=0)
+    forced = load_dataset(_npz_with_labels(npz, rng, labels, task="regression"), seed=0)
     assert (forced.task, forced.outputs, forced.y_train.dtype) == ("regression", 1, torch.float32)
-    np.savez(
-        npz,
-        x_train=rng.normal(size=(30, 4)),
-        y_train=rng.normal(size=30),
-        x_test=rng.normal(size=(10, 4)),
-        y_test=rng.normal(size=10),
-    )
     with pytest.raises(ValueError, match="data.task=classification, but the labels have a non-integer value"):
-        load_dataset(DataConfig(name="npz", path=str(npz), task="classification"), seed=0)
+        load_dataset(_npz_with_labels(npz, rng, rng.normal(size=40), task="classification"), seed=0)
     svm = tmp_path / "a.svm"
     svm.write_text("".join(f"{i % 3}.0 1:{i * 0.1}\n" for i in range(20)))
     assert load_dataset(DataConfig(name="libsvm", path=str(svm)), seed=0).task == "classification"

@@ -89,6 +89,15 @@ def combine(policy: str, states: list[dict[str, torch.Tensor]]) -> dict[str, tor
     return out
 
 
+def checkpoint_buffers(policy: str, states: list[dict[str, torch.Tensor]], module: nn.Module) -> dict:
+    """A checkpoint's ``/buffers``: the workers' own ``states`` (in worker order) combined, which
+    the serving rank's ``module`` adopts for its evaluations and exports; the replicas keep their
+    own, so writing a checkpoint changes no worker."""
+    combined = combine(policy, states)
+    load_buffers(module, combined)
+    return combined
+
+
 def has_buffers(module: nn.Module) -> bool:
     """Whether ``module`` has persistent buffers (then they follow ``model.buffers``)."""
     return bool(persistent_buffers(module))

@@ -274,9 +274,8 @@ class Recorder:
         numbers a second pass over the same parameters would give."""
         if self.watchdog is not None:
             self.watchdog.enter("final evaluation")
-        if self._last_eval is not None and self._last_eval[0] == self.step:
-            final = self._last_eval[1]
-        else:
+        final = self.last_eval_at(self.step)
+        if final is None:
             final = model.evaluate(dataset.x_test, dataset.y_test, dataset.task)
         train = model.evaluate(dataset.x_train, dataset.y_train, dataset.task)
         return self.stats.summary(self.setup, self.step, final, train, sha, **extra)

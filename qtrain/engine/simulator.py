@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from qtrain.engine.buffers import buffer_state, combine, has_buffers, load_buffers
+from qtrain.engine.buffers import buffer_state, checkpoint_buffers, combine, has_buffers, load_buffers
 from qtrain.engine.channel import InProcessChannel
 from qtrain.engine.checkpointer import Checkpointer
 from qtrain.engine.recorder import Recorder
@@ -100,10 +100,9 @@ def simulate(
                 worker_snapshot(w.engine, [s.state_dict()], w.base_lr, b)
                 for w, s, b in zip(workers_, samplers, own, strict=True)
             ]
-            buffers = None
-            if sync_buffers:  # the file combines the replicas' buffers, which keep their own
-                buffers = combine(cfg.model.buffers, own)
-                load_buffers(server_model.module, buffers)
+            buffers = (
+                checkpoint_buffers(cfg.model.buffers, own, server_model.module) if sync_buffers else None
+            )
             rec.complete_held_rows(
                 [w.comm_s for w in workers_], [w.decode_s for w in workers_]
             )  # a resumed run finds this step's rows

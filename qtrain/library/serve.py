@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qtrain.engine.buffers import combine, has_buffers, load_buffers
+from qtrain.engine.buffers import checkpoint_buffers, has_buffers
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
 from qtrain.engine.step import worker_report
 from qtrain.io.run_dir import params_sha256
@@ -70,8 +70,9 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
                     snaps = gather_snapshots(transport, rec, on_report=metrics)
                     buffers = None
                     if buffered:  # the file's /buffers combine the replicas, which keep their own
-                        buffers = combine(cfg.model.buffers, [s["buffers"] for s in snaps])
-                        load_buffers(model.module, buffers)
+                        buffers = checkpoint_buffers(
+                            cfg.model.buffers, [s["buffers"] for s in snaps], model.module
+                        )
                     serving.checkpointer.write(step - 1, server, snaps, rec, server.replica, buffers)
                 continue
             if result.buffers:  # the downlink asked for them: the server evaluates after this step

@@ -249,17 +249,10 @@ class LibraryWorker:
 
     # ------------------------------------------------------------------ checkpoints
     def _snapshot(self, packed_extra) -> dict:
-        group = self.group or {}
-        return worker_snapshot(
-            self.engine,
-            [s.state_dict() for s in self.session._shards],
-            self.current_lr(),
-            buffer_state(self.flat.module)
-            if has_buffers(self.flat.module)
-            else None,  # a checkpoint changes nothing
-            packed_extra,
-            group.get("initial_lr"),
-        )
+        own = buffer_state(self.flat.module) if has_buffers(self.flat.module) else None  # kept, not combined
+        positions = [s.state_dict() for s in self.session._shards]
+        initial_lr = (self.group or {}).get("initial_lr")
+        return worker_snapshot(self.engine, positions, self.current_lr(), own, packed_extra, initial_lr)
 
     def _restore(self, resume) -> None:
         self.flat.params.copy_(resume.replica_params)
