@@ -32,7 +32,7 @@ else
 endif
 export QTRAIN_MPIEXEC := $(MPIEXEC)
 
-.PHONY: venv install sysdeps run test test-gpu test-fast bench bench-network reproduce soak lint format clean info
+.PHONY: venv install sysdeps run test test-gpu test-fast test-lowest bench bench-network reproduce soak lint format clean info
 
 # Debian tools the test suite uses: h5dump/h5clear (hdf5-tools) read the HDF5 files qtrain writes;
 # slurm-wlm + munge run the one-node Slurm cluster of the `slurm` tests (slurm/local-cluster.sh);
@@ -87,6 +87,22 @@ test-gpu: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not mpi and not slurm and not netns"
+
+# The lowest versions pyproject.toml allows (tests/lowest_versions.py), in their own venv, on the
+# tests that touch each dependency: its lower bounds are claims, and this checks them (about 10
+# minutes and 4 GB: the lowest torch on PyPI is a CUDA build).
+LOWEST      := .venv-lowest
+LOWEST_TESTS := tests/test_codecs.py tests/test_fast_codec.py tests/test_kernels.py tests/test_config.py \
+  tests/test_cli_basics.py tests/test_checkpoint_io.py tests/test_mpi_smoke.py tests/test_library.py \
+  tests/test_simulator.py tests/test_data_and_models.py tests/test_recorder.py
+test-lowest:
+	$(PYTHON) -m venv $(LOWEST)
+	$(PYTHON) tests/lowest_versions.py > $(LOWEST)/lowest.txt
+	$(LOWEST)/bin/pip install --quiet -r $(LOWEST)/lowest.txt mpich
+	$(LOWEST)/bin/pip install --quiet --no-deps -e .
+	$(LOWEST)/bin/pip list --format=freeze | grep -iE "^($$(sed 's/==.*//' $(LOWEST)/lowest.txt | paste -sd'|'))=="
+	NUMBA_CACHE_DIR=$(LOWEST)/numba QTRAIN_MPIEXEC=$(LOWEST)/bin/mpiexec \
+	  $(LOWEST)/bin/python -m pytest -q -p no:cacheprovider $(LOWEST_TESTS)
 
 bench: install
 	$(BIN)/qtrain bench codec

@@ -40,9 +40,13 @@ def write(path, step=3):
 
 
 def flip_byte_in(path, dataset, offset=10):
+    """Flip one bit of ``dataset``'s stored chunk. The chunk is found by its bytes: HDF5 before
+    1.14.4 reports chunk addresses without the user block in front of them."""
     with h5py.File(path, "r") as f:
-        ds = f[dataset]
-        start = ds.id.get_chunk_info(0).byte_offset
+        _, chunk = f[dataset].id.read_direct_chunk((0,) * f[dataset].ndim)
+    raw = path.read_bytes()
+    start = raw.find(chunk)
+    assert start > 0 and raw.find(chunk, start + 1) < 0, "the chunk's bytes are not unique in the file"
     with open(path, "r+b") as fh:
         fh.seek(start + offset)
         b = fh.read(1)

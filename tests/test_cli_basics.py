@@ -13,6 +13,11 @@ from qtrain.cli.app import app
 runner = CliRunner()
 
 
+def json_part(stdout: str) -> str:
+    """The JSON a command printed (older typer's CliRunner adds stderr's progress lines to stdout)."""
+    return stdout[stdout.index("{") :]
+
+
 def test_help_lists_subcommands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
@@ -71,7 +76,7 @@ def test_bench_codec_json_fields():
         app, ["bench", "codec", "--numel", "4096", "--repeats", "1", "--json", "--threads", "1"]
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(json_part(result.stdout))
     rows = report["codecs"]
     host = report["host"]
     assert host["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
@@ -175,3 +180,30 @@ def test_a_cold_kernel_cache_is_noticed(tmp_path, monkeypatch):
     assert not cache_is_cold()  # make install compiled them
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     assert cache_is_cold()
+
+
+def test_bench_codec_labels_its_columns_and_says_how_long_it_takes():
+    result = runner.invoke(app, ["bench", "codec", "--numel", "5000", "--repeats", "1", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "about" in result.output and "estimated from 2^18" in result.output  # said before it starts
+    assert any("milliseconds, then x the path's memory-traffic floor" in line for line in lines)
+    header = next(line for line in lines if line.startswith("codec"))
+    assert header.split() == [
+        "codec",
+        "bits",
+        "ratio",
+        "engine",
+        "api",
+        "encode",
+        "encode+EF",
+        "decode",
+        "aggregate",
+    ]
+    cells = {line.split()[0]: line.split()[3:5] for line in lines}
+    assert cells["sign"] == ["numba", "numba"] and cells["topk-1%"] == ["torch", "torch"]
+    assert cells["none"] == ["numba", "torch"]  # the public API leaves the float codecs to torch
+    args = ["bench", "codec", "--numel", "300", "--repeats", "1", "--kernels", "torch", "--json"]
+    reference = runner.invoke(app, args)
+    rows = json.loads(json_part(reference.stdout))["codecs"]
+    assert {r["path"] for r in rows} == {"torch"} and all(r["encode_s"] > 0 for r in rows)

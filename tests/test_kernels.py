@@ -1,5 +1,6 @@
 """The numba kernels against the torch reference codecs, byte for byte and bit for bit: messages,
-Q(v), error-feedback buffers, subtract targets and decoded sums, over every dense codec and width,
+Q(v), error-feedback buffers, subtract targets, decoded sums and decode_add_, over every dense codec
+and width,
 several buckets (powers of two and not), ragged tails, offsets into the Philox stream and steps."""
 
 import pytest
@@ -95,6 +96,9 @@ def test_decode_combine_matches_the_reference(case, bucket):
             fast.decode_combine(msgs[:1], base.clone(), "subtract"), base - codec.decode(msgs[0])
         )
         assert torch.equal(fast.decode_combine(msgs[:1], got, "set"), codec.decode(msgs[0]))
+        base[::7] = -0.0  # -0.0 + 0.0 is +0.0 in both
+        want = codec.decode_add_(msgs[1], base.clone())
+        assert bytes(fast.decode_combine(msgs[1:2], base.clone(), "add").numpy()) == bytes(want.numpy())
 
 
 def test_decode_combine_reads_rows_of_one_receive_buffer():
@@ -390,6 +394,8 @@ def test_float_codec_kernels_match_the_reference(case):
         base = data(n, 5)
         assert same(fast.decode_combine(msgs[:1], base.clone(), "subtract"), base - codec.decode(msgs[0]))
         assert same(fast.decode_combine(msgs[:1], torch.empty(n), "set"), codec.decode(msgs[0]))
+        want_add = codec.decode_add_(msgs[1], base.clone())
+        assert same(fast.decode_combine(msgs[1:2], base.clone(), "add"), want_add)
 
 
 @pytest.mark.parametrize("case", CODECS, ids=case_id)

@@ -92,6 +92,8 @@ def test_triton_decode_combine_matches_the_reference(case):
     assert torch.equal(
         fast.decode_combine(msgs[:1], torch.empty(n, device=DEVICE), "set"), codec.decode(msgs[0])
     )
+    got = fast.decode_combine(msgs[1:2], base.clone(), "add")
+    assert torch.equal(got, codec.decode_add_(msgs[1], base.clone()))
 
 
 def test_unsupported_layouts_are_left_to_the_reference():

@@ -1,36 +1,42 @@
-"""Codec speed against the same run's copy bandwidth: the paths the engine runs, each as a ratio to
-its memory-traffic floor.
+"""Codec speed against the same run's copy bandwidth: the public API and the engine's paths, each
+as a ratio to its memory-traffic floor.
 
 For n float32 elements, W bytes of one message and N workers, the bytes each path must move:
 
 =============  =====================================================================  ==========
 path           what runs                                                              floor
 =============  =====================================================================  ==========
-encode         ``codec.encode(x)`` (the torch reference, no error feedback)            4n + W
+encode         ``qtrain.get_codec(...).encode(x, out=frame)``: the public API, no EF   4n + W
 encode+EF      the worker's uplink: v = p + e, the message of Q(v), e <- p + e - Q(v)  12n + W
-               (``WorkerEngine.make_uplink``: the numba kernel where one exists)
-decode         ``codec.decode(msg, out)`` (the torch reference)                        W + 4n
+               (``WorkerEngine.make_uplink``)
+decode         ``qtrain.get_codec(...).decode(msg, out)``: the public API              W + 4n
 aggregate      the server's mean of N uplinks (``ServerEngine.aggregate``)             N W + 4n
 worker step    efficient-adam's whole worker step: local Adam moments, EF, sign        28n + W
 =============  =====================================================================  ==========
 
+Every path runs what ``kernels`` chooses (``runtime.kernels``; ``torch``: the reference codecs):
+``path`` says what the engine runs, ``api_path`` what ``qtrain.get_codec`` runs (the torch
+reference for the float codecs under ``auto``, which torch encodes and decodes as fast).
 The floor time is those bytes divided by the copy bandwidth, 8n / (time of ``y.copy_(x)``) measured
 in the same run with the same threads; ``*_floor_ratio`` = measured time / floor time.
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from qtrain.algorithms.links import Link
 from qtrain.algorithms.registry import get_algorithm
 from qtrain.bench.timing import median_seconds
-from qtrain.codecs import CounterStream, get_codec
+from qtrain.codecs import CounterStream
 from qtrain.config import AlgorithmConfig
 from qtrain.engine.partition import Partition
 from qtrain.engine.server import ServerEngine
 from qtrain.engine.worker import WorkerEngine
 from qtrain.kernels import kernel_codec, set_threads
+from qtrain.kernels.fast_codec import get_codec
 
 # (label, codec name, params): every codec, and the bit widths users pick most for uniform
 DEFAULT_CASES = [
@@ -87,12 +93,16 @@ def bench_codecs(
     threads: int = 0,
     kernels: str = "auto",
     cases: list | None = None,
+    progress=None,
 ) -> list[dict]:
+    """One row per codec of ``cases`` (``DEFAULT_CASES``); ``progress(label, seconds)`` is called
+    after each."""
     x, dev, copy_s, bps = _input_and_copy(numel, device, seed, threads, repeats)
     n4 = 4 * numel
     rows = []
     for label, name, params in cases or DEFAULT_CASES:
-        codec = get_codec(name, **params)
+        start = time.perf_counter()
+        codec = get_codec(name, kernels=kernels, **params)
         packed = codec.encode(x, CounterStream(seed))
         wire = packed.numel()
         timings = _time_paths(codec, x, packed, dev, repeats, seed, kernels)
@@ -110,7 +120,8 @@ def bench_codecs(
             "numel": numel,
             "wire_bytes": wire,
             "compression_vs_fp32": n4 / wire,
-            "path": "numba" if kernel_codec(codec, dev, kernels) is not None else "torch",
+            "path": _engine_path(codec, dev, kernels),
+            "api_path": "torch" if kernels == "torch" else codec.path(dev),
             "aggregate_workers": AGGREGATE_WORKERS,
             "copy_s": copy_s,
             "copy_gbps": bps / 1e9,
@@ -123,7 +134,28 @@ def bench_codecs(
         row["encode_gbps"] = n4 / timings["encode"] / 1e9
         row["decode_gbps"] = n4 / timings["decode"] / 1e9
         rows.append(row)
+        if progress:
+            progress(label, time.perf_counter() - start)
     return rows
+
+
+def estimate_seconds(numel: int, repeats: int, device: str, threads: int, kernels: str) -> float:
+    """About how long ``bench_codecs`` and ``bench_worker_step`` take at ``numel`` elements: both
+    timed at 2^18 elements with one run per path, scaled linearly (the small sizes' fixed costs
+    make it an overestimate rather than an under-)."""
+    small = min(numel, 2**18)
+    bench_codecs(4096, 1, device, 0, threads, kernels)  # compiles the kernels (or loads them) first
+    start = time.perf_counter()
+    bench_codecs(small, 1, device, 0, threads, kernels)
+    bench_worker_step(small, 1, device, 0, threads, kernels)
+    return (time.perf_counter() - start) * numel / small * (repeats + 1) / 2
+
+
+def _engine_path(codec, dev: torch.device, kernels: str) -> str:
+    """What the engine encodes and decodes ``codec`` with (``kernels.codec_path``)."""
+    if kernel_codec(codec, dev, kernels) is None:
+        return "torch"
+    return "triton" if dev.type == "cuda" else "numba"
 
 
 def _time_paths(codec, x, packed, dev, repeats, seed, kernels) -> dict[str, float]:
@@ -139,7 +171,7 @@ def _time_paths(codec, x, packed, dev, repeats, seed, kernels) -> dict[str, floa
     ]
     out = torch.empty_like(x)
     return {
-        "encode": median_seconds(lambda: codec.encode(x, rng), dev, repeats),
+        "encode": median_seconds(lambda: codec.encode(x, rng, out=frame), dev, repeats),
         "encode_ef": median_seconds(lambda: worker.make_uplink(seg, x, x, frame), dev, repeats),
         "decode": median_seconds(lambda: codec.decode(packed, out=out), dev, repeats),
         "aggregate": median_seconds(lambda: server.aggregate(seg, msgs), dev, repeats),

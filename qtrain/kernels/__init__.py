@@ -44,31 +44,56 @@ _WARM = False  # this process has made sure the numba kernels are compiled
 
 
 def warm_up() -> None:
-    """Compile (or load from the disk cache) every numba kernel the codecs use."""
+    """Compile (or load from the disk cache) every numba kernel the codecs use, then stamp the
+    cache as holding this source's kernels (:func:`cache_is_cold`)."""
     from qtrain.codecs import get_codec
 
+    global _WARM
+    _WARM = True  # the kernel codecs built below must not warm up again
     x, e = torch.randn(4096), torch.zeros(4096)
-    for name, params in (("sign", {}), ("uniform", {"bits": 2})):
+    for name, params in (("sign", {}), ("uniform", {"bits": 2}), ("none", {}), ("fp16", {})):
         fast = kernel_codec(get_codec(name, **params), "cpu", "numba")
-        rows = torch.zeros(2, 2048, dtype=torch.uint8)
+        rows = torch.zeros(2, 4 * 4096 + 64, dtype=torch.uint8)
         m, _ = fast.encode_ef(x, e, out=rows[0])
         rows[1, : m.numel()] = m
         fast.decode_combine([rows[0, : m.numel()], rows[1, : m.numel()]], torch.empty(4096), "mean")
         fast.decode_combine([m], torch.empty(4096), "subtract")
         fast.decode_combine([m.clone(), m.clone()], torch.empty(4096), "mean")
+    stamp = _cache_stamp()
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(_source_id())
+    except OSError:  # a read-only cache: the kernels still run, the next process checks again
+        pass
 
 
-def cache_is_cold() -> bool:
-    """Whether numba's disk cache lacks this installation's kernels (or holds older ones): numba
-    keeps them in ``NUMBA_CACHE_DIR/kernels_<sha1 of this folder>``, indexed by ``*.nbi`` files."""
+def _cache_stamp() -> Path:
+    """numba keeps this folder's kernels in ``NUMBA_CACHE_DIR/kernels_<sha1 of its path>``; the
+    stamp beside them names the source they were compiled from."""
     import hashlib
 
     here = Path(__file__).resolve().parent
-    source = here / "cpu_dense.py"
     digest = hashlib.sha1(str(here).encode()).hexdigest()
-    cache = Path(os.environ["NUMBA_CACHE_DIR"]) / f"{here.name}_{digest}"
-    stamps = [p.stat().st_mtime for p in cache.glob("cpu_dense.*.nbi")]
-    return not stamps or min(stamps) < source.stat().st_mtime
+    return Path(os.environ["NUMBA_CACHE_DIR"]) / f"{here.name}_{digest}" / "qtrain-warm"
+
+
+def _source_id() -> str:
+    import hashlib
+
+    import numba
+
+    source = (Path(__file__).resolve().parent / "cpu_dense.py").read_bytes()
+    return f"{hashlib.sha1(source).hexdigest()} numba {numba.__version__}"
+
+
+def cache_is_cold() -> bool:
+    """Whether numba's disk cache lacks the kernels of this source and numba version: no stamp,
+    or one :func:`warm_up` wrote for another ``cpu_dense.py`` (numba's own index files are no
+    guide: an edit leaves the old functions' entries behind, under their old line numbers)."""
+    try:
+        return _cache_stamp().read_text() != _source_id()
+    except OSError:
+        return True
 
 
 def _warm_once() -> None:
@@ -117,6 +142,10 @@ def kernel_codec(codec, device, choice: str = "auto"):
     if choice == "torch":
         return None
     from qtrain.codecs.entropy import EntropyCoded
+    from qtrain.kernels.fast_codec import FastCodec
+
+    if isinstance(codec, FastCodec):
+        codec = codec.reference
 
     if isinstance(codec, EntropyCoded):
         from qtrain.kernels.entropy_stage import EntropyKernelCodec

@@ -12,8 +12,8 @@ from qtrain.codecs import Codec, WireFormatError
 from qtrain.codecs.uniform import UniformCodec
 
 KIND_SIGN, KIND_UNIFORM, KIND_THRESHOLD = 0, 1, 2
-MODE_MEAN, MODE_SUBTRACT, MODE_SET = 0, 1, 2
-MODES = {"mean": MODE_MEAN, "subtract": MODE_SUBTRACT, "set": MODE_SET}
+MODE_MEAN, MODE_SUBTRACT, MODE_SET, MODE_ADD = 0, 1, 2, 3
+MODES = {"mean": MODE_MEAN, "subtract": MODE_SUBTRACT, "set": MODE_SET, "add": MODE_ADD}
 
 
 def kernel_kind(codec: Codec) -> int | None:
@@ -81,4 +81,6 @@ class KernelCodec:
             return out.div_(len(messages))
         if mode == "set":
             return codec.decode(messages[0], out=out)
+        if mode == "add":
+            return codec.decode_add_(messages[0], out)
         return out.sub_(codec.decode(messages[0]))

@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from qtrain.kernels.codec_base import KIND_SIGN, KIND_UNIFORM, MODE_MEAN, MODE_SUBTRACT
+from qtrain.kernels.codec_base import KIND_SIGN, KIND_UNIFORM, MODE_ADD, MODE_MEAN, MODE_SUBTRACT
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
@@ -213,7 +213,7 @@ def _apply_quantized(ps, q, v, e, beta, target, values, lo, hi, row):
 @njit(inline="always", **_JIT)
 def _combine_into(os, acc, mode, nmsg):
     """The decoders' last step over one chunk: MODE_MEAN os = acc / N, MODE_SUBTRACT os -= acc,
-    MODE_SET os = acc."""
+    MODE_ADD os += acc, MODE_SET os = acc."""
     if mode == MODE_MEAN:
         div = np.float32(nmsg)
         for k in range(os.shape[0]):
@@ -221,6 +221,9 @@ def _combine_into(os, acc, mode, nmsg):
     elif mode == MODE_SUBTRACT:
         for k in range(os.shape[0]):
             os[k] = os[k] - acc[k]
+    elif mode == MODE_ADD:
+        for k in range(os.shape[0]):
+            os[k] = os[k] + acc[k]
     else:
         for k in range(os.shape[0]):
             os[k] = acc[k]
@@ -458,7 +461,8 @@ def unit_table(kind: int, bits: int, levels: int) -> tuple[np.ndarray, np.ndarra
 def decode(kind, codes, scales, levels, bits, bucket, chunk, n, out, mode, units_of, top_of, bad):
     """Decode N messages (row w of ``codes``/``scales``: worker w) and combine them per element in
     worker order: MODE_MEAN ``out = (0 + Q_0 + Q_1 + ...) / N``, MODE_SUBTRACT ``out -= Q_0``,
-    MODE_SET ``out = Q_0``. ``units_of``/``top_of``: :func:`unit_table` (empty: unpack bit by bit).
+    MODE_ADD ``out += Q_0`` (the reference's ``decode_add_``), MODE_SET ``out = Q_0``.
+    ``units_of``/``top_of``: :func:`unit_table` (empty: unpack bit by bit).
     ``bad[c]`` = 1 when chunk c holds a code outside the codec's range."""
     nmsg = codes.shape[0]
     nchunks = (n + chunk - 1) // chunk
@@ -592,7 +596,7 @@ def encode_float(fmt, p, e, alpha, beta, target, values, half_to_float, out32, o
 @njit(parallel=True, **_JIT)
 def decode_float(fmt, rows32, rows16, half_to_float, n, chunk, out, mode):
     """Combine N float messages (rows of ``rows32`` for fp32, ``rows16`` for fp16/bf16 bits) as
-    :func:`decode` does: mean in worker order, subtract or set."""
+    :func:`decode` does: mean in worker order, subtract, add or set."""
     nmsg = rows32.shape[0] if fmt == FMT_NONE else rows16.shape[0]
     nchunks = (n + chunk - 1) // chunk
     for c in prange(nchunks):

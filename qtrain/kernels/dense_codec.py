@@ -160,8 +160,9 @@ class DenseKernelCodec(KernelCodec):
     # ------------------------------------------------------------------ decode
     def decode_combine(self, messages: list[torch.Tensor], out: torch.Tensor, mode: str) -> torch.Tensor:
         """``mode`` "mean": out = (sum of the decoded messages, in list order) / len(messages);
-        "subtract": out -= decode(messages[0]); "set": out = decode(messages[0]). Bit for bit
-        what the reference's decode / decode_add_ give. Raises WireFormatError on a bad message."""
+        "subtract": out -= decode(messages[0]); "add": out += decode(messages[0]); "set": out =
+        decode(messages[0]). Bit for bit what the reference's decode / decode_add_ give. Raises
+        WireFormatError on a bad message."""
         codec, n = self.codec, out.numel()
         headers = self._read_all(messages, n, mode)
         if any(h.flags for h, _, _ in headers):  # threshold's sparse layout: the reference, in order

@@ -58,7 +58,7 @@ class ReferenceCodec(KernelCodec):
 
     def decode_combine(self, messages: list[torch.Tensor], out: torch.Tensor, mode: str) -> torch.Tensor:
         """``mean``: out = the mean of the decoded messages, summed in the order given; ``subtract``:
-        out -= decode(message); ``set``: out = decode(message)."""
+        out -= decode(message); ``add``: out += decode(message); ``set``: out = decode(message)."""
         if mode not in MODES:
             raise ValueError(f"decode_combine: mode must be one of {list(MODES)}, got {mode!r}")
         if mode != "mean" and len(messages) != 1:

@@ -24,7 +24,7 @@ import triton.language as tl
 
 MAX_BUCKET = 16384
 # KIND and MODE are the numbers of ``kernel_codec`` (0 sign, 1 uniform, 2 threshold; 0 mean,
-# 1 subtract, 2 set), written as literals inside the kernels
+# 1 subtract, 2 set, 3 add), written as literals inside the kernels
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 
@@ -222,5 +222,8 @@ def decode_kernel(
     elif MODE == 1:
         old = tl.load(out_ptr + offs, mask=live, other=0.0)
         tl.store(out_ptr + offs, old - acc, mask=live)
+    elif MODE == 3:
+        old = tl.load(out_ptr + offs, mask=live, other=0.0)
+        tl.store(out_ptr + offs, old + acc, mask=live)
     else:
         tl.store(out_ptr + offs, acc, mask=live)
