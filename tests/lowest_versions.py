@@ -29,6 +29,33 @@ def lowest(pyproject: Path) -> list[str]:
     return pins
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """'2.3' and '2.3.0' alike; a local part (+cu121) and a suffix (.post0) do not count."""
+    parts = [int(p) for p in re.findall(r"\d+", version.split("+")[0].split(".post")[0])]
+    while parts and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def check(pins: list[str]) -> int:
+    """Exit status 1, naming each one, when an installed version is not its pin."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    wrong = []
+    for pin in pins:
+        name, want = pin.split("==")
+        try:
+            have = version(name)
+        except PackageNotFoundError:
+            have = "missing"
+        if have == "missing" or _release(have) != _release(want):
+            wrong.append(f"{name} {have} (pinned {want})")
+    print("lowest_versions: " + ("; ".join(wrong) if wrong else f"all {len(pins)} pins installed"))
+    return 1 if wrong else 0
+
+
 if __name__ == "__main__":
-    root = Path(__file__).resolve().parents[1]
-    sys.stdout.write("".join(p + "\n" for p in lowest(root / "pyproject.toml")))
+    pins = lowest(Path(__file__).resolve().parents[1] / "pyproject.toml")
+    if sys.argv[1:] == ["--check"]:
+        sys.exit(check(pins))
+    sys.stdout.write("".join(p + "\n" for p in pins))

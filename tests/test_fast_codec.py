@@ -3,6 +3,7 @@ bytes and floats for every codec (kernel or not), every input dtype and size, wi
 ``out=``, and refuses bad messages and buffers with the reference's own errors."""
 
 import pickle
+import re
 
 import pytest
 import torch
@@ -38,8 +39,17 @@ def test_the_public_codec_equals_the_reference(case):
         rng = CounterStream(key=3, step=n, offset=11)
         want = ref.encode(x, rng)
         assert same(fast.encode(x, rng), want), n
-        frame = torch.full((fast.wire_bytes(n) + 5,), 0xAB, dtype=torch.uint8)
-        assert same(fast.encode(x, rng, out=frame), want)
+        frame = torch.full((max(fast.wire_bytes(n), want.numel()) + 5,), 0xAB, dtype=torch.uint8)
+        got = fast.encode(x, rng, out=frame)
+        assert same(got, want) and got.data_ptr() == frame.data_ptr()  # written into the frame
+        exact = torch.empty(want.numel(), dtype=torch.uint8)  # the message's own size: both take it,
+        try:  # or, where compress needs room for the uncompressed message, both refuse it
+            ref.encode(x, rng, out=exact.clone())
+        except ValueError as exc:
+            with pytest.raises(ValueError, match=re.escape(str(exc))):
+                fast.encode(x, rng, out=exact)
+        else:
+            assert same(fast.encode(x, rng, out=exact), want)
         got_msg, got_q = fast.quantize(x, rng)
         want_msg, want_q = ref.quantize(x, rng)
         assert same(got_msg, want_msg) and same(got_q, want_q.contiguous())
@@ -71,7 +81,9 @@ def test_the_reference_stays_reachable_by_name():
         qtrain.get_codec("sgn")
     with pytest.raises(ValueError, match="runtime.kernels=triton runs on CUDA"):
         qtrain.get_codec("sign", kernels="triton").encode(torch.ones(4))
+    fast.encode(torch.arange(9.0))  # its kernel codec is built now: the pickle leaves it out
     restored = pickle.loads(pickle.dumps(fast))
+    assert not restored._paths and restored == fast and restored.kernels == "auto"
     assert same(restored.encode(torch.arange(9.0)), fast.encode(torch.arange(9.0)))
 
 
@@ -99,6 +111,38 @@ def test_bad_messages_and_buffers_get_the_references_errors():
     bad[20] = float("inf")
     assert error(lambda: fast.encode(bad)) == error(lambda: ref.encode(bad))
     assert error(lambda: fast.encode(bad, out=torch.empty(3, dtype=torch.uint8)))[0] is ValueError
+
+
+def test_what_the_reference_takes_the_public_codec_takes():
+    """Inputs the kernels cannot take (a deterministic codec's ignored rng, a frame on another
+    device) and inputs both must refuse (a non-tensor message, a float frame)."""
+    x = torch.randn(500)
+    for name, params in (("sign", {}), ("threshold", {"layout": "sparse"}), ("uniform", {"entropy": "zstd"})):
+        fast, ref = qtrain.get_codec(name, **params), reference_codec(name, **params)
+        if not ref.stochastic:
+            assert same(fast.encode(x, rng=7), ref.encode(x, rng=7))
+        for bad in (b"abc", None):
+            with pytest.raises(WireFormatError) as want:
+                ref.decode(bad)
+            with pytest.raises(WireFormatError, match=re.escape(str(want.value))):
+                fast.decode(bad)
+        with pytest.raises(ValueError) as want:
+            ref.encode(x, out=torch.empty(4000))
+        with pytest.raises(ValueError, match=re.escape(str(want.value))):
+            fast.encode(x, out=torch.empty(4000))
+    assert qtrain.get_codec("sign", bucket=4) == reference_codec("sign", bucket=4)
+    assert hash(qtrain.get_codec("sign", bucket=4)) == hash(reference_codec("sign", bucket=4))
+    assert qtrain.get_codec("sign", bucket=4) != qtrain.get_codec("sign", bucket=8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA device")
+def test_a_gradient_on_the_gpu_encodes_into_a_host_frame():
+    fast, ref = qtrain.get_codec("sign"), reference_codec("sign")
+    x = torch.randn(10_000, device="cuda")
+    frame = torch.empty(ref.wire_bytes(x.numel()), dtype=torch.uint8)
+    assert same(fast.encode(x, out=frame), ref.encode(x).cpu())
+    out = torch.empty(x.numel(), device="cuda")
+    assert torch.equal(fast.decode(frame, out=out).cpu(), ref.decode(frame))
 
 
 def test_a_strided_buffer_is_decoded_into_in_place():

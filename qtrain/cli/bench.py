@@ -41,6 +41,8 @@ def codec(
     from qtrain.kernels import KERNEL_CHOICES
 
     if quick:
+        if (numel, repeats) != (2**24, 5):
+            fail("--quick chooses --numel and --repeats itself: give --quick or those two")
         numel, repeats = QUICK_NUMEL, QUICK_REPEATS
     if numel < 1 or repeats < 1 or threads < 0:
         fail("--numel and --repeats must be positive, --threads >= 0")
@@ -53,7 +55,10 @@ def codec(
     try:
         common = dict(numel=numel, repeats=repeats, device=device, threads=threads, kernels=kernels)
         estimate = estimate_seconds(**common)
-        say(f"{numel} elements, {repeats} runs per path: about {_duration(estimate)} (estimated from 2^18)")
+        small = f"{min(numel, 2**18)} elements"
+        say(
+            f"{numel} elements, {repeats} runs per path: about {_duration(estimate)} (estimated from {small})"
+        )
         rows = bench_codecs(**common, progress=lambda label, s: say(f"{label} done in {s:.1f} s"))
         step = bench_worker_step(**common)
     except ValueError as exc:

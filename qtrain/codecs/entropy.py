@@ -156,11 +156,15 @@ class EntropyCoded(Codec):
     # ------------------------------------------------------------------ the Codec interface
     def quantize(self, x, rng=None, out=None, want_values=True):
         raw, values = self.inner.quantize(x, rng, None, want_values)
+        self.check_frame(raw, out)
+        return self.compress(raw, out), values
+
+    def check_frame(self, raw: torch.Tensor, out: torch.Tensor | None) -> None:
+        """``out`` (when given) can hold ``raw``, the inner codec's message, as compress needs."""
         if out is not None and (out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < raw.numel()):
             raise ValueError(
                 f"{self.name}: encode(out=...) needs a contiguous 1-D uint8 tensor of >= {raw.numel()} bytes"
             )
-        return self.compress(raw, out), values
 
     def decode(self, packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return self.inner.decode(self.expand(packed), out)

@@ -60,38 +60,54 @@ def warm_up() -> None:
         fast.decode_combine([m], torch.empty(4096), "subtract")
         fast.decode_combine([m.clone(), m.clone()], torch.empty(4096), "mean")
     stamp = _cache_stamp()
-    try:
+    if stamp is None:
+        return
+    try:  # written whole, then renamed: a second process reads the old stamp or the new one
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(_source_id())
+        partial = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+        partial.write_text(_source_id())
+        os.replace(partial, stamp)
     except OSError:  # a read-only cache: the kernels still run, the next process checks again
         pass
 
 
-def _cache_stamp() -> Path:
-    """numba keeps this folder's kernels in ``NUMBA_CACHE_DIR/kernels_<sha1 of its path>``; the
-    stamp beside them names the source they were compiled from."""
+def _cache_stamp() -> Path | None:
+    """numba keeps this folder's kernels in ``NUMBA_CACHE_DIR/kernels_<sha1 of its abspath>``;
+    the stamp beside them names what they were compiled from. None when ``NUMBA_CACHE_DIR`` is
+    empty (numba then caches beside the sources)."""
     import hashlib
 
-    here = Path(__file__).resolve().parent
-    digest = hashlib.sha1(str(here).encode()).hexdigest()
-    return Path(os.environ["NUMBA_CACHE_DIR"]) / f"{here.name}_{digest}" / "qtrain-warm"
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        return None
+    here = os.path.dirname(os.path.abspath(__file__))  # numba's own spelling of the folder
+    digest = hashlib.sha1(here.encode()).hexdigest()
+    return Path(os.environ["NUMBA_CACHE_DIR"]) / f"{os.path.basename(here)}_{digest}" / "qtrain-warm"
 
 
 def _source_id() -> str:
+    """The kernels' source, numba's version, Python's and the CPU numba compiles for."""
     import hashlib
+    import platform
 
     import numba
+    from llvmlite import binding
 
     source = (Path(__file__).resolve().parent / "cpu_dense.py").read_bytes()
-    return f"{hashlib.sha1(source).hexdigest()} numba {numba.__version__}"
+    cpu = numba.config.CPU_NAME or binding.get_host_cpu_name()
+    versions = f"numba {numba.__version__} python {platform.python_version()}"
+    return f"{hashlib.sha1(source).hexdigest()} {versions} {cpu}"
 
 
 def cache_is_cold() -> bool:
-    """Whether numba's disk cache lacks the kernels of this source and numba version: no stamp,
-    or one :func:`warm_up` wrote for another ``cpu_dense.py`` (numba's own index files are no
-    guide: an edit leaves the old functions' entries behind, under their old line numbers)."""
+    """Whether numba's disk cache lacks the kernels of this source, numba, Python and CPU: no
+    stamp, or one :func:`warm_up` wrote for something else (numba's own index files are no guide:
+    an edit leaves the old functions' entries behind, under their old line numbers). False when
+    there is no cache folder to look in."""
+    stamp = _cache_stamp()
+    if stamp is None:
+        return False
     try:
-        return _cache_stamp().read_text() != _source_id()
+        return stamp.read_text() != _source_id()
     except OSError:
         return True
 

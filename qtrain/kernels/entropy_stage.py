@@ -24,6 +24,7 @@ class EntropyKernelCodec:
     def encode_ef(self, p, e=None, alpha=1.0, beta=1.0, rng=None, out: torch.Tensor | None = None, **kwargs):
         """The inner ``encode_ef`` (same arguments and sums), its message entropy-coded into ``out``."""
         raw, sums = self.inner.encode_ef(p, e, alpha, beta, rng, None, **kwargs)
+        self.codec.check_frame(raw, out)
         return self.codec.compress(raw, out), sums
 
     def decode_combine(self, messages: list[torch.Tensor], out: torch.Tensor, mode: str) -> torch.Tensor:

@@ -19,11 +19,18 @@ import torch
 from qtrain.codecs import Codec
 from qtrain.codecs import get_codec as reference_codec
 from qtrain.codecs.base import UNBOUNDED_DECODE_BYTES, as_flat_float
+from qtrain.codecs.entropy import EntropyCoded
 from qtrain.codecs.errors import WireFormatError
 from qtrain.codecs.floats import Bf16Codec, Fp16Codec, NoneCodec
 from qtrain.codecs.wire import read_header
 
 FLOAT_CODECS = (NoneCodec, Fp16Codec, Bf16Codec)
+
+
+def _same_device(buffer, tensor: torch.Tensor) -> bool:
+    """Whether ``buffer`` (None: yes) lives on ``tensor``'s device: the kernels read and write one
+    device's memory, the reference also copies across (a CUDA gradient into a host send frame)."""
+    return buffer is None or (isinstance(buffer, torch.Tensor) and buffer.device == tensor.device)
 
 
 def get_codec(name: str, *, kernels: str = "auto", **params) -> Codec | FastCodec:
@@ -57,6 +64,18 @@ class FastCodec:
     def __repr__(self) -> str:
         return f"FastCodec({self.reference!r}, kernels={self.kernels!r})"
 
+    def __eq__(self, other: object) -> bool:
+        return self.reference == (other.reference if isinstance(other, FastCodec) else other)
+
+    def __hash__(self) -> int:
+        return hash(self.reference)
+
+    def __getstate__(self) -> dict:
+        return {"reference": self.reference, "kernels": self.kernels}  # kernel codecs: rebuilt on use
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["reference"], state["kernels"])
+
     def _kernel(self, device: torch.device):
         """The compiled codec for tensors on ``device``, or None where the reference runs: always
         for the float codecs (none, fp16, bf16), whose plain encode and decode torch does in one
@@ -84,19 +103,33 @@ class FastCodec:
 
     def quantize(self, x, rng=None, out=None, want_values: bool = True):
         """:meth:`qtrain.codecs.Codec.quantize`: (message, Q(x) as float32 or None)."""
-        x = as_flat_float(x, self.reference.name)
+        ref = self.reference
+        x = as_flat_float(x, ref.name)
         fast = self._kernel(x.device)
-        if fast is None:
-            return self.reference.quantize(x, rng, out, want_values)
+        if fast is None or not _same_device(out, x):
+            return ref.quantize(x, rng, out, want_values)
         values = torch.empty_like(x) if want_values else None
-        packed, _ = fast.encode_ef(x, rng=rng, out=out, values=values)
-        return packed, values
+        rng = rng if ref.stochastic else None  # a deterministic codec never reads it
+        if out is None or ref.fixed_size or isinstance(ref, EntropyCoded):
+            packed, _ = fast.encode_ef(x, rng=rng, out=out, values=values)
+            return packed, values
+        # threshold: the kernel needs a dense frame and may choose the (smaller or larger) sparse
+        # layout; the reference checks ``out`` against the message it chose, and writes it there
+        packed, _ = fast.encode_ef(x, rng=rng, values=values)
+        size = packed.numel()
+        if out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < size or not out.is_contiguous():
+            raise ValueError(
+                f"{ref.name}: encode(out=...) needs a contiguous 1-D uint8 tensor of >= {size} bytes"
+            )
+        return out[:size].copy_(packed), values
 
     # ------------------------------------------------------------------ decoding
     def decode(self, packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`qtrain.codecs.Codec.decode`, bit for bit (the same checks, the same errors)."""
+        if not isinstance(packed, torch.Tensor):
+            return self.reference.decode(packed, out)  # which refuses it, in its words
         fast = self._kernel(packed.device)
-        if fast is None or (out is not None and not out.is_contiguous()):
+        if fast is None or (out is not None and (not out.is_contiguous() or not _same_device(out, packed))):
             return self.reference.decode(packed, out)
         n = read_header(packed, check_crc=False).numel  # its CRC and the rest: decode_combine's
         if out is None:
@@ -109,8 +142,10 @@ class FastCodec:
 
     def decode_add_(self, packed: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         """``acc += decode(packed)``: :meth:`qtrain.codecs.Codec.decode_add_`, bit for bit."""
+        if not isinstance(packed, torch.Tensor) or not isinstance(acc, torch.Tensor):
+            return self.reference.decode_add_(packed, acc)
         fast = self._kernel(acc.device)
-        if fast is None or not acc.is_contiguous() or packed.device != acc.device:
+        if fast is None or not acc.is_contiguous() or not _same_device(packed, acc):
             return self.reference.decode_add_(packed, acc)
         try:
             n = read_header(packed, check_crc=False).numel
