@@ -88,14 +88,18 @@ def compare(
 ) -> None:
     """Several runs side by side: accuracy, loss, bytes each way, compression, time."""
     from qtrain.cli.errors import fail
+    from qtrain.io.summary_file import SummaryError, read_summary
     from qtrain.io.trace import read_trace
 
     loaded = []
     for d in runs:
         p = Path(d)
-        if not (p / "summary.json").is_file():
+        if not (p / "summary.json").exists():
             fail(f"{d}: no summary.json (not a finished qtrain run directory)")
-        summary = json.loads((p / "summary.json").read_text())
+        try:
+            summary = read_summary(p / "summary.json")
+        except SummaryError as exc:
+            fail(str(exc))
         steps = None
         if (p / "trace.h5").is_file():
             try:
@@ -141,8 +145,9 @@ def compare(
     )
     for r in rows:
         acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
+        loss = f"{r['test_loss']:.4f}" if r["test_loss"] is not None else "-"
         typer.echo(
             f"{r['run']:<24}{r['algorithm']:<16}{r['uplink']:<10}{r['downlink']:<10}{acc:>8}"
-            f"{r['test_loss']:>9.4f}{r['bytes_up'] / 1e6:>9.3f}{r['bytes_down'] / 1e6:>9.3f}"
+            f"{loss:>9}{r['bytes_up'] / 1e6:>9.3f}{r['bytes_down'] / 1e6:>9.3f}"
             f"{r['compression_up']:>7.1f}{r['compression_down']:>7.1f}{r['wall_seconds']:>8.1f}"
         )
