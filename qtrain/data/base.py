@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -52,3 +55,30 @@ def split(x: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int):
     n_test = int(round(n * test_fraction))
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
+
+
+def regular_file(path, key: str = "data.path") -> Path:
+    """``path`` when it is a regular file (after symlinks); else ValueError naming ``key``: a FIFO,
+    a socket or a device would block the reader forever or stream without end (``/dev/zero``)."""
+    path = Path(path).expanduser()
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ValueError(f"{key} {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{key} {str(path)!r}: cannot read it ({exc.strerror})") from None
+    if stat.S_ISREG(mode):
+        return path
+    kind = "a directory" if stat.S_ISDIR(mode) else _special_kind(mode)
+    raise ValueError(f"{key} {str(path)!r} is {kind}, not a regular file")
+
+
+def _special_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+    ):
+        if test(mode):
+            return kind
+    return "a block device" if stat.S_ISBLK(mode) else "a special file"

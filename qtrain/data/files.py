@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qtrain.data.base import Dataset, split
+from qtrain.data.base import Dataset, regular_file, split
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -21,9 +21,13 @@ def _need_path(cfg, what: str) -> Path:
     path = Path(cfg.path).expanduser()
     if not path.exists():
         raise ValueError(f"data.path {str(path)!r} does not exist")
-    if what != "a CIFAR-10 directory" and path.is_dir():
+    if what == "a CIFAR-10 directory":
+        if not path.is_dir():
+            raise ValueError(f"data.path {str(path)!r} is not a directory; data.name={cfg.name} reads {what}")
+        return path
+    if path.is_dir():
         raise ValueError(f"data.path {str(path)!r} is a directory; data.name={cfg.name} reads {what}")
-    return path
+    return regular_file(path)
 
 
 def _labels(y: np.ndarray, name: str, task: str = "auto") -> tuple[torch.Tensor, str, int, dict | None]:
@@ -59,9 +63,8 @@ def libsvm(cfg, seed: int) -> Dataset:
     path = _need_path(cfg, "an svmlight file")
     try:
         if cfg.test_path:
-            if not Path(cfg.test_path).exists():
-                raise ValueError(f"data.test_path {cfg.test_path!r} does not exist")
-            xtr, ytr, xte, yte = load_svmlight_files([str(path), cfg.test_path])
+            test_path = regular_file(cfg.test_path, "data.test_path")
+            xtr, ytr, xte, yte = load_svmlight_files([str(path), str(test_path)])
         else:
             xtr, ytr = load_svmlight_file(str(path))
             xte = yte = None
@@ -142,7 +145,7 @@ def cifar10(cfg, seed: int) -> Dataset:
     missing = [n for n in names if not (d / n).exists()]
     if missing:
         raise ValueError(f"{d}: CIFAR-10 files missing: {', '.join(missing)}")
-    parts = [reader(d / n) for n in names]
+    parts = [reader(regular_file(d / n, "a CIFAR-10 file")) for n in names]
 
     def tensor(data):
         x = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)

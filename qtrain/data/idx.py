@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qtrain.data.base import Dataset
+from qtrain.data.base import Dataset, regular_file
 
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -25,7 +25,7 @@ SPLITS = {"train": "train", "test": "t10k"}
 def read_idx(path: Path) -> np.ndarray:
     """The array stored in an idx file (``.gz`` read transparently); ValueError naming the file
     when it is not a complete idx file."""
-    path = Path(path)
+    path = regular_file(path, "an idx file")
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         try:
@@ -48,7 +48,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _find(directory: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
+        if (directory / name).exists():  # read_idx refuses what is not a regular file, by name
             return directory / name
     raise ValueError(f"{directory}: no {stem} (or {stem}.gz)")
 

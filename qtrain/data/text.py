@@ -8,11 +8,9 @@ the text, is the test split (no window of it is trained on).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from qtrain.data.base import Dataset
+from qtrain.data.base import Dataset, regular_file
 
 LANGUAGE_MODEL = "language-model"
 
@@ -20,9 +18,7 @@ LANGUAGE_MODEL = "language-model"
 def text(cfg, seed: int) -> Dataset:
     if not cfg.path:
         raise ValueError("data.name=text needs data.path (a UTF-8 text file)")
-    path = Path(cfg.path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"data.path {str(path)!r} is not a file")
+    path = regular_file(cfg.path)
     raw = path.read_bytes()
     try:
         content = raw.decode("utf-8")
