@@ -31,6 +31,7 @@ from qtrain.algorithms.links import Link
 from qtrain.algorithms.registry import get_algorithm
 from qtrain.bench.timing import median_seconds
 from qtrain.codecs import CounterStream
+from qtrain.codecs import get_codec as reference_codec
 from qtrain.config import AlgorithmConfig
 from qtrain.engine.partition import Partition
 from qtrain.engine.server import ServerEngine
@@ -102,10 +103,11 @@ def bench_codecs(
     rows = []
     for label, name, params in cases or DEFAULT_CASES:
         start = time.perf_counter()
-        codec = get_codec(name, kernels=kernels, **params)
+        codec = get_codec(name, kernels=kernels, **params)  # the public API's
+        engine_codec = reference_codec(name, **params)  # the engines pick their own path for it
         packed = codec.encode(x, CounterStream(seed))
         wire = packed.numel()
-        timings = _time_paths(codec, x, packed, dev, repeats, seed, kernels)
+        timings = _time_paths(codec, engine_codec, x, packed, dev, repeats, seed, kernels)
         floors = {
             "encode": n4 + wire,
             "encode_ef": 3 * n4 + wire,
@@ -120,7 +122,7 @@ def bench_codecs(
             "numel": numel,
             "wire_bytes": wire,
             "compression_vs_fp32": n4 / wire,
-            "path": _engine_path(codec, dev, kernels),
+            "path": _engine_path(engine_codec, dev, kernels),
             "api_path": "torch" if kernels == "torch" else codec.path(dev),
             "aggregate_workers": AGGREGATE_WORKERS,
             "copy_s": copy_s,
@@ -158,10 +160,10 @@ def _engine_path(codec, dev: torch.device, kernels: str) -> str:
     return "triton" if dev.type == "cuda" else "numba"
 
 
-def _time_paths(codec, x, packed, dev, repeats, seed, kernels) -> dict[str, float]:
+def _time_paths(codec, engine_codec, x, packed, dev, repeats, seed, kernels) -> dict[str, float]:
     numel = x.numel()
     rng = CounterStream(seed)
-    seg, worker, server = _engines("sgd", codec, numel, dev, kernels)
+    seg, worker, server = _engines("sgd", engine_codec, numel, dev, kernels)
     worker.begin_step()
     frame = torch.empty(codec.wire_bytes(numel), dtype=torch.uint8, device=dev)
     # the uplinks in rows of one receive buffer, as the MPI transport holds them
@@ -189,7 +191,7 @@ def bench_worker_step(
     """efficient-adam's worker step (local Adam, EF, 1-bit sign) against its floor: read g, m, v, e;
     write m, v, e and the message."""
     g, dev, _, bps = _input_and_copy(numel, device, seed, threads, repeats)
-    codec = get_codec("sign")
+    codec = reference_codec("sign")
     seg, worker, _ = _engines("efficient-adam", codec, numel, dev, kernels)
     frame = torch.empty(codec.wire_bytes(numel), dtype=torch.uint8, device=dev)
 

@@ -117,10 +117,8 @@ class Codec:
         size = wire.HEADER_SIZE + payload_bytes(layout)
         if out is None:
             out = torch.empty(size, dtype=torch.uint8, device=x.device)
-        elif out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < size or not out.is_contiguous():
-            raise ValueError(
-                f"{self.name}: encode(out=...) needs a contiguous 1-D uint8 tensor of >= {size} bytes"
-            )
+        else:
+            check_frame(self.name, out, size)
         header = (self.codec_id, self.bits, q.flags, x.numel(), self.bucket, q.aux)
         return wire.write_message(out[:size], *header, q.arrays), q.values
 
@@ -162,7 +160,7 @@ class Codec:
         header, arrays, _ = self._read(packed)
         n = header.numel
         if out is None:
-            if 4 * n > max(UNBOUNDED_DECODE_BYTES, 64 * packed.numel()):
+            if not decodes_unasked(n, packed):
                 raise WireFormatError(
                     f"{self.name}: a {packed.numel()}-byte message announces {n} elements; decoding "
                     "that many needs decode(packed, out=...) with a buffer of the size you expect"
@@ -232,6 +230,19 @@ def _check_arrays(codec: str, layout: list[Section], arrays: list[torch.Tensor])
     want = [(s.dtype, s.count) for s in layout]
     if got != want:
         raise AssertionError(f"codec '{codec}' produced sections {got}, its layout declares {want}")
+
+
+def check_frame(name: str, out: torch.Tensor, size: int) -> None:
+    """``out`` can take a ``size``-byte message of codec ``name`` (``encode(out=...)``): a
+    contiguous 1-D uint8 tensor of at least that many bytes; else ValueError."""
+    if out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < size or not out.is_contiguous():
+        raise ValueError(f"{name}: encode(out=...) needs a contiguous 1-D uint8 tensor of >= {size} bytes")
+
+
+def decodes_unasked(numel: int, packed: torch.Tensor) -> bool:
+    """Whether ``decode(packed)`` without ``out=`` may allocate the ``numel`` floats its header
+    announces (``UNBOUNDED_DECODE_BYTES``)."""
+    return 4 * numel <= max(UNBOUNDED_DECODE_BYTES, 64 * packed.numel())
 
 
 def as_flat_float(x: torch.Tensor, codec: str) -> torch.Tensor:

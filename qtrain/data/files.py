@@ -19,15 +19,15 @@ def _need_path(cfg, what: str) -> Path:
     if not cfg.path:
         raise ValueError(f"data.name={cfg.name} needs data.path ({what})")
     path = Path(cfg.path).expanduser()
-    if not path.exists():
-        raise ValueError(f"data.path {str(path)!r} does not exist")
     if what == "a CIFAR-10 directory":
+        if not path.exists():
+            raise ValueError(f"data.path {str(path)!r} does not exist")
         if not path.is_dir():
             raise ValueError(f"data.path {str(path)!r} is not a directory; data.name={cfg.name} reads {what}")
         return path
     if path.is_dir():
         raise ValueError(f"data.path {str(path)!r} is a directory; data.name={cfg.name} reads {what}")
-    return regular_file(path)
+    return regular_file(path)  # which says when it does not exist, in the same words
 
 
 def _labels(y: np.ndarray, name: str, task: str = "auto") -> tuple[torch.Tensor, str, int, dict | None]:

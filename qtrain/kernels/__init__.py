@@ -158,10 +158,6 @@ def kernel_codec(codec, device, choice: str = "auto"):
     if choice == "torch":
         return None
     from qtrain.codecs.entropy import EntropyCoded
-    from qtrain.kernels.fast_codec import FastCodec
-
-    if isinstance(codec, FastCodec):
-        codec = codec.reference
 
     if isinstance(codec, EntropyCoded):
         from qtrain.kernels.entropy_stage import EntropyKernelCodec

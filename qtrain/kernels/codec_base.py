@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from qtrain.codecs import Codec, WireFormatError
+from qtrain.codecs.base import check_frame
 from qtrain.codecs.uniform import UniformCodec
 
 KIND_SIGN, KIND_UNIFORM, KIND_THRESHOLD = 0, 1, 2
@@ -54,10 +55,7 @@ class KernelCodec:
             raise TypeError(f"codec '{name}' kernel encodes 1-D float32 tensors, got {p.dtype}")
         if out is None:
             return torch.empty(size, dtype=torch.uint8, device=p.device)
-        if out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < size or not out.is_contiguous():
-            raise ValueError(
-                f"{name}: encode(out=...) needs a contiguous 1-D uint8 tensor of >= {size} bytes"
-            )
+        check_frame(name, out, size)
         return out[:size]
 
     def _read_all(self, messages: list[torch.Tensor], n: int, mode: str) -> list:

@@ -18,7 +18,7 @@ import torch
 
 from qtrain.codecs import Codec
 from qtrain.codecs import get_codec as reference_codec
-from qtrain.codecs.base import UNBOUNDED_DECODE_BYTES, as_flat_float
+from qtrain.codecs.base import as_flat_float, check_frame, decodes_unasked
 from qtrain.codecs.entropy import EntropyCoded
 from qtrain.codecs.errors import WireFormatError
 from qtrain.codecs.floats import Bf16Codec, Fp16Codec, NoneCodec
@@ -116,12 +116,8 @@ class FastCodec:
         # threshold: the kernel needs a dense frame and may choose the (smaller or larger) sparse
         # layout; the reference checks ``out`` against the message it chose, and writes it there
         packed, _ = fast.encode_ef(x, rng=rng, values=values)
-        size = packed.numel()
-        if out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < size or not out.is_contiguous():
-            raise ValueError(
-                f"{ref.name}: encode(out=...) needs a contiguous 1-D uint8 tensor of >= {size} bytes"
-            )
-        return out[:size].copy_(packed), values
+        check_frame(ref.name, out, packed.numel())
+        return out[: packed.numel()].copy_(packed), values
 
     # ------------------------------------------------------------------ decoding
     def decode(self, packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -133,7 +129,7 @@ class FastCodec:
             return self.reference.decode(packed, out)
         n = read_header(packed, check_crc=False).numel  # its CRC and the rest: decode_combine's
         if out is None:
-            if 4 * n > max(UNBOUNDED_DECODE_BYTES, 64 * packed.numel()):
+            if not decodes_unasked(n, packed):
                 return self.reference.decode(packed)  # which refuses it, in its words
             out = torch.empty(n, dtype=torch.float32, device=packed.device)
         elif out.dim() != 1 or out.numel() != n or out.dtype != torch.float32:
