@@ -1,5 +1,6 @@
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,3 +66,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_sep("-", "pinned numerics")
     for line in dict.fromkeys(lines):
         terminalreporter.write_line(f"pinned numerics: {lines.count(line)} case(s) {line}")
+
+
+# ---- a real run's checkpoint, for the tests that damage or craft one
+@pytest.fixture(scope="session")
+def real_checkpoint(tmp_path_factory):
+    """A checkpoint of a real run (ecq-sgd: server and worker state, error buffers, statistics)."""
+    out = tmp_path_factory.mktemp("run")
+    p = subprocess.run(
+        [sys.executable, "-m", "qtrain", "simulate", "configs/ecq-sgd.yaml", "--workers", "2", "--quiet"]
+        + ["--set", "train.steps=4", "--set", "checkpoint.every=4", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    (path,) = (out / "checkpoints").glob("step-*.h5")
+    return path

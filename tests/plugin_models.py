@@ -35,3 +35,48 @@ def rank_wide_mlp(input_shape, outputs):
         nn.ReLU(),
         nn.Linear(16 + launcher_rank(), outputs),
     )
+
+
+def raising(input_shape, outputs):
+    """A plug-in with a bug."""
+    raise KeyError("hidden_size")
+
+
+def no_parameters(input_shape, outputs):
+    return nn.Sequential(nn.Flatten(), nn.ReLU())
+
+
+def exiting(input_shape, outputs):
+    """A plug-in that ends the process (a script's argparse, say)."""
+    raise SystemExit(0)
+
+
+class _Counted(nn.Module):
+    def __init__(self, inputs, outputs):
+        super().__init__()
+        self.linear = nn.Linear(inputs, outputs)
+        self.count = nn.Parameter(torch.zeros((), dtype=torch.int64), requires_grad=False)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+
+def integer_parameter(input_shape, outputs):
+    """An integer counter kept as a Parameter, not a buffer."""
+    return _Counted(math.prod(input_shape), outputs)
+
+
+class _Hanging(nn.Module):
+    def __init__(self, inputs, outputs):
+        super().__init__()
+        self.linear = nn.Linear(inputs, outputs)
+
+    def forward(self, x):
+        import time
+
+        time.sleep(3600)  # a forward that never returns (a deadlocked kernel, a stuck reader)
+        return self.linear(x.flatten(1))
+
+
+def hanging(input_shape, outputs):
+    return _Hanging(math.prod(input_shape), outputs)

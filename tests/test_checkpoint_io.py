@@ -2,8 +2,6 @@
 pickles, and single-bit flips anywhere in a real checkpoint."""
 
 import random
-import subprocess
-import sys
 
 import h5py
 import pytest
@@ -129,21 +127,6 @@ def test_loading_never_unpickles(monkeypatch, tmp_path):
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(pickle, "load", forbidden)
     read_checkpoint(tmp_path / "a.h5")
-
-
-@pytest.fixture(scope="module")
-def real_checkpoint(tmp_path_factory):
-    """A checkpoint of a real run (ecq-sgd: server and worker state, error buffers, statistics)."""
-    out = tmp_path_factory.mktemp("run")
-    p = subprocess.run(
-        [sys.executable, "-m", "qtrain", "simulate", "configs/ecq-sgd.yaml", "--workers", "2", "--quiet"]
-        + ["--set", "train.steps=4", "--set", "checkpoint.every=4", "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
-    assert p.returncode == 0, p.stderr
-    (path,) = (out / "checkpoints").glob("step-*.h5")
-    return path
 
 
 def test_single_bit_flips_anywhere_are_rejected(real_checkpoint, tmp_path):

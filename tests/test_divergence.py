@@ -11,7 +11,7 @@ from engine_helpers import build
 from mpi_helpers import mpi_train
 
 from qtrain.config import AlgorithmConfig, LinkConfig
-from qtrain.engine.divergence import Diverged, require_finite
+from qtrain.engine.divergence import Diverged, OutOfRange, require_finite
 from qtrain.io.checkpoint import read_checkpoint, write_checkpoint
 from qtrain.io.run_dir import params_sha256
 
@@ -79,15 +79,39 @@ def test_the_fp32_path_checks_the_sums_it_computes():
     engines[0].make_uplink(next(iter(server.partition)), huge, replica)
 
 
-def test_no_checkpoint_with_non_finite_values_and_inspect_names_them(tmp_path):
+def test_an_fp16_overflow_names_the_codec_range_not_the_learning_rate():
+    """fp16 gradients beyond 65504 were reported as "diverged ... (lower algorithm.lr?)" even at
+    lr 1e-12 (issue 22)."""
+    _, server, engines, replica = build(AlgorithmConfig(name="sgd", lr=1e-12), LinkConfig(codec="fp16"))
+    engines[0].begin_step()
+    grad = torch.ones(300)
+    grad[7] = 1e5
+    seg = next(iter(server.partition))
+    with pytest.raises(OutOfRange) as info:
+        engines[0].make_uplink(seg, grad, replica)
+    assert str(info.value) == (
+        "at step 1: worker 0's uplink input (gradient, rule and error feedback) in segment 0 overflows codec "
+        "'fp16': the largest |gradient| is 1e+05 > 65504, the largest fp16 value (use codec bf16, which has "
+        "float32's range, or scale the loss down)"
+    )
+    grad[7] = 6e4  # within fp16's range: no error
+    engines[1].begin_step()
+    engines[1].make_uplink(seg, grad, replica)
+
+
+def test_no_checkpoint_with_non_finite_values_and_inspect_names_them(tmp_path, real_checkpoint):
     params = torch.ones(10)
     params[2] = float("nan")
-    tree = {"step": 3, "params": params, "server": {"m": torch.zeros(4)}}
     with pytest.raises(Diverged, match="checkpoint item /params holds 1 NaN or Inf"):
-        require_finite(3, tree)
+        require_finite(3, {"step": 3, "params": params, "server": {"m": torch.zeros(4)}})
     require_finite(3, {"step": 3, "params": torch.ones(10)})
-    path = write_checkpoint(tmp_path / "step-0000003.h5", tree, {"params_sha256": params_sha256(params)})
+    # a real run's checkpoint as an older qtrain might have written it: one NaN in /params
+    tree, meta = read_checkpoint(real_checkpoint)
+    tree["params"][2] = float("nan")
+    meta["params_sha256"] = params_sha256(tree["params"])
+    path = write_checkpoint(tmp_path / real_checkpoint.name, tree, meta)
     p = subprocess.run([*QTRAIN, "checkpoint", "inspect", str(path)], capture_output=True, text=True)
     assert p.returncode == 2
-    assert "torch.float32 (10,)  NON-FINITE: 1 NaN, 0 Inf" in p.stdout
+    n = tree["params"].numel()
+    assert f"torch.float32 ({n},)  NON-FINITE: 1 NaN, 0 Inf" in p.stdout
     assert p.stderr.strip() == f"qtrain: error: {path}: non-finite values in /params"

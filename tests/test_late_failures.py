@@ -2,6 +2,7 @@
 item 6): a read-only --out, an unwritable rank log, a full disk while training and while resuming.
 File systems are small tmpfs mounts (root); where mounting is not allowed those cases skip."""
 
+import os
 import subprocess
 import sys
 import time
@@ -122,3 +123,31 @@ def test_a_rank_whose_mpi_abort_comes_back_still_ends_at_once(mpi_abort):
     )
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (p.returncode, p.stdout, p.stderr) == (1, "", "")
+
+
+def test_an_aborting_rank_kills_its_nodes_other_ranks_even_stopped_ones():
+    """A SIGSTOPped worker once outlived mpiexec after an abort (a stopped process never acts on
+    the launcher's SIGTERM; MPICH's hydra also SIGKILLs, other launchers may not). The aborting
+    rank SIGKILLs the ranks start-up found on its node, and only while their pid still has the
+    start time recorded then (a reused pid is left alone)."""
+    import signal
+
+    from qtrain.runtime import services
+
+    stopped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        os.kill(stopped.pid, signal.SIGSTOP)
+        start = services.process_start(stopped.pid)
+        services.set_local_peers(
+            [(stopped.pid, start), (other.pid, "not its start time"), (os.getpid(), "x")]
+        )
+        assert services._local_peers == [(stopped.pid, start), (other.pid, "not its start time")]
+        services._kill_local_peers()
+        assert stopped.wait(timeout=10) == -signal.SIGKILL
+        assert other.poll() is None  # another process behind a recorded pid: untouched
+    finally:
+        services.set_local_peers([])
+        for p in (stopped, other):
+            p.kill()
+            p.wait()

@@ -1,11 +1,13 @@
 """Real multi-rank runs under mpiexec: same math as the simulator, and the behaviour people rely on."""
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import mpiexec_command
@@ -104,7 +106,24 @@ def test_a_rank_that_stops_answering_is_named_by_the_deadline(tmp_path, rank, ph
     )
 
 
-def test_sigkill_of_a_worker_ends_the_job_in_bounded_time(tmp_path):
+def _gone(pid: int, wait_s: float = 10.0) -> bool:
+    """The process has ended: no /proc entry, or a zombie its new parent has yet to reap."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["SIGKILL", "SIGSTOP"])
+def test_sigkill_or_sigstop_of_a_worker_ends_the_job_in_bounded_time(tmp_path, sig):
+    """A SIGSTOPped worker once outlived mpiexec after the job was aborted (it never acts on the
+    launcher's SIGTERM): the aborting rank now SIGKILLs its node's other ranks."""
     cmd = train_command(3, "configs/default.yaml", tmp_path, "train.steps=1000000", "runtime.timeout_s=10")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pid = None
@@ -120,12 +139,20 @@ def test_sigkill_of_a_worker_ends_the_job_in_bounded_time(tmp_path):
     while not lines[-1].startswith("step ") and time.monotonic() < deadline:  # training is under way
         lines.append(proc.stdout.readline())
     assert lines[-1].startswith("step "), "".join(lines)[-2000:]
-    os.kill(pid, signal.SIGKILL)
+    os.kill(pid, sig)
     start = time.monotonic()
-    rest, _ = proc.communicate(timeout=60)
+    try:
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)  # never leave a stopped process behind a failed test
     assert time.monotonic() - start < 60
     assert proc.returncode != 0
     output = "".join(lines) + rest
+    assert _gone(pid), "the worker outlived mpiexec"
+    if sig == signal.SIGSTOP:  # the job's own deadline names the silent rank
+        assert re.search(r"Stalled: no progress for 10 s .* from rank\(s\) 2", output), output[-2000:]
+        return
     # MPICH's hydra ends the job itself and says how; it may name another rank's PID (the first it
     # reaped), so the check is on the cause. Launchers that leave survivors running are covered by
     # qtrain's own deadlines (test_a_rank_that_stops_answering_is_named_by_the_deadline).
@@ -201,11 +228,15 @@ def test_bad_config_is_one_line_from_rank0_before_training(tmp_path, sets, messa
 
 
 def test_ranks_with_different_settings_are_refused(tmp_path):
+    """Rank 1 differs in its arguments (``--resume auto`` given to rank 0 only once hung for 130 s
+    in clock sync), rank 2 in its config."""
     base = [*QTRAIN, "train", "configs/default.yaml", "--out", str(tmp_path)]
-    cmd = [*mpiexec_command(), "-n", "2", *base, ":", "-n", "1", *base, "--set", "uplink.bucket=256"]
+    cmd = [*mpiexec_command(), "-n", "1", *base, "--resume", "auto", ":", "-n", "1", *base]
+    cmd += [":", "-n", "1", *base, "--resume", "auto", "--set", "uplink.bucket=256"]
+    start = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0
-    assert "ranks disagree on the resolved config" in p.stderr and "[2]" in p.stderr
+    assert p.returncode == 2 and time.monotonic() - start < 60
+    assert "ranks disagree on the resolved config, the command line or versions: rank(s) [1, 2]" in p.stderr
 
 
 def test_smoke_script_still_works_with_four_ranks():

@@ -11,10 +11,11 @@ app = typer.Typer(help="Inspect or export HDF5 checkpoints.", no_args_is_help=Tr
 
 def _load(path: str):
     from qtrain.cli.errors import fail
-    from qtrain.io.checkpoint import CheckpointError, read_checkpoint
+    from qtrain.engine.checkpoint_files import load_run_checkpoint
+    from qtrain.io.checkpoint import CheckpointError
 
     try:
-        return read_checkpoint(path)
+        return load_run_checkpoint(path)
     except CheckpointError as exc:
         fail(str(exc))
 
@@ -55,7 +56,8 @@ def inspect(
     )
     typer.echo(f"qtrain {m['qtrain_version']}, torch {m['torch_version']}, {m['mpi_library']}")
     typer.echo(
-        f"verified: the file SHA-256, all datasets' fletcher32 checksums ({arrays} arrays), params_sha256 "
+        f"verified: the file SHA-256; no links or outside storage; every item against the checkpoint "
+        f"layout of its config; all datasets' fletcher32 checksums ({arrays} arrays); params_sha256 "
         f"{m['params_sha256'][:16]}... matches"
     )
     width = max(len(p) for p, _, _ in entries)

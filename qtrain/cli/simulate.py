@@ -39,11 +39,39 @@ def simulate(
     if n < 1:
         fail(f"--workers must be at least 1, got {n}")
     out = out or f"runs/simulate-{cfg.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    watchdog = _deadline(cfg.runtime.timeout_s)
     try:
-        summary = run(cfg, n, out, log=(lambda s: None) if quiet else typer.echo, overwrite=overwrite)
+        summary = run(
+            cfg,
+            n,
+            out,
+            log=(lambda s: None) if quiet else typer.echo,
+            overwrite=overwrite,
+            phase=watchdog.enter,
+        )
     except (ValueError, Diverged) as exc:
         fail(str(exc))
     except OSError as exc:  # a full disk, a read-only file system: one line naming the file
         fail(describe(exc))
+    finally:
+        watchdog.stop()
     if not quiet:
         print_summary(summary, out)
+
+
+def _deadline(timeout_s: float):
+    """The deadline MPI runs have: a phase (set-up, one worker's step, the server's, an evaluation,
+    a checkpoint) that runs past ``runtime.timeout_s`` ends the simulator with a line naming it
+    (a hung plug-in, data loader or file system once hung ``simulate`` forever)."""
+    import os
+    import sys
+
+    from qtrain.runtime.watchdog import Watchdog
+
+    def on_timeout(message: str) -> None:  # the watchdog printed the line naming the phase
+        sys.stderr.flush()
+        os._exit(1)
+
+    watchdog = Watchdog(0, timeout_s, on_timeout, who="simulate")
+    watchdog.enter("set-up: data and model")
+    return watchdog.start()

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from qtrain.data.base import Dataset, regular_file, split
+from qtrain.data.bounded import dense_bytes, npz_members, read_file
+from qtrain.memory import MemoryBoundError, require_fits
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -61,23 +63,33 @@ def libsvm(cfg, seed: int) -> Dataset:
     from sklearn.datasets import load_svmlight_file, load_svmlight_files
 
     path = _need_path(cfg, "an svmlight file")
+    # the parser's sparse arrays: at most one (index, value) per 4 bytes of text, 12 bytes each
+    require_fits(3 * path.stat().st_size, f"data.path {str(path)!r}")
     try:
         if cfg.test_path:
             test_path = regular_file(cfg.test_path, "data.test_path")
+            require_fits(3 * test_path.stat().st_size, f"data.test_path {str(test_path)!r}")
             xtr, ytr, xte, yte = load_svmlight_files([str(path), str(test_path)])
         else:
             xtr, ytr = load_svmlight_file(str(path))
             xte = yte = None
+    except OverflowError:  # scikit-learn's parser keeps feature indices in 32 bits
+        raise ValueError(
+            f"{path}: a feature index above 2147483647 (not a LIBSVM file of dense features)"
+        ) from None
     except ValueError as exc:
         if "does not exist" in str(exc):
             raise
         raise ValueError(f"{path}: not a valid LIBSVM/svmlight file ({exc})") from exc
-    x = torch.from_numpy(np.asarray(xtr.todense(), dtype=np.float32))
+    for name, m in (("data.path", xtr), ("data.test_path", xte)):
+        if m is not None:
+            dense_bytes(*m.shape, f"{name} {str(cfg.path if m is xtr else cfg.test_path)!r}")
+    x = torch.from_numpy(xtr.astype(np.float32).toarray())
     if xte is None:
         y, task, outputs, _ = _labels(ytr, cfg.name, cfg.task)
         return Dataset("libsvm", *split(x, y, cfg.test_fraction, 20260), task, outputs).check()
     y_all, task, outputs, _ = _labels(np.concatenate([ytr, yte]), cfg.name, cfg.task)
-    xt = torch.from_numpy(np.asarray(xte.todense(), dtype=np.float32))
+    xt = torch.from_numpy(xte.astype(np.float32).toarray())
     return Dataset("libsvm", x, y_all[: len(ytr)], xt, y_all[len(ytr) :], task, outputs).check()
 
 
@@ -101,7 +113,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 
 def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        batch = _ArraysOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        raw = read_file(path, "a CIFAR-10 file", copies_per_byte=6)[1]  # the float32 images too
+        batch = _ArraysOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise ValueError(f"{path}: not a CIFAR-10 python batch ({exc})") from exc
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
@@ -114,7 +127,7 @@ def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    raw = np.fromfile(path, dtype=np.uint8)
+    raw = np.frombuffer(read_file(path, "a CIFAR-10 file", copies_per_byte=6)[1], dtype=np.uint8)
     if raw.size == 0 or raw.size % 3073:
         raise ValueError(f"{path}: size {raw.size} is not a multiple of the 3073-byte CIFAR-10 record")
     rec = raw.reshape(-1, 3073)
@@ -176,7 +189,11 @@ def npz(cfg, seed: int) -> Dataset:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
             if missing:
                 raise ValueError(f"{path}: missing arrays {', '.join(missing)}")
+            # the declared sizes, and the float32 copies of uint8 features, must fit first
+            npz_members(f, path, ("x_train", "y_train", "x_test", "y_test"), copies=5.0)
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except MemoryBoundError:
+        raise
     except ValueError as exc:
         if str(path) in str(exc):
             raise

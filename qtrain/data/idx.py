@@ -8,13 +8,15 @@ uint32, then the values, big-endian, row-major.
 
 from __future__ import annotations
 
-import gzip
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from qtrain.data.base import Dataset, regular_file
+from qtrain.data.base import Dataset
+from qtrain.data.bounded import GzipReader, read_file
+from qtrain.memory import require_fits
 
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -22,28 +24,47 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # of the training images
 SPLITS = {"train": "train", "test": "t10k"}
 
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path, copies: float = 10.0) -> np.ndarray:
     """The array stored in an idx file (``.gz`` read transparently); ValueError naming the file
-    when it is not a complete idx file."""
-    path = regular_file(path, "an idx file")
-    raw = path.read_bytes()
+    when it is not a complete idx file. The header's dimensions, times ``copies`` (the values,
+    their native-order copy, and the loader's float32 images and the temporary of normalising
+    them, or its int64 labels), must fit in memory before the values are read or
+    decompressed (``data.bounded``); a gzip stream is never inflated past them."""
+    path, raw = read_file(path, "an idx file")
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: damaged gzip stream ({exc})") from exc
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in IDX_TYPES:
-        raise ValueError(f"{path}: not an idx file (bad magic {raw[:4].hex()})")
-    ndim = raw[3]
-    if ndim == 0 or len(raw) < 4 + 4 * ndim:
+        stream = GzipReader(raw, path)
+        take = stream.take
+    else:
+        stream, view = None, memoryview(raw)
+        pos = 0
+
+        def take(n: int) -> bytes:
+            nonlocal pos
+            out = bytes(view[pos : pos + n])
+            pos += len(out)
+            return out
+
+    magic = take(4)
+    if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] not in IDX_TYPES:
+        raise ValueError(f"{path}: not an idx file (bad magic {magic.hex()})")
+    ndim = magic[3]
+    dims = take(4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
         raise ValueError(f"{path}: idx header declares {ndim} dimensions and is cut short")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(IDX_TYPES[raw[2]])
-    body = len(raw) - 4 - 4 * ndim
-    need = int(np.prod(shape)) * dtype.itemsize
-    if body != need:
-        raise ValueError(f"{path}: shape {shape} needs {need} bytes of values, the file has {body}")
-    return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+    shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+    dtype = np.dtype(IDX_TYPES[magic[2]])
+    need = math.prod(shape) * dtype.itemsize
+    if stream is None and len(raw) - 4 - 4 * ndim != need:
+        raise ValueError(
+            f"{path}: shape {shape} needs {need} bytes of values, the file has {len(raw) - 4 - 4 * ndim}"
+        )
+    require_fits(int(need * copies), f"idx file {str(path)!r} (shape {list(shape)})")
+    body = take(need)
+    if len(body) != need:
+        raise ValueError(f"{path}: shape {shape} needs {need} bytes of values, the file has {len(body)}")
+    if stream is not None:
+        stream.finish(f"the {need} bytes of values its shape {shape} needs")
+    return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _find(directory: Path, stem: str) -> Path:

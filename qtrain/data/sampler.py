@@ -67,5 +67,13 @@ class ShardSampler:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        """Continue at ``state``'s (epoch, position); a position past this shard's epoch (a
+        checkpoint of another dataset, batch size or worker count) is a ValueError."""
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position <= self.batches_per_epoch:
+            raise ValueError(
+                f"data position (epoch {epoch}, batch {position}) is outside this shard's epochs of "
+                f"{self.batches_per_epoch} batches (a checkpoint of another dataset or batch size?)"
+            )
+        self.epoch, self.position = epoch, position
         self._order = self._epoch_order(self.epoch)

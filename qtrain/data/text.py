@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from qtrain.data.base import Dataset, regular_file
+from qtrain.data.base import Dataset
+from qtrain.data.bounded import read_file
 
 LANGUAGE_MODEL = "language-model"
 
@@ -18,8 +19,8 @@ LANGUAGE_MODEL = "language-model"
 def text(cfg, seed: int) -> Dataset:
     if not cfg.path:
         raise ValueError("data.name=text needs data.path (a UTF-8 text file)")
-    path = regular_file(cfg.path)
-    raw = path.read_bytes()
+    # the bytes, the str, a list of ids and the int64 tensor: about 24 bytes per byte of text
+    path, raw = read_file(cfg.path, "data.path", copies_per_byte=24)
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

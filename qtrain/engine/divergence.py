@@ -24,6 +24,37 @@ class Diverged(RuntimeError):
         self.step = step
 
 
+class OutOfRange(Diverged):
+    """A codec's output overflowed although its input was finite: the cause is the codec's range
+    (fp16 holds |x| <= 65504), not the learning rate."""
+
+    def __init__(self, step: int, what: str):
+        RuntimeError.__init__(self, f"at step {step}: {what}")
+        self.step = step
+
+
+RANGES = {"fp16": 65504.0, "bf16": 3.3895e38}
+
+
+def check_codec_range(
+    step: int, codec: str, err_sq: float, ref_sq: float, what: str, v: torch.Tensor
+) -> None:
+    """``err_sq`` = ||Q(v) - v||^2 of a finite ``v``: not finite means Q(v) overflowed."""
+    if math.isfinite(err_sq) or not math.isfinite(ref_sq):
+        return
+    largest = float(v.abs().max()) if v.numel() else 0.0
+    limit = RANGES.get(codec)
+    bound = f" > {limit:g}, the largest {codec} value" if limit is not None and largest > limit else ""
+    hint = (
+        "use codec bf16, which has float32's range, or scale the loss down"
+        if codec == "fp16"
+        else "scale the loss down"
+    )
+    raise OutOfRange(
+        step, f"{what} overflows codec '{codec}': the largest |gradient| is {largest:.4g}{bound} ({hint})"
+    )
+
+
 def check_loss(step: int, worker: int, loss: float) -> None:
     if not math.isfinite(loss):
         raise Diverged(step, f"worker {worker}'s training loss is {loss} (lower algorithm.lr?)")

@@ -14,11 +14,33 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def trainable_parameters(module: nn.Module, what: str = "the model") -> list[tuple[str, nn.Parameter]]:
+    """The parameters qtrain trains (those with ``requires_grad``), after refusing what it cannot
+    train: no trainable parameter at all (once a ZeroDivisionError), a parameter that is not
+    float32 (an integer one was silently left out; a float64 or float16 one would silently become
+    float32). Frozen float parameters are left out, as in torch.optim."""
+    named = list(module.named_parameters())
+    for name, p in named:
+        if p.dtype != torch.float32:
+            kind = (
+                "float32 (module.float(); autocast for mixed precision)"
+                if p.is_floating_point()
+                else ("floating-point (keep integer state in a buffer: register_buffer)")
+            )
+            raise ValueError(
+                f"{what}: parameter {name} is {str(p.dtype).replace('torch.', '')}: qtrain trains {kind}"
+            )
+    trainable = [(name, p) for name, p in named if p.requires_grad]
+    if not trainable or not sum(p.numel() for _, p in trainable):
+        raise ValueError(f"{what} has no trainable parameters: nothing to train")
+    return trainable
+
+
 class FlatModel:
     def __init__(self, module: nn.Module, device: torch.device):
         self.module = module.to(device)
         self.device = device
-        trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+        trainable = trainable_parameters(module)
         numel = sum(p.numel() for _, p in trainable)
         self.params = torch.empty(numel, dtype=torch.float32, device=device)
         self.grads = torch.zeros(numel, dtype=torch.float32, device=device)

@@ -11,7 +11,7 @@ import torch
 from qtrain.algorithms import Algorithm
 from qtrain.algorithms.links import CODEC_FIELDS, Link, resolve_links
 from qtrain.data import Dataset, ShardSampler, load_dataset, shard_indices
-from qtrain.engine.flat import FlatModel
+from qtrain.engine.flat import FlatModel, trainable_parameters
 from qtrain.models import build_model
 from qtrain.seeding import derive_seed
 
@@ -71,7 +71,21 @@ def build_module(setup: RunSetup) -> torch.nn.Module:
     simulator."""
     cfg, ds = setup.cfg, setup.dataset
     torch.manual_seed(derive_seed(cfg.seed, "model"))
-    return build_model(cfg.model.name, ds.input_shape, ds.outputs, cfg.model.hidden, cfg.model.kwargs)
+    try:
+        module = build_model(cfg.model.name, ds.input_shape, ds.outputs, cfg.model.hidden, cfg.model.kwargs)
+        trainable_parameters(module, f"model.name {cfg.model.name!r}")
+        return module
+    except (RuntimeError, MemoryError) as exc:
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
+            raise
+        from qtrain.memory import available_bytes, describe
+
+        free = available_bytes()
+        have = f"; this machine has {describe(free)} available" if free is not None else ""
+        why = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ValueError(
+            f"building the model (model.name {cfg.model.name!r}) ran out of memory ({why}){have}"
+        ) from None
 
 
 def build_flat_model(setup: RunSetup, device: torch.device) -> FlatModel:

@@ -20,6 +20,7 @@ import torch
 from qtrain.engine.buffers import buffer_state, checkpoint_buffers, combine, has_buffers, load_buffers
 from qtrain.engine.channel import InProcessChannel
 from qtrain.engine.checkpointer import Checkpointer
+from qtrain.engine.memory_estimate import describe_estimate, estimate
 from qtrain.engine.recorder import Recorder
 from qtrain.engine.run_plan import RunPlan
 from qtrain.engine.snapshots import is_checkpoint_step, worker_snapshot
@@ -27,21 +28,35 @@ from qtrain.engine.step import ServerStep, WorkerStep, worker_report
 from qtrain.engine.topology import Topology
 from qtrain.io.run_dir import params_sha256, prepare_out_dir, write_config, write_summary
 from qtrain.kernels import set_threads as set_kernel_threads
+from qtrain.memory import require_fits
 
 
 def simulate(
-    cfg, workers: int, out: str | Path | None, log=print, observe=None, overwrite: bool = False
+    cfg,
+    workers: int,
+    out: str | Path | None,
+    log=print,
+    observe=None,
+    overwrite: bool = False,
+    phase=lambda name: None,
 ) -> dict:
     """Run ``cfg`` with ``workers`` virtual workers; write ``OUT/config.yaml``, the trace, the
     checkpoints and ``OUT/summary.json`` when ``out`` is given; return the summary.
     ``observe(step, params, dataset)``, when given, sees the server's weights after every step
-    (step 0: before training), read-only: how reproductions follow a quantity over training."""
+    (step 0: before training), read-only: how reproductions follow a quantity over training.
+    ``phase(name)`` is told what the run does next (``qtrain simulate``'s watchdog holds each
+    phase to ``runtime.timeout_s``, as MPI runs do)."""
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
         set_kernel_threads(cfg.runtime.threads)
     device = torch.device("cpu")
     plan, server_model = RunPlan.build(cfg, Topology.parameter_server(workers + 1), device)
     setup, part, ds = plan.setup, plan.partition, plan.setup.dataset
+    worker_need, server_need = estimate(setup, part, workers)
+    require_fits(  # one process holds every virtual worker and the server
+        workers * worker_need + server_need,
+        f"the simulator ({workers} workers and the server in one process, {part.numel} parameters)",
+    )
     replicas = [plan.model(device) for _ in range(workers)]
     sync_buffers = has_buffers(server_model.module)
     initial_buffers = buffer_state(server_model.module)
@@ -71,16 +86,18 @@ def simulate(
         wants_buffers=lambda step, stopping: sync_buffers and rec.eval_due(stopping),
     )
     checkpointer = Checkpointer(out_dir, plan, "none (simulator)", ["simulator"]) if out_dir else None
-    log(f"simulate: {plan.describe()}")
+    log(f"simulate: {plan.describe()}; {describe_estimate(setup, part, workers)}")
     server_step.send_initial()
     for w in workers_:
         w.receive_initial()
     if observe is not None:
         observe(0, server_model.params, ds)
     for step in range(1, setup.steps + 1):
-        for w, sampler in zip(workers_, samplers, strict=True):
+        for i, (w, sampler) in enumerate(zip(workers_, samplers, strict=True)):
+            phase(f"step {step}: worker {i}'s forward and backward")
             idx = sampler.next_batch()
             w.compute(step, ds.x_train[idx], ds.y_train[idx], ds.task)
+        phase(f"step {step}: the server")
         result = server_step.run(step)
         for w in workers_:
             w.exchange(step)
@@ -90,11 +107,13 @@ def simulate(
                 for model in (*replicas, server_model):
                     load_buffers(model.module, combined)
         if rec.eval_due():
+            phase(f"step {step}: evaluation")
             rec.evaluate(server_model, ds)
         rec.end_step(worker_report(result.records), server.last_stats)
         if observe is not None:
             observe(step, server_model.params, ds)
         if checkpointer is not None and is_checkpoint_step(cfg, step, setup.steps, False):
+            phase(f"step {step}: checkpoint")
             own = [buffer_state(r.module) if sync_buffers else None for r in replicas]
             snaps = [
                 worker_snapshot(w.engine, [s.state_dict()], w.base_lr, b)
@@ -108,6 +127,7 @@ def simulate(
             )  # a resumed run finds this step's rows
             rec.flush()
             checkpointer.write(step, server, snaps, rec, replicas[0].params, buffers)
+    phase("the final evaluation, trace and summary")
     rec.close([w.comm_s for w in workers_], [w.decode_s for w in workers_])
     summary = rec.summary(server_model, ds, params_sha256(server_model.params), runner="simulate")
     if out_dir is not None:

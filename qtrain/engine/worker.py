@@ -18,6 +18,8 @@ gradient, the parameters and the rule's state (views, updated in place).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from qtrain.algorithms.adam_math import AdamConstants
@@ -25,7 +27,7 @@ from qtrain.algorithms.base import Algorithm
 from qtrain.algorithms.links import Link
 from qtrain.codecs import Codec
 from qtrain.codecs.errors import NonFiniteInput
-from qtrain.engine.divergence import Diverged, check_sum
+from qtrain.engine.divergence import Diverged, check_codec_range, check_sum
 from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
 from qtrain.engine.partition import Partition, Segment
 from qtrain.kernels import codec_path
@@ -81,7 +83,10 @@ class WorkerEngine(EngineState):
         except NonFiniteInput as exc:
             raise Diverged(self.step, f"{what} has NaN or Inf ({exc})") from None
         e = self.error[seg.slice] if self.error is not None else None
-        check_sum(self.step, self.stats.part(seg)[1], what, grad[seg.slice], e)
+        err_sq, ref_sq, _ = self.stats.part(seg)
+        check_sum(self.step, ref_sq, what, grad[seg.slice], e)
+        if not math.isfinite(err_sq):  # the input was finite: the codec's output overflowed
+            check_codec_range(self.step, self.up.codec.name, err_sq, ref_sq, what, grad[seg.slice])
         return packed
 
     def _make_uplink(self, seg, grad, params, out):

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 from qtrain.io.disk_errors import write_error
+from qtrain.io.guarded_hdf5 import FLETCHER32, UntrustedItem, catalogue
+from qtrain.memory import MemoryBoundError
 
 FORMAT = "qtrain-checkpoint"
 VERSION = 3  # 2: no generator states (counter-based Philox); 3: the whole-file digest in the user block
@@ -94,32 +96,79 @@ def _write(group: h5py.Group, tree: dict) -> None:
             ds.attrs["type"] = type(value).__name__
 
 
-def _read(group: h5py.Group, path: str = "") -> dict:
-    out = {}
-    for key, item in group.items():
-        where = f"{path}/{key}"
-        if isinstance(item, h5py.Group):
-            out[key] = _read(item, where)
-            continue
+_SCALAR_DTYPES = {"int": np.dtype(np.int64), "float": np.dtype(np.float64), "bool": np.dtype(np.bool_)}
+_ITEM_ATTRIBUTES = {"kind", "type", "ndim"}
+
+
+def _text_attribute(ds, name: str, where: str):
+    value = ds.attrs.get(name)
+    if value is not None and not isinstance(value, str):
+        raise CheckpointError(f"{where}: attribute {name!r} is {value!r}, not text")
+    return value
+
+
+def _read_item(ds, where: str):
+    """One dataset as ``_write`` stored it, after checking that its attributes, dtype and shape
+    are those of its ``kind``: an array, a scalar (``type`` int, float or bool, one element of
+    int64, float64 or bool: an "int" stored as 15.7 is refused, not truncated) or UTF-8 text."""
+    odd = set(ds.attrs) - _ITEM_ATTRIBUTES
+    if odd:
+        raise CheckpointError(f"{where}: attribute {sorted(odd)[0]!r}, which qtrain never writes")
+    kind = _text_attribute(ds, "kind", where) or "array"
+    dtype, shape = ds.dtype, ds.shape
+    if kind == "str":
+        if dtype != np.uint8 or len(shape) != 1:
+            raise CheckpointError(f"{where}: text must be a 1-D uint8 dataset, found {dtype} {list(shape)}")
+    elif kind == "scalar":
+        t = _text_attribute(ds, "type", where)
+        if t not in _SCALAR_DTYPES:
+            raise CheckpointError(f"{where}: a scalar of type {t!r} (int, float or bool expected)")
+        if dtype != _SCALAR_DTYPES[t] or shape != (1,):
+            raise CheckpointError(
+                f"{where}: a {t} scalar must be one {_SCALAR_DTYPES[t]} element, found {dtype} {list(shape)}"
+            )
+    elif kind == "array":
+        if dtype.names is not None or not shape:
+            raise CheckpointError(f"{where}: an array must be an N-D array of numbers, found {dtype} {shape}")
+    else:
+        raise CheckpointError(f"{where}: kind {kind!r} (array, scalar or str expected)")
+    ndim = ds.attrs.get("ndim")
+    if ndim is not None and (
+        kind != "array" or not isinstance(ndim, np.integer) or ndim != 0 or shape != (1,)
+    ):
+        raise CheckpointError(f"{where}: attribute ndim={ndim!r} on a {kind} of shape {list(shape)}")
+    try:
+        arr = ds[()]
+    except OSError as exc:
+        raise CheckpointError(f"dataset {where} fails its checksum ({exc})") from exc
+    if kind == "str":
         try:
-            arr = item[()]
-        except OSError as exc:
-            raise CheckpointError(f"dataset {where} fails its checksum ({exc})") from exc
-        kind = item.attrs.get("kind", "array")
-        if kind == "str":
-            out[key] = bytes(np.asarray(arr, dtype=np.uint8)).decode()
-        elif kind == "scalar":
-            t = item.attrs.get("type")
-            out[key] = {"int": int, "float": float, "bool": bool}[t](arr[0])
-        else:
-            arr = np.array(arr)
-            if item.attrs.get("ndim") == 0:
-                if arr.size != 1:
-                    raise CheckpointError(
-                        f"dataset {where} is marked 0-dimensional but has {arr.size} elements"
-                    )
-                arr = arr.reshape(())
-            out[key] = torch.from_numpy(arr)
+            return bytes(arr).decode()
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{where}: not UTF-8 text") from None
+    if kind == "scalar":
+        return {"int": int, "float": float, "bool": bool}[t](arr[0])
+    arr = np.array(arr)
+    return torch.from_numpy(arr.reshape(()) if ndim is not None else arr)
+
+
+def _read(f: h5py.File, what: str) -> dict:
+    """The nested dict ``_write`` stored, read through the guarded walk (no links, no external or
+    virtual storage, no filter but fletcher32, nothing declared that the file does not store, all
+    of it within memory) and with every item checked against its kind."""
+    cat = catalogue(f, frozenset({FLETCHER32}), what)
+    out: dict = {}
+
+    def node(path: str) -> dict:
+        tree = out
+        for part in path.strip("/").split("/")[:-1]:
+            tree = tree.setdefault(part, {})
+        return tree
+
+    for where in cat.groups:
+        node(where)[where.rsplit("/", 1)[1]] = {}
+    for where, ds in cat.datasets.items():
+        node(where)[where.rsplit("/", 1)[1]] = _read_item(ds, where)
     return out
 
 
@@ -220,23 +269,25 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
         with h5py.File(path, "r") as f:
+            tree = _read(f, str(path))  # the guarded walk checks the root attributes too
             meta = dict(f.attrs)
             if meta.get("format") != FORMAT:
                 raise CheckpointError(f"{path}: not a qtrain checkpoint (format {meta.get('format')!r})")
-            if int(meta.get("format_version", -1)) != VERSION:
-                raise CheckpointError(
-                    f"{path}: checkpoint format version {meta.get('format_version')} unsupported"
-                )
-            tree = _read(f)
+            version = meta.get("format_version")
+            if not isinstance(version, np.integer) or version != VERSION:
+                raise CheckpointError(f"{path}: checkpoint format version {version!r} unsupported")
     except CheckpointError as exc:
         if str(exc).startswith(str(path)):
             raise
         raise CheckpointError(f"{path}: {exc}") from None
-    except (OSError, KeyError, ValueError) as exc:
+    except (UntrustedItem, MemoryBoundError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (OSError, KeyError, ValueError, TypeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: unreadable HDF5 file ({exc})") from exc
     from qtrain.io.run_dir import params_sha256
 
-    if "params" not in tree or params_sha256(tree["params"]) != meta.get("params_sha256"):
+    params = tree.get("params")
+    if not isinstance(params, torch.Tensor) or params_sha256(params) != meta.get("params_sha256"):
         raise CheckpointError(f"{path}: parameters do not match the recorded params_sha256")
     return tree, meta
 
@@ -259,15 +310,16 @@ def prune(directory: Path, keep: int, mine=None) -> None:
         p.unlink(missing_ok=True)
 
 
-def newest_valid(directory: Path, warn) -> tuple[dict, dict, Path]:
-    """The newest checkpoint in ``directory`` that loads and verifies; damaged ones are skipped
-    with a warning. Raises CheckpointError when there is none."""
+def newest_valid(directory: Path, warn, read=read_checkpoint) -> tuple[dict, dict, Path]:
+    """The newest checkpoint in ``directory`` that ``read`` (default ``read_checkpoint``; a run's
+    resume passes ``engine.checkpoint_files.load_run_checkpoint``) loads and verifies; the others
+    are skipped with a warning. Raises CheckpointError when there is none."""
     candidates = list_checkpoints(directory)
     if not candidates:
         raise CheckpointError(f"--resume auto: no checkpoints in {directory}")
     for _, path in candidates:
         try:
-            tree, meta = read_checkpoint(path)
+            tree, meta = read(path)
             return tree, meta, path
         except CheckpointError as exc:
             warn(f"skipping damaged checkpoint: {exc}")

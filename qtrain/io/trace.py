@@ -24,6 +24,8 @@ import numpy as np
 
 from qtrain.io import abandoned_files
 from qtrain.io.disk_errors import write_error
+from qtrain.io.guarded_hdf5 import UntrustedItem, catalogue
+from qtrain.memory import MemoryBoundError
 
 TRACE_DTYPE = np.dtype(
     [
@@ -352,48 +354,149 @@ def worker_rows(
     return rows
 
 
-def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(steps rows, eval rows, run attributes) of a trace, live or finished (SWMR read)."""
+TRACE_DATASETS = {"steps": TRACE_DTYPE, "evals": EVAL_DTYPE, **TIMELINE_DTYPES, "metrics": METRIC_DTYPE}
+_REQUIRED_DATASETS = ("steps", "evals")
+# root attributes (engine.accounting.trace_attrs) -> (type, lowest value or JSON kind)
+_INT_ATTRS = {
+    "fp32_message_bytes": 0,
+    "numel": 0,
+    "segments": 1,
+    "world_size": 2,
+    "workers": 1,
+    "steps_planned": 0,
+}
+_FLOAT_ATTRS = ("uplink_bits_per_element", "downlink_bits_per_element")
+_JSON_ATTRS = {"uplink_codec": dict, "downlink_codec": dict, "server_ranks": list}
+
+
+class TraceError(ValueError):
+    """A trace is missing, unreadable or not the layout qtrain writes; the message names the file
+    and the item."""
+
+
+def _check_attributes(f, path: Path) -> dict:
+    """The root attributes, each of the type and range qtrain writes, JSON ones decoded."""
+    out = {}
+    for name, value in f.attrs.items():
+        if isinstance(value, str) and name in _JSON_ATTRS:
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise TraceError(f"{path}: attribute {name} is not JSON") from None
+        out[name] = value
+    for name, low in _INT_ATTRS.items():
+        v = out.get(name)
+        if not isinstance(v, np.integer) or v < low:
+            raise TraceError(f"{path}: attribute {name} must be an integer >= {low}, found {v!r}")
+        out[name] = int(v)
+    for name in _FLOAT_ATTRS:
+        v = out.get(name)
+        if not isinstance(v, np.floating) or not np.isfinite(v) or v < 0:
+            raise TraceError(f"{path}: attribute {name} must be a finite number >= 0, found {v!r}")
+    for name, kind in _JSON_ATTRS.items():
+        if not isinstance(out.get(name), kind):
+            raise TraceError(
+                f"{path}: attribute {name} must be a JSON {kind.__name__}, found {out.get(name)!r}"
+            )
+    ranks = out["server_ranks"]
+    if not ranks or not all(type(r) is int and 0 <= r < out["world_size"] for r in ranks):
+        raise TraceError(f"{path}: attribute server_ranks must list ranks below world_size, found {ranks!r}")
+    for name in ("algorithm", "qtrain_version"):
+        if not isinstance(out.get(name), str):
+            raise TraceError(f"{path}: attribute {name} must be text, found {out.get(name)!r}")
+    return out
+
+
+def _checked(f, path: Path) -> dict:
+    """Check an open trace through the guarded walk (no links, filters or outside storage, nothing
+    declared that is not stored, within memory) and against the trace layout: only the datasets
+    in ``TRACE_DATASETS``, each 1-D rows of exactly its columns, and the root attributes. Returns
+    the attributes. Raises TraceError naming the item."""
+    try:
+        cat = catalogue(f, frozenset(), f"trace {path}")
+        for ds in cat.datasets.values():
+            ds.refresh()  # a live run's rows up to its last flush
+        cat = catalogue(f, frozenset(), f"trace {path}")
+    except (UntrustedItem, MemoryBoundError) as exc:
+        raise TraceError(f"{path}: {exc}") from None
+    if cat.groups:
+        raise TraceError(f"{path}: {cat.groups[0]} is a group, which a trace does not have")
+    for where, ds in cat.datasets.items():
+        dtype = TRACE_DATASETS.get(where[1:])
+        if dtype is None:
+            raise TraceError(f"{path}: {where} is not a dataset a trace has")
+        if ds.dtype != dtype or ds.ndim != 1:
+            raise TraceError(
+                f"{path}: {where} holds {ds.dtype} of shape {list(ds.shape)}, where a trace has 1-D rows "
+                f"of the columns {', '.join(dtype.names)}"
+            )
+    for name in _REQUIRED_DATASETS:
+        if f"/{name}" not in cat.datasets:
+            raise TraceError(f"{path}: /{name} is missing")
+    return _check_attributes(f, path)
+
+
+def _read_checked(path: Path, read):
+    """``read(f, attrs)`` on the checked trace at ``path`` (SWMR: a live run's file too)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"trace {str(path)!r} does not exist")
+        raise TraceError(f"trace {str(path)!r} does not exist")
     try:
         with h5py.File(path, "r", swmr=True) as f:
-            attrs = {
-                k: (json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v) for k, v in f.attrs.items()
-            }
-            f["steps"].refresh()
-            f["evals"].refresh()
-            return f["steps"][()], f["evals"][()], attrs
-    except (OSError, KeyError) as exc:
-        raise ValueError(f"{path}: not a readable qtrain trace ({exc})") from exc
+            return read(f, _checked(f, path))
+    except TraceError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RecursionError) as exc:
+        raise TraceError(f"{path}: not a readable qtrain trace ({exc})") from None
+
+
+def _check_rows(rows: np.ndarray, attrs: dict, path: Path) -> None:
+    """Every row's role and rank as the run's attributes say: role 0 exactly on the serving ranks,
+    ranks below world_size, and a server row for every step that has worker rows."""
+    servers = np.asarray(attrs["server_ranks"])
+    if len(rows) == 0:
+        return
+    bad = (rows["role"] > 1) | (rows["rank"] >= attrs["world_size"])
+    bad |= (rows["role"] == 0) != np.isin(rows["rank"], servers)
+    if bad.any():
+        i = int(np.argmax(bad))
+        r = rows[i]
+        raise TraceError(
+            f"{path}: /steps row {i} (step {r['step']}, rank {r['rank']}, role {r['role']}) "
+            f"does not fit world_size {attrs['world_size']} and server_ranks {servers.tolist()}"
+        )
+    missing = np.setdiff1d(rows["step"][rows["role"] == 1], rows["step"][rows["role"] == 0])
+    if len(missing):
+        raise TraceError(f"{path}: /steps has worker rows but no server row for step {int(missing[0])}")
+
+
+def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(steps rows, eval rows, run attributes) of a trace, live or finished."""
+
+    def read(f, attrs):
+        rows = f["steps"][()]
+        _check_rows(rows, attrs, path)
+        return rows, f["evals"][()], attrs
+
+    return _read_checked(path, read)
 
 
 def read_timeline(path: Path) -> dict[str, np.ndarray]:
     """The trace's timeline rows (``timeline_server``, ``timeline_workers``); empty arrays for a
     simulator run or a trace written before the timeline existed."""
-    try:
-        with h5py.File(Path(path), "r", swmr=True) as f:
-            out = {}
-            for name, dtype in TIMELINE_DTYPES.items():
-                if name in f:
-                    f[name].refresh()
-                    out[name] = f[name][()]
-                else:
-                    out[name] = np.zeros(0, dtype=dtype)
-            return out
-    except (OSError, KeyError) as exc:
-        raise ValueError(f"{path}: not a readable qtrain trace ({exc})") from exc
+
+    def read(f, _):
+        return {
+            name: f[name][()] if name in f else np.zeros(0, dtype=dtype)
+            for name, dtype in TIMELINE_DTYPES.items()
+        }
+
+    return _read_checked(path, read)
 
 
 def read_metrics(path: Path) -> np.ndarray:
     """The trace's ``session.log`` rows (``METRIC_DTYPE``); empty for a run that logged none or a
     trace written before the library existed."""
-    try:
-        with h5py.File(Path(path), "r", swmr=True) as f:
-            if "metrics" not in f:
-                return np.zeros(0, dtype=METRIC_DTYPE)
-            f["metrics"].refresh()
-            return f["metrics"][()]
-    except (OSError, KeyError) as exc:
-        raise ValueError(f"{path}: not a readable qtrain trace ({exc})") from exc
+    return _read_checked(
+        path, lambda f, _: f["metrics"][()] if "metrics" in f else np.zeros(0, dtype=METRIC_DTYPE)
+    )

@@ -287,6 +287,12 @@ class Session:
         )
         if self._pending_shards:
             loader.load_state_dict(self._pending_shards.pop(0))
+        elif self._pending_shards is not None:  # resumed, and the checkpoint has no position for it
+            raise ValueError(
+                f"session.shard(): the checkpoint holds the data positions of {len(self._shards)} "
+                f"shard(s), and this is shard {len(self._shards) + 1} (a resumed loop makes the same "
+                "shards in the same order)"
+            )
         self._shards.append(loader)
         return loader
 

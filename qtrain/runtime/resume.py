@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from qtrain.config.loader import from_yaml_text, to_dict
-from qtrain.io.checkpoint import CheckpointError, newest_valid, read_checkpoint
+from qtrain.engine.checkpoint_files import load_run_checkpoint
+from qtrain.io.checkpoint import CheckpointError, newest_valid
 
 # sections a resumed run may change: how long and how it logs, where it runs, how it checkpoints
 MAY_CHANGE = {"train", "runtime", "checkpoint", "trace", "workers"}
@@ -84,10 +85,10 @@ def load_for_resume(
     """Return (tree, path). ``spec`` is a path or ``auto`` (newest checkpoint in OUT/checkpoints
     that verifies). Raises CheckpointError with a one-line reason."""
     if spec == "auto":
-        tree, meta, path = newest_valid(out_dir / "checkpoints", warn)
+        tree, meta, path = newest_valid(out_dir / "checkpoints", warn, read=load_run_checkpoint)
     else:
         path = Path(spec)
-        tree, meta = read_checkpoint(path)
+        tree, meta = load_run_checkpoint(path)
     changed = config_changes(tree["config"], config_text)
     if changed:
         raise CheckpointError(

@@ -5,12 +5,40 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 ABORT_GRACE_S = 0.5
+_local_peers: list[tuple[int, str]] = []  # (pid, start time) of this job's other ranks on this node
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (field 22 of /proc/PID/stat), which tells a
+    rank from a later process that reused its pid; None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def set_local_peers(peers: list[tuple[int, str]]) -> None:
+    """The other ranks on this node, as start-up found them (pid and ``process_start``)."""
+    _local_peers[:] = [(pid, start) for pid, start in peers if pid != os.getpid()]
+
+
+def _kill_local_peers() -> None:
+    """SIGKILL this job's other ranks on this node. A stopped rank (SIGSTOP, a debugger) never
+    acts on the launcher's SIGTERM, so it outlived mpiexec after an abort (issue #22); SIGKILL
+    ends it, stopped or not. Ranks on other nodes are their launcher daemon's to end."""
+    for pid, start in _local_peers:
+        if process_start(pid) == start:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def abort(comm) -> NoReturn:
@@ -20,6 +48,7 @@ def abort(comm) -> NoReturn:
     raise), and the rank then went on into the CLI, which printed an ``AttributeError`` traceback
     after its one-line error (3 of 45 failing MPI runs, issue #22); the process ends here instead."""
     time.sleep(ABORT_GRACE_S)
+    _kill_local_peers()
     try:
         comm.Abort(1)
     finally:

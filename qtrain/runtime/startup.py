@@ -37,6 +37,7 @@ class WorldInfo:
         """What the serving rank prints before training: plan, wire cost, CUDA-aware decision, ranks;
         with ``config_workers``, a note when the config's ``workers`` is not the world's."""
         from qtrain.codecs import get_codec
+        from qtrain.engine.memory_estimate import describe_estimate
 
         s, part, topo = plan.setup, plan.partition, plan.topology
         n = part.numel
@@ -46,6 +47,7 @@ class WorldInfo:
             f"{title}: {s.algorithm.name}, {len(topo.servers)} server + {topo.num_workers} workers, "
             f"{steps}, {n} parameters in {part.describe()}"
         )
+        echo(f"  {describe_estimate(s, part, topo.num_workers)}")
         ds = s.dataset
         if getattr(ds, "x_train", None) is not None:  # the built-in data (a library run's is the user's)
             what = f"{ds.outputs} classes" if ds.task != "regression" else f"{ds.outputs} target(s)"
@@ -108,11 +110,18 @@ def agree_on_builtin(comm, config: str, overrides: list[str], svc, arguments: st
     """``qtrain train``'s start-up: every rank loads the config, its data and its model (the
     config's, seeded, not yet flattened) and the ranks agree on all three. (Topology, RunSetup,
     this rank's nn.Module, WorldInfo), or Refused on every rank."""
+    from qtrain.engine.memory_estimate import require_rank_fits
+    from qtrain.engine.partition import Partition
     from qtrain.engine.setup import build_module, build_setup
 
     def build(cfg, topology, device):
         setup = build_setup(cfg, topology.num_workers)
-        return setup, build_module(setup)
+        module = build_module(setup)
+        numel = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        buckets = (setup.uplink.codec.bucket, setup.downlink.codec.bucket)
+        partition = Partition.build(numel, buckets, cfg.runtime.segments, cfg.runtime.segment_bytes)
+        require_rank_fits(setup, partition, topology.num_workers, topology.is_server, topology.rank)
+        return setup, module
 
     return _agree(comm, config, overrides, svc, build, arguments, None)
 
@@ -139,6 +148,7 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
     from qtrain.runtime import faults, mpi_info
     from qtrain.runtime.model_agreement import first_difference, model_signature
     from qtrain.runtime.placement import choose_device, local_rank, oversubscribed
+    from qtrain.runtime.services import process_start, set_local_peers
     from qtrain.runtime.waiting import set_spin
 
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -171,7 +181,10 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
         error = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
     host = f"{socket.gethostname()} pid {os.getpid()}"
-    reports = comm.allgather((error, fingerprint, str(device), host, signature))
+    start = process_start(os.getpid())
+    reports = comm.allgather((error, fingerprint, str(device), host, signature, start))
+    me = socket.gethostname()
+    set_local_peers([(int(r[3].rsplit(" ", 1)[1]), r[5]) for r in reports if r[3].split(" pid ")[0] == me])
     failed = [(r, e) for r, (e, *_rest) in enumerate(reports) if e]
     if failed:
         r, e = failed[0]

@@ -11,8 +11,11 @@ import time
 
 
 class Watchdog:
-    def __init__(self, rank: int, timeout_s: float, on_timeout):
+    def __init__(self, rank: int, timeout_s: float, on_timeout, who: str | None = None):
+        """``who`` names the process in the message (default ``rank R``; the simulator's is
+        ``simulate``)."""
         self.rank, self.timeout_s, self.on_timeout = rank, timeout_s, on_timeout
+        self.who = who or f"rank {rank}"
         self.phase, self.since = "start-up", time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qtrain-watchdog", daemon=True)
@@ -40,7 +43,7 @@ class Watchdog:
         timeout_s = self.timeout_s
         elapsed = time.monotonic() - self.since
         if elapsed > timeout_s * 1.5:
-            return f"qtrain: rank {self.rank} watchdog: phase '{self.phase}' has run {elapsed:.0f} s"
+            return f"qtrain: {self.who} watchdog: phase '{self.phase}' has run {elapsed:.0f} s"
         return None
 
     def stop(self) -> None:
