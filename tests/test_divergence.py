@@ -99,6 +99,27 @@ def test_an_fp16_overflow_names_the_codec_range_not_the_learning_rate():
     engines[1].make_uplink(seg, grad, replica)
 
 
+@pytest.mark.parametrize(
+    "link", [LinkConfig(codec="sign"), LinkConfig(codec="uniform", norm="l2")], ids=["sign", "uniform-l2"]
+)
+def test_finite_inputs_whose_scale_overflows_say_overflow_not_nan(link):
+    """Finite values near 3e38 gave "input has NaN or Inf" from sign and l2 uniform: a bucket's
+    float32 sum or norm overflows. The message now says so; a real NaN is still a divergence."""
+    _, server, engines, replica = build(AlgorithmConfig(name="sgd"), link)
+    seg = next(iter(server.partition))
+    grad = torch.full((300,), 3e38)
+    engines[0].begin_step()
+    with pytest.raises(
+        OutOfRange, match=r"is finite but overflows float32 in codec '(sign|uniform)' .* 3e\+38"
+    ):
+        engines[0].make_uplink(seg, grad, replica)
+    grad[3] = float("nan")
+    engines[1].begin_step()
+    with pytest.raises(Diverged, match="has NaN or Inf") as info:
+        engines[1].make_uplink(seg, grad, replica)
+    assert not isinstance(info.value, OutOfRange)
+
+
 def test_no_checkpoint_with_non_finite_values_and_inspect_names_them(tmp_path, real_checkpoint):
     params = torch.ones(10)
     params[2] = float("nan")

@@ -13,6 +13,7 @@ LAYERS = {
     "__init__": 0,  # the version string
     "seeding": 0,
     "units": 0,
+    "memory": 0,  # the bound every reader checks before it allocates
     "codecs": 0,
     "io": 0,
     "shipped": 0,  # the configs and the Slurm template that ship with qtrain

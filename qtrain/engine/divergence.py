@@ -55,6 +55,22 @@ def check_codec_range(
     )
 
 
+def non_finite_encode(step: int, codec: str, what: str, exc, *inputs: torch.Tensor | None) -> Diverged:
+    """What to raise when codec ``codec`` refused its input as non-finite (``exc``): a divergence
+    when one of ``inputs`` (what went into the step) holds NaN or Inf; when they are all finite,
+    an ``OutOfRange`` saying that float32 overflowed on the way (a bucket's sum or norm of finite
+    values near 3e38 once read "input has NaN or Inf")."""
+    present = [v for v in inputs if v is not None]
+    if any(not bool(torch.isfinite(v).all()) for v in present):
+        return Diverged(step, f"{what} has NaN or Inf ({exc})")
+    largest = max((float(v.abs().max()) for v in present if v.numel()), default=0.0)
+    return OutOfRange(
+        step,
+        f"{what} is finite but overflows float32 in codec '{codec}' (a bucket's scale, or the rule's "
+        f"output; the largest |input| is {largest:.4g}): scale the loss or the gradients down",
+    )
+
+
 def check_loss(step: int, worker: int, loss: float) -> None:
     if not math.isfinite(loss):
         raise Diverged(step, f"worker {worker}'s training loss is {loss} (lower algorithm.lr?)")

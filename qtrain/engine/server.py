@@ -21,7 +21,7 @@ from qtrain.algorithms.base import Algorithm
 from qtrain.algorithms.links import Link
 from qtrain.codecs import Codec
 from qtrain.codecs.errors import NonFiniteInput
-from qtrain.engine.divergence import Diverged, check_sum
+from qtrain.engine.divergence import check_sum, non_finite_encode
 from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
 from qtrain.engine.partition import Partition, Segment
 from qtrain.kernels import codec_path
@@ -82,7 +82,9 @@ class ServerEngine(EngineState):
         try:
             packed = self._make_downlink(seg, mean)
         except NonFiniteInput as exc:
-            raise Diverged(self.step, f"{what} has NaN or Inf ({exc})") from None
+            raise non_finite_encode(
+                self.step, self.down.codec.name, what, exc, mean, self.master[seg.slice]
+            ) from None
         check_sum(self.step, self.stats.part(seg)[1], what, mean, self.master[seg.slice])
         return packed
 

@@ -27,7 +27,7 @@ from qtrain.algorithms.base import Algorithm
 from qtrain.algorithms.links import Link
 from qtrain.codecs import Codec
 from qtrain.codecs.errors import NonFiniteInput
-from qtrain.engine.divergence import Diverged, check_codec_range, check_sum
+from qtrain.engine.divergence import check_codec_range, check_sum, non_finite_encode
 from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
 from qtrain.engine.partition import Partition, Segment
 from qtrain.kernels import codec_path
@@ -78,11 +78,11 @@ class WorkerEngine(EngineState):
         what = (
             f"worker {self.worker}'s uplink input (gradient, rule and error feedback) in segment {seg.index}"
         )
+        e = self.error[seg.slice] if self.error is not None else None
         try:
             packed = self._make_uplink(seg, grad, params, out)
         except NonFiniteInput as exc:
-            raise Diverged(self.step, f"{what} has NaN or Inf ({exc})") from None
-        e = self.error[seg.slice] if self.error is not None else None
+            raise non_finite_encode(self.step, self.up.codec.name, what, exc, grad[seg.slice], e) from None
         err_sq, ref_sq, _ = self.stats.part(seg)
         check_sum(self.step, ref_sq, what, grad[seg.slice], e)
         if not math.isfinite(err_sq):  # the input was finite: the codec's output overflowed
