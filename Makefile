@@ -94,7 +94,8 @@ test-fast: install
 LOWEST      := .venv-lowest
 LOWEST_TESTS := tests/test_codecs.py tests/test_fast_codec.py tests/test_kernels.py tests/test_config.py \
   tests/test_cli_basics.py tests/test_checkpoint_io.py tests/test_mpi_smoke.py tests/test_library.py \
-  tests/test_simulator.py tests/test_data_and_models.py tests/test_recorder.py
+  tests/test_simulator.py tests/test_data_and_models.py tests/test_recorder.py \
+  tests/test_untrusted_files.py tests/test_bounded_reads.py
 test-lowest:
 	$(PYTHON) -m venv $(LOWEST)
 	$(PYTHON) tests/lowest_versions.py > $(LOWEST)/lowest.txt
