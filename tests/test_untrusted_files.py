@@ -4,8 +4,10 @@ line naming the file and the item, by the one guarded HDF5 reader (``io.guarded_
 formats' layout checks (``io.checkpoint_layout``, ``io.trace``). ``make soak`` sweeps every item
 (``test_every_item_of_a_checkpoint_and_a_trace_replaced_is_refused``)."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -23,6 +25,8 @@ QTRAIN = [sys.executable, "-m", "qtrain"]
 # session.log lack those tables
 MAY_LACK = {
     ("/stats/last_batch_loss", "NaN"),
+    ("/workers/1/buffers", "deleted"),  # older checkpoints: every worker resumes with /buffers
+    ("/workers/2/buffers", "deleted"),
     ("/workers/1/shards", "emptied"),
     ("/workers/2/shards", "emptied"),
     ("/workers/1/shards/0", "deleted"),
@@ -36,6 +40,29 @@ MAY_LACK = {
 @pytest.fixture(scope="module")
 def real_trace(real_checkpoint):
     return real_checkpoint.parent.parent / "trace.h5"
+
+
+@pytest.fixture(scope="module")
+def buffers_checkpoint(tmp_path_factory):
+    """A checkpoint of a model with BatchNorm: /buffers and every worker's own buffers."""
+    out = tmp_path_factory.mktemp("bn")
+    tests = str(Path(__file__).resolve().parent)
+    p = subprocess.run(
+        [*QTRAIN, "simulate", "configs/default.yaml", "--workers", "2", "--quiet", "--out", str(out)]
+        + [
+            "--set",
+            "model.name=plugin_models:bn_mlp",
+            "--set",
+            "train.steps=4",
+            "--set",
+            "checkpoint.every=4",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])},
+    )
+    assert p.returncode == 0, p.stderr
+    return out / "checkpoints" / "step-0000004.h5"
 
 
 def refused_checkpoint(path) -> str:
@@ -165,12 +192,19 @@ def test_one_of_each_class_of_crafted_item_is_refused(real_checkpoint, real_trac
 
 
 @pytest.mark.soak
-def test_every_item_of_a_checkpoint_and_a_trace_replaced_is_refused(real_checkpoint, real_trace, tmp_path):
+def test_every_item_of_a_checkpoint_and_a_trace_replaced_is_refused(
+    real_checkpoint, buffers_checkpoint, real_trace, tmp_path
+):
     checkpoint = all_variants(real_checkpoint) + attribute_variants(real_checkpoint)
+    buffers = all_variants(buffers_checkpoint) + attribute_variants(buffers_checkpoint)
     trace = all_variants(real_trace, checkpoint=False) + attribute_variants(real_trace)
     missed = sweep(real_checkpoint, tmp_path / "c.h5", checkpoint, refused_checkpoint, seal=True)
+    missed += sweep(buffers_checkpoint, tmp_path / "b.h5", buffers, refused_checkpoint, seal=True)
     missed += sweep(real_trace, tmp_path / "t.h5", trace, refused_trace, seal=False)
-    print(f"crafted-file sweep: {len(checkpoint)} checkpoint and {len(trace)} trace variants")
+    print(
+        f"crafted-file sweep: {len(checkpoint)} + {len(buffers)} checkpoint (ecq-sgd, BatchNorm) and "
+        f"{len(trace)} trace variants; accepted as legitimate: {sorted(set(missed))}"
+    )
     assert set(missed) == MAY_LACK
 
 
