@@ -69,3 +69,30 @@ def test_more_segments_than_buckets_gives_one_per_bucket():
 def test_too_many_segments_are_refused():
     with pytest.raises(ValueError, match="at most"):
         Partition.build(10**7, (1,), MAX_SEGMENTS + 1)
+
+
+@given(
+    numel=st.integers(1, 50_000),
+    bucket=st.sampled_from([0, 64, 512]),
+    count=st.integers(1, 40),
+    servers=st.integers(1, 9),
+)
+def test_each_serving_rank_owns_a_contiguous_near_equal_run_of_segments(numel, bucket, count, servers):
+    """Issue 23 groundwork: K serving ranks own contiguous runs of segments (owner 0 the head of
+    the flat vector), every owner at least one segment, run lengths within one segment; one
+    serving rank keeps the cut and owners of before (all 0)."""
+    units = -(-numel // (bucket or 1))
+    if servers > units:
+        with pytest.raises(ValueError, match=f"too few for {servers} serving ranks"):
+            Partition.build(numel, (bucket,), count, servers=servers)
+        return
+    p = Partition.build(numel, (bucket,), count, servers=servers)
+    flat = sorted(p, key=lambda s: s.start)
+    owners = [s.owner for s in flat]
+    assert owners == sorted(owners) and set(owners) == set(range(servers))
+    runs = [len(p.owned_by(k)) for k in range(servers)]
+    assert max(runs) - min(runs) <= 1 and sum(runs) == len(p) >= servers
+    single = Partition.build(numel, (bucket,), count)
+    if len(single) >= servers:  # enough segments already: the same cut, now with owners
+        assert [(s.start, s.stop) for s in p] == [(s.start, s.stop) for s in single]
+    assert all(s.owner == 0 for s in single)

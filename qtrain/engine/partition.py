@@ -50,22 +50,41 @@ class Partition:
     segments: tuple[Segment, ...]
 
     @classmethod
-    def build(cls, numel: int, buckets: tuple[int, ...], count: int = 1, segment_bytes: int = 0) -> Partition:
+    def build(
+        cls, numel: int, buckets: tuple[int, ...], count: int = 1, segment_bytes: int = 0, servers: int = 1
+    ) -> Partition:
         """``count`` segments of near-equal size (or segments of about ``segment_bytes`` fp32
-        bytes when that is set), aligned to every bucket in ``buckets`` (0: unbucketed)."""
+        bytes when that is set), aligned to every bucket in ``buckets`` (0: unbucketed), and at
+        least ``servers`` of them. Each serving rank owns a contiguous run of them in the flat
+        vector (``Segment.owner``; owner 0 the head), the runs' segment counts differing by at most
+        one, so with near-equal segments the shards are near-equal too. ``servers=1`` (one serving
+        rank) gives every segment owner 0 and the same cut as before owners existed."""
         align = math.lcm(*(b for b in buckets if b), 1)
         units = -(-numel // align)  # whole buckets counted from the head; the tail one may be short
         if segment_bytes:
             count = -(-numel * 4 // segment_bytes)
-        count = max(1, min(count, units))
+        if servers < 1:
+            raise ValueError(f"{servers} serving ranks: at least 1")
+        if servers > max(units, 1):
+            raise ValueError(
+                f"{numel} parameters in {align}-element buckets make {units} segment(s) at most: too few "
+                f"for {servers} serving ranks to own one each"
+            )
+        count = max(servers, min(max(1, count), units))
         if count > MAX_SEGMENTS:
             raise ValueError(f"{count} segments: at most {MAX_SEGMENTS} (raise runtime.segment_bytes)")
         sizes = [units // count + (1 if i < units % count else 0) for i in range(count)]
         bounds = [min(numel, align * sum(sizes[:i])) for i in range(count + 1)]  # head first
-        segments = [
-            Segment(index, bounds[count - 1 - index], bounds[count - index]) for index in range(count)
-        ]
+        segments = []
+        for index in range(count):
+            flat = count - 1 - index  # position from the head of the flat vector
+            owner = flat * servers // count
+            segments.append(Segment(index, bounds[flat], bounds[flat + 1], owner))
         return cls(numel, align, tuple(segments))
+
+    def owned_by(self, owner: int) -> tuple[Segment, ...]:
+        """The segments serving rank ``owner`` (an index into ``Topology.servers``) owns."""
+        return tuple(s for s in self.segments if s.owner == owner)
 
     def __iter__(self):
         return iter(self.segments)
