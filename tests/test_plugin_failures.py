@@ -23,24 +23,17 @@ CASES = {
 }
 
 
+def _simulate(out, *sets: str):
+    """``qtrain simulate configs/default.yaml --quiet --out OUT --set ...``, with the plug-ins importable."""
+    args = [sys.executable, "-m", "qtrain", "simulate", "configs/default.yaml", "--quiet", "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    return subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=60)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_a_failing_plugin_is_one_line_under_simulate(tmp_path, name):
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qtrain",
-            "simulate",
-            "configs/default.yaml",
-            "--quiet",
-            "--out",
-            str(tmp_path),
-        ]
-        + ["--set", f"model.name=plugin_models:{name}", "--set", "train.steps=3"],
-        capture_output=True,
-        text=True,
-        env=ENV,
-    )
+    p = _simulate(tmp_path, f"model.name=plugin_models:{name}", "train.steps=3")
     assert p.returncode == 2, (p.returncode, p.stderr)
     assert p.stderr.strip() == f"qtrain: error: {CASES[name]}", p.stderr
     assert not (tmp_path / "summary.json").exists()
@@ -57,23 +50,7 @@ def test_a_plugin_that_hangs_meets_the_simulators_deadline(tmp_path):
     """``simulate`` had no deadline (a FIFO as data.path hung it forever); it now has MPI runs'
     per-phase ``runtime.timeout_s``, and the line names the phase."""
     start = time.monotonic()
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qtrain",
-            "simulate",
-            "configs/default.yaml",
-            "--quiet",
-            "--out",
-            str(tmp_path),
-        ]
-        + ["--set", "model.name=plugin_models:hanging", "--set", "runtime.timeout_s=2"],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=60,
-    )
+    p = _simulate(tmp_path, "model.name=plugin_models:hanging", "runtime.timeout_s=2")
     assert p.returncode == 1 and time.monotonic() - start < 30
     assert re.fullmatch(
         r"qtrain: simulate watchdog: phase 'step 1: worker 0's forward and backward' has run \d+ s",
