@@ -19,8 +19,10 @@ def test_parameter_server_topology():
 def test_topology_refusals():
     with pytest.raises(ValueError, match="at least 2 ranks"):
         Topology.parameter_server(1)
-    with pytest.raises(ValueError, match="only one server"):
-        Topology(5, 0, (0, 1))
+    with pytest.raises(ValueError, match="each once"):
+        Topology(5, 0, (1, 1))
+    with pytest.raises(ValueError, match="at least 1 rank must serve"):
+        Topology.parameter_server(4, servers=0)
     with pytest.raises(ValueError, match="outside a world"):
         Topology(3, 3, (0,))
 

@@ -12,6 +12,11 @@ def simulate(
     workers: int = typer.Option(
         None, "--workers", "-w", help="Virtual workers (default: the config's `workers`)."
     ),
+    servers: int = typer.Option(
+        None,
+        "--servers",
+        help="Serving ranks, each owning a shard of the segments (default: the config's runtime.servers).",
+    ),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a key: --set algorithm.lr=0.01 (repeatable)."
     ),
@@ -31,6 +36,8 @@ def simulate(
     from qtrain.engine.simulator import simulate as run
     from qtrain.io.disk_errors import describe
 
+    if servers is not None:
+        overrides = [*overrides, f"runtime.servers={servers}"]
     try:
         cfg = load_config(config, overrides)
     except ConfigError as exc:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import typer
 
-from qtrain.engine.topology import SERVING_RANKS
 from qtrain.shipped import SLURM_TEMPLATE as TEMPLATE
 
 app = typer.Typer(help="Slurm helpers.", no_args_is_help=True)
@@ -34,10 +33,11 @@ class JobShape:
     time: str = "01:00:00"
     sbatch: dict[str, str | None] = field(default_factory=dict)  # partition, account, ...: value
     setup: str | None = None  # shell lines the batch script runs before qtrain (module load, ...)
+    servers: int = 1  # serving ranks (runtime.servers): tasks 0..servers-1
 
     @property
     def tasks(self) -> int:
-        return self.workers + SERVING_RANKS
+        return self.workers + self.servers
 
     @property
     def per_node(self) -> int:
@@ -48,7 +48,7 @@ class JobShape:
         left, out = self.tasks, []
         for node in range(self.nodes):
             here = min(self.per_node, left)
-            out.append(here - (SERVING_RANKS if node == 0 else 0))
+            out.append(here - (self.servers if node == 0 else 0))
             left -= here
         return out
 
@@ -62,7 +62,7 @@ def render_script(
     header = [
         "#!/usr/bin/env bash",
         f"# Rendered by `qtrain slurm render {config} --nodes {shape.nodes} --workers {shape.workers}`: "
-        f"{SERVING_RANKS} server + {shape.workers} workers on {shape.nodes} node(s). Submit with: "
+        f"{shape.servers} server + {shape.workers} workers on {shape.nodes} node(s). Submit with: "
         "sbatch THIS_FILE [--set key=value ...]",
         "#SBATCH --job-name=qtrain",
         f"#SBATCH --nodes={shape.nodes}",

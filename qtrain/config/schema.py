@@ -102,6 +102,7 @@ class RuntimeConfig:
     timeout_s: float = 300.0  # watchdog: a phase that takes longer aborts the job
     segments: int = 1  # messages per direction per step: the flat vector cut into this many segments
     segment_bytes: int = 0  # or: segments of about this many fp32 bytes of parameters (0: use `segments`)
+    servers: int = 1  # serving ranks: ranks 0..servers-1 serve, each owning a shard of the segments
     overlap: str = "auto"  # workers send each segment during backward: auto (CPU workers) | on | off
 
 

@@ -27,6 +27,7 @@ SIZE_LIMITS = {
     "uplink.k": (1 << 24, "entries per bucket"),
     "downlink.k": (1 << 24, "entries per bucket"),
     "runtime.segments": (1 << 16, "messages per direction per step"),
+    "runtime.servers": (1 << 12, "serving ranks"),
     "runtime.threads": (1024, "threads per process"),
     "runtime.timeout_s": (1e7, "seconds, about 115 days"),
     "data.batch_size": (1 << 24, "samples per worker per step"),
@@ -91,6 +92,7 @@ def _validate(cfg) -> None:
         raise ConfigError(f"runtime.kernels must be one of {', '.join(KERNEL_CHOICES)}, got {r.kernels!r}")
     _positive(r.timeout_s, "runtime.timeout_s")
     _positive(r.segments, "runtime.segments")
+    _positive(r.servers, "runtime.servers")
     _positive(r.segment_bytes, "runtime.segment_bytes", allow_zero=True)
     if r.segments != 1 and r.segment_bytes:
         raise ConfigError("set runtime.segments or runtime.segment_bytes, not both")

@@ -39,9 +39,10 @@ class EngineState:
             self.error.copy_(sd["error"])
 
 
-def segment_state(state: dict[str, torch.Tensor], seg) -> dict[str, torch.Tensor]:
-    """Views of an elementwise rule's state for one segment (updates land in the full buffers)."""
-    return {k: v[seg.slice] for k, v in state.items()}
+def segment_state(state: dict[str, torch.Tensor], where: slice) -> dict[str, torch.Tensor]:
+    """Views of an elementwise rule's state for one segment, at ``where`` in the state's vectors
+    (updates land in the full buffers)."""
+    return {k: v[where] for k, v in state.items()}
 
 
 class SegmentStats:

@@ -86,6 +86,18 @@ class Partition:
         """The segments serving rank ``owner`` (an index into ``Topology.servers``) owns."""
         return tuple(s for s in self.segments if s.owner == owner)
 
+    def shard(self, owner: int) -> slice:
+        """The contiguous range of the flat vector that serving rank ``owner`` owns."""
+        segs = self.owned_by(owner)
+        if not segs:
+            raise ValueError(f"serving rank {owner} owns no segment of {self.describe()}")
+        return slice(min(s.start for s in segs), max(s.stop for s in segs))
+
+    @property
+    def servers(self) -> int:
+        """How many serving ranks the segments were cut for (the owners named)."""
+        return max(s.owner for s in self.segments) + 1
+
     def __iter__(self):
         return iter(self.segments)
 

@@ -13,6 +13,7 @@ from qtrain.engine.flat import FlatModel
 from qtrain.engine.partition import Partition
 from qtrain.engine.server import ServerEngine
 from qtrain.engine.setup import RunSetup, build_flat_model, build_sampler, build_setup, resolved_config
+from qtrain.engine.shards import InProcessShards
 from qtrain.engine.topology import Topology
 from qtrain.engine.worker import WorkerEngine
 
@@ -31,7 +32,9 @@ class RunPlan:
         setup = build_setup(cfg, topology.num_workers)
         model = build_flat_model(setup, device)
         buckets = (setup.uplink.codec.bucket, setup.downlink.codec.bucket)
-        partition = Partition.build(model.numel, buckets, cfg.runtime.segments, cfg.runtime.segment_bytes)
+        partition = Partition.build(
+            model.numel, buckets, cfg.runtime.segments, cfg.runtime.segment_bytes, len(topology.servers)
+        )
         text = dump_yaml(resolved_config(cfg, setup))
         return cls(setup, topology, partition, model.layout, text), model
 
@@ -43,7 +46,14 @@ class RunPlan:
         """Another copy of the model with the same initial weights."""
         return build_flat_model(self.setup, device)
 
-    def server_engine(self, master: torch.Tensor) -> ServerEngine:
+    def server_engine(self, master: torch.Tensor, owner: int | None = None):
+        """Serving rank ``owner``'s engine over ``master``, its shard of the flat vector; with
+        ``owner`` None, every owner's engine over views of the full ``master`` behind one engine's
+        interface (the simulator's K servers; with one server, simply its engine)."""
+        k = len(self.topology.servers)
+        if owner is None and k > 1:
+            shards = [self.server_engine(master[self.partition.shard(o)], o) for o in range(k)]
+            return InProcessShards(shards, master)
         s = self.setup
         return ServerEngine(
             s.algorithm,
@@ -53,6 +63,7 @@ class RunPlan:
             master,
             self.cfg.seed,
             self.cfg.runtime.kernels,
+            owner or 0,
         )
 
     def worker_engine(self, worker: int, device: torch.device) -> WorkerEngine:

@@ -10,7 +10,11 @@ The uplinks are accumulated in one ``decode_combine`` of the codec path (the com
 the reference's ``decode_add_`` per message: no decoded copy of any message), and d comes from the
 codec's quantize path with the message, so the server never decodes its own downlink.
 Every server rule is elementwise, so it runs on the segment's slices of the mean, the master
-weights and the rule's state.
+weights and the rule's state; and so an engine can serve one **shard** (DESIGN.md section 8): with
+``runtime.servers`` = K, serving rank k holds the master copy, the rule's state and the error
+buffer of only the contiguous run of segments it owns (``Partition.shard(k)``). The stochastic
+rounding of a segment draws the Philox counters of its flat elements (``EngineState.random_stream``),
+so which rank serves a segment changes no draw, and the K shards compute what one server would.
 """
 
 from __future__ import annotations
@@ -38,8 +42,15 @@ class ServerEngine(EngineState):
         master: torch.Tensor,
         seed: int,
         kernels: str = "auto",
+        owner: int = 0,
     ):
+        """``master``: the shard of the flat vector this engine serves (``partition.shard(owner)``;
+        the whole vector with one server)."""
+        self.owner, self.shard = owner, partition.shard(owner)
+        self.segments = partition.owned_by(owner)
         numel, device = master.numel(), master.device
+        if numel != self.shard.stop - self.shard.start:
+            raise ValueError(f"serving rank {owner}'s shard {self.shard} does not fit {numel} elements")
         self.algorithm = algorithm
         self.partition = partition
         self.uplink_codec = uplink_codec
@@ -54,12 +65,16 @@ class ServerEngine(EngineState):
         # compiled kernels where they apply, the torch reference behind the same calls elsewhere
         self.up = codec_path(uplink_codec, device, kernels)
         self.down = codec_path(self.downlink_codec, device, kernels)
-        self._states = [segment_state(self.state, s) for s in partition]
+        self._states = {s.index: segment_state(self.state, self._local(s)) for s in self.segments}
         self._sum = torch.zeros(numel, dtype=torch.float32, device=device)
         # weights mode: what every worker holds (the dequantized downlink), for checkpoints
         self.replica = master.clone() if self.mode == "weights" else master
         self.step = 0
         self.stats = SegmentStats()
+
+    def _local(self, seg: Segment):
+        """The segment's place in this engine's shard (what ``seg.slice`` is in the flat vector)."""
+        return slice(seg.start - self.shard.start, seg.stop - self.shard.start)
 
     def initial_message(self, seg: Segment) -> torch.Tensor | None:
         """Weights mode: the starting weights every worker must adopt before step 1."""
@@ -73,7 +88,7 @@ class ServerEngine(EngineState):
 
     def aggregate(self, seg: Segment, messages: list[torch.Tensor]) -> torch.Tensor:
         """Mean of one segment's decoded uplinks, summed in the order given (worker 0, 1, ...)."""
-        return self.up.decode_combine(messages, self._sum[seg.slice], "mean")
+        return self.up.decode_combine(messages, self._sum[self._local(seg)], "mean")
 
     def make_downlink(self, seg: Segment, mean: torch.Tensor) -> torch.Tensor:
         """The server rule on the segment's mean and its downlink message. Raises ``Diverged`` when
@@ -83,13 +98,13 @@ class ServerEngine(EngineState):
             packed = self._make_downlink(seg, mean)
         except NonFiniteInput as exc:
             raise non_finite_encode(
-                self.step, self.down.codec.name, what, exc, mean, self.master[seg.slice]
+                self.step, self.down.codec.name, what, exc, mean, self.master[self._local(seg)]
             ) from None
-        check_sum(self.step, self.stats.part(seg)[1], what, mean, self.master[seg.slice])
+        check_sum(self.step, self.stats.part(seg)[1], what, mean, self.master[self._local(seg)])
         return packed
 
     def _make_downlink(self, seg: Segment, mean: torch.Tensor) -> torch.Tensor:
-        sl = seg.slice
+        sl = self._local(seg)
         s = self.algorithm.server_update(mean, self.master[sl], self._states[seg.index], self.step)
         if self.mode == "weights":
             self.master[sl].copy_(s)
@@ -101,7 +116,7 @@ class ServerEngine(EngineState):
         return packed
 
     def _send_weights(self, seg: Segment) -> torch.Tensor:
-        sl = seg.slice
+        sl = self._local(seg)
         packed, sums = self.down.encode_ef(
             self.master[sl], rng=self.random_stream(seg), values=self.replica[sl]
         )

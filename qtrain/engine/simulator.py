@@ -50,12 +50,15 @@ def simulate(
         torch.set_num_threads(cfg.runtime.threads)
         set_kernel_threads(cfg.runtime.threads)
     device = torch.device("cpu")
-    plan, server_model = RunPlan.build(cfg, Topology.parameter_server(workers + 1), device)
+    servers = cfg.runtime.servers  # K in-process serving ranks, each with its shard's engine
+    topology = Topology.parameter_server(workers + servers, servers=servers)
+    plan, server_model = RunPlan.build(cfg, topology, device)
     setup, part, ds = plan.setup, plan.partition, plan.setup.dataset
     worker_need, server_need = estimate(setup, part, workers)
-    require_fits(  # one process holds every virtual worker and the server
-        workers * worker_need + server_need,
-        f"the simulator ({workers} workers and the server in one process, {part.numel} parameters)",
+    require_fits(  # one process holds every virtual worker and the servers
+        workers * worker_need + servers * server_need,
+        f"the simulator ({workers} workers and {'the server' if servers == 1 else f'{servers} servers'} "
+        f"in one process, {part.numel} parameters)",
     )
     replicas = [plan.model(device) for _ in range(workers)]
     sync_buffers = has_buffers(server_model.module)

@@ -1,9 +1,11 @@
 """Who does what in a run: which ranks serve, which work, each worker's index, the communicator.
 
-Every place that needs "the server", "the workers", "worker i's rank" or "how many workers" asks a
-:class:`Topology`; nothing else assumes that rank 0 serves. Today one rank serves (the parameter
-server of DESIGN.md); the shape allows K serving ranks, each owning a contiguous shard of the
-parameters (see :class:`~qtrain.engine.partition.Partition`, whose segments name their owner).
+Every place that needs "the servers", "the workers", "worker i's rank" or "how many workers" asks
+a :class:`Topology`; nothing else assumes that rank 0 serves. ``runtime.servers`` = K ranks serve
+(the parameter servers of DESIGN.md section 8, ranks 0..K-1 by default), each owning a contiguous
+shard of the parameters (:class:`~qtrain.engine.partition.Partition`, whose segments name their
+owner as an index into ``servers``). ``servers[0]``, the **lead**, also owns the run: it keeps the
+recorder, the trace, the evaluation and the checkpoints.
 
 The simulator uses the same value with no communicator: its virtual workers have the ranks they
 would have under ``mpiexec``, so traces and checkpoints look the same.
@@ -12,8 +14,6 @@ would have under ``mpiexec``, so traces and checkpoints look the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-SERVING_RANKS = 1  # ranks that serve in a parameter-server run (the rest work)
 
 
 @dataclass(frozen=True)
@@ -24,17 +24,22 @@ class Topology:
     comm: object | None = None  # the MPI communicator of the world (None in the simulator)
 
     @classmethod
-    def parameter_server(cls, world_size: int, rank: int = 0, comm: object | None = None) -> Topology:
-        """The first SERVING_RANKS ranks serve (rank 0), the others work."""
-        if world_size <= SERVING_RANKS:
+    def parameter_server(
+        cls, world_size: int, rank: int = 0, comm: object | None = None, servers: int = 1
+    ) -> Topology:
+        """The first ``servers`` ranks serve (rank 0 alone by default), the others work."""
+        if servers < 1:
+            raise ValueError(f"runtime.servers = {servers}: at least 1 rank must serve")
+        if world_size <= servers:
             raise ValueError(
-                f"a parameter server run needs at least {SERVING_RANKS + 1} ranks, got {world_size}"
+                f"a parameter server run with {servers} serving rank(s) needs at least {servers + 1} "
+                f"ranks, got {world_size}"
             )
-        return cls(world_size, rank, tuple(range(SERVING_RANKS)), comm)
+        return cls(world_size, rank, tuple(range(servers)), comm)
 
     def __post_init__(self):
-        if len(self.servers) != 1:
-            raise ValueError(f"{len(self.servers)} serving ranks: only one server is implemented")
+        if not self.servers or len(set(self.servers)) != len(self.servers):
+            raise ValueError(f"serving ranks {self.servers}: at least one, each once")
         if not all(0 <= r < self.world_size for r in (self.rank, *self.servers)):
             raise ValueError(f"ranks {self.rank}, {self.servers} outside a world of {self.world_size}")
 
@@ -49,8 +54,14 @@ class Topology:
 
     @property
     def server(self) -> int:
-        """The serving rank (the owner of every segment while there is one server)."""
+        """The lead serving rank (``servers[0]``): the run's recorder, trace, evaluation and
+        checkpoints live there; with one server it owns every segment."""
         return self.servers[0]
+
+    @property
+    def owner(self) -> int | None:
+        """This rank's index into ``servers`` (the segments it owns), None on a worker."""
+        return self.servers.index(self.rank) if self.is_server else None
 
     @property
     def is_server(self) -> bool:
@@ -65,7 +76,12 @@ class Topology:
         return self.workers[index]
 
     def describe(self) -> str:
-        servers = ", ".join(map(str, self.servers))
-        w = self.workers
-        span = f"{w[0]}..{w[-1]}" if w == tuple(range(w[0], w[-1] + 1)) else ", ".join(map(str, w))
-        return f"rank {servers} server, ranks {span} workers"
+        return f"{_ranks(self.servers, 'server')}, {_ranks(self.workers, 'worker')}"
+
+
+def _ranks(ranks: tuple[int, ...], role: str) -> str:
+    """ "rank 0 server", "ranks 1..4 workers", "ranks 0, 2 servers"."""
+    if len(ranks) == 1:
+        return f"rank {ranks[0]} {role}"
+    span = ranks == tuple(range(ranks[0], ranks[-1] + 1))
+    return f"ranks {f'{ranks[0]}..{ranks[-1]}' if span else ', '.join(map(str, ranks))} {role}s"

@@ -61,7 +61,7 @@ class WorkerEngine(EngineState):
         # compiled kernels where they apply, the torch reference behind the same calls elsewhere
         self.up = codec_path(self.uplink_codec, device, kernels)
         self.down = codec_path(self.downlink_codec, device, kernels)
-        self._states = [segment_state(self.state, s) for s in partition]
+        self._states = [segment_state(self.state, s.slice) for s in partition]
         self.step = 0
         self.stats = SegmentStats()
 

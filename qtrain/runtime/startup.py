@@ -160,6 +160,11 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
     device = "?"
     try:
         cfg = load_config(config, overrides)
+        if cfg.runtime.servers > 1:  # issue 23: the transport and the MPI loops serve one shard so far
+            raise ValueError(
+                f"runtime.servers = {cfg.runtime.servers}: several serving ranks run in `qtrain simulate "
+                f"--servers {cfg.runtime.servers}` so far; under MPI one rank serves (runtime.servers=1)"
+            )
         svc.watchdog.set_timeout(cfg.runtime.timeout_s, "set-up: data and model")
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
