@@ -8,15 +8,18 @@ Uplink (worker -> the segment's server), per step and segment:
                         the worker encodes straight into its frame when frame and data share a device.
   variable-size codecs: the record first (it carries the message length), then the message with
                         the segment's second tag; the server posts that receive once it knows the length.
-Downlink (server -> all), per step and segment: the downlink record + message in one ``Ibcast``
-(fixed size), or record then message in two (variable size).
+Downlink (the segment's server -> every worker), per step and segment: the downlink record +
+message in one ``Ibcast`` (fixed size), or record then message in two (variable size), on the
+owner's own communicator (``runtime/communicators.py``: with K serving ranks each broadcasts on
+one of its own, so owners never queue behind each other; with one, the world's).
 
-The server posts every receive of a step at once (``post_uplinks``) and takes the segments in the
-order their uplinks complete (``uplinks``, a ``Testsome`` loop); it queues each segment's downlink
-as soon as it is encoded (``post_downlink``) and waits for the broadcasts once, at the end of the
-step. MPI matches non-blocking collectives in the order each rank posts them, so the broadcasts
-go out in segment order: segment k's is posted once segments 0..k are queued. Workers post all
-of a step's fixed-size broadcasts at once and apply the segments as they complete (``downlinks``).
+A serving rank handles only the segments it owns (``Partition.owned_by``). It posts every receive
+of a step at once (``post_uplinks``) and takes the segments in the order their uplinks complete
+(``uplinks``, a ``Testsome`` loop); it queues each segment's downlink as soon as it is encoded
+(``post_downlink``) and waits for the broadcasts once, at the end of the step. MPI matches
+non-blocking collectives in the order each rank posts them, so an owner's broadcasts go out in
+segment order: its k-th segment's is posted once its first k are queued. Workers post all of a
+step's fixed-size broadcasts at once and apply the segments as they complete (``downlinks``).
 Point-to-point receives (not ``Gather``) let the deadline name exactly which worker is silent;
 ``Ibcast`` lets workers wait with a deadline too. See docs/architecture.md.
 
@@ -38,6 +41,7 @@ import numpy as np
 import torch
 
 from qtrain.engine.records import DOWNLINK_RECORD, UPLINK_RECORD
+from qtrain.runtime.communicators import Communicators, Group, split
 from qtrain.runtime.waiting import wait_all, wait_some
 
 UP = UPLINK_RECORD.itemsize
@@ -69,9 +73,16 @@ class _Transport:
     """What both sides know: the segments, each one's largest uplink and downlink message, its
     serving rank, and the deadline of every wait."""
 
-    def __init__(self, topology, partition, uplink_codec, downlink_codec, timeout_s: float):
+    def __init__(
+        self, topology, partition, uplink_codec, downlink_codec, timeout_s: float, comms: Communicators = None
+    ):
         self.topology, self.partition = topology, partition
         self.comm = topology.comm
+        if comms is None:  # one serving rank: the world for everything (``split`` needs no call)
+            world = Group(topology.comm, tuple(range(topology.world_size)))
+            comms = Communicators((world,), world) if len(topology.servers) == 1 else split(topology)
+        self.comms = comms
+        self.control = comms.control
         self.timeout_s = timeout_s
         self.up_fixed, self.down_fixed = uplink_codec.fixed_size, downlink_codec.fixed_size
         self.up_max = [uplink_codec.wire_bytes(s.numel) for s in partition]
@@ -82,6 +93,11 @@ class _Transport:
     def _server_of(self, seg) -> int:
         return self.topology.servers[seg.owner]
 
+    def _broadcast(self, seg, buf):
+        """``Ibcast`` of ``buf`` from segment ``seg``'s owner, on the owner's communicator."""
+        group = self.comms.down[seg.owner]
+        return group.comm.Ibcast(buf, root=group.local(self._server_of(seg)))
+
     @staticmethod
     def _where(step: int, seg) -> str:
         return f" (step {step}, segment {seg.index})"
@@ -90,10 +106,14 @@ class _Transport:
 def open_transport(
     topology, partition, uplink_codec, downlink_codec, device, cuda_aware: bool, timeout_s: float
 ):
-    """This rank's side: a :class:`ServerTransport` on a serving rank, else a :class:`WorkerTransport`."""
+    """This rank's side: a :class:`ServerTransport` on a serving rank, else a :class:`WorkerTransport`
+    (collective: with several serving ranks every rank splits the world here)."""
+    comms = split(topology)
     if topology.is_server:
-        return ServerTransport(topology, partition, uplink_codec, downlink_codec, timeout_s)
-    return WorkerTransport(topology, partition, uplink_codec, downlink_codec, device, cuda_aware, timeout_s)
+        return ServerTransport(topology, partition, uplink_codec, downlink_codec, timeout_s, comms)
+    return WorkerTransport(
+        topology, partition, uplink_codec, downlink_codec, device, cuda_aware, timeout_s, comms
+    )
 
 
 class WorkerTransport(_Transport):
@@ -101,9 +121,17 @@ class WorkerTransport(_Transport):
     host memory) and the downlink frames it receives into."""
 
     def __init__(
-        self, topology, partition, uplink_codec, downlink_codec, device, cuda_aware: bool, timeout_s: float
+        self,
+        topology,
+        partition,
+        uplink_codec,
+        downlink_codec,
+        device,
+        cuda_aware: bool,
+        timeout_s: float,
+        comms: Communicators = None,
     ):
-        super().__init__(topology, partition, uplink_codec, downlink_codec, timeout_s)
+        super().__init__(topology, partition, uplink_codec, downlink_codec, timeout_s, comms)
         self.device = device
         self.cuda_aware = cuda_aware and device.type == "cuda"
 
@@ -120,12 +148,12 @@ class WorkerTransport(_Transport):
         self._pending_send: list = []
 
     def report(self, obj) -> None:
-        """Send ``obj`` to the serving rank, with every other worker (:meth:`ServerTransport.reports`)."""
-        self.comm.gather(obj, root=self.topology.server)
+        """Send ``obj`` to the lead serving rank, with every worker (:meth:`ServerTransport.reports`)."""
+        self.control.comm.gather(obj, root=self.control.local(self.topology.server))
 
     def shared(self):
-        """What the serving rank sends every worker (:meth:`ServerTransport.share`)."""
-        return self.comm.bcast(None, root=self.topology.server)
+        """What the lead serving rank sends every worker (:meth:`ServerTransport.share`)."""
+        return self.control.comm.bcast(None, root=self.control.local(self.topology.server))
 
     def message_buffer(self, seg) -> torch.Tensor | None:
         """Where this worker may encode segment ``seg``'s message in place (its slot of the send
@@ -171,11 +199,11 @@ class WorkerTransport(_Transport):
     def post_downlinks(self, step: int) -> None:
         """Post this step's downlink receives: with fixed-size downlinks one ``Ibcast`` per segment,
         all at once, in segment order (the order the server posts them in); variable-size ones are
-        posted one at a time by :meth:`downlinks` (the message size comes with the record)."""
+        posted one at a time by :meth:`downlinks` (the message size comes with the record). Each
+        on its owner's communicator, where the owner posts its own in the same order."""
         self._down_step = step
-        root = self._server_of(self.partition.segments[0])
         self._down_reqs = (
-            [self.comm.Ibcast(_mpi_buffer(self._down_t[s.index]), root=root) for s in self.partition]
+            [self._broadcast(s, _mpi_buffer(self._down_t[s.index])) for s in self.partition]
             if self.down_fixed
             else []
         )
@@ -207,11 +235,11 @@ class WorkerTransport(_Transport):
     def _recv_variable(self, seg, step: int) -> tuple[np.void, torch.Tensor]:
         root = self._server_of(seg)
         frame = self._down_t[seg.index]
-        req = self.comm.Ibcast(_mpi_buffer(frame), root=root)
+        req = self._broadcast(seg, _mpi_buffer(frame))
         wait_all([req], self.timeout_s, "downlink broadcast", [root], self._where(step, seg))
         head = self._check_downlink(frame[:DOWN], seg, step)
         msg = self._down_msgs[seg.index][: int(head["length"])]
-        req = self.comm.Ibcast(_mpi_buffer(msg), root=root)
+        req = self._broadcast(seg, _mpi_buffer(msg))
         wait_all([req], self.timeout_s, "downlink broadcast (message)", [root], self._where(step, seg))
         return head, self._on_device(msg)
 
@@ -225,37 +253,50 @@ class WorkerTransport(_Transport):
 
 
 class ServerTransport(_Transport):
-    """The serving rank's channel: a receive row per (segment, worker), and the downlink frames."""
+    """A serving rank's channel for the segments it owns (``mine``, in segment order): a receive
+    row per (segment, worker), and the downlink frames."""
 
-    def __init__(self, topology, partition, uplink_codec, downlink_codec, timeout_s: float):
-        super().__init__(topology, partition, uplink_codec, downlink_codec, timeout_s)
+    def __init__(
+        self, topology, partition, uplink_codec, downlink_codec, timeout_s: float, comms: Communicators = None
+    ):
+        super().__init__(topology, partition, uplink_codec, downlink_codec, timeout_s, comms)
         workers = topology.num_workers
-        self._recv = [np.empty((workers, n), dtype=np.uint8) for n in self.up_frame]
+        self.mine = partition.owned_by(topology.owner)
+        owned = {s.index for s in self.mine}
+
+        def rows(shape, k):
+            return np.empty(shape, dtype=np.uint8) if k in owned else None
+
+        self._recv = [rows((workers, n), k) for k, n in enumerate(self.up_frame)]
         if not self.up_fixed:  # fixed-size messages arrive inside their frames
-            self._recv_msgs = [[np.empty(m, dtype=np.uint8) for _ in range(workers)] for m in self.up_max]
-        self._down = [np.empty(n, dtype=np.uint8) for n in self.down_frame]
+            self._recv_msgs = [
+                [np.empty(m, dtype=np.uint8) for _ in range(workers)] if k in owned else None
+                for k, m in enumerate(self.up_max)
+            ]
+        self._down = [rows(n, k) for k, n in enumerate(self.down_frame)]
         self._queued: list = [None] * len(partition)  # per segment: the buffers to broadcast
         self._down_reqs: list = []
         self._down_of: list[int] = []  # the segment of each posted broadcast
         self.down_posted_at = np.zeros(len(partition))  # perf_counter instants, this step
         self.down_done_at = np.zeros(len(partition))
-        self._next_down = 0  # the lowest segment whose broadcast is not posted yet
+        self._next_down = 0  # the first of ``mine`` whose broadcast is not posted yet
 
     def reports(self) -> list:
-        """Every worker's :meth:`WorkerTransport.report`, in worker order."""
-        parts = self.comm.gather(None, root=self.topology.server)
-        return [parts[r] for r in self.topology.workers]
+        """Every worker's :meth:`WorkerTransport.report`, in worker order (the lead only)."""
+        control = self.control
+        parts = control.comm.gather(None, root=control.local(self.topology.server))
+        return [parts[control.local(r)] for r in self.topology.workers]
 
     def share(self, obj) -> None:
-        """Send ``obj`` to every worker (:meth:`WorkerTransport.shared`)."""
-        self.comm.bcast(obj, root=self.topology.server)
+        """Send ``obj`` to every worker (:meth:`WorkerTransport.shared`; the lead only)."""
+        self.control.comm.bcast(obj, root=self.control.local(self.topology.server))
 
     def post_uplinks(self) -> None:
         """Post the receives of every segment of this step, from every worker (the messages of
         variable-size codecs follow once their records are in, see :meth:`uplinks`)."""
         workers = self.topology.workers
         self._up_reqs, self._up_of = [], []
-        for seg in self.partition:
+        for seg in self.mine:
             rows = self._recv[seg.index]
             for i, r in enumerate(workers):
                 self._up_reqs.append(self.comm.Irecv(rows[i], source=r, tag=seg.tag))
@@ -268,7 +309,7 @@ class ServerTransport(_Transport):
         complete); records and messages in worker order."""
         workers, reqs = list(self.topology.workers), self._up_reqs
         records: list = [None] * len(self.partition)
-        left = len(self.partition)
+        left = len(self.mine)
         while left:
             done = wait_some(reqs, self.timeout_s, "uplink gather", lambda: self._silent_up(step))
             complete = []
@@ -317,8 +358,9 @@ class ServerTransport(_Transport):
 
     def post_downlink(self, seg, step: int, flags: int, packed: torch.Tensor) -> None:
         """Queue segment ``seg``'s downlink. Its broadcast is posted as soon as it and every lower
-        segment are queued: MPI matches non-blocking collectives in the order each rank posts
-        them, and the workers post theirs in segment order. :meth:`finish_downlinks` completes them."""
+        segment this rank owns are queued: MPI matches non-blocking collectives in the order each
+        rank posts them, and the workers post theirs in segment order. :meth:`finish_downlinks`
+        completes them."""
         packed = packed.cpu()
         n = packed.numel()
         head = np.zeros(1, dtype=DOWNLINK_RECORD)
@@ -330,20 +372,21 @@ class ServerTransport(_Transport):
             self._queued[seg.index] = [frame]
         else:
             self._queued[seg.index] = [frame[:DOWN], packed.numpy()]
-        while self._next_down < len(self._queued) and self._queued[self._next_down] is not None:
-            k = self._next_down
-            root = self._server_of(self.partition.segments[k])
-            for buf in self._queued[k]:
-                self._down_reqs.append(self.comm.Ibcast(buf, root=root))
-                self._down_of.append(k)
-            self.down_posted_at[k] = time.perf_counter()
+        mine = self.mine
+        while self._next_down < len(mine) and self._queued[mine[self._next_down].index] is not None:
+            nxt = mine[self._next_down]
+            for buf in self._queued[nxt.index]:
+                self._down_reqs.append(self._broadcast(nxt, buf))
+                self._down_of.append(nxt.index)
+            self.down_posted_at[nxt.index] = time.perf_counter()
             self._next_down += 1
 
     def finish_downlinks(self, step: int) -> None:
         """Complete this step's downlink broadcasts (their frames are reused next step), noting
         when each segment's completed at this rank in ``down_done_at``."""
-        if self._next_down != len(self.partition):
-            raise RuntimeError(f"step {step}: downlinks of segments {self._next_down}.. were never queued")
+        if self._next_down != len(self.mine):
+            first = self.mine[self._next_down].index
+            raise RuntimeError(f"step {step}: downlinks of segments {first}.. were never queued")
         reqs = self._down_reqs
         while any(r is not None for r in reqs):
             for j in wait_some(reqs, self.timeout_s, "downlink broadcast", lambda: f" (step {step})"):

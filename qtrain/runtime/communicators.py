@@ -1,0 +1,53 @@
+"""The communicators of a run with K serving ranks (DESIGN.md section 8).
+
+- **down[k]**: serving rank k (``Topology.servers[k]``) and every worker. Owner k broadcasts the
+  downlinks of its segments on it, so the broadcasts of different owners never queue behind each
+  other: MPI matches non-blocking collectives per communicator in posting order, and on one shared
+  communicator owner 1's first broadcast could not complete before owner 0's last was posted.
+- **control**: the lead (``servers[0]``) and every worker: the pickled reports between steps
+  (checkpoint snapshots, buffers, the final report), which the other serving ranks take no part in.
+
+With one serving rank every one of them is the world communicator itself, so a K = 1 run makes
+the MPI calls it made before serving ranks became several. ``MPI_Comm_split`` is collective over
+the world: every rank calls :func:`split` at the same point (when it opens its transport)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Group:
+    """A communicator and the world ranks in it (``ranks[i]`` is its rank i)."""
+
+    comm: object | None  # None on a rank outside it
+    ranks: tuple[int, ...]
+
+    def local(self, world_rank: int) -> int:
+        """A world rank's rank in this communicator (e.g. a broadcast's root)."""
+        return self.ranks.index(world_rank)
+
+
+@dataclass(frozen=True)
+class Communicators:
+    down: tuple[Group, ...]  # per owner (index into Topology.servers)
+    control: Group
+
+
+def split(topology) -> Communicators:
+    """Every rank's view of the run's communicators (collective over the world)."""
+    world, size, rank = topology.comm, topology.world_size, topology.rank
+    workers = topology.workers
+    if len(topology.servers) == 1:
+        everyone = Group(world, tuple(range(size)))
+        return Communicators((everyone,), everyone)
+    down = tuple(_group(world, rank, (server, *workers)) for server in topology.servers)
+    return Communicators(down, _group(world, rank, (topology.server, *workers)))
+
+
+def _group(world, rank: int, members: tuple[int, ...]) -> Group:
+    from mpi4py import MPI
+
+    ranks = tuple(sorted(members))
+    comm = world.Split(0 if rank in ranks else MPI.UNDEFINED, rank)
+    return Group(comm if rank in ranks else None, ranks)
