@@ -3,13 +3,17 @@ its owner, and each owner broadcasts its own segments' downlinks on its own comm
 (runtime/communicators.py), fixed-size and variable-size codecs alike. The simulator's K servers
 are compared with one in test_servers_invariance.py."""
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 from conftest import mpiexec_command
+from mpi_helpers import mpi_train, simulate, summary
 
 SCRIPT = Path(__file__).parent / "mpi_scripts" / "transport_owners.py"
 
@@ -29,3 +33,54 @@ def test_each_owner_receives_its_segments_and_broadcasts_them(servers, ranks, co
         int(r) for r in re.findall(rf"ok rank (\d+) owners {re.escape(str(owners))} segments 5", p.stdout)
     )
     assert ranks_ok == list(range(ranks)), p.stdout
+
+
+def _train(ranks: int, config: str, out, *sets: str, extra=()):
+    p = mpi_train(ranks, config, out, *sets, extra=extra, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return summary(out), p
+
+
+@pytest.mark.parametrize(
+    "config, servers, sets",
+    [
+        ("configs/efficient-adam.yaml", 2, ["runtime.segments=3"]),  # update mode, two-way EF
+        ("configs/qrda-adagrad.yaml", 3, []),  # weights mode, variable-size codecs
+    ],
+)
+def test_k_serving_ranks_train_what_one_simulated_server_trains(tmp_path, config, servers, sets):
+    """K serving ranks under mpiexec end with the parameters, losses and evaluations of one
+    simulated server; the trace has a server row per serving rank per step; the checkpoint holds
+    one server's state (a K = 1 run resumes from it: test below)."""
+    common = ["train.steps=6", "train.eval_every=3", *sets]
+    one = simulate(config, 2, tmp_path / "sim", *common)
+    run, p = _train(2 + servers, config, tmp_path / "mpi", *common, f"runtime.servers={servers}")
+    for key in ("params_sha256", "final_test_loss", "final_train_loss", "evals"):
+        assert run[key] == one[key], key
+    assert f"{servers} servers + 2 workers" in p.stdout
+    with h5py.File(tmp_path / "mpi" / "trace.h5") as f:
+        steps = f["steps"][:]
+        assert json.loads(f.attrs["server_ranks"]) == list(range(servers))
+    rows = steps[steps["role"] == 0]
+    assert sorted(set(rows["rank"].tolist())) == list(range(servers))
+    assert len(rows) == 6 * servers
+    workers_up = steps[steps["role"] == 1]["bytes_sent"].sum()
+    assert rows["bytes_recv"].sum() == workers_up  # every owner's uplinks, each counted once
+
+
+def test_a_run_with_two_serving_ranks_resumes_with_one(tmp_path):
+    """The checkpoint is one server's state whatever K wrote it: K = 2 for 6 steps (a checkpoint
+    at 3), resumed at step 3 with K = 1, ends where the uninterrupted K = 2 run ended."""
+    sets = ["train.steps=6", "checkpoint.every=3", "runtime.segments=2"]
+    whole, _ = _train(4, "configs/efficient-adam.yaml", tmp_path / "two", *sets, "runtime.servers=2")
+    (tmp_path / "one").mkdir()
+    shutil.copytree(tmp_path / "two" / "checkpoints", tmp_path / "one" / "checkpoints")
+    resumed, p = _train(
+        3,
+        "configs/efficient-adam.yaml",
+        tmp_path / "one",
+        *sets,
+        extra=["--resume", str(tmp_path / "one" / "checkpoints" / "step-0000003.h5")],
+    )
+    assert resumed["params_sha256"] == whole["params_sha256"]
+    assert "resume changes runtime.servers: 2 -> 1" in p.stdout

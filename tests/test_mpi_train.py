@@ -217,7 +217,7 @@ def test_singleton_worlds_from_a_mismatched_launcher_are_explained(tmp_path):
     [
         (["algorithm.name=nope"], "unknown algorithm 'nope'"),
         (["data.name=libsvm", "data.path=/no/such/file"], "does not exist"),
-        (["runtime.servers=2"], "several serving ranks run in `qtrain simulate --servers 2` so far"),
+        (["runtime.servers=3"], "with 3 serving rank(s) needs at least 4 ranks, got 3"),
     ],
 )
 def test_bad_config_is_one_line_from_rank0_before_training(tmp_path, sets, message):

@@ -6,16 +6,20 @@ from __future__ import annotations
 import numpy as np
 
 WORKER_PHASES = ("compute_s", "encode_s", "comm_s", "decode_s")
-SERVER_PHASES = ("wait_s", "decode_s", "encode_s", "comm_s", "compute_s")
+SERVER_PHASES = ("wait_s", "decode_s", "encode_s", "comm_s", "compute_s")  # mean per serving rank
 
 
 def per_step(steps: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-step series from the server rows (one row per step)."""
-    server = np.sort(steps[steps["role"] == 0], order="step")
+    """Per-step series from the server rows: one per step and serving rank (``runtime.servers``),
+    the bytes summed over the serving ranks, the rest from the lead's row (the lowest rank; every
+    serving rank's row carries the run's loss and statistics)."""
+    rows = np.sort(steps[steps["role"] == 0], order=["step", "rank"])
+    _, first = np.unique(rows["step"], return_index=True)
+    server = rows[first]
     return {
         "step": server["step"].astype(np.int64),
-        "bytes_up": server["bytes_recv"].astype(np.int64),
-        "bytes_down": server["bytes_sent"].astype(np.int64),
+        "bytes_up": np.add.reduceat(rows["bytes_recv"].astype(np.int64), first) if len(rows) else first,
+        "bytes_down": np.add.reduceat(rows["bytes_sent"].astype(np.int64), first) if len(rows) else first,
         "loss": server["loss"],
         "wall_s": server["wall_s"],  # seconds since the run (or its resume) started, at the step's end
         "up_rel_error": server["up_rel_error"],

@@ -50,8 +50,9 @@ def estimate(setup, partition, workers: int) -> tuple[int, int]:
 
 def describe_estimate(setup, partition, workers: int) -> str:
     w, s = estimate(setup, partition, workers)
+    server = "the server" if partition.servers == 1 else f"each of the {partition.servers} servers"
     return (
-        f"memory: each worker about {describe(w)}, the server about {describe(s)} "
+        f"memory: each worker about {describe(w)}, {server} about {describe(s)} "
         "(parameters, gradients, rule and error-feedback state, messages; data not counted)"
     )
 

@@ -101,6 +101,7 @@ class Recorder:
         self._pending = None  # worker rows waiting for their late communication times
         self._up = np.zeros(topology.num_workers, dtype=np.int64)
         self._down = 0
+        self._shards: list = []  # the other serving ranks' (rank, up sizes, down bytes, times) of the step
         self._fp32 = partition.wire_bytes(get_codec("none"))  # one worker's step in fp32, each way
 
     # ------------------------------------------------------------------ a step
@@ -108,6 +109,7 @@ class Recorder:
         self.step, self.times = step, {}
         self._up[:] = 0
         self._down = 0
+        self._shards = []
 
     def enter(self, what: str) -> None:
         """Tell the watchdog what runs now (outside a timed phase)."""
@@ -138,6 +140,18 @@ class Recorder:
     def downlink(self, size: int, seg) -> None:
         self.stats.add_downlink(size, seg.numel)
         self._down += size
+
+    def add_shard(self, rank: int, up: list, down: list, times: dict) -> None:
+        """Another serving rank's part of this step (``runtime.servers`` > 1): its messages count in
+        the run's statistics and the workers' rows (``up``: (sizes in worker order, numel) per
+        segment; ``down``: (size, numel)); it gets a trace row of its own with its bytes and times."""
+        sizes = np.zeros(self.topology.num_workers, dtype=np.int64)
+        for s, numel in up:
+            self.stats.add_uplinks(s, numel)
+            sizes += s
+        for size, numel in down:
+            self.stats.add_downlink(size, numel)
+        self._shards.append((rank, sizes, sum(size for size, _ in down), times))
 
     def eval_due(self, stopping: bool = False) -> bool:
         return is_eval_step(self.setup.cfg, self.step, self.steps, stopping)
@@ -177,10 +191,16 @@ class Recorder:
         if self.trace is not None:
             self._trace_step(workers, server_stats)
         # this step's bytes per worker each way (a resumed run's totals hold steps it did not run)
-        up, down = float(self._up.mean()), float(self._down)
+        up_all, down_all = self._all_bytes()
+        up, down = float(up_all.mean()), float(down_all)
         self.progress.update(self.step, self.stats.last_batch_loss, self.accuracy, up, down, self._fp32)
         if self.live.enabled:
             self._live_step(workers, up, down)
+
+    def _all_bytes(self) -> tuple[np.ndarray, int]:
+        """Each worker's uplink bytes and one worker's downlink bytes of this step, every owner's."""
+        up = self._up + sum((s[1] for s in self._shards), np.zeros_like(self._up))
+        return up, self._down + sum(s[2] for s in self._shards)
 
     def _live_step(self, workers: WorkerReport, up: float, down: float) -> None:
         values = {
@@ -205,26 +225,21 @@ class Recorder:
         times["wall_s"] = time.perf_counter() - self.t0
         wire = self.counters.delta() if self.counters is not None else (0, 0)
         rel, ef = workers.rel_error, workers.ef_norm
-        self.trace.add_rows(
-            server_row(
-                self.step,
-                self.topology.server,
-                self._up,
-                self._down,
-                ranks,
-                times,
-                self.stats.last_batch_loss,
-                rel,
-                ef,
-                server_stats,
-                wire,
+        loss = self.stats.last_batch_loss
+        own = [(self.topology.server, self._up, self._down, times, wire)]
+        for rank, up, down, shard_times in self._shards:  # every serving rank's own row
+            columns = {column: shard_times.get(name, 0.0) for name, column in SERVER_COLUMNS.items()}
+            own.append((rank, up, down, {**columns, "wall_s": times["wall_s"]}, (0, 0)))
+        for rank, up, down, row_times, row_wire in own:
+            self.trace.add_rows(
+                server_row(self.step, rank, up, down, ranks, row_times, loss, rel, ef, server_stats, row_wire)
             )
-        )
+        up_all, down_all = self._all_bytes()
         rows = worker_rows(
             self.step,
             ranks,
-            self._up,
-            self._down,
+            up_all,
+            down_all,
             workers.compute_s,
             workers.encode_s,
             workers.loss,

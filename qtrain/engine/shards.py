@@ -35,7 +35,7 @@ def cut_state(state: dict, shard: slice) -> dict:
     return {
         "step": state["step"],
         "algorithm": {k: v[shard] for k, v in state["algorithm"].items()},
-        "error": None if state["error"] is None else state["error"][shard],
+        "error": None if state.get("error") is None else state["error"][shard],  # absent: no EF
     }
 
 

@@ -198,7 +198,8 @@ class ServerStep:
     """The serving rank's side of every step, against its channel, timed by the recorder (and the
     MPI timeline: ``timeline``, which the MPI server sets once the clocks are synchronised, after
     the initial weights went out). ``decide_stop(records)`` returns the agreed stop reason once
-    every record of the step is in (None: go on)."""
+    every record of the step is in (None: go on). ``segments``: the ones this rank serves (with
+    several serving ranks its own, ``Partition.owned_by``; by default every segment)."""
 
     def __init__(
         self,
@@ -210,8 +211,10 @@ class ServerStep:
         decide_stop=None,
         names=None,
         wants_buffers=None,
+        segments=None,
     ):
         self.engine, self.channel, self.partition, self.rec = engine, channel, partition, recorder
+        self.segments = tuple(partition) if segments is None else tuple(segments)
         self.timeline = timeline if timeline is not None else _NoTimeline()
         self.decide_stop = decide_stop or (lambda records: None)
         # (step, stopping) -> whether the workers combine their buffers after the step (the
@@ -225,7 +228,7 @@ class ServerStep:
         """Weights mode: broadcast the starting weights every worker adopts before step 1."""
         if self.engine.mode != "weights":
             return
-        for seg in self.partition:
+        for seg in self.segments:
             initial = self.engine.initial_message(seg)
             self.channel.post_downlink(seg, 0, 0, initial)
             self.rec.downlink(initial.numel(), seg)
@@ -255,7 +258,7 @@ class ServerStep:
         engine.begin_step()
         engine.algorithm.hp.lr = lr_of(first[1], step, self.base_lr, self.names)
         stop_reason = None
-        for n in range(1, len(self.partition) + 1):  # segments in the order their uplinks complete
+        for n in range(1, len(self.segments) + 1):  # segments in the order their uplinks complete
             if n == 1:
                 seg, recs, messages = first
             else:
@@ -276,8 +279,8 @@ class ServerStep:
                 down = engine.make_downlink(seg, mean)
             timeline.mark(seg, "encoded_s")
             flags = 0
-            if n == len(self.partition):  # every record of the step is in: decide the stop
-                stop_reason = self.decide_stop(records)
+            if n == len(self.segments):  # every record of the step is in: decide the stop
+                stop_reason = self.decide_stop([r for r in records if r is not None])
                 buffers = self.wants_buffers(step, stop_reason is not None)
                 flags = (FLAG_STOP if stop_reason else 0) | (FLAG_BUFFERS if buffers else 0)
             with rec.phase("broadcast", seg):
@@ -285,6 +288,7 @@ class ServerStep:
             rec.downlink(down.numel(), seg)
         with rec.phase("broadcast"):
             channel.finish_downlinks(step)
+        records = [r for r in records if r is not None]  # this rank's segments, in index order
         timeline.end_step(records, channel.down_posted_at, channel.down_done_at)
         return StepResult(records, stop_reason, 0, buffers)
 
@@ -294,7 +298,7 @@ class WorkersDisagree(RuntimeError):
 
 
 class StepResult(NamedTuple):
-    records: list | None  # the uplink records per segment (arrays in worker order)
+    records: list | None  # the uplink records of each segment served here (arrays in worker order)
     stop_reason: str | None  # the agreed stop, or None
     control: int  # the control flag the workers sent instead of uplinks (0: a step ran)
     buffers: bool = False  # the downlink asked every worker to combine its buffers after the step

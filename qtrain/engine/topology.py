@@ -59,6 +59,11 @@ class Topology:
         return self.servers[0]
 
     @property
+    def is_lead(self) -> bool:
+        """This rank is the lead serving rank (``servers[0]``)."""
+        return self.rank == self.servers[0]
+
+    @property
     def owner(self) -> int | None:
         """This rank's index into ``servers`` (the segments it owns), None on a worker."""
         return self.servers.index(self.rank) if self.is_server else None

@@ -39,9 +39,9 @@ def share_model(
     payload = None if topology.is_server or ended else model_signature(flat)
     parts = comm.gather(payload, root=root)
     problem = None
-    if topology.is_server:
-        if server_module is not None:
-            flat = FlatModel(server_module, device)
+    if topology.is_server and server_module is not None:
+        flat = FlatModel(server_module, device)
+    if topology.is_lead:  # the gathered signatures are the lead's
         problem = (
             _problem(topology, parts, flat)
             if serving

@@ -29,6 +29,7 @@ from qtrain.library.errors import UsageError
 from qtrain.runtime.buffer_sync import server_sync
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.server_role import final_report, gather_snapshots, run_facts, start_serving
+from qtrain.runtime.shard_serving import down_stats, with_parts
 
 NO_EVALUATION = {"loss": None}
 
@@ -50,6 +51,7 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
     topo, cfg, setup = plan.topology, plan.cfg, plan.setup
     serving = start_serving(plan, model, transport, svc, world, out_dir, resume)
     server, rec, server_step, start = serving.server, serving.rec, serving.step, serving.start
+    link = serving.link  # the other serving ranks (runtime.servers > 1), or None
     buffered = has_buffers(model.module)
     evaluates = evaluation.test is not None
     metrics = lambda reports: _metrics(rec, topo.workers, reports)  # noqa: E731 - the workers' log rows
@@ -73,20 +75,32 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
                         buffers = checkpoint_buffers(
                             cfg.model.buffers, [s["buffers"] for s in snaps], model.module
                         )
-                    serving.checkpointer.write(step - 1, server, snaps, rec, server.replica, buffers)
+                    whole = link.gather_state(server, model.params) if link else server
+                    serving.checkpointer.write(step - 1, whole, snaps, rec, whole.replica, buffers)
                 continue
+            parts = link.collect() if link else []  # the other owners' part of the step
+            evaluating = evaluates and rec.eval_due(result.stop_reason is not None)
+            if link:
+                link.tell(evaluating)
+                if evaluating:  # evaluate the whole master copy
+                    link.gather_master(model.params)
+                for rank, part in zip(topo.servers[1:], parts, strict=True):
+                    rec.add_shard(rank, part.up, part.down, part.times)
             if result.buffers:  # the downlink asked for them: the server evaluates after this step
                 with rec.phase("buffers"):
                     server_sync(transport, model.module, cfg.model.buffers)
-            if evaluates and rec.eval_due(result.stop_reason is not None):
+            if evaluating:
                 svc.log.info("step %d eval %s", step, _evaluate(rec, evaluation.test, model.module))
-            rec.end_step(worker_report(result.records), server.last_stats)
+            report = with_parts(worker_report(result.records), parts)
+            rec.end_step(report, down_stats(server.stats, parts) if parts else server.last_stats)
             if result.stop_reason is not None and stop_reason is None:
                 stop_reason = result.stop_reason
                 svc.log.info("stop agreed after step %d: %s", step, stop_reason)
             step += 1
     finally:
         rec.progress.close()
+    if link:  # the final parameters: every owner's master shard
+        link.gather_master(model.params)
     if buffered:
         server_sync(transport, model.module, cfg.model.buffers)
     final_report(transport, serving, svc, on_report=metrics)

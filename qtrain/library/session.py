@@ -165,7 +165,7 @@ class Session:
         self._config_text = dump_yaml(resolved_config(setup.cfg, setup))
         try:
             svc.open_log(out_dir, world)
-            if self.is_server:
+            if topology.is_lead:
                 write_config(out_dir, self._config_text)
         except BaseException as exc:  # noqa: BLE001
             _fail_rank(comm, svc, exc)
@@ -174,9 +174,11 @@ class Session:
         return self
 
     # ------------------------------------------------------------------ the serving rank
-    def serve(self, model: torch.nn.Module | None = None, evaluate=None, evaluate_train=None) -> dict:
+    def serve(self, model: torch.nn.Module | None = None, evaluate=None, evaluate_train=None) -> dict | None:
         """Serve until every worker's loop has ended; write the trace, the checkpoints and
-        ``summary.json``; return the summary. Only on the serving rank.
+        ``summary.json``; return the summary. Only on a serving rank. With ``runtime.servers`` = K
+        every serving rank calls it and serves its shard; the lead (rank 0) writes the run's files
+        and returns the summary, the others return None.
 
         ``model``: this rank's own instance of the workers' architecture (names and shapes are
         checked against theirs; every worker then starts from its initial state, as DDP starts
@@ -210,6 +212,13 @@ class Session:
         flat = self._agreed(lambda: share_model(self._topology, None, self.device, server_module=model))
         plan = self._plan(flat)
         resume = self._resume_point(plan)
+        if not self._topology.is_lead:  # another owner of runtime.servers: the lead reports the run
+            from qtrain.runtime.shard_serving import serve_shard
+
+            serve_shard(plan, flat, self._transport(plan), self._svc, resume)
+            self._finished = True
+            self._svc.watchdog.stop()
+            return None
         builtin = self._builtin_model is not None
         title = "qtrain train" if builtin else "qtrain library run"
         self._world.announce(plan, self._svc.echo, resume, title=title, config_workers=builtin)
@@ -385,7 +394,9 @@ class Session:
 
         s, rt = self._setup, self.config.runtime
         buckets = (s.uplink.codec.bucket, s.downlink.codec.bucket)
-        partition = Partition.build(flat.numel, buckets, rt.segments, rt.segment_bytes)
+        partition = Partition.build(
+            flat.numel, buckets, rt.segments, rt.segment_bytes, len(self._topology.servers)
+        )
         return RunPlan(s, self._topology, partition, flat.layout, self._config_text)
 
     def _resume_point(self, plan):

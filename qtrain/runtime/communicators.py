@@ -6,6 +6,8 @@
   communicator owner 1's first broadcast could not complete before owner 0's last was posted.
 - **control**: the lead (``servers[0]``) and every worker: the pickled reports between steps
   (checkpoint snapshots, buffers, the final report), which the other serving ranks take no part in.
+- **servers**: the serving ranks alone: what the other owners report to the lead after each step
+  (``runtime/shard_serving.py``) and their shards at evaluations, checkpoints and the end.
 
 With one serving rank every one of them is the world communicator itself, so a K = 1 run makes
 the MPI calls it made before serving ranks became several. ``MPI_Comm_split`` is collective over
@@ -32,6 +34,7 @@ class Group:
 class Communicators:
     down: tuple[Group, ...]  # per owner (index into Topology.servers)
     control: Group
+    servers: Group | None = None  # the serving ranks (None with one)
 
 
 def split(topology) -> Communicators:
@@ -42,7 +45,8 @@ def split(topology) -> Communicators:
         everyone = Group(world, tuple(range(size)))
         return Communicators((everyone,), everyone)
     down = tuple(_group(world, rank, (server, *workers)) for server in topology.servers)
-    return Communicators(down, _group(world, rank, (topology.server, *workers)))
+    control = _group(world, rank, (topology.server, *workers))
+    return Communicators(down, control, _group(world, rank, topology.servers))
 
 
 def _group(world, rank: int, members: tuple[int, ...]) -> Group:

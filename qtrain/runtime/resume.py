@@ -137,7 +137,7 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
 
     comm, server = topology.comm, topology.server
     loaded = error = None
-    if topology.is_server:
+    if topology.is_lead:
         try:
             loaded = load_for_resume(
                 request.resume,
@@ -157,12 +157,15 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
         raise Refused(error)
     reset = request.reset_worker_state
     parts = common = None
-    if topology.is_server:
+    if topology.is_lead:
         tree, path = loaded
         same = len(tree["workers"]) == topology.num_workers and not reset
         parts = [None] * topology.world_size
-        for r in topology.workers:
-            parts[r] = to_numpy(tree["workers"][str(r)]) if same else None
+        saved = sorted(tree["workers"], key=int)  # worker i's state whatever ranks served then
+        for i, r in enumerate(topology.workers):
+            parts[r] = to_numpy(tree["workers"][saved[i]]) if same else None
+        for owner, r in enumerate(topology.servers[1:], start=1):  # the other serving ranks' shards
+            parts[r] = to_numpy(shard_of(tree, plan.partition.shard(owner)))
         saved_lr = float(from_yaml_text(tree["config"]).algorithm.lr)
         common = to_numpy(
             {
@@ -174,6 +177,8 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
         )
     mine = comm.scatter(parts, root=server)
     common = comm.bcast(common, root=server)
+    if topology.is_server and not topology.is_lead:
+        return ResumePoint(common["step"], None, tree=to_torch(mine), worker_state_reset=reset)
     if topology.is_server:
         changes = resume_changes(tree["config"], plan.config_text)
         for key, (then, now) in changes.items():
@@ -192,3 +197,16 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
         buffers=c["buffers"],
         saved_lr=float(c["saved_lr"]),
     )
+
+
+def shard_of(tree: dict, shard: slice) -> dict:
+    """What a serving rank other than the lead resumes from: its shard of the master copy, the
+    replica and the server's state (engine/shards.cut_state), and the run's statistics."""
+    from qtrain.engine.shards import cut_state
+
+    server = {k: v for k, v in tree["server"].items() if k != "rng"}
+    return {
+        "params": tree["params"][shard],
+        "replica_params": tree["replica_params"][shard],
+        "server": cut_state(server, shard),
+    }

@@ -13,10 +13,12 @@ from qtrain.engine.buffers import has_buffers, load_buffers
 from qtrain.engine.checkpointer import Checkpointer
 from qtrain.engine.recorder import Recorder
 from qtrain.engine.records import FLAG_STOP
+from qtrain.engine.shards import cut_state
 from qtrain.engine.snapshots import rng_restore, to_torch
 from qtrain.engine.step import ServerStep
 from qtrain.io.net_counters import NetCounters
 from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
+from qtrain.runtime.shard_serving import ServersLink
 from qtrain.runtime.timeline import TimelineRecorder
 
 
@@ -32,12 +34,17 @@ class Serving:
     timeline: TimelineRecorder
     checkpointer: Checkpointer
     start: int
+    link: ServersLink | None = None  # the other serving ranks (runtime.servers > 1), or None
 
 
 def start_serving(plan, model, transport, svc, world, out_dir, resume) -> Serving:
-    """The serving rank's side of a run, ``qtrain train``'s and the library's alike."""
+    """The (lead) serving rank's side of a run, ``qtrain train``'s and the library's alike. With
+    several serving ranks its engine serves its own shard, a view of ``model.params`` (the other
+    shards arrive when the lead evaluates, checkpoints or ends: ``runtime/shard_serving.py``)."""
     topo, part, cfg = plan.topology, plan.partition, plan.cfg
-    server = plan.server_engine(model.params)
+    several = len(topo.servers) > 1
+    master = model.params[part.shard(0)] if several else model.params
+    server = plan.server_engine(master, owner=0 if several else None)
     start = resume.step if resume is not None else 0
     rec = Recorder(
         plan.setup,
@@ -58,6 +65,7 @@ def start_serving(plan, model, transport, svc, world, out_dir, resume) -> Servin
         rec,
         decide_stop=lambda records: agreed_stop(svc.stop, records, topo),
         names=[f"rank {r}" for r in topo.workers],
+        segments=transport.mine,
     )
     restore_or_send_initial(plan, server, model, rec, svc, resume, server_step)
     svc.watchdog.enter("clock sync")
@@ -65,7 +73,8 @@ def start_serving(plan, model, transport, svc, world, out_dir, resume) -> Servin
     timeline = TimelineRecorder(rec.trace, part, topo, offsets, cfg.trace.timeline_every)
     server_step.timeline = timeline  # known once the clocks are synchronised, after start-up
     checkpointer = Checkpointer(out_dir, plan, world.mpi_library, world.hosts, svc.log, start)
-    return Serving(server, rec, server_step, timeline, checkpointer, start)
+    link = ServersLink(transport.comms.servers, topo, part) if several else None
+    return Serving(server, rec, server_step, timeline, checkpointer, start, link)
 
 
 def final_report(transport, serving: Serving, svc, on_report=None) -> None:
@@ -118,9 +127,9 @@ def restore_or_send_initial(plan, server, model, rec, svc, resume, server_step) 
                 f"qtrain: warning: {resume.path} holds no model buffers (written before model.buffers): "
                 "they start from the model's initial values and are combined at the next evaluation"
             )
-        server.master.copy_(t["params"])
-        server.replica.copy_(t["replica_params"])
-        server.load_state_dict(t["server"])
+        model.params.copy_(t["params"])  # the lead's engine serves a view of it (its shard)
+        server.replica.copy_(t["replica_params"][server.shard])
+        server.load_state_dict(cut_state(t["server"], server.shard))
         rng_restore(t["server"]["rng"])
         rec.load_state_dict(t["stats"])
         svc.log.info("resumed at step %d from %s", resume.step, resume.path)

@@ -43,8 +43,9 @@ class WorldInfo:
         n = part.numel
         fp32 = part.wire_bytes(get_codec("none"))
         steps = f"{s.steps} steps" if s.steps else "steps decided by the workers' loop"
+        servers = _count(len(topo.servers), "server")
         echo(
-            f"{title}: {s.algorithm.name}, {len(topo.servers)} server + {topo.num_workers} workers, "
+            f"{title}: {s.algorithm.name}, {servers} + {topo.num_workers} workers, "
             f"{steps}, {n} parameters in {part.describe()}"
         )
         echo(f"  {describe_estimate(s, part, topo.num_workers)}")
@@ -119,7 +120,9 @@ def agree_on_builtin(comm, config: str, overrides: list[str], svc, arguments: st
         module = build_module(setup)
         numel = sum(p.numel() for p in module.parameters() if p.requires_grad)
         buckets = (setup.uplink.codec.bucket, setup.downlink.codec.bucket)
-        partition = Partition.build(numel, buckets, cfg.runtime.segments, cfg.runtime.segment_bytes)
+        partition = Partition.build(
+            numel, buckets, cfg.runtime.segments, cfg.runtime.segment_bytes, len(topology.servers)
+        )
         require_rank_fits(setup, partition, topology.num_workers, topology.is_server, topology.rank)
         return setup, module
 
@@ -155,16 +158,13 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
     if size < 2:
         raise Refused(_world_too_small_message(usage))
     local = local_rank(comm)  # collective: every rank calls it
-    topology = Topology.parameter_server(size, rank, comm)
+    topology = Topology.parameter_server(size, rank, comm)  # until the config says how many serve
     error = fingerprint = plan = model = cuda = signature = None
     device = "?"
     try:
         cfg = load_config(config, overrides)
-        if cfg.runtime.servers > 1:  # issue 23: the transport and the MPI loops serve one shard so far
-            raise ValueError(
-                f"runtime.servers = {cfg.runtime.servers}: several serving ranks run in `qtrain simulate "
-                f"--servers {cfg.runtime.servers}` so far; under MPI one rank serves (runtime.servers=1)"
-            )
+        # ranks 0..K-1 serve (runtime.servers); every rank has the same config or is refused below
+        topology = Topology.parameter_server(size, rank, comm, servers=cfg.runtime.servers)
         svc.watchdog.set_timeout(cfg.runtime.timeout_s, "set-up: data and model")
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
@@ -219,6 +219,10 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
         + ("oversubscribed, waits sleep between tests" if crowded else "waits yield for 2 ms, then sleep")
     )
     return topology, plan, model, world
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _config_text(plan_or_setup) -> str:
