@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -84,3 +85,52 @@ def test_a_run_with_two_serving_ranks_resumes_with_one(tmp_path):
     )
     assert resumed["params_sha256"] == whole["params_sha256"]
     assert "resume changes runtime.servers: 2 -> 1" in p.stdout
+
+
+@pytest.mark.parametrize("kind", ["raise", "hang"])
+def test_a_failing_second_serving_rank_ends_the_job_naming_it(tmp_path, kind):
+    """Rank 1 serves the tail segments: raising, it is named; hanging, the workers' deadline names
+    its broadcast (segment 0 is the tail's)."""
+    start = time.monotonic()
+    p = mpi_train(
+        4,
+        "configs/default.yaml",
+        tmp_path,
+        "runtime.servers=2",
+        "runtime.timeout_s=5",
+        env={"QTRAIN_INJECT_FAULT": f"1:3:{kind}"},
+        timeout=120,
+    )
+    assert time.monotonic() - start < 60 and p.returncode != 0
+    if kind == "raise":
+        assert "qtrain: rank 1 failed: InjectedFault: injected fault on rank 1 at step 3" in p.stderr
+    else:
+        assert re.search(
+            r"Stalled: no progress for 5 s in phase 'downlink broadcast' "
+            r"\(step 3, segment 0\) from rank\(s\) 1",
+            p.stderr,
+        ), p.stderr
+
+
+def test_a_library_script_with_batchnorm_serves_on_two_ranks_as_on_one(tmp_path):
+    """examples/bn_cnn.py (the user's loop, BatchNorm buffers, schedule, clipping) under `qtrain
+    run`: with two serving ranks both call serve(), and the run ends where one server's does."""
+    from test_library_mpi import ROOT, qtrain_run
+
+    shas = []
+    for k in (1, 2):
+        out = tmp_path / f"k{k}"
+        p = qtrain_run(
+            ROOT / "examples" / "bn_cnn.py",
+            "-c",
+            "examples/configs/digits.yaml",
+            "--out",
+            str(out),
+            "--set",
+            f"runtime.servers={k}",
+            args=["--epochs", "1"],
+            np_=2 + k,
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        shas.append(summary(out)["params_sha256"])
+    assert shas[0] == shas[1]

@@ -159,14 +159,19 @@ def test_sigkill_or_sigstop_of_a_worker_ends_the_job_in_bounded_time(tmp_path, s
     assert "signal 9" in output or "rank(s) 2" in output, output[-2000:]
 
 
-def test_sigterm_on_one_worker_stops_all_ranks_at_a_step_boundary(tmp_path):
-    cmd = train_command(3, "configs/default.yaml", tmp_path, "train.steps=1000000", "train.log_every=1")
+@pytest.mark.parametrize("servers", [1, 2])
+def test_sigterm_on_one_worker_stops_all_ranks_at_a_step_boundary(tmp_path, servers):
+    """The first worker (rank ``servers``) is signalled; with two serving ranks the lead agrees
+    the stop and the checkpoint joins both shards."""
+    w = servers
+    sets = ["train.steps=1000000", "train.log_every=1", f"runtime.servers={servers}"]
+    cmd = train_command(2 + servers, "configs/default.yaml", tmp_path, *sets)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid, deadline = None, time.monotonic() + 90
     while pid is None and time.monotonic() < deadline:
         line = proc.stdout.readline()
         assert line, proc.stderr.read()
-        m = re.search(r"1: cpu on \S+ pid (\d+)", line)
+        m = re.search(rf"{w}: cpu on \S+ pid (\d+)", line)
         pid = int(m.group(1)) if m else None
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -177,9 +182,9 @@ def test_sigterm_on_one_worker_stops_all_ranks_at_a_step_boundary(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     s = summary(tmp_path)
-    assert s["stopped_early"] and s["stop_reason"] == "stop requested by rank(s) 1"
+    assert s["stopped_early"] and s["stop_reason"] == f"stop requested by rank(s) {w}"
     assert 3 <= s["steps"] < 1000000
-    assert "SIGTERM on rank 1" in (tmp_path / "logs" / "rank-1.log").read_text()
+    assert f"SIGTERM on rank {w}" in (tmp_path / "logs" / f"rank-{w}.log").read_text()
     assert (tmp_path / "checkpoints" / f"step-{s['steps']:07d}.h5").exists(), (
         "the agreed stop writes a checkpoint"
     )

@@ -49,8 +49,9 @@ def run(
     if sess.is_server:
         from qtrain.cli.report import print_summary
 
-        summary = sess.serve()
-        print_summary(summary, str(sess.out_dir))
+        summary = sess.serve()  # None on serving ranks other than the lead (runtime.servers > 1)
+        if summary is not None:
+            print_summary(summary, str(sess.out_dir))
         return
     _run_script(sess, path, list(args or []))
     sess.close()

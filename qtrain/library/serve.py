@@ -78,6 +78,8 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
                     whole = link.gather_state(server, model.params) if link else server
                     serving.checkpointer.write(step - 1, whole, snaps, rec, whole.replica, buffers)
                 continue
+            if link:
+                rec.enter(f"step {step}: the other serving ranks' reports (ranks {list(topo.servers[1:])})")
             parts = link.collect() if link else []  # the other owners' part of the step
             evaluating = evaluates and rec.eval_due(result.stop_reason is not None)
             if link:

@@ -188,6 +188,7 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
     model, whose shard the engine serves (restored from ``resume``, a cut the lead scattered)."""
     from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
     from qtrain.engine.step import ServerStep
+    from qtrain.runtime.faults import maybe_fail
 
     topo, part = plan.topology, plan.partition
     shard = part.shard(topo.owner)
@@ -196,6 +197,7 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
     step_driver = ServerStep(
         engine, transport, part, rec, names=[f"rank {r}" for r in topo.workers], segments=transport.mine
     )
+    step_driver.before_step = lambda step: maybe_fail(svc.fault, topo.rank, step)
     start = 0
     if resume is not None:
         t = resume.tree
