@@ -134,6 +134,7 @@ def test_preemption_checkpoints_requeues_resumes_and_matches(cluster, tmp_path):
     [
         ["--nodes", "1", "--workers", "2"],
         ["--nodes", "1", "--workers", "5", "--time", "0-00:30:00", "--partition", "debug"],
+        ["--nodes", "1", "--workers", "2", "--servers", "2"],
     ],
 )
 def test_rendered_scripts_pass_sbatch_test_only(cluster, tmp_path, shape):
@@ -238,3 +239,21 @@ def test_render_takes_a_real_clusters_options_and_asks_for_the_gpus_it_uses(tmp_
     ):
         bad = render(*args)
         assert bad.exit_code == 2 and why in bad.output, bad.output
+
+
+def test_several_serving_ranks_are_placed_one_per_node():
+    """--servers K deals the tasks round-robin (cyclic), so ranks 0..K-1 land on K nodes, and the
+    script passes runtime.servers=K; fewer nodes than servers is said in the script."""
+    from qtrain.cli.slurm import JobShape, render_script
+
+    shape = JobShape(3, 6, gpus=True, servers=2)
+    assert shape.tasks == 8 and shape.servers_per_node() == [1, 1, 0]
+    assert shape.workers_per_node() == [2, 2, 2]  # tasks 0,3,6 / 1,4,7 / 2,5
+    text = render_script(shape, "c.yaml", Path("/h"), "#!/bin/bash\necho run\n")
+    assert "#SBATCH --distribution=cyclic" in text and "one per node" in text
+    assert "#SBATCH --gres=gpu:2" in text
+    assert 'set -- c.yaml --set runtime.servers=2 "$@"' in text
+    crowded = render_script(JobShape(1, 2, servers=2), "c.yaml", Path("/h"), "#!/bin/bash\n")
+    assert "2 on a node: fewer nodes (1) than serving ranks" in crowded
+    one = render_script(JobShape(2, 3), "c.yaml", Path("/h"), "#!/bin/bash\n")
+    assert "distribution" not in one and 'set -- c.yaml "$@"' in one and "1 server + 3 workers" in one

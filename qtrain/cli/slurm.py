@@ -5,7 +5,15 @@ the same ``--ntasks-per-node`` everywhere, so the serving rank (task 0) shares n
 first workers. It takes no GPU: ``--gres=gpu:G`` counts workers only, G = the most workers any
 node holds (each worker uses one GPU, ``cuda:(node-local rank % G)``), so on node 0 one of the
 requested GPUs stays free when the node is full of workers elsewhere. ``--gpus-per-node`` checks
-that a shape fits the cluster's nodes and says how many nodes it needs when it does not."""
+that a shape fits the cluster's nodes and says how many nodes it needs when it does not.
+
+With ``--servers K`` (``runtime.servers``, ranks 0..K-1 serve) the tasks are dealt round-robin
+over the nodes instead (``--distribution=cyclic``: task r on node r mod nodes), so the serving
+ranks sit one per node beside that node's workers (BytePS's co-location: each server's link is
+its node's, shared with the workers there); K above the node count puts two on a node, and the
+script says so. The script passes ``--set runtime.servers=K`` to qtrain. Placing the serving
+ranks on nodes of their own would need a heterogeneous job, which this does not render. The
+``mpirun`` launcher of the template maps ranks itself and ignores the distribution."""
 
 from __future__ import annotations
 
@@ -43,8 +51,21 @@ class JobShape:
     def per_node(self) -> int:
         return -(-self.tasks // self.nodes)  # tasks are packed in rank order: the server first
 
+    @property
+    def cyclic(self) -> bool:
+        """Several serving ranks: tasks dealt round-robin, one serving rank per node."""
+        return self.servers > 1
+
+    def servers_per_node(self) -> list[int]:
+        if self.cyclic:
+            return [len(range(node, self.servers, self.nodes)) for node in range(self.nodes)]
+        return [self.servers] + [0] * (self.nodes - 1)
+
     def workers_per_node(self) -> list[int]:
-        """Workers on each node, in node order (node 0 holds the serving rank too)."""
+        """Workers on each node, in node order."""
+        if self.cyclic:
+            tasks = [len(range(node, self.tasks, self.nodes)) for node in range(self.nodes)]
+            return [t - k for t, k in zip(tasks, self.servers_per_node(), strict=True)]
         left, out = self.tasks, []
         for node in range(self.nodes):
             here = min(self.per_node, left)
@@ -61,8 +82,10 @@ def render_script(
     the template's own, ``$QTRAIN_HOME/.venv/bin/qtrain``)."""
     header = [
         "#!/usr/bin/env bash",
-        f"# Rendered by `qtrain slurm render {config} --nodes {shape.nodes} --workers {shape.workers}`: "
-        f"{shape.servers} server + {shape.workers} workers on {shape.nodes} node(s). Submit with: "
+        f"# Rendered by `qtrain slurm render {config} --nodes {shape.nodes} --workers {shape.workers}"
+        f"{f' --servers {shape.servers}' if shape.servers > 1 else ''}`: "
+        f"{shape.servers} server{'s' if shape.servers > 1 else ''} + {shape.workers} workers on "
+        f"{shape.nodes} node(s). Submit with: "
         "sbatch THIS_FILE [--set key=value ...]",
         "#SBATCH --job-name=qtrain",
         f"#SBATCH --nodes={shape.nodes}",
@@ -75,13 +98,23 @@ def render_script(
         "#SBATCH --open-mode=append",
         "#SBATCH --output=slurm-%x-%j.out",
     ]
+    if shape.cyclic:
+        header.append("#SBATCH --distribution=cyclic")
+        per_node = shape.servers_per_node()
+        where = (
+            "one per node"
+            if max(per_node) == 1
+            else f"{max(per_node)} on a node: fewer nodes ({shape.nodes}) than serving ranks"
+        )
+        header.append(
+            f"# Serving ranks 0..{shape.servers - 1}, {where}, beside the workers (cyclic distribution: "
+            f"task r on node r mod {shape.nodes}); serving ranks per node {per_node}"
+        )
     for option, value in shape.sbatch.items():
         header.append(f"#SBATCH --{option}" + ("" if value is None else f"={value}"))
     if shape.gpus:
         per_node = shape.workers_per_node()
-        header.append(
-            f"# GPUs: one per worker; workers per node {per_node}; the server (task 0, node 0) takes none"
-        )
+        header.append(f"# GPUs: one per worker; workers per node {per_node}; the serving ranks take none")
         header.append(f"#SBATCH --gres=gpu:{max(per_node)}")
     body = [line for line in template.splitlines()[1:] if not line.startswith("#SBATCH")]
     preset = [f"export QTRAIN_HOME=${{QTRAIN_HOME:-{shlex.quote(str(home))}}}"]
@@ -89,7 +122,8 @@ def render_script(
         preset.append(f"export QTRAIN=${{QTRAIN:-{shlex.quote(str(qtrain_bin))}}}")
     if shape.setup:
         preset += ["# --setup: run before qtrain, in the batch shell (srun's tasks inherit it)", shape.setup]
-    preset.append(f'set -- {shlex.quote(config)} "$@"')
+    servers = f" --set runtime.servers={shape.servers}" if shape.servers > 1 else ""
+    preset.append(f'set -- {shlex.quote(config)}{servers} "$@"')
     return "\n".join(header + preset + body) + "\n"
 
 
@@ -97,7 +131,10 @@ def render_script(
 def render(
     config: str = typer.Argument(..., help="The config the job trains (a path, or a shipped config's name)."),
     nodes: int = typer.Option(1, "--nodes", help="Nodes."),
-    workers: int = typer.Option(..., "--workers", help="Worker tasks (the job has workers + 1 tasks)."),
+    workers: int = typer.Option(..., "--workers", help="Worker tasks (the job has workers + servers tasks)."),
+    servers: int = typer.Option(
+        1, "--servers", help="Serving ranks (runtime.servers): K > 1 places them one per node, cyclic."
+    ),
     gpus_per_worker: int = typer.Option(
         0, "--gpus-per-worker", help="0: CPU workers; 1: one GPU per worker (each worker uses one)."
     ),
@@ -122,14 +159,14 @@ def render(
     from qtrain.cli.errors import fail
     from qtrain.shipped import resolve_config
 
-    if workers < 1 or nodes < 1:
-        fail("--workers and --nodes must be at least 1")
+    if workers < 1 or nodes < 1 or servers < 1:
+        fail("--workers, --servers and --nodes must be at least 1")
     if gpus_per_worker not in (0, 1):
         fail(
             f"--gpus-per-worker {gpus_per_worker}: each worker computes on one GPU (0: CPU workers, 1: GPU "
             "workers); to use more GPUs, run more workers"
         )
-    shape = JobShape(nodes, workers, gpus_per_worker == 1, time)
+    shape = JobShape(nodes, workers, gpus_per_worker == 1, time, servers=servers)
     if nodes > shape.tasks:
         fail(f"{nodes} nodes for {shape.tasks} tasks: some nodes would be empty")
     if not TIME.match(time):
