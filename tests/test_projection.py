@@ -121,3 +121,51 @@ def test_the_models_record_sizes_are_the_transports():
     from qtrain.engine.records import DOWNLINK_RECORD, UPLINK_RECORD
 
     assert (UPLINK_RECORD_BYTES, DOWNLINK_RECORD_BYTES) == (UPLINK_RECORD.itemsize, DOWNLINK_RECORD.itemsize)
+
+
+def test_k_servers_divide_the_servers_parts_but_not_a_workers_link():
+    one = MODEL.predict(8e8, workers=64)["parts"]
+    four = MODEL.predict(8e8, workers=64, servers=4)["parts"]
+    assert four["server_decode_s"] == pytest.approx(one["server_decode_s"] / 4)
+    assert four["server_encode_s"] == pytest.approx(one["server_encode_s"] / 4)
+    assert four["uplink_s"] == pytest.approx(one["uplink_s"] / 4)  # 64 / 4 > 1 uplinks per link
+    assert four["downlink_s"] == pytest.approx(7 / 4 * 2e6 / 1e8)  # h(64) = 7 copies over 4 links
+    eight = MODEL.predict(8e8, workers=64, servers=8)["parts"]
+    assert eight["downlink_s"] == pytest.approx(2e6 / 1e8)  # 7 / 8 < 1: a worker's own link bounds
+    wide = MODEL.predict(8e8, workers=2, servers=8)["parts"]
+    assert wide["uplink_s"] == pytest.approx(1e6 / 1e8)  # each worker still sends a whole model
+    assert parse_project("bandwidth=1gbit,servers=8")["servers"] == 8
+
+
+SUMMED = ("decode_s", "encode_s", "bytes_recv", "bytes_sent", "wire_recv_bytes", "wire_sent_bytes")
+
+
+def test_a_two_server_trace_gives_one_servers_model():
+    steps, attrs = synthetic_trace(wire=True)
+    server = steps[steps["role"] == 0]
+    halves = []
+    for rank in (0, 1):  # the same step split over two serving ranks
+        part = server.copy()
+        part["rank"] = rank
+        for column in (
+            "decode_s",
+            "encode_s",
+            "bytes_recv",
+            "bytes_sent",
+            "wire_recv_bytes",
+            "wire_sent_bytes",
+        ):
+            part[column] = server[column] / 2
+        halves.append(part)
+    split = np.concatenate([steps[steps["role"] == 1], *halves])
+    one = PerfModel.from_trace(steps, attrs, warmup=2)
+    two = PerfModel.from_trace(split, {**attrs, "server_ranks": [0, 1]}, warmup=2)
+    assert two.servers == 2
+    for field in (
+        "server_decode_per_uplink_s",
+        "server_encode_s",
+        "up_bytes",
+        "down_bytes",
+        "measured_step_s",
+    ):
+        assert getattr(two, field) == pytest.approx(getattr(one, field)), field

@@ -17,6 +17,17 @@ server's measured rule + encode time. b_up and b_down are bytes per message on t
 trace's own interface counters when it has them (``qtrain bench network``), else the packed
 messages plus the control records and TCP/IP framing (1514 bytes on the wire per 1448 of payload).
 
+With K serving ranks (``runtime.servers``), each owning 1/K of the vector on a link of its own
+(``qtrain bench network --servers K``), the server's parts divide by K and so do the links' loads,
+but a worker still sends and receives a whole model's messages on its own link:
+
+    T_K = C + E_w + max(N / K, 1) * b_up / B + L + N * d / K + E_s / K
+              + max(h(N) / K, 1) * b_down / B + h(N) * L + D_w
+
+(K = 1 is the model above). A trace taken with K servers has a row per serving rank and step:
+d, E_s and the bytes are summed over them, so the model holds one server's whole-vector numbers.
+This K-server model is not yet validated against emulated runs (issue 23).
+
 The timings come from the machine the trace was taken on: a projection answers "this code, this
 compute, another network", as the ECQ-SGD paper's performance model does (Wu et al., ICML 2018,
 Sec. 5). All times are means over the steps after ``warmup``.
@@ -51,10 +62,11 @@ class PerfModel:
     workers: int  # N of the measured run
     measured_step_s: float  # median step time of the measured run
     bytes_source: str  # "interface counters" or "packed messages + framing"
+    servers: int = 1  # K of the measured run
 
     @classmethod
     def from_trace(cls, steps: np.ndarray, attrs: dict, warmup: int = 5) -> PerfModel:
-        server = np.sort(steps[steps["role"] == 0], order="step")
+        server = _per_step(steps[steps["role"] == 0])
         workers = steps[steps["role"] == 1]
         if len(server) < warmup + 2:
             raise ValueError(
@@ -86,25 +98,34 @@ class PerfModel:
             workers=n,
             measured_step_s=measured,
             bytes_source=source,
+            servers=len(attrs.get("server_ranks", [0])),
         )
 
-    def predict(self, bandwidth_bps: float, workers: int | None = None, latency_s: float = 0.0) -> dict:
-        """The step time and its parts at ``bandwidth_bps`` (bits/s), ``workers``, ``latency_s``."""
-        n = workers or self.workers
+    def predict(
+        self,
+        bandwidth_bps: float,
+        workers: int | None = None,
+        latency_s: float = 0.0,
+        servers: int | None = None,
+    ) -> dict:
+        """The step time and its parts at ``bandwidth_bps`` (bits/s), ``workers``, ``latency_s``
+        and ``servers`` serving ranks, each on its own link (default: the measured run's)."""
+        n, k = workers or self.workers, servers or self.servers
         bytes_per_s = bandwidth_bps / 8
         depth = tree_depth(n)
         parts = {
             "worker_compute_s": self.compute_s,
             "worker_encode_s": self.worker_encode_s,
-            "uplink_s": n * self.up_bytes / bytes_per_s + latency_s,
-            "server_decode_s": n * self.server_decode_per_uplink_s,
-            "server_encode_s": self.server_encode_s,
-            "downlink_s": depth * (self.down_bytes / bytes_per_s + latency_s),
+            "uplink_s": max(n / k, 1) * self.up_bytes / bytes_per_s + latency_s,
+            "server_decode_s": n * self.server_decode_per_uplink_s / k,
+            "server_encode_s": self.server_encode_s / k,
+            "downlink_s": max(depth / k, 1) * self.down_bytes / bytes_per_s + depth * latency_s,
             "worker_decode_s": self.worker_decode_s,
         }
         return {
             "bandwidth_bps": bandwidth_bps,
             "workers": n,
+            "servers": k,
             "latency_s": latency_s,
             "step_s": sum(parts.values()),
             "parts": parts,
@@ -124,11 +145,14 @@ def parse_project(text: str) -> dict:
             out["bandwidth_bps"] = parse_rate(value)
         elif key == "workers" and re.fullmatch(r"[1-9][0-9]*", value):
             out["workers"] = int(value)
+        elif key == "servers" and re.fullmatch(r"[1-9][0-9]*", value):
+            out["servers"] = int(value)
         elif key == "latency":
             out["latency_s"] = parse_latency(value)
         else:
             raise ValueError(
-                f"--project: unknown or bad item {item!r} (bandwidth=RATE, workers=N, latency=TIME)"
+                f"--project: unknown or bad item {item!r} (bandwidth=RATE, workers=N, servers=K, "
+                "latency=TIME)"
             )
     if "bandwidth_bps" not in out:
         raise ValueError(f"--project {text!r}: bandwidth= is required (e.g. bandwidth=10gbit)")
@@ -141,8 +165,22 @@ def format_projection(projection: dict) -> str:
         f"projection (measured: {m['workers']} workers, {m['measured_step_s']:.4f} s/step; bytes from "
         f"{m['bytes_source']}: {m['up_bytes'] / 1e6:.3f} MB up per worker, {m['down_bytes'] / 1e6:.3f} MB "
         "per downlink copy)",
-        f"  at {p['bandwidth_bps'] / 1e9:g} Gbit/s, {p['workers']} workers, {p['latency_s'] * 1e6:g} us: "
+        f"  at {p['bandwidth_bps'] / 1e9:g} Gbit/s, {p['workers']} workers, {p['servers']} server(s), "
+        f"{p['latency_s'] * 1e6:g} us: "
         f"{p['step_s']:.4f} s/step",
     ]
     lines += [f"    {k:<18}{v:.4f} s" for k, v in p["parts"].items()]
     return "\n".join(lines)
+
+
+def _per_step(rows: np.ndarray) -> np.ndarray:
+    """One server row per step: with several serving ranks, their times and bytes summed (each
+    served its shard), the wall clock the lead's (the lowest rank's)."""
+    rows = np.sort(rows, order=["step", "rank"])
+    _, first = np.unique(rows["step"], return_index=True)
+    out = rows[first].copy()
+    if len(first) == len(rows):
+        return out
+    for column in ("decode_s", "encode_s", "bytes_recv", "bytes_sent", "wire_recv_bytes", "wire_sent_bytes"):
+        out[column] = np.add.reduceat(rows[column], first)
+    return out
