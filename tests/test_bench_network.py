@@ -109,6 +109,36 @@ def test_a_small_comparison_end_to_end(root, tmp_path):  # noqa: F811
 
 @pytest.mark.netns
 @pytest.mark.mpi
+def test_two_serving_ranks_each_count_their_own_link(root, tmp_path):  # noqa: F811
+    from qtrain.io.trace import read_trace
+
+    out = tmp_path / "bench"
+    p, _ = run_bench(small_comparison(out, 6, "", "--warmup", "2", "--servers", "2"), timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "2 workers, 2 qtrain server(s)" in p.stdout
+    res = json.loads((out / "results.json").read_text())
+    (qt,) = res["runs"]
+    assert res["servers"] == qt["servers"] == 2
+    steps, _, _ = read_trace(out / "runs" / "efficient-adam" / "trace.h5")
+    late = steps[(steps["role"] == 0) & (steps["step"] > 2)]
+    for rank in (0, 1):  # each serving rank's row counts the bytes of its own link
+        mine = late[late["rank"] == rank]
+        assert len(mine) == 4 and (mine["wire_recv_bytes"] > 0).all() and (mine["wire_sent_bytes"] > 0).all()
+    summed, busiest = qt["wire_bytes_per_step"], qt["wire_bytes_busiest_link"]
+    for way in ("up", "down"):
+        assert summed[way] / 2 <= busiest[way] < summed[way]
+    assert summed["up"] >= qt["packed_bytes_per_step"]["up"]
+    assert qt["link_s"] == pytest.approx(8 * max(busiest.values()) / 200e6)
+    refused = subprocess.run(
+        small_comparison(out, 8, "", "--set", "runtime.servers=2"), capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "qtrain: error: --set runtime.servers: use --servers, which also gives each serving rank its link"
+    ]
+
+
+@pytest.mark.netns
+@pytest.mark.mpi
 def test_a_failing_run_is_one_line_and_the_network_is_torn_down(root, tmp_path):  # noqa: F811
     p, mine = run_bench(
         small_comparison(tmp_path / "b", steps=8),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -98,8 +99,10 @@ def main(argv: list[str]) -> int:
     if a.rank == 0:
         result = {"hook": a.hook, "world": a.world, "step_end_s": step_end, "evals": evals}
         result["wire_bytes"] = {"rx": wire[0], "tx": wire[1], "after_step": warmup}
-        with open(a.out, "w") as f:
+        partial = f"{a.out}.partial"  # renamed when whole: the bench reads a complete file or none
+        with open(partial, "w") as f:
             json.dump(result, f)
+        os.replace(partial, a.out)
     dist.destroy_process_group()
     return 0
 

@@ -2,14 +2,16 @@
 
 Every run uses the same EmulatedNetwork (one namespace and shaped link per rank, see
 :mod:`qtrain.bench.netem`), the same model, data, batch and step count. qtrain runs are
-``mpiexec`` jobs of 1 server + W workers over TCP; DDP peers are W gloo ranks (no server) with the
-first config's model, data and learning rate and ``torch.optim.Adam``.
+``mpiexec`` jobs of K servers (``runtime.servers``, ranks 0..K-1, each on its own link) + W
+workers over TCP; DDP peers are W gloo ranks (no server) with the first config's model, data and
+learning rate and ``torch.optim.Adam``.
 
-Per run: seconds per step (the serving rank's step ends, median after ``warmup`` steps, with min
-and max), bytes per step each way as the server's link counted them (qtrain: received = uplinks,
-sent = downlinks, headers included; DDP: rank 0's link, whose traffic is symmetric in a ring),
-qtrain's time per phase (from its trace), the final test accuracy, and the wall time to reach
-``target_accuracy``.
+Per run: seconds per step (the lead serving rank's step ends, median after ``warmup`` steps, with
+min and max), bytes per step each way as the serving ranks' links counted them, summed over them
+and on the busiest one (qtrain: received = uplinks, sent = downlinks, headers included; DDP: rank
+0's link, whose traffic is symmetric in a ring), qtrain's time per phase (from its trace; server
+phases are the busiest serving rank's per step), the final test accuracy, and the wall time to
+reach ``target_accuracy``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ class BenchPlan:
     overrides: list[str] = field(default_factory=list)
     eval_every: int = 10
     timeout_s: float = 900.0
+    servers: int = 1  # qtrain's serving ranks (runtime.servers), each on its own link
+
+    @property
+    def ranks(self) -> int:
+        """The emulated network's ranks: qtrain's servers and workers (DDP uses the first W)."""
+        return self.servers + self.workers
 
 
 def peer_hook(name: str) -> str:
@@ -84,13 +92,14 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
         f"train.eval_every={plan.eval_every}",
         "train.progress=lines",
         "trace.timeline_every=1",
+        f"runtime.servers={plan.servers}",
         *plan.overrides,
     ]
     argv = [*QTRAIN, "train", config, "--out", str(run_dir), "--overwrite"]  # this benchmark's own runs
     argv += [a for s in sets for a in ("--set", s)]
-    server = Topology.parameter_server(plan.workers + 1).server
-    # the serving rank counts the bytes on its own link
-    cmd = net.mpi_command(mpiexec, argv, {server: {"QTRAIN_WIRE_DEVICE": net.device(server)}})
+    serving = Topology.parameter_server(plan.ranks, servers=plan.servers).servers
+    # every serving rank counts the bytes on its own link
+    cmd = net.mpi_command(mpiexec, argv, {r: {"QTRAIN_WIRE_DEVICE": net.device(r)} for r in serving})
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=plan.timeout_s)
     (run_dir / "bench-output.txt").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
@@ -104,11 +113,19 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
             f"see {run_dir / 'bench-output.txt'}"
         )
     steps, evals, _ = read_trace(run_dir / "trace.h5")
-    server = np.sort(steps[steps["role"] == 0], order="step")
+    by_rank = {r: np.sort(steps[steps["rank"] == r], order="step")[plan.warmup :] for r in serving}
+    server = np.sort(steps[steps["rank"] == serving[0]], order="step")  # the lead's row ends the step
     workers = steps[steps["role"] == 1]
     wall = {int(s): float(w) for s, w in zip(server["step"], server["wall_s"], strict=True)}
-    late = server[plan.warmup :]
-    phases = {f"server_{k}": float(late[k].mean()) for k in ("wait_s", "decode_s", "encode_s", "comm_s")}
+
+    def summed(column: str) -> float:  # per step, over the serving ranks
+        return float(sum(rows[column].astype(np.float64).mean() for rows in by_rank.values()))
+
+    def busiest(column: str) -> float:  # per step, the serving rank with the most of it
+        return float(np.max([rows[column] for rows in by_rank.values()], axis=0).mean())
+
+    # phases: the busiest serving rank's, per step (with one server, that server's)
+    phases = {f"server_{k}": busiest(k) for k in ("wait_s", "decode_s", "encode_s", "comm_s")}
     wlate = workers[workers["step"] > plan.warmup]
     phases.update(
         {f"worker_{k}": float(wlate[k].mean()) for k in ("compute_s", "encode_s", "comm_s", "decode_s")}
@@ -124,15 +141,11 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
         "uplink": summary["uplink"]["codec"],
         "downlink": summary["downlink"]["codec"],
         "numel": summary["numel"],
+        "servers": len(serving),
         "seconds_per_step": step_stats(list(server["wall_s"]), plan.warmup),
-        "wire_bytes_per_step": {
-            "up": float(late["wire_recv_bytes"].mean()),
-            "down": float(late["wire_sent_bytes"].mean()),
-        },
-        "packed_bytes_per_step": {
-            "up": float(late["bytes_recv"].mean()),
-            "down": float(late["bytes_sent"].mean()),
-        },
+        "wire_bytes_per_step": {"up": summed("wire_recv_bytes"), "down": summed("wire_sent_bytes")},
+        "wire_bytes_busiest_link": {"up": busiest("wire_recv_bytes"), "down": busiest("wire_sent_bytes")},
+        "packed_bytes_per_step": {"up": summed("bytes_recv"), "down": summed("bytes_sent")},
         "phases_s": phases,
         "final_test_accuracy": summary.get("final_test_accuracy"),
         "evals": ev,
@@ -145,6 +158,7 @@ def run_peer(net: EmulatedNetwork, plan: BenchPlan, peer: str, out: Path) -> dic
     run_dir = out / "runs" / peer.replace(":", "-")
     run_dir.mkdir(parents=True, exist_ok=True)
     result_file = run_dir / "peer.json"
+    result_file.unlink(missing_ok=True)  # a file from an earlier run must not pass for this one's
     master = f"{net.address(0)}:{MASTER_PORT}"
     procs = []
     try:
@@ -185,8 +199,15 @@ def run_peer(net: EmulatedNetwork, plan: BenchPlan, peer: str, out: Path) -> dic
                 p.kill()
                 p.wait()
             log.close()
-    if any(codes):
+    if any(codes) and not result_file.exists():
         raise RuntimeError(f"DDP peer {peer} failed (exit codes {codes}); see {run_dir}/rank-*.txt")
+    for r, code in enumerate(codes):
+        if code:  # after the final barrier: every step was timed; gloo can abort while closing
+            print(
+                f"qtrain bench network: warning: DDP peer {peer} rank {r} exited {code} after the "
+                f"results were written (see {run_dir}/rank-{r}.txt); its timings are complete",
+                file=sys.stderr,
+            )
     res = json.loads(result_file.read_text())
     wire = res["wire_bytes"]
     measured = max(plan.steps - plan.warmup, 1)
@@ -216,12 +237,13 @@ def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) ->
         "cores": os.cpu_count(),
         "host": describe_host(),
         "workers": plan.workers,
+        "servers": plan.servers,
         "steps": plan.steps,
         "warmup": plan.warmup,
         "target_accuracy": plan.target_accuracy,
         "runs": [],
     }
-    with EmulatedNetwork(plan.workers + 1, plan.link) as net:
+    with EmulatedNetwork(plan.ranks, plan.link) as net:
         measured = net.check_link()
         results["link"]["measured_bps"] = measured
         echo(f"link check: {measured / 1e6:.0f} Mbit/s measured on {plan.link.describe()}")
@@ -245,10 +267,10 @@ def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) ->
 
 
 def with_link_time(run: dict, rate_bps: float | None) -> dict:
-    """Add ``link_s``: the seconds the step's bytes need on the server's link at the shaped rate,
-    the busier direction (each direction is shaped on its own); the communication bound of a step.
-    None on unshaped links."""
-    w = run["wire_bytes_per_step"]
+    """Add ``link_s``: the seconds the step's bytes need on the busiest serving rank's link at the
+    shaped rate, the busier direction (each direction is shaped on its own); the communication
+    bound of a step. None on unshaped links."""
+    w = run.get("wire_bytes_busiest_link", run["wire_bytes_per_step"])
     run["link_s"] = None if rate_bps is None else 8 * max(w["up"], w["down"]) / rate_bps
     return run
 
@@ -259,8 +281,8 @@ def table(results: dict) -> list[str]:
     rate = "unshaped links" if link["rate_bps"] is None else f"{link['rate_bps'] / 1e9:g} Gbit/s"
     lines = [
         f"{rate} ({link.get('measured_bps', 0) / 1e6:.0f} Mbit/s measured), "
-        f"{results['workers']} workers, {results['cores']} cores, {results['steps']} steps "
-        f"(median after {results['warmup']})",
+        f"{results['workers']} workers, {results.get('servers', 1)} qtrain server(s), "
+        f"{results['cores']} cores, {results['steps']} steps (median after {results['warmup']})",
         *([host_line(results["host"])] if "host" in results else []),
         f"{'run':<22}{'s/step':>8}{'min':>8}{'max':>8}{'up MB':>9}{'down MB':>9}{'link s':>8}"
         f"{'accuracy':>10}{'to target s':>12}",

@@ -19,7 +19,10 @@ def network(
         help="Rate of every link, each direction; 'unshaped': no limit (the compute-bound baseline).",
     ),
     latency: str = typer.Option("0", "--latency", help="One-way rank-to-rank latency (needs tc netem)."),
-    workers: int = typer.Option(4, "--workers", help="Workers (qtrain adds one server rank)."),
+    workers: int = typer.Option(4, "--workers", help="Workers (qtrain adds its serving ranks)."),
+    servers: int = typer.Option(
+        1, "--servers", help="qtrain's serving ranks (runtime.servers), each on its own shaped link."
+    ),
     steps: int = typer.Option(30, "--steps", help="Training steps of every run."),
     warmup: int = typer.Option(5, "--warmup", help="Steps left out of the timings."),
     peers: str = typer.Option(
@@ -53,12 +56,15 @@ def network(
             load_config(c, overrides)
     except (NetworkError, ValueError, ConfigError) as exc:
         fail(str(exc))
-    if workers < 1 or eval_every < 1 or steps < warmup + 2:
+    if workers < 1 or servers < 1 or eval_every < 1 or steps < warmup + 2:
         fail(
-            "--workers and --eval-every must be >= 1 and --steps >= --warmup + 2, "
-            f"got {workers}, {eval_every}, {steps}"
+            "--workers, --servers and --eval-every must be >= 1 and --steps >= --warmup + 2, "
+            f"got {workers}, {servers}, {eval_every}, {steps}"
         )
+    if any(s.split("=", 1)[0].strip() == "runtime.servers" for s in overrides):
+        fail("--set runtime.servers: use --servers, which also gives each serving rank its link")
     plan = BenchPlan(configs, link, workers, steps, warmup, peer_list, target_accuracy, overrides, eval_every)
+    plan.servers = servers
     launcher = shlex.split(os.environ.get("QTRAIN_MPIEXEC", "")) or [
         str(Path(sys.executable).parent / "mpiexec")
     ]

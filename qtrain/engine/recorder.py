@@ -101,7 +101,7 @@ class Recorder:
         self._pending = None  # worker rows waiting for their late communication times
         self._up = np.zeros(topology.num_workers, dtype=np.int64)
         self._down = 0
-        self._shards: list = []  # the other serving ranks' (rank, up sizes, down bytes, times) of the step
+        self._shards: list = []  # other serving ranks: (rank, up sizes, down bytes, times, wire)
         self._fp32 = partition.wire_bytes(get_codec("none"))  # one worker's step in fp32, each way
 
     # ------------------------------------------------------------------ a step
@@ -141,17 +141,18 @@ class Recorder:
         self.stats.add_downlink(size, seg.numel)
         self._down += size
 
-    def add_shard(self, rank: int, up: list, down: list, times: dict) -> None:
+    def add_shard(self, rank: int, up: list, down: list, times: dict, wire=(0, 0)) -> None:
         """Another serving rank's part of this step (``runtime.servers`` > 1): its messages count in
         the run's statistics and the workers' rows (``up``: (sizes in worker order, numel) per
-        segment; ``down``: (size, numel)); it gets a trace row of its own with its bytes and times."""
+        segment; ``down``: (size, numel)); it gets a trace row of its own with its bytes, times and
+        its link's counted bytes ``wire`` (received, sent)."""
         sizes = np.zeros(self.topology.num_workers, dtype=np.int64)
         for s, numel in up:
             self.stats.add_uplinks(s, numel)
             sizes += s
         for size, numel in down:
             self.stats.add_downlink(size, numel)
-        self._shards.append((rank, sizes, sum(size for size, _ in down), times))
+        self._shards.append((rank, sizes, sum(size for size, _ in down), times, wire))
 
     def eval_due(self, stopping: bool = False) -> bool:
         return is_eval_step(self.setup.cfg, self.step, self.steps, stopping)
@@ -227,9 +228,9 @@ class Recorder:
         rel, ef = workers.rel_error, workers.ef_norm
         loss = self.stats.last_batch_loss
         own = [(self.topology.server, self._up, self._down, times, wire)]
-        for rank, up, down, shard_times in self._shards:  # every serving rank's own row
+        for rank, up, down, shard_times, shard_wire in self._shards:  # every serving rank's own row
             columns = {column: shard_times.get(name, 0.0) for name, column in SERVER_COLUMNS.items()}
-            own.append((rank, up, down, {**columns, "wall_s": times["wall_s"]}, (0, 0)))
+            own.append((rank, up, down, {**columns, "wall_s": times["wall_s"]}, shard_wire))
         for rank, up, down, row_times, row_wire in own:
             self.trace.add_rows(
                 server_row(self.step, rank, up, down, ranks, row_times, loss, rel, ef, server_stats, row_wire)

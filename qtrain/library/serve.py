@@ -87,7 +87,7 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
                 if evaluating:  # evaluate the whole master copy
                     link.gather_master(model.params)
                 for rank, part in zip(topo.servers[1:], parts, strict=True):
-                    rec.add_shard(rank, part.up, part.down, part.times)
+                    rec.add_shard(rank, part.up, part.down, part.times, part.wire)
             if result.buffers:  # the downlink asked for them: the server evaluates after this step
                 with rec.phase("buffers"):
                     server_sync(transport, model.module, cfg.model.buffers)

@@ -30,6 +30,7 @@ from qtrain.engine.engine_state import SegmentStats
 from qtrain.engine.recorder import WorkerReport
 from qtrain.engine.shards import join_states, join_stats
 from qtrain.engine.snapshots import to_numpy, to_torch
+from qtrain.io.net_counters import NetCounters
 
 WORKER_SUMS = ("encode_s", "err_sq", "ref_sq", "ef_sq")  # per worker, summed over segments
 
@@ -43,14 +44,16 @@ class StepPart:
     times: dict = field(default_factory=dict)  # phase -> seconds
     workers: dict = field(default_factory=dict)  # WORKER_SUMS -> per-worker sums over its segments
     stats: tuple = ({}, False)  # its engine's SegmentStats (parts, has_ef)
+    wire: tuple = (0, 0)  # bytes its own link received and sent (QTRAIN_WIRE_DEVICE), or zeros
 
 
 class ShardRecorder:
     """What the server step needs of a recorder on a serving rank that is not the lead: phase
     times (the watchdog is told each phase) and bytes, gathered into the step's :class:`StepPart`."""
 
-    def __init__(self, watchdog=None):
+    def __init__(self, watchdog=None, counters=None):
         self.watchdog, self.step, self.part = watchdog, 0, StepPart()
+        self.counters = counters  # io.net_counters.NetCounters of this rank's link, or None
 
     def enter(self, what: str) -> None:
         if self.watchdog is not None:
@@ -83,6 +86,8 @@ class ShardRecorder:
         part = self.part
         part.workers = {k: np.sum([r[k] for r in records], axis=0) for k in WORKER_SUMS}
         part.stats = (dict(stats.parts), stats.has_ef)
+        if self.counters is not None:
+            part.wire = self.counters.delta()
         return part
 
 
@@ -193,7 +198,7 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
     topo, part = plan.topology, plan.partition
     shard = part.shard(topo.owner)
     engine = plan.server_engine(model.params[shard], owner=topo.owner)
-    rec = ShardRecorder(svc.watchdog)
+    rec = ShardRecorder(svc.watchdog, NetCounters.from_env())
     step_driver = ServerStep(
         engine, transport, part, rec, names=[f"rank {r}" for r in topo.workers], segments=transport.mine
     )
