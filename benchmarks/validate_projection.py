@@ -1,10 +1,13 @@
-"""Validate ``qtrain analyze --project`` against emulated runs at two bandwidths.
+"""Validate ``qtrain analyze --project`` against emulated runs at two bandwidths, or with two
+numbers of serving ranks.
 
     python benchmarks/validate_projection.py runs/bench-network runs/bench-network-250mbit
+    python benchmarks/validate_projection.py runs/bench-network runs/bench-network-2-servers
 
 For every config the two ``qtrain bench network`` output directories share, the model built from
-one run's trace predicts the other run's step time (same workers, the other bandwidth), and the
-prediction is compared with what that run measured (median step time after the warm-up).
+one run's trace predicts the other run's step time (same workers, the other run's bandwidth and
+serving ranks), and the prediction is compared with what that run measured (median step time
+after the warm-up).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from qtrain.io.trace import read_trace
 
 def main(dirs: list[str]) -> int:
     runs = [json.loads((Path(d) / "results.json").read_text()) for d in dirs]
-    print(f"{'config':<16}{'from':>10}{'to':>10}{'predicted s':>13}{'measured s':>12}{'error':>8}")
+    print(f"{'config':<16}{'from':>14}{'to':>14}{'predicted s':>13}{'measured s':>12}{'error':>8}")
     worst = 0.0
     names = [{r["name"] for r in run["runs"] if r["kind"] == "qtrain"} for run in runs]
     for name in sorted(names[0] & names[1]):
@@ -27,12 +30,13 @@ def main(dirs: list[str]) -> int:
             target = next(r for r in runs[dst]["runs"] if r["name"] == name)
             steps, _, attrs = read_trace(Path(dirs[src]) / "runs" / name / "trace.h5")
             model = PerfModel.from_trace(steps, attrs, runs[src]["warmup"])
-            predicted = model.predict(runs[dst]["link"]["rate_bps"])["step_s"]
+            k = runs[dst].get("servers", 1)
+            predicted = model.predict(runs[dst]["link"]["rate_bps"], servers=k)["step_s"]
             measured = target["seconds_per_step"]["median_s"]
             error = predicted / measured - 1
             worst = max(worst, abs(error))
-            rate = [f"{r['link']['rate_bps'] / 1e6:g}M" for r in (runs[src], runs[dst])]
-            print(f"{name:<16}{rate[0]:>10}{rate[1]:>10}{predicted:>13.3f}{measured:>12.3f}{error:>+8.1%}")
+            at = [f"{r['link']['rate_bps'] / 1e6:g}M K={r.get('servers', 1)}" for r in (runs[src], runs[dst])]
+            print(f"{name:<16}{at[0]:>14}{at[1]:>14}{predicted:>13.3f}{measured:>12.3f}{error:>+8.1%}")
     print(f"largest error {worst:.1%} (target: within 20%)")
     return 0
 

@@ -3,6 +3,7 @@ its owner, and each owner broadcasts its own segments' downlinks on its own comm
 (runtime/communicators.py), fixed-size and variable-size codecs alike. The simulator's K servers
 are compared with one in test_servers_invariance.py."""
 
+import itertools
 import json
 import re
 import shutil
@@ -53,7 +54,7 @@ def test_k_serving_ranks_train_what_one_simulated_server_trains(tmp_path, config
     """K serving ranks under mpiexec end with the parameters, losses and evaluations of one
     simulated server; the trace has a server row per serving rank per step; the checkpoint holds
     one server's state (a K = 1 run resumes from it: test below)."""
-    common = ["train.steps=6", "train.eval_every=3", *sets]
+    common = ["train.steps=6", "train.eval_every=3", "trace.timeline_every=2", *sets]
     one = simulate(config, 2, tmp_path / "sim", *common)
     run, p = _train(2 + servers, config, tmp_path / "mpi", *common, f"runtime.servers={servers}")
     for key in ("params_sha256", "final_test_loss", "final_train_loss", "evals"):
@@ -62,11 +63,48 @@ def test_k_serving_ranks_train_what_one_simulated_server_trains(tmp_path, config
     with h5py.File(tmp_path / "mpi" / "trace.h5") as f:
         steps = f["steps"][:]
         assert json.loads(f.attrs["server_ranks"]) == list(range(servers))
+        owners = json.loads(f.attrs["segment_owners"])
     rows = steps[steps["role"] == 0]
     assert sorted(set(rows["rank"].tolist())) == list(range(servers))
     assert len(rows) == 6 * servers
     workers_up = steps[steps["role"] == 1]["bytes_sent"].sum()
     assert rows["bytes_recv"].sum() == workers_up  # every owner's uplinks, each counted once
+    assert owners == sorted(owners, reverse=True) and set(owners) == set(range(servers))  # lead: the head
+    check_timeline(tmp_path / "mpi" / "trace.h5", owners, steps=[2, 4, 6], workers=[servers, servers + 1])
+
+
+def check_timeline(trace, owners: list[int], steps: list[int], workers: list[int]) -> None:
+    """Every segment of every recorded step has its owner's instants, in order on the lead's
+    clock (the others' mapped with their offsets; one host: the same clock up to the round trip;
+    another owner may begin a step before the lead, whose evaluation it does not wait for),
+    worker instants fit the owner's (sent before the owner had every uplink, arrived after it
+    posted the broadcast), and the plot draws a lane per serving rank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qtrain.analysis.plots import plot_timeline
+    from qtrain.io.trace import read_timeline
+
+    t = read_timeline(trace)
+    server, rows = t["timeline_server"], t["timeline_workers"]
+    assert sorted(set(server["step"].tolist())) == steps == sorted(set(rows["step"].tolist()))
+    assert len(server) == len(steps) * len(owners) and len(rows) == len(server) * len(workers)
+    chain = ("uplinks_in_s", "aggregated_s", "encoded_s", "posted_s", "done_s")
+    for a, b in itertools.pairwise(chain):
+        assert (server[a] <= server[b]).all(), (a, b)
+    assert (server["encoded_s"] != 0).all() and (server["done_s"] != 0).all()  # every owner's filled in
+    tol = 0.005  # the offsets' error on one host
+    for r in rows:
+        s = server[(server["step"] == r["step"]) & (server["segment"] == r["segment"])][0]
+        assert r["start_s"] <= r["posted_s"] <= s["uplinks_in_s"] + tol, (r, s)
+        assert s["posted_s"] <= r["arrived_s"] + tol and r["arrived_s"] <= r["applied_s"], (r, s)
+    fig, ax = plt.subplots()
+    plot_timeline(ax, t, steps[-1], owners)
+    labels = [x.get_text() for x in ax.get_yticklabels()]
+    assert labels == [f"server rank {k}" for k in sorted(set(owners))] + [f"rank {w}" for w in workers]
+    plt.close(fig)
 
 
 def test_a_run_with_two_serving_ranks_resumes_with_one(tmp_path):

@@ -46,7 +46,8 @@ def plot_trace(
     grid = fig.add_gridspec(3 if has_timeline else 2, 3)
     axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(3)] for r in range(2)])
     if has_timeline:
-        plot_timeline(fig.add_subplot(grid[2, :]), timeline, timeline_step)
+        owners = attrs.get("segment_owners")
+        plot_timeline(fig.add_subplot(grid[2, :]), timeline, timeline_step, owners)
     s = per_step(steps)
     ax = axes[0, 0]
     ax.plot(s["step"], s["loss"])
@@ -219,8 +220,9 @@ def timeline_step_choice(timeline: dict) -> int:
     return int(steps[np.argsort(spans)[len(spans) // 2]])
 
 
-def plot_timeline(ax, timeline: dict, step: int | None = None) -> int:
-    """One step of the trace's timeline as a Gantt chart: a lane for the server and one per
+def plot_timeline(ax, timeline: dict, step: int | None = None, owners: list | None = None) -> int:
+    """One step of the trace's timeline as a Gantt chart: a lane per serving rank (``owners``:
+    the trace's ``segment_owners``, each segment's serving rank; None: one server) and one per
     worker, a bar per segment and phase, labelled with the segment index where it fits. Returns
     the step drawn."""
     server, workers = timeline["timeline_server"], timeline["timeline_workers"]
@@ -231,7 +233,14 @@ def plot_timeline(ax, timeline: dict, step: int | None = None) -> int:
         raise ValueError(f"step {step} has no timeline in this trace (recorded: {_span(recorded)})")
     s, w = server[server["step"] == step], workers[workers["step"] == step]
     ranks = sorted(set(w["rank"].tolist()))
-    lanes = {"server": 0, **{r: i + 1 for i, r in enumerate(ranks)}}
+    serving = sorted(set(owners)) if owners else []
+    if len(serving) > 1:
+        lanes = {("server", r): i for i, r in enumerate(serving)}
+        lane_of = {k: ("server", r) for k, r in enumerate(owners)}
+        names = [f"server rank {r}" for r in serving]
+    else:
+        lanes, lane_of, names = {("server", 0): 0}, {}, ["server"]
+    lanes.update({r: len(names) + i for i, r in enumerate(ranks)})
     used = set()
 
     def bar(lane, start, end, kind, label=None, y_off=0.0, height=0.36):
@@ -244,9 +253,10 @@ def plot_timeline(ax, timeline: dict, step: int | None = None) -> int:
 
     for r in s:
         k = str(int(r["segment"]))
-        bar("server", r["uplinks_in_s"], r["aggregated_s"], "aggregate", k)
-        bar("server", r["aggregated_s"], r["encoded_s"], "server", k)
-        bar("server", r["posted_s"], r["done_s"], "broadcast", k, y_off=0.4, height=0.2)
+        lane = lane_of.get(int(r["segment"]), ("server", 0))
+        bar(lane, r["uplinks_in_s"], r["aggregated_s"], "aggregate", k)
+        bar(lane, r["aggregated_s"], r["encoded_s"], "server", k)
+        bar(lane, r["posted_s"], r["done_s"], "broadcast", k, y_off=0.4, height=0.2)
     for r in w:
         rank, k = int(r["rank"]), str(int(r["segment"]))
         bar(rank, r["start_s"], r["backward_end_s"], "compute", y_off=-0.2, height=0.3)
@@ -255,9 +265,9 @@ def plot_timeline(ax, timeline: dict, step: int | None = None) -> int:
         if len(arrived_at_server):
             bar(rank, r["posted_s"], arrived_at_server[0], "flight", y_off=0.38, height=0.08)
         bar(rank, r["arrived_s"], r["applied_s"], "apply", k, y_off=0.15, height=0.3)
-    ax.set_yticks(list(lanes.values()), ["server"] + [f"rank {r}" for r in ranks])
+    ax.set_yticks(list(lanes.values()), names + [f"rank {r}" for r in ranks])
     ax.invert_yaxis()
-    ax.set_xlabel("seconds since the server began the step (server clock)")
+    ax.set_xlabel("seconds since the (lead) server began the step, on its clock")
     handles = [_legend_patch(TIMELINE_BARS[k]) for k in TIMELINE_BARS if k in used]
     ax.legend(handles=handles, fontsize=7, ncol=len(handles), loc="upper center", bbox_to_anchor=(0.5, -0.18))
     ax.set_title(f"{TIMELINE_TITLE} {step} (segment index on the bars)")

@@ -401,6 +401,21 @@ def _check_attributes(f, path: Path) -> dict:
     ranks = out["server_ranks"]
     if not ranks or not all(type(r) is int and 0 <= r < out["world_size"] for r in ranks):
         raise TraceError(f"{path}: attribute server_ranks must list ranks below world_size, found {ranks!r}")
+    if "segment_owners" in out:  # optional: traces before several servers lack it (all the lead's)
+        try:
+            owners = json.loads(out["segment_owners"]) if isinstance(out["segment_owners"], str) else None
+        except ValueError:
+            owners = None
+        if (
+            not isinstance(owners, list)
+            or len(owners) != out["segments"]
+            or not all(type(r) is int and r in ranks for r in owners)
+        ):
+            raise TraceError(
+                f"{path}: attribute segment_owners must list one of server_ranks per segment, "
+                f"found {out['segment_owners']!r}"
+            )
+        out["segment_owners"] = owners
     for name in ("algorithm", "qtrain_version"):
         if not isinstance(out.get(name), str):
             raise TraceError(f"{path}: attribute {name} must be text, found {out.get(name)!r}")

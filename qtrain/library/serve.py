@@ -88,6 +88,7 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
                     link.gather_master(model.params)
                 for rank, part in zip(topo.servers[1:], parts, strict=True):
                     rec.add_shard(rank, part.up, part.down, part.times, part.wire)
+                serving.timeline.add_parts([p.timeline for p in parts])
             if result.buffers:  # the downlink asked for them: the server evaluates after this step
                 with rec.phase("buffers"):
                     server_sync(transport, model.module, cfg.model.buffers)

@@ -1,5 +1,5 @@
-"""Each worker's clock offset to the server's, so that the trace's timeline puts every rank's
-instants on one axis.
+"""Each worker's (and each other serving rank's) clock offset to the lead serving rank's, so that
+the trace's timeline puts every rank's instants on one axis.
 
 Cristian's method (Cristian 1989, "Probabilistic clock synchronization"): the server notes its
 ``perf_counter`` t0, pings the worker, the worker answers with its own ``perf_counter`` tw, the
@@ -23,25 +23,26 @@ ROUNDS = 8
 
 
 def timeline_wanted(cfg) -> bool:
-    """Whether the run records a timeline, the only user of the offsets (every rank agrees). Not
-    yet with several serving ranks: the timeline's server side is one rank's (issue 23)."""
-    return cfg.trace.enabled and cfg.trace.timeline_every > 0 and cfg.runtime.servers == 1
+    """Whether the run records a timeline, the only user of the offsets (every rank agrees)."""
+    return cfg.trace.enabled and cfg.trace.timeline_every > 0
 
 
 def clock_offsets(topology, timeout_s: float) -> np.ndarray | None:
-    """On the server: each worker's offset (worker clock - server clock, seconds, in worker order)
-    and on a worker None. Collective over the topology's ranks."""
+    """On the lead serving rank: the offset (its clock - the lead's clock, seconds) of each other
+    serving rank, then of each worker (``topology.servers[1:] + topology.workers``); on every
+    other rank None. Collective over the topology's ranks."""
     comm = topology.comm
-    if not topology.is_server:
+    if not topology.is_lead:
         ping, stamp = np.zeros(1), np.zeros(1)
         for _ in range(ROUNDS):
             wait_all([comm.Irecv(ping, source=topology.server, tag=CLOCK_TAG)], timeout_s, "clock sync")
             stamp[0] = time.perf_counter()
             wait_all([comm.Isend(stamp, dest=topology.server, tag=CLOCK_TAG)], timeout_s, "clock sync")
         return None
-    offsets = np.zeros(topology.num_workers)
+    others = [*topology.servers[1:], *topology.workers]
+    offsets = np.zeros(len(others))
     ping, stamp = np.zeros(1), np.zeros(1)
-    for i, rank in enumerate(topology.workers):
+    for i, rank in enumerate(others):
         best = np.inf
         for _ in range(ROUNDS):
             t0 = time.perf_counter()

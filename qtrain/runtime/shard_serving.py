@@ -45,6 +45,7 @@ class StepPart:
     workers: dict = field(default_factory=dict)  # WORKER_SUMS -> per-worker sums over its segments
     stats: tuple = ({}, False)  # its engine's SegmentStats (parts, has_ef)
     wire: tuple = (0, 0)  # bytes its own link received and sent (QTRAIN_WIRE_DEVICE), or zeros
+    timeline: tuple | None = None  # its segments' instants (runtime/timeline.ShardTimeline.take)
 
 
 class ShardRecorder:
@@ -193,7 +194,9 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
     model, whose shard the engine serves (restored from ``resume``, a cut the lead scattered)."""
     from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
     from qtrain.engine.step import ServerStep
+    from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
     from qtrain.runtime.faults import maybe_fail
+    from qtrain.runtime.timeline import ShardTimeline
 
     topo, part = plan.topology, plan.partition
     shard = part.shard(topo.owner)
@@ -213,6 +216,10 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
     elif plan.setup.algorithm.downlink_mode == "weights":
         svc.watchdog.enter("initial weights broadcast")
         step_driver.send_initial()
+    if timeline_wanted(plan.cfg):
+        svc.watchdog.enter("clock sync")
+        clock_offsets(topo, plan.cfg.runtime.timeout_s)
+        step_driver.timeline = ShardTimeline(transport.mine)
     link = ServersLink(transport.comms.servers, topo, part)
     step = start + 1
     while True:
@@ -228,7 +235,9 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
             link.send_state(engine)
             continue
         svc.watchdog.enter(f"step {step}: report to the lead")
-        link.report(rec.finish(result.records, engine.stats))
+        report = rec.finish(result.records, engine.stats)
+        report.timeline = step_driver.timeline.take() if timeline_wanted(plan.cfg) else None
+        link.report(report)
         if link.evaluating():
             link.send_master(engine)
         step += 1
