@@ -17,6 +17,8 @@ import pytest
 from conftest import mpiexec_command
 from mpi_helpers import mpi_train, simulate, summary
 
+from qtrain.io.trace import read_timeline, read_trace
+
 SCRIPT = Path(__file__).parent / "mpi_scripts" / "transport_owners.py"
 
 
@@ -107,22 +109,35 @@ def check_timeline(trace, owners: list[int], steps: list[int], workers: list[int
     plt.close(fig)
 
 
-def test_a_run_with_two_serving_ranks_resumes_with_one(tmp_path):
-    """The checkpoint is one server's state whatever K wrote it: K = 2 for 6 steps (a checkpoint
-    at 3), resumed at step 3 with K = 1, ends where the uninterrupted K = 2 run ended."""
-    sets = ["train.steps=6", "checkpoint.every=3", "runtime.segments=2"]
-    whole, _ = _train(4, "configs/efficient-adam.yaml", tmp_path / "two", *sets, "runtime.servers=2")
+def test_a_run_with_two_serving_ranks_resumes_with_one_and_another_cut(tmp_path):
+    """The checkpoint is one server's state whatever K and cut wrote it: K = 2 in 2 segments for 6
+    steps (a checkpoint at 3), resumed at step 3 with K = 1 in 3 segments, and with K = 2 in 3
+    segments, ends where the uninterrupted run ended. The trace keeps its rows when the ranks are
+    the same (its timeline rows only with the same cut), else it is kept beside the new one."""
+    sets = ["train.steps=6", "checkpoint.every=3", "trace.timeline_every=1"]
+    config, two = "configs/efficient-adam.yaml", tmp_path / "two"
+    whole, _ = _train(4, config, two, *sets, "runtime.servers=2", "runtime.segments=2")
     (tmp_path / "one").mkdir()
-    shutil.copytree(tmp_path / "two" / "checkpoints", tmp_path / "one" / "checkpoints")
-    resumed, p = _train(
-        3,
-        "configs/efficient-adam.yaml",
-        tmp_path / "one",
-        *sets,
-        extra=["--resume", str(tmp_path / "one" / "checkpoints" / "step-0000003.h5")],
-    )
+    shutil.copy(two / "trace.h5", tmp_path / "one" / "trace.h5")
+    resume = ["--resume", str(two / "checkpoints" / "step-0000003.h5")]
+    resumed, p = _train(3, config, tmp_path / "one", *sets, "runtime.segments=3", extra=resume)
+    assert resumed["segments"] == 3 and whole["segments"] == 2
     assert resumed["params_sha256"] == whole["params_sha256"]
     assert "resume changes runtime.servers: 2 -> 1" in p.stdout
+    assert "runtime.segments: 2 -> 3" in p.stdout
+    assert "trace.h5 was written by 4 ranks, ranks [0, 1] serving; this run has 3" in p.stdout
+    steps, _, _ = read_trace(tmp_path / "one" / "trace.h5")
+    assert sorted(set(steps["step"].tolist())) == [4, 5, 6]
+    aside, _, _ = read_trace(tmp_path / "one" / "trace-until-step-3.h5")
+    assert sorted(set(aside["step"].tolist())) == [1, 2, 3, 4, 5, 6]  # the first run's, whole
+
+    again, _ = _train(4, config, two, *sets, "runtime.servers=2", "runtime.segments=3", extra=resume)
+    assert again["params_sha256"] == whole["params_sha256"]
+    steps, _, _ = read_trace(two / "trace.h5")
+    assert sorted(set(steps["step"].tolist())) == [1, 2, 3, 4, 5, 6]  # the same ranks: rows kept
+    timeline = read_timeline(two / "trace.h5")["timeline_server"]  # not those of 2 segments
+    assert sorted(set(timeline["step"].tolist())) == [4, 5, 6]
+    assert set(timeline["segment"].tolist()) == {0, 1, 2}
 
 
 @pytest.mark.parametrize("kind", ["raise", "hang"])

@@ -169,3 +169,18 @@ def test_a_two_server_trace_gives_one_servers_model():
         "measured_step_s",
     ):
         assert getattr(two, field) == pytest.approx(getattr(one, field)), field
+
+
+def test_the_evaluation_steps_traffic_is_left_out_of_the_bytes():
+    """With K > 1 an evaluation step also gathers the master copy over the serving links: given the
+    trace's evaluation rows, the model's bytes are those of the other steps."""
+    steps, attrs = synthetic_trace(wire=True)
+    plain = PerfModel.from_trace(steps, attrs, warmup=3)
+    evaluated = steps.copy()
+    at = (evaluated["role"] == 0) & np.isin(evaluated["step"], [5, 10])
+    evaluated["wire_recv_bytes"][at] += 8_000_000  # the other owner's master shard
+    evals = np.zeros(2, dtype=[("step", "<u4"), ("test_loss", "<f8"), ("test_accuracy", "<f8")])
+    evals["step"] = [5, 10]
+    assert PerfModel.from_trace(evaluated, attrs, warmup=3).up_bytes > plain.up_bytes + 1e5
+    kept = PerfModel.from_trace(evaluated, attrs, warmup=3, evals=evals)
+    assert (kept.up_bytes, kept.down_bytes) == pytest.approx((plain.up_bytes, plain.down_bytes))

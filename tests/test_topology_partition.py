@@ -64,6 +64,33 @@ def test_segment_bytes_sets_the_size():
     assert max(s.numel for s in p) * 4 <= 1_000_000 + 4 * 512
 
 
+def test_the_default_cut_is_by_size_and_leaves_small_models_whole():
+    """runtime.segments 0 (the default) cuts by runtime.segment_bytes: the configs' 4.8k-parameter
+    MLP stays one message, the benchmarks' 4.35M-parameter one (17.4 MB) is cut in 4."""
+    from qtrain.config import load_config
+    from qtrain.config.schema import DEFAULT_SEGMENT_BYTES
+
+    rt = load_config("configs/default.yaml", []).runtime
+    assert (rt.segments, rt.segment_bytes) == (0, DEFAULT_SEGMENT_BYTES)
+    assert len(Partition.build(4810, (512, 512), rt.segments, rt.segment_bytes)) == 1
+    big = Partition.build(4_349_962, (512, 512), rt.segments, rt.segment_bytes)
+    assert len(big) == -(-4_349_962 * 4 // DEFAULT_SEGMENT_BYTES) == 4
+    assert len(Partition.build(10**10, (512,), 0, DEFAULT_SEGMENT_BYTES, servers=3)) == MAX_SEGMENTS // 3 * 3
+
+
+@given(numel=st.integers(10_000, 2_000_000), size=st.integers(4096, 1 << 22), servers=st.integers(1, 8))
+def test_a_cut_by_size_gives_every_serving_rank_as_many_segments(numel, size, servers):
+    """Balance without tuning: the count a size gives is rounded up to a multiple of K, so every
+    owner serves the same number of near-equal segments (the buckets permitting)."""
+    p = Partition.build(numel, (64,), 0, size, servers=servers)
+    wanted = -(-numel * 4 // size)
+    if -(-numel // 64) >= -(-wanted // servers) * servers:
+        assert len(p) % servers == 0 and len(p) >= wanted
+        assert len({len(p.owned_by(k)) for k in range(servers)}) == 1
+        shards = [p.shard(k).stop - p.shard(k).start for k in range(servers)]
+        assert max(shards) - min(shards) <= 2 * 64  # a bucket, and the short one at the tail
+
+
 def test_more_segments_than_buckets_gives_one_per_bucket():
     assert len(Partition.build(1000, (512,), 10)) == 2
 

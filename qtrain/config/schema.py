@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 BUFFER_POLICIES = ("average", "broadcast")  # model.buffers (qtrain/engine/buffers.py)
+# runtime.segment_bytes: segments of at most 5 MiB cut the benchmarks' 17.4 MB MLP into 4 of 4.35 MB,
+# the fastest cut for fp32 Adam and 1-bit Efficient-Adam together on the emulated 1 Gbit/s network
+# (docs/benchmarks.md, "The default segment size"); a model below it travels as one message per way
+DEFAULT_SEGMENT_BYTES = 5 << 20
 
 
 @dataclass
@@ -100,8 +104,8 @@ class RuntimeConfig:
     threads: int = 1  # torch intra-op and numba kernel threads per process (0: their defaults)
     kernels: str = "auto"  # codec fast path: auto (numba on CPU where a kernel exists) | numba | torch
     timeout_s: float = 300.0  # watchdog: a phase that takes longer aborts the job
-    segments: int = 1  # messages per direction per step: the flat vector cut into this many segments
-    segment_bytes: int = 0  # or: segments of about this many fp32 bytes of parameters (0: use `segments`)
+    segments: int = 0  # messages per direction per step: the flat vector cut into this many (0: by size)
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES  # with segments 0: segments of about this many fp32 bytes
     servers: int = 1  # serving ranks: ranks 0..servers-1 serve, each owning a shard of the segments
     overlap: str = "auto"  # workers send each segment during backward: auto (CPU workers) | on | off
 

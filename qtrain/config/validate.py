@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qtrain.config.loader import ConfigError
-from qtrain.config.schema import BUFFER_POLICIES
+from qtrain.config.schema import BUFFER_POLICIES, DEFAULT_SEGMENT_BYTES
 from qtrain.kernels import KERNEL_CHOICES
 
 
@@ -91,10 +91,10 @@ def _validate(cfg) -> None:
     if r.kernels not in KERNEL_CHOICES:
         raise ConfigError(f"runtime.kernels must be one of {', '.join(KERNEL_CHOICES)}, got {r.kernels!r}")
     _positive(r.timeout_s, "runtime.timeout_s")
-    _positive(r.segments, "runtime.segments")
+    _positive(r.segments, "runtime.segments", allow_zero=True)
     _positive(r.servers, "runtime.servers")
     _positive(r.segment_bytes, "runtime.segment_bytes", allow_zero=True)
-    if r.segments != 1 and r.segment_bytes:
+    if r.segments and r.segment_bytes != DEFAULT_SEGMENT_BYTES:
         raise ConfigError("set runtime.segments or runtime.segment_bytes, not both")
     _positive(cfg.checkpoint.every, "checkpoint.every", allow_zero=True)
     _positive(cfg.checkpoint.keep, "checkpoint.keep")

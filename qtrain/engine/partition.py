@@ -8,9 +8,9 @@ forward order, so segment 0 is its tail (the last layers) and the last segment i
 
 Each segment has its own message each way, its own slice of every error buffer and its own MPI
 tag; its stochastic rounding draws the Philox counters of its own elements (``codecs.philox``), so
-cutting the vector differently changes no draw. ``runtime.segments`` sets their number (default
-1: one message per direction per step); ``runtime.segment_bytes`` sets their size instead (fp32
-bytes of parameters).
+cutting the vector differently changes no draw. ``runtime.segment_bytes`` sets their size (fp32
+bytes of parameters; the default, ``config.schema.DEFAULT_SEGMENT_BYTES``, was chosen by
+measurement: docs/benchmarks.md), ``runtime.segments`` their number instead.
 """
 
 from __future__ import annotations
@@ -51,18 +51,23 @@ class Partition:
 
     @classmethod
     def build(
-        cls, numel: int, buckets: tuple[int, ...], count: int = 1, segment_bytes: int = 0, servers: int = 1
+        cls, numel: int, buckets: tuple[int, ...], count: int = 0, segment_bytes: int = 0, servers: int = 1
     ) -> Partition:
-        """``count`` segments of near-equal size (or segments of about ``segment_bytes`` fp32
-        bytes when that is set), aligned to every bucket in ``buckets`` (0: unbucketed), and at
-        least ``servers`` of them. Each serving rank owns a contiguous run of them in the flat
-        vector (``Segment.owner``; owner 0 the head), the runs' segment counts differing by at most
-        one, so with near-equal segments the shards are near-equal too. ``servers=1`` (one serving
-        rank) gives every segment owner 0 and the same cut as before owners existed."""
+        """``count`` segments of near-equal size, or with ``count`` 0 segments of at most
+        ``segment_bytes`` fp32 bytes (0 as well: one segment), aligned to every bucket in
+        ``buckets`` (0: unbucketed), and at least ``servers`` of them. Each serving rank owns a
+        contiguous run of them in the flat vector (``Segment.owner``; owner 0 the head), the runs'
+        segment counts differing by at most one, so with near-equal segments the shards are
+        near-equal too. A cut by size balances without tuning: its count is rounded up to a
+        multiple of ``servers`` (the buckets permitting), so every owner serves as many; past
+        ``MAX_SEGMENTS`` its segments grow instead of the run being refused. ``servers=1`` (one
+        serving rank) gives every segment owner 0 and the same cut as before owners existed."""
         align = math.lcm(*(b for b in buckets if b), 1)
         units = -(-numel // align)  # whole buckets counted from the head; the tail one may be short
-        if segment_bytes:
-            count = -(-numel * 4 // segment_bytes)
+        if not count and segment_bytes:
+            k = max(servers, 1)
+            by_size = -(-numel * 4 // segment_bytes)
+            count = min(-(-by_size // k) * k, MAX_SEGMENTS // k * k)
         if servers < 1:
             raise ValueError(f"{servers} serving ranks: at least 1")
         if servers > max(units, 1):
@@ -73,8 +78,9 @@ class Partition:
         count = max(servers, min(max(1, count), units))
         if count > MAX_SEGMENTS:
             raise ValueError(f"{count} segments: at most {MAX_SEGMENTS} (raise runtime.segment_bytes)")
-        sizes = [units // count + (1 if i < units % count else 0) for i in range(count)]
-        bounds = [min(numel, align * sum(sizes[:i])) for i in range(count + 1)]  # head first
+        # head first; segment sizes within one bucket, the longer ones spread evenly, so any run
+        # of c segments (an owner's) is within one bucket of c / count of the vector too
+        bounds = [min(numel, align * (i * units // count)) for i in range(count + 1)]
         segments = []
         for index in range(count):
             flat = count - 1 - index  # position from the head of the flat vector

@@ -88,6 +88,7 @@ class Recorder:
                 trace_attrs(setup, topology, partition),
                 cfg.trace.flush_every,
                 resume_step=start_step or None,
+                echo=echo,
             )
         self.progress = ProgressReporter(setup.steps, cfg.train.log_every, echo, progress, mpi_library)
         self.live = LiveMetrics(out_dir, topology.server, cfg.trace.csv, cfg.trace.tensorboard)

@@ -124,7 +124,11 @@ METRIC_DTYPE = np.dtype(
 
 
 class TraceWriter:
-    def __init__(self, path: Path, attrs: dict, flush_every: int, resume_step: int | None = None):
+    def __init__(self, path: Path, attrs: dict, flush_every: int, resume_step: int | None = None, echo=print):
+        """A trace at ``path``; with ``resume_step`` an existing one keeps its rows up to that step,
+        unless other ranks wrote them (a resume with another world size or other serving ranks):
+        that file is kept beside as ``trace-until-step-N.h5`` and a new trace begins (``echo``
+        says so)."""
         self.path = Path(path)
         self.flush_every = flush_every
         self._rows: list[np.ndarray] = []
@@ -135,12 +139,23 @@ class TraceWriter:
         kept_timeline: dict = {}
         if resume_step is not None and self.path.exists():
             try:
-                s, e, _ = read_trace(self.path)
-                kept_steps, kept_evals = s[s["step"] <= resume_step], e[e["step"] <= resume_step]
-                for name, rows in read_timeline(self.path).items():
-                    kept_timeline[name] = rows[rows["step"] <= resume_step]
-                m = read_metrics(self.path)
-                kept_timeline["metrics"] = m[m["step"] <= resume_step]
+                s, e, old = read_trace(self.path)
+                if _same(old, attrs, ("world_size", "server_ranks")):
+                    kept_steps, kept_evals = s[s["step"] <= resume_step], e[e["step"] <= resume_step]
+                    if _same(old, attrs, ("segments", "segment_owners")):  # else rows of another cut
+                        for name, rows in read_timeline(self.path).items():
+                            kept_timeline[name] = rows[rows["step"] <= resume_step]
+                    m = read_metrics(self.path)
+                    kept_timeline["metrics"] = m[m["step"] <= resume_step]
+                else:
+                    p = self.path
+                    aside = p.with_name(f"{p.stem}-until-step-{resume_step}{p.suffix}")
+                    os.replace(self.path, aside)
+                    echo(
+                        f"qtrain: {self.path.name} was written by {old['world_size']} ranks, ranks "
+                        f"{_value(old, 'server_ranks')} serving; this run has {attrs['world_size']}, ranks "
+                        f"{_value(attrs, 'server_ranks')} serving: kept as {aside.name}, a new trace begins"
+                    )
             except ValueError:
                 kept_steps = kept_evals = None  # unreadable: start a fresh trace
                 kept_timeline = {}
@@ -483,6 +498,17 @@ def _check_rows(rows: np.ndarray, attrs: dict, path: Path) -> None:
     missing = np.setdiff1d(rows["step"][rows["role"] == 1], rows["step"][rows["role"] == 0])
     if len(missing):
         raise TraceError(f"{path}: /steps has worker rows but no server row for step {int(missing[0])}")
+
+
+def _value(attrs: dict, key: str):
+    """An attribute as Python data, whether read (decoded) or about to be written (JSON text)."""
+    v = attrs.get(key)
+    return json.loads(v) if isinstance(v, str) else (v.tolist() if hasattr(v, "tolist") else v)
+
+
+def _same(old: dict, new: dict, keys: tuple[str, ...]) -> bool:
+    """Whether a trace's attributes (read) and a resumed run's (to write) agree on ``keys``."""
+    return all(_value(old, k) == _value(new, k) for k in keys)
 
 
 def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -4,6 +4,11 @@
   downlinks of its segments on it, so the broadcasts of different owners never queue behind each
   other: MPI matches non-blocking collectives per communicator in posting order, and on one shared
   communicator owner 1's first broadcast could not complete before owner 0's last was posted.
+  Its workers are rotated by k (owner k's first worker is ``workers[k % N]``): a binomial
+  broadcast tree makes the first ranks after the root relay copies to the others, and with the
+  same order in every owner's communicator the same worker would relay every owner's shard on its
+  own link (with K = 4 and 4 workers: 17.4 MB a step on top of its 17.4 MB uplink, the step's
+  bottleneck). Rotated, the relaying spreads over the workers; no byte of a message changes.
 - **control**: the lead (``servers[0]``) and every worker: the pickled reports between steps
   (checkpoint snapshots, buffers, the final report), which the other serving ranks take no part in.
 - **servers**: the serving ranks alone: what the other owners report to the lead after each step
@@ -44,14 +49,23 @@ def split(topology) -> Communicators:
     if len(topology.servers) == 1:
         everyone = Group(world, tuple(range(size)))
         return Communicators((everyone,), everyone)
-    down = tuple(_group(world, rank, (server, *workers)) for server in topology.servers)
-    control = _group(world, rank, (topology.server, *workers))
-    return Communicators(down, control, _group(world, rank, topology.servers))
+    down = tuple(
+        _group(world, rank, (server, *rotated(workers, k))) for k, server in enumerate(topology.servers)
+    )
+    control = _group(world, rank, tuple(sorted((topology.server, *workers))))
+    return Communicators(down, control, _group(world, rank, tuple(sorted(topology.servers))))
 
 
-def _group(world, rank: int, members: tuple[int, ...]) -> Group:
+def rotated(workers: tuple[int, ...], k: int) -> tuple[int, ...]:
+    """The workers in owner ``k``'s broadcast order: rotated by k, so each owner's tree relays
+    through other workers."""
+    k %= max(len(workers), 1)
+    return (*workers[k:], *workers[:k])
+
+
+def _group(world, rank: int, ranks: tuple[int, ...]) -> Group:
+    """A communicator of ``ranks``, in that order (``ranks[i]`` its rank i)."""
     from mpi4py import MPI
 
-    ranks = tuple(sorted(members))
-    comm = world.Split(0 if rank in ranks else MPI.UNDEFINED, rank)
+    comm = world.Split(0 if rank in ranks else MPI.UNDEFINED, ranks.index(rank) if rank in ranks else 0)
     return Group(comm if rank in ranks else None, ranks)

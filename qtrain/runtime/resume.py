@@ -13,10 +13,10 @@ from qtrain.config.loader import from_yaml_text, to_dict
 from qtrain.engine.checkpoint_files import load_run_checkpoint
 from qtrain.io.checkpoint import CheckpointError, newest_valid
 
-# sections a resumed run may change: how long and how it logs, where it runs, how it checkpoints
+# sections a resumed run may change: how long and how it logs, where it runs, how it checkpoints,
+# how the vector is cut (segments and serving ranks change no bit: every rule is elementwise, every
+# state vector flat, every random draw keyed by the element's flat index)
 MAY_CHANGE = {"train", "runtime", "checkpoint", "trace", "workers"}
-# ... except these, which decide the random streams and the message layout
-MUST_MATCH = {"runtime.segments", "runtime.segment_bytes"}
 # keys outside those sections that a user legitimately changes mid-run (a manual learning-rate drop)
 MAY_CHANGE_KEYS = {"algorithm.lr"}
 
@@ -50,11 +50,7 @@ def config_changes(saved_text: str, config_text: str) -> list[str]:
     it existed resume)."""
     saved = to_dict(from_yaml_text(saved_text))
     now = yaml.safe_load(config_text)
-    return [
-        k
-        for k in _diff(saved, now)
-        if (k.split(".")[0] not in MAY_CHANGE or k in MUST_MATCH) and k not in MAY_CHANGE_KEYS
-    ]
+    return [k for k in _diff(saved, now) if k.split(".")[0] not in MAY_CHANGE and k not in MAY_CHANGE_KEYS]
 
 
 def resume_changes(saved_text: str, config_text: str) -> dict:
@@ -93,8 +89,7 @@ def load_for_resume(
     if changed:
         raise CheckpointError(
             f"{path}: the run's config differs from the checkpoint's in {', '.join(changed)} "
-            "(only train.*, runtime.*, checkpoint.*, trace.* and algorithm.lr may change on resume, "
-            "and not runtime.segments or runtime.segment_bytes)"
+            "(only train.*, runtime.*, checkpoint.*, trace.* and algorithm.lr may change on resume)"
         )
     if layout is not None:
         saved = [(n, int(o), tuple(shape)) for n, o, shape in json.loads(tree["layout"])]

@@ -8,7 +8,9 @@ worker sends (loss, compute time, flags, the stop a signal asked for), so the le
 stops alone, as one server does. After each step every other owner sends the lead its
 :class:`StepPart` (its bytes, phase times, the workers' encode times and compression statistics
 over its segments, and its downlink statistics), on the servers' communicator; the lead answers
-whether it evaluates after the step, and then gathers every shard of the master copy. Statistics
+whether it evaluates after the step, and then gathers every shard of the master copy. A signal
+on another owner travels in its part: the lead takes it as its own stop request, agreed with the
+next step's downlinks. Statistics
 combine as sums (bytes) and sums of squares (norms), segment by segment, so the trace's numbers
 are those of one server. At checkpoints the lead gathers the shards' state
 (``engine/shards.join_states``: the file does not depend on K); at the end, the master shards.
@@ -46,6 +48,7 @@ class StepPart:
     stats: tuple = ({}, False)  # its engine's SegmentStats (parts, has_ef)
     wire: tuple = (0, 0)  # bytes its own link received and sent (QTRAIN_WIRE_DEVICE), or zeros
     timeline: tuple | None = None  # its segments' instants (runtime/timeline.ShardTimeline.take)
+    stop: str | None = None  # the stop a signal on this serving rank asked for (the lead agrees it)
 
 
 class ShardRecorder:
@@ -221,7 +224,7 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
         clock_offsets(topo, plan.cfg.runtime.timeout_s)
         step_driver.timeline = ShardTimeline(transport.mine)
     link = ServersLink(transport.comms.servers, topo, part)
-    step = start + 1
+    step, stop_logged = start + 1, False
     while True:
         result = step_driver.run(step)
         if result.control == FLAG_END:
@@ -237,6 +240,10 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
         svc.watchdog.enter(f"step {step}: report to the lead")
         report = rec.finish(result.records, engine.stats)
         report.timeline = step_driver.timeline.take() if timeline_wanted(plan.cfg) else None
+        if svc.stop.requested and not stop_logged:
+            svc.log.info("step %d: %s; the lead agrees the stop with the next step", step, svc.stop.reason)
+            stop_logged = True
+        report.stop = svc.stop.reason
         link.report(report)
         if link.evaluating():
             link.send_master(engine)

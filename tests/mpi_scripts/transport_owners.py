@@ -55,5 +55,10 @@ for step in (1, 2):
             seen.append(seg.index)
         t.finish_sends(step)
         assert sorted(seen) == list(range(len(part))), seen
+for k, group in enumerate(t.comms.down):  # each owner's communicator in its broadcast order
+    if group.comm is not None:
+        assert group.comm.Get_rank() == group.local(topo.rank), (topo.rank, k, group.ranks)
+        if K > 1:
+            assert group.ranks[1] == topo.workers[k % topo.num_workers], (k, group.ranks)
 owners = sorted({s.owner for s in part})
 print(f"ok rank {topo.rank} owners {owners} segments {len(part)}", flush=True)
