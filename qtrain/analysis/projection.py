@@ -26,14 +26,14 @@ but a worker still sends and receives a whole model's messages on its own link:
 
 (K = 1 is the model above). A trace taken with K servers has a row per serving rank and step:
 d, E_s and the bytes are summed over them, so the model holds one server's whole-vector numbers.
-The bytes are averaged over the steps without an evaluation: with K > 1 those also gather the
-master copy over the serving ranks' links, which is not the step's traffic (and the measured step
-time is a median, which leaves them out as well). Validated against emulated K = 1 and K = 2 runs
-in docs/benchmarks.md.
+The bytes per step are the median over the steps, as the measured step time is: with K > 1 an
+evaluation also gathers the master copy over the serving ranks' links (counted in the next step's
+rows of the other owners), traffic that is not the step's. Validated against emulated K = 1, 2
+and 4 runs in docs/benchmarks.md.
 
 The timings come from the machine the trace was taken on: a projection answers "this code, this
 compute, another network", as the ECQ-SGD paper's performance model does (Wu et al., ICML 2018,
-Sec. 5). All times are means over the steps after ``warmup``.
+Sec. 5). All times are means over the steps after ``warmup``, the bytes medians.
 """
 
 from __future__ import annotations
@@ -68,9 +68,8 @@ class PerfModel:
     servers: int = 1  # K of the measured run
 
     @classmethod
-    def from_trace(cls, steps: np.ndarray, attrs: dict, warmup: int = 5, evals=None) -> PerfModel:
-        """The model of a trace's ``steps`` rows after ``warmup``; ``evals`` (the trace's
-        evaluation rows) leave the evaluation steps out of the bytes."""
+    def from_trace(cls, steps: np.ndarray, attrs: dict, warmup: int = 5) -> PerfModel:
+        """The model of a trace's ``steps`` rows after ``warmup``: times are means, bytes medians."""
         server = _per_step(steps[steps["role"] == 0])
         workers = steps[steps["role"] == 1]
         if len(server) < warmup + 2:
@@ -82,17 +81,13 @@ class PerfModel:
         w = workers[workers["step"] >= first]
         n = int(attrs["workers"])
         segments = int(attrs.get("segments", 1))
-        b = s
-        if evals is not None and len(evals):
-            plain = s[~np.isin(s["step"], evals["step"])]
-            b = plain if len(plain) else s
-        if b["wire_recv_bytes"].any():
-            up = float(b["wire_recv_bytes"].mean()) / n
-            down = float(b["wire_sent_bytes"].mean()) / tree_depth(n)
+        if s["wire_recv_bytes"].any():
+            up = float(np.median(s["wire_recv_bytes"])) / n
+            down = float(np.median(s["wire_sent_bytes"])) / tree_depth(n)
             source = "interface counters"
         else:
-            up = (float(b["bytes_recv"].mean()) / n + segments * UPLINK_RECORD_BYTES) * FRAMING
-            down = (float(b["bytes_sent"].mean()) / n + segments * DOWNLINK_RECORD_BYTES) * FRAMING
+            up = (float(np.median(s["bytes_recv"])) / n + segments * UPLINK_RECORD_BYTES) * FRAMING
+            down = (float(np.median(s["bytes_sent"])) / n + segments * DOWNLINK_RECORD_BYTES) * FRAMING
             source = "packed messages + framing"
         wall = s["wall_s"]
         measured = float(np.median(np.diff(wall))) if wall.any() else float("nan")
