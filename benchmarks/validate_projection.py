@@ -28,8 +28,8 @@ def main(dirs: list[str]) -> int:
     for name in sorted(names[0] & names[1]):
         for src, dst in ((0, 1), (1, 0)):
             target = next(r for r in runs[dst]["runs"] if r["name"] == name)
-            steps, _, attrs = read_trace(Path(dirs[src]) / "runs" / name / "trace.h5")
-            model = PerfModel.from_trace(steps, attrs, runs[src]["warmup"])
+            steps, evals, attrs = read_trace(Path(dirs[src]) / "runs" / name / "trace.h5")
+            model = PerfModel.from_trace(steps, attrs, runs[src]["warmup"], evals)
             k = runs[dst].get("servers", 1)
             predicted = model.predict(runs[dst]["link"]["rate_bps"], servers=k)["step_s"]
             measured = target["seconds_per_step"]["median_s"]

@@ -157,3 +157,19 @@ def test_a_resume_may_change_the_learning_rate_and_lists_every_change():
     assert resume_changes(saved, now) == {"algorithm.lr": [0.002, 0.0005], "train.eval_every": [100, 5]}
     other = dump_yaml(load_config("configs/qadam.yaml", ["algorithm.beta2=0.9", "runtime.segments=2"]))
     assert config_changes(saved, other) == ["algorithm.beta2"]  # the cut changes no bit: it may change
+
+
+@pytest.mark.parametrize(
+    "runtime, count",
+    [
+        ("{segments: 1, segment_bytes: 0}", 1),  # every config.yaml written before the size default
+        ("{segments: 1, segment_bytes: 4096}", 0),  # an old run cut by size: it still is
+        ("{segments: 4, segment_bytes: 0}", 4),
+        ("{segments: 4}", 4),
+        ("{}", 0),  # the default: by size
+    ],
+)
+def test_configs_written_before_the_size_default_keep_their_cut(tmp_path, runtime, count):
+    path = tmp_path / "old.yaml"
+    path.write_text(f"runtime: {runtime}\n")
+    assert load_config(str(path)).runtime.segment_count == count

@@ -21,14 +21,13 @@ from qtrain.io.trace import read_timeline, read_trace
 
 pytestmark = pytest.mark.mpi
 
-# make test resumes three algorithms under MPI (a fused local Adam worker, a weights-mode downlink,
-# a stateful server rule), make soak all seven; every algorithm's state survives a checkpoint file
-# in test_resume_in_process.py, and test_mpi_train.py compares every algorithm's MPI run with the
-# simulator
+# make test resumes two algorithms here (a fused local Adam worker, a weights-mode downlink) and
+# efficient-adam (a stateful server rule, two-way error feedback) in test_mpi_servers.py's resume
+# with another K and cut; make soak all seven here; every algorithm's state survives a checkpoint
+# file in test_resume_in_process.py, and test_mpi_train.py compares every algorithm's MPI run with
+# the simulator
 ALGORITHMS = [
-    pytest.param(
-        name, marks=[] if name in ("efficient-adam", "qadam", "qrda-adagrad") else [pytest.mark.soak]
-    )
+    pytest.param(name, marks=[] if name in ("qadam", "qrda-adagrad") else [pytest.mark.soak])
     for name in ("sgd", "adam", "ecq-sgd", "qadam", "efficient-adam", "qcmd-adagrad", "qrda-adagrad")
 ]
 N = 8
@@ -179,35 +178,21 @@ def test_damaged_checkpoint_is_skipped_by_resume_auto(tmp_path):
     assert "at step 10" in res.stdout
 
 
-def test_resume_refuses_another_worker_count_unless_reset(tmp_path):
+def test_resume_refusals_a_learning_rate_drop_and_a_worker_state_reset(tmp_path):
+    """One run, resumed five ways (one test: each MPI launch costs seconds): a checkpoint at the
+    last step leaves nothing to train (resuming a 30-step run with train.steps=20 once exited 0
+    having trained nothing); another worker count is refused unless --reset-worker-state; another
+    algorithm setting is refused; a learning-rate drop is taken and listed; then the reset."""
     out = tmp_path / "run"
     assert mpi_train(3, "configs/qadam.yaml", out, "train.steps=10").returncode == 0
+    p = mpi_train(3, "configs/qadam.yaml", out, "train.steps=10", extra=("--resume", "auto"))
+    assert p.returncode == 2
+    assert "step-0000010.h5 is at step 10 and this run ends at step 10: nothing left to train" in p.stderr
     refused = mpi_train(4, "configs/qadam.yaml", out, "train.steps=20", extra=("--resume", "auto"))
     assert refused.returncode == 2
     assert (
         "written by 2 workers, this run has 3" in refused.stderr and "--reset-worker-state" in refused.stderr
     )
-    ok = mpi_train(
-        4, "configs/qadam.yaml", out, "train.steps=20", extra=("--resume", "auto", "--reset-worker-state")
-    )
-    assert ok.returncode == 0, ok.stderr
-    assert "fresh worker state" in ok.stdout
-    assert "--reset-worker-state" in (out / "logs" / "rank-3.log").read_text()
-    assert summary(out)["steps"] == 20 and summary(out)["workers"] == 3
-
-
-def test_resume_refuses_a_checkpoint_at_or_past_the_last_step(tmp_path):
-    """Resuming a 30-step run with train.steps=20 once exited 0 having trained nothing."""
-    out = tmp_path / "run"
-    assert mpi_train(3, "configs/sgd.yaml", out, "train.steps=30", "checkpoint.every=10").returncode == 0
-    p = mpi_train(3, "configs/sgd.yaml", out, "train.steps=20", extra=("--resume", "auto"))
-    assert p.returncode == 2
-    assert "step-0000030.h5 is at step 30 and this run ends at step 20: nothing left to train" in p.stderr
-
-
-def test_resume_takes_a_learning_rate_drop_lists_it_and_refuses_other_algorithm_settings(tmp_path):
-    out = tmp_path / "run"
-    assert mpi_train(3, "configs/qadam.yaml", out, "train.steps=10").returncode == 0
     p = mpi_train(
         3, "configs/qadam.yaml", out, "train.steps=20", "algorithm.beta1=0.8", extra=("--resume", "auto")
     )
@@ -222,6 +207,19 @@ def test_resume_takes_a_learning_rate_drop_lists_it_and_refuses_other_algorithm_
     # the drop took effect: a resume is otherwise bit-exact, so the uninterrupted run would match
     whole = simulate("configs/qadam.yaml", 2, tmp_path / "whole", "train.steps=20")
     assert summary(out)["params_sha256"] != whole["params_sha256"]
+
+    ok = mpi_train(
+        4,
+        "configs/qadam.yaml",
+        out,
+        "train.steps=30",
+        "algorithm.lr=0.001",
+        extra=("--resume", "auto", "--reset-worker-state"),
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "fresh worker state" in ok.stdout
+    assert "--reset-worker-state" in (out / "logs" / "rank-3.log").read_text()
+    assert summary(out)["steps"] == 30 and summary(out)["workers"] == 3
 
 
 def test_trace_schema_h5dump_pandas_analyze_plot_and_export(tmp_path):
@@ -338,7 +336,7 @@ def test_compare_runs(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("overlap", ["on", "off"])
+@pytest.mark.parametrize("overlap", ["on", pytest.param("off", marks=pytest.mark.soak)])  # off: make soak
 def test_timeline_is_ordered_causal_and_shows_the_overlap(tmp_path, overlap):
     out, steps, segments = tmp_path / "run", 12, 3
     p = mpi_train(

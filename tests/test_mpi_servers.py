@@ -128,7 +128,7 @@ def test_a_run_with_two_serving_ranks_resumes_with_one_and_another_cut(tmp_path)
     assert "trace.h5 was written by 4 ranks, ranks [0, 1] serving; this run has 3" in p.stdout
     steps, _, _ = read_trace(tmp_path / "one" / "trace.h5")
     assert sorted(set(steps["step"].tolist())) == [4, 5, 6]
-    aside, _, _ = read_trace(tmp_path / "one" / "trace-until-step-3.h5")
+    aside, _, _ = read_trace(tmp_path / "one" / "trace-before-resume-at-step-3.h5")
     assert sorted(set(aside["step"].tolist())) == [1, 2, 3, 4, 5, 6]  # the first run's, whole
 
     again, _ = _train(4, config, two, *sets, "runtime.servers=2", "runtime.segments=3", extra=resume)

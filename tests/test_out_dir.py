@@ -43,13 +43,19 @@ def test_overwrite_removes_exactly_the_run_files_and_says_so(tmp_path):
     (out / "checkpoints" / "keep-me.txt").write_text("mine too\n")
     stale = out / "checkpoints" / checkpoint_name(600)
     stale.write_bytes((out / "checkpoints" / checkpoint_name(20)).read_bytes())
+    aside = out / "trace-before-resume-at-step-3.h5"  # a trace a resume with other ranks set aside
+    aside.write_bytes((out / "trace.h5").read_bytes())
     p = subprocess.run(
         [*QTRAIN, "simulate", "configs/sgd.yaml", "--out", str(out), *SHORT, "--overwrite"],
         capture_output=True,
         text=True,
     )
     assert p.returncode == 0, p.stderr
-    assert "--overwrite: removed config.yaml, summary.json, trace.h5, 3 checkpoints" in p.stdout
+    assert (
+        "--overwrite: removed config.yaml, summary.json, trace.h5, trace-before-resume-at-step-3.h5, "
+        "3 checkpoints" in p.stdout
+    ), p.stdout
+    assert not aside.exists()
     assert (out / "notes.txt").read_text() == "mine\n" and (out / "checkpoints" / "keep-me.txt").exists()
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [20, 10]  # step 600 is gone
     assert json.loads((out / "summary.json").read_text())["steps"] == 20

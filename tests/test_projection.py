@@ -171,14 +171,20 @@ def test_a_two_server_trace_gives_one_servers_model():
         assert getattr(two, field) == pytest.approx(getattr(one, field)), field
 
 
-def test_the_bytes_are_a_typical_steps_not_the_evaluations():
-    """With K > 1 an evaluation also gathers the master copy over the serving links (in the next
-    step's rows of the other owners): the bytes are medians over the steps, so those spikes do not
-    count, as the measured step time (a median) leaves those steps out too."""
+def test_the_evaluations_traffic_is_left_out_of_the_bytes():
+    """With K > 1 an evaluation also gathers the master copy over the serving links, which the
+    other owners count in the next step's rows: given the trace's evaluation rows, the bytes are
+    those of the other steps."""
     steps, attrs = synthetic_trace(wire=True)
     plain = PerfModel.from_trace(steps, attrs, warmup=3)
     spiked = steps.copy()
     at = (spiked["role"] == 0) & np.isin(spiked["step"], [6, 9])  # after evaluations at 5 and 8
     spiked["wire_sent_bytes"][at] += 8_000_000  # the other owner's master shard
-    m = PerfModel.from_trace(spiked, attrs, warmup=3)
+    evals = np.zeros(2, dtype=[("step", "<u4"), ("test_loss", "<f8"), ("test_accuracy", "<f8")])
+    evals["step"] = [5, 8]
+    assert PerfModel.from_trace(spiked, attrs, warmup=3).down_bytes > plain.down_bytes + 1e5
+    m = PerfModel.from_trace(spiked, attrs, warmup=3, evals=evals)
     assert (m.up_bytes, m.down_bytes) == pytest.approx((plain.up_bytes, plain.down_bytes))
+    every = np.zeros(10, dtype=evals.dtype)
+    every["step"] = np.arange(1, 11)  # every step evaluates: nothing left out
+    assert PerfModel.from_trace(spiked, attrs, warmup=3, evals=every).down_bytes > plain.down_bytes

@@ -26,14 +26,14 @@ but a worker still sends and receives a whole model's messages on its own link:
 
 (K = 1 is the model above). A trace taken with K servers has a row per serving rank and step:
 d, E_s and the bytes are summed over them, so the model holds one server's whole-vector numbers.
-The bytes per step are the median over the steps, as the measured step time is: with K > 1 an
-evaluation also gathers the master copy over the serving ranks' links (counted in the next step's
-rows of the other owners), traffic that is not the step's. Validated against emulated K = 1, 2
-and 4 runs in docs/benchmarks.md.
+The bytes are averaged over the steps that neither evaluate nor follow an evaluation: with K > 1
+an evaluation also gathers the master copy over the serving ranks' links (the other owners count
+it in the next step's rows), traffic that is not the step's (the measured step time, a median,
+leaves those steps out too). Validated against emulated K = 1, 2 and 4 runs in docs/benchmarks.md.
 
 The timings come from the machine the trace was taken on: a projection answers "this code, this
 compute, another network", as the ECQ-SGD paper's performance model does (Wu et al., ICML 2018,
-Sec. 5). All times are means over the steps after ``warmup``, the bytes medians.
+Sec. 5). All times are means over the steps after ``warmup``.
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ class PerfModel:
     servers: int = 1  # K of the measured run
 
     @classmethod
-    def from_trace(cls, steps: np.ndarray, attrs: dict, warmup: int = 5) -> PerfModel:
-        """The model of a trace's ``steps`` rows after ``warmup``: times are means, bytes medians."""
+    def from_trace(cls, steps: np.ndarray, attrs: dict, warmup: int = 5, evals=None) -> PerfModel:
+        """The model of a trace's ``steps`` rows after ``warmup`` (means); ``evals``, the trace's
+        evaluation rows, leave their steps and the next ones out of the bytes (unless that leaves
+        none)."""
         server = _per_step(steps[steps["role"] == 0])
         workers = steps[steps["role"] == 1]
         if len(server) < warmup + 2:
@@ -81,13 +83,18 @@ class PerfModel:
         w = workers[workers["step"] >= first]
         n = int(attrs["workers"])
         segments = int(attrs.get("segments", 1))
-        if s["wire_recv_bytes"].any():
-            up = float(np.median(s["wire_recv_bytes"])) / n
-            down = float(np.median(s["wire_sent_bytes"])) / tree_depth(n)
+        b = s
+        if evals is not None and len(evals):
+            near = np.concatenate([evals["step"], evals["step"] + 1])
+            plain = s[~np.isin(s["step"], near)]
+            b = plain if len(plain) else s
+        if b["wire_recv_bytes"].any():
+            up = float(b["wire_recv_bytes"].mean()) / n
+            down = float(b["wire_sent_bytes"].mean()) / tree_depth(n)
             source = "interface counters"
         else:
-            up = (float(np.median(s["bytes_recv"])) / n + segments * UPLINK_RECORD_BYTES) * FRAMING
-            down = (float(np.median(s["bytes_sent"])) / n + segments * DOWNLINK_RECORD_BYTES) * FRAMING
+            up = (float(b["bytes_recv"].mean()) / n + segments * UPLINK_RECORD_BYTES) * FRAMING
+            down = (float(b["bytes_sent"].mean()) / n + segments * DOWNLINK_RECORD_BYTES) * FRAMING
             source = "packed messages + framing"
         wall = s["wall_s"]
         measured = float(np.median(np.diff(wall))) if wall.any() else float("nan")

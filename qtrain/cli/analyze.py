@@ -67,7 +67,7 @@ def analyze(
         from qtrain.analysis.projection import PerfModel, format_projection, parse_project
 
         try:
-            model = PerfModel.from_trace(steps, attrs, warmup)
+            model = PerfModel.from_trace(steps, attrs, warmup, evals)
             rep["projection"] = {
                 "model": model.__dict__,
                 "predicted": model.predict(**parse_project(project)),

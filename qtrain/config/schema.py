@@ -109,6 +109,15 @@ class RuntimeConfig:
     servers: int = 1  # serving ranks: ranks 0..servers-1 serve, each owning a shard of the segments
     overlap: str = "auto"  # workers send each segment during backward: auto (CPU workers) | on | off
 
+    @property
+    def segment_count(self) -> int:
+        """The count ``Partition.build`` cuts (0: by ``segment_bytes``). A config written before the
+        size default (``segments: 1`` beside a ``segment_bytes`` of its own) cut by size: so it
+        still does, and rerunning an old run's config.yaml gives its cut."""
+        if self.segments == 1 and self.segment_bytes not in (0, DEFAULT_SEGMENT_BYTES):
+            return 0
+        return self.segments
+
 
 @dataclass
 class CheckpointConfig:

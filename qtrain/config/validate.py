@@ -94,8 +94,11 @@ def _validate(cfg) -> None:
     _positive(r.segments, "runtime.segments", allow_zero=True)
     _positive(r.servers, "runtime.servers")
     _positive(r.segment_bytes, "runtime.segment_bytes", allow_zero=True)
-    if r.segments and r.segment_bytes != DEFAULT_SEGMENT_BYTES:
-        raise ConfigError("set runtime.segments or runtime.segment_bytes, not both")
+    if r.segments > 1 and r.segment_bytes not in (0, DEFAULT_SEGMENT_BYTES):
+        raise ConfigError(
+            f"runtime.segments {r.segments} and runtime.segment_bytes {r.segment_bytes}: "
+            "set runtime.segments or runtime.segment_bytes, not both"
+        )
     _positive(cfg.checkpoint.every, "checkpoint.every", allow_zero=True)
     _positive(cfg.checkpoint.keep, "checkpoint.keep")
     _positive(cfg.trace.flush_every, "trace.flush_every")

@@ -33,7 +33,7 @@ class RunPlan:
         model = build_flat_model(setup, device)
         buckets = (setup.uplink.codec.bucket, setup.downlink.codec.bucket)
         partition = Partition.build(
-            model.numel, buckets, cfg.runtime.segments, cfg.runtime.segment_bytes, len(topology.servers)
+            model.numel, buckets, cfg.runtime.segment_count, cfg.runtime.segment_bytes, len(topology.servers)
         )
         text = dump_yaml(resolved_config(cfg, setup))
         return cls(setup, topology, partition, model.layout, text), model

@@ -31,10 +31,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 def run_files(path: Path) -> list[Path]:
     """The files a run writes that are in ``path``: config.yaml, summary.json, trace.h5 (and their
-    .tmp), checkpoints/step-*.h5(.tmp), logs/rank-*.log, and the live metrics metrics/rank-*.csv
-    and tensorboard/rank-*/events.out.tfevents.*. Nothing else is ever touched."""
+    .tmp, and the traces a resume set aside), checkpoints/step-*.h5(.tmp), logs/rank-*.log, and
+    the live metrics metrics/rank-*.csv and tensorboard/rank-*/events.out.tfevents.*. Nothing else
+    is ever touched."""
     found = [path / n for n in ("config.yaml", "summary.json", "trace.h5") if (path / n).is_file()]
     found += [p for n in ("config.yaml", "summary.json", "trace.h5") for p in path.glob(f"{n}.tmp")]
+    found += sorted(p for p in path.glob("trace-before-resume-at-step-*.h5") if p.is_file())
     for sub, pattern in (
         ("checkpoints", "step-*.h5*"),
         ("logs", "rank-*.log"),

@@ -127,8 +127,8 @@ class TraceWriter:
     def __init__(self, path: Path, attrs: dict, flush_every: int, resume_step: int | None = None, echo=print):
         """A trace at ``path``; with ``resume_step`` an existing one keeps its rows up to that step,
         unless other ranks wrote them (a resume with another world size or other serving ranks):
-        that file is kept beside as ``trace-until-step-N.h5`` and a new trace begins (``echo``
-        says so)."""
+        that file is kept whole beside as ``trace-before-resume-at-step-N.h5`` and a new trace
+        begins (``echo`` says so)."""
         self.path = Path(path)
         self.flush_every = flush_every
         self._rows: list[np.ndarray] = []
@@ -148,8 +148,7 @@ class TraceWriter:
                     m = read_metrics(self.path)
                     kept_timeline["metrics"] = m[m["step"] <= resume_step]
                 else:
-                    p = self.path
-                    aside = p.with_name(f"{p.stem}-until-step-{resume_step}{p.suffix}")
+                    aside = _aside_name(self.path, resume_step)
                     os.replace(self.path, aside)
                     echo(
                         f"qtrain: {self.path.name} was written by {old['world_size']} ranks, ranks "
@@ -500,8 +499,20 @@ def _check_rows(rows: np.ndarray, attrs: dict, path: Path) -> None:
         raise TraceError(f"{path}: /steps has worker rows but no server row for step {int(missing[0])}")
 
 
+def _aside_name(path: Path, step: int) -> Path:
+    """Where a resumed run keeps a trace other ranks wrote (a free name: an earlier one stays)."""
+    aside = path.with_name(f"{path.stem}-before-resume-at-step-{step}{path.suffix}")
+    n = 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.stem}-before-resume-at-step-{step}.{n}{path.suffix}"), n + 1
+    return aside
+
+
 def _value(attrs: dict, key: str):
-    """An attribute as Python data, whether read (decoded) or about to be written (JSON text)."""
+    """An attribute as Python data, whether read (decoded) or about to be written (JSON text); a
+    trace from before ``segment_owners`` had every segment on its one serving rank."""
+    if key == "segment_owners" and key not in attrs:
+        return [_value(attrs, "server_ranks")[0]] * int(attrs["segments"])
     v = attrs.get(key)
     return json.loads(v) if isinstance(v, str) else (v.tolist() if hasattr(v, "tolist") else v)
 

@@ -90,8 +90,8 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
                     rec.add_shard(rank, part.up, part.down, part.times, part.wire)
                 serving.timeline.add_parts([p.timeline for p in parts])
                 asked = next((p.stop for p in parts if p.stop), None)
-                if asked and not svc.stop.requested:  # a signal on another owner: agreed next step
-                    svc.stop.reason = asked
+                if asked:  # a signal on another owner: agreed with the next step
+                    svc.stop.adopt(asked)
             if result.buffers:  # the downlink asked for them: the server evaluates after this step
                 with rec.phase("buffers"):
                     server_sync(transport, model.module, cfg.model.buffers)

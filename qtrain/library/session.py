@@ -395,7 +395,7 @@ class Session:
         s, rt = self._setup, self.config.runtime
         buckets = (s.uplink.codec.bucket, s.downlink.codec.bucket)
         partition = Partition.build(
-            flat.numel, buckets, rt.segments, rt.segment_bytes, len(self._topology.servers)
+            flat.numel, buckets, rt.segment_count, rt.segment_bytes, len(self._topology.servers)
         )
         return RunPlan(s, self._topology, partition, flat.layout, self._config_text)
 

@@ -59,8 +59,8 @@ def reproduce(out: Path, quick: bool = False) -> dict:
         run_dir = out / "runs" / base.removesuffix(".yaml")
         cfg = load_config(CONFIGS / base, sets)
         summary = simulate(cfg, MEASURED_WORKERS, run_dir, log=lambda _: None, overwrite=True)
-        steps_table, _, attrs = read_trace(run_dir / "trace.h5")
-        models[name] = PerfModel.from_trace(steps_table, attrs, warmup)
+        steps_table, evals, attrs = read_trace(run_dir / "trace.h5")
+        models[name] = PerfModel.from_trace(steps_table, attrs, warmup, evals)
         runs.append(
             {
                 "variant": name,

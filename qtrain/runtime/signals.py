@@ -12,19 +12,30 @@ import signal
 
 class StopRequest:
     def __init__(self):
-        self.reason: str | None = None
+        self.local: str | None = None  # this rank's own signal
+        self.adopted: str | None = None  # another serving rank's, taken over by the lead
+
+    @property
+    def reason(self) -> str | None:
+        return self.local or self.adopted
 
     @property
     def requested(self) -> bool:
         return self.reason is not None
 
+    def adopt(self, reason: str) -> None:
+        """Take over another rank's request (the lead, for a signal on another serving rank); a
+        signal here later is still this rank's first, not the second that ends it at once."""
+        if not self.requested:
+            self.adopted = reason
+
     def install(self, rank: int) -> None:
         def handler(signum, frame):
-            if self.reason is not None:
+            if self.local is not None:
                 signal.signal(signum, signal.SIG_DFL)
                 signal.raise_signal(signum)
                 return
-            self.reason = f"{signal.Signals(signum).name} on rank {rank}"
+            self.local = f"{signal.Signals(signum).name} on rank {rank}"
 
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, handler)

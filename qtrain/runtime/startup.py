@@ -121,7 +121,7 @@ def agree_on_builtin(comm, config: str, overrides: list[str], svc, arguments: st
         numel = sum(p.numel() for p in module.parameters() if p.requires_grad)
         buckets = (setup.uplink.codec.bucket, setup.downlink.codec.bucket)
         partition = Partition.build(
-            numel, buckets, cfg.runtime.segments, cfg.runtime.segment_bytes, len(topology.servers)
+            numel, buckets, cfg.runtime.segment_count, cfg.runtime.segment_bytes, len(topology.servers)
         )
         require_rank_fits(setup, partition, topology.num_workers, topology.is_server, topology.rank)
         return setup, module

@@ -1,0 +1,41 @@
+"""The stop request a signal makes (runtime/signals.py): the first signal of a rank asks for a stop,
+a second ends the rank; a request the lead adopted from another serving rank is not its first."""
+
+import signal
+
+import pytest
+
+from qtrain.runtime.signals import StopRequest
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+@pytest.fixture
+def handlers():
+    saved = {s: signal.getsignal(s) for s in SIGNALS}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+def test_an_adopted_request_leaves_the_ranks_own_first_signal_a_request(handlers):
+    stop = StopRequest()
+    stop.install(rank=0)
+    stop.adopt("SIGTERM on rank 1")
+    assert stop.requested and stop.reason == "SIGTERM on rank 1"
+    signal.raise_signal(signal.SIGUSR1)  # the job-wide signal reaching the lead a step later
+    assert stop.local == "SIGUSR1 on rank 0" and stop.reason == "SIGUSR1 on rank 0"
+    assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None)  # still qtrain's handler
+    stop.adopt("SIGTERM on rank 2")  # a request of its own already: nothing to adopt
+    assert stop.reason == "SIGUSR1 on rank 0" and stop.adopted == "SIGTERM on rank 1"
+
+
+def test_a_second_signal_of_its_own_falls_back_to_the_default(handlers, monkeypatch):
+    stop = StopRequest()
+    stop.install(rank=3)
+    signal.raise_signal(signal.SIGUSR1)
+    assert stop.reason == "SIGUSR1 on rank 3"
+    raised = []
+    monkeypatch.setattr(signal, "raise_signal", raised.append)  # the default would end pytest
+    signal.getsignal(signal.SIGUSR1)(signal.SIGUSR1, None)
+    assert raised == [signal.SIGUSR1] and signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
