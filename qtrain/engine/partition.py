@@ -88,6 +88,14 @@ class Partition:
             segments.append(Segment(index, bounds[flat], bounds[flat + 1], owner))
         return cls(numel, align, tuple(segments))
 
+    @classmethod
+    def for_setup(cls, setup, numel: int, servers: int) -> Partition:
+        """A run's cut: its config's ``runtime.segment_count`` and ``segment_bytes`` over ``numel``
+        parameters, on both links' buckets, for ``servers`` serving ranks."""
+        rt = setup.cfg.runtime
+        buckets = (setup.uplink.codec.bucket, setup.downlink.codec.bucket)
+        return cls.build(numel, buckets, rt.segment_count, rt.segment_bytes, servers)
+
     def owned_by(self, owner: int) -> tuple[Segment, ...]:
         """The segments serving rank ``owner`` (an index into ``Topology.servers``) owns."""
         return tuple(s for s in self.segments if s.owner == owner)

@@ -31,10 +31,7 @@ class RunPlan:
         """The plan and this rank's model (the server's master copy on a serving rank)."""
         setup = build_setup(cfg, topology.num_workers)
         model = build_flat_model(setup, device)
-        buckets = (setup.uplink.codec.bucket, setup.downlink.codec.bucket)
-        partition = Partition.build(
-            model.numel, buckets, cfg.runtime.segment_count, cfg.runtime.segment_bytes, len(topology.servers)
-        )
+        partition = Partition.for_setup(setup, model.numel, len(topology.servers))
         text = dump_yaml(resolved_config(cfg, setup))
         return cls(setup, topology, partition, model.layout, text), model
 

@@ -381,6 +381,7 @@ _INT_ATTRS = {
 }
 _FLOAT_ATTRS = ("uplink_bits_per_element", "downlink_bits_per_element")
 _JSON_ATTRS = {"uplink_codec": dict, "downlink_codec": dict, "server_ranks": list}
+_OPTIONAL_JSON_ATTRS = ("segment_owners",)  # traces before several servers lack it (all the lead's)
 
 
 class TraceError(ValueError):
@@ -392,7 +393,7 @@ def _check_attributes(f, path: Path) -> dict:
     """The root attributes, each of the type and range qtrain writes, JSON ones decoded."""
     out = {}
     for name, value in f.attrs.items():
-        if isinstance(value, str) and name in _JSON_ATTRS:
+        if isinstance(value, str) and (name in _JSON_ATTRS or name in _OPTIONAL_JSON_ATTRS):
             try:
                 value = json.loads(value)
             except ValueError:
@@ -415,21 +416,15 @@ def _check_attributes(f, path: Path) -> dict:
     ranks = out["server_ranks"]
     if not ranks or not all(type(r) is int and 0 <= r < out["world_size"] for r in ranks):
         raise TraceError(f"{path}: attribute server_ranks must list ranks below world_size, found {ranks!r}")
-    if "segment_owners" in out:  # optional: traces before several servers lack it (all the lead's)
-        try:
-            owners = json.loads(out["segment_owners"]) if isinstance(out["segment_owners"], str) else None
-        except ValueError:
-            owners = None
-        if (
-            not isinstance(owners, list)
-            or len(owners) != out["segments"]
-            or not all(type(r) is int and r in ranks for r in owners)
-        ):
-            raise TraceError(
-                f"{path}: attribute segment_owners must list one of server_ranks per segment, "
-                f"found {out['segment_owners']!r}"
-            )
-        out["segment_owners"] = owners
+    owners = out.get("segment_owners", [])
+    if "segment_owners" in out and (
+        not isinstance(owners, list)
+        or len(owners) != out["segments"]
+        or not all(type(r) is int and r in ranks for r in owners)
+    ):
+        raise TraceError(
+            f"{path}: attribute segment_owners must list one of server_ranks per segment, found {owners!r}"
+        )
     for name in ("algorithm", "qtrain_version"):
         if not isinstance(out.get(name), str):
             raise TraceError(f"{path}: attribute {name} must be text, found {out.get(name)!r}")

@@ -392,12 +392,8 @@ class Session:
         from qtrain.engine.partition import Partition
         from qtrain.engine.run_plan import RunPlan
 
-        s, rt = self._setup, self.config.runtime
-        buckets = (s.uplink.codec.bucket, s.downlink.codec.bucket)
-        partition = Partition.build(
-            flat.numel, buckets, rt.segment_count, rt.segment_bytes, len(self._topology.servers)
-        )
-        return RunPlan(s, self._topology, partition, flat.layout, self._config_text)
+        partition = Partition.for_setup(self._setup, flat.numel, len(self._topology.servers))
+        return RunPlan(self._setup, self._topology, partition, flat.layout, self._config_text)
 
     def _resume_point(self, plan):
         if not self._request.resume:

@@ -67,5 +67,6 @@ def _group(world, rank: int, ranks: tuple[int, ...]) -> Group:
     """A communicator of ``ranks``, in that order (``ranks[i]`` its rank i)."""
     from mpi4py import MPI
 
-    comm = world.Split(0 if rank in ranks else MPI.UNDEFINED, ranks.index(rank) if rank in ranks else 0)
-    return Group(comm if rank in ranks else None, ranks)
+    member = rank in ranks
+    comm = world.Split(0 if member else MPI.UNDEFINED, ranks.index(rank) if member else 0)
+    return Group(comm if member else None, ranks)

@@ -219,7 +219,8 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
     elif plan.setup.algorithm.downlink_mode == "weights":
         svc.watchdog.enter("initial weights broadcast")
         step_driver.send_initial()
-    if timeline_wanted(plan.cfg):
+    timeline = timeline_wanted(plan.cfg)
+    if timeline:
         svc.watchdog.enter("clock sync")
         clock_offsets(topo, plan.cfg.runtime.timeout_s)
         step_driver.timeline = ShardTimeline(transport.mine)
@@ -239,7 +240,7 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
             continue
         svc.watchdog.enter(f"step {step}: report to the lead")
         report = rec.finish(result.records, engine.stats)
-        report.timeline = step_driver.timeline.take() if timeline_wanted(plan.cfg) else None
+        report.timeline = step_driver.timeline.take() if timeline else None
         if svc.stop.requested and not stop_logged:
             svc.log.info("step %d: %s; the lead agrees the stop with the next step", step, svc.stop.reason)
             stop_logged = True

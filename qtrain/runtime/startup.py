@@ -119,10 +119,7 @@ def agree_on_builtin(comm, config: str, overrides: list[str], svc, arguments: st
         setup = build_setup(cfg, topology.num_workers)
         module = build_module(setup)
         numel = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        buckets = (setup.uplink.codec.bucket, setup.downlink.codec.bucket)
-        partition = Partition.build(
-            numel, buckets, cfg.runtime.segment_count, cfg.runtime.segment_bytes, len(topology.servers)
-        )
+        partition = Partition.for_setup(setup, numel, len(topology.servers))
         require_rank_fits(setup, partition, topology.num_workers, topology.is_server, topology.rank)
         return setup, module
 
