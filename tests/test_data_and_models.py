@@ -6,6 +6,7 @@ import torch
 
 from qtrain.config import DataConfig
 from qtrain.data import ShardSampler, load_dataset, shard_indices
+from qtrain.data.base import split
 from qtrain.models import build_model
 
 
@@ -41,6 +42,23 @@ def test_builtin_datasets(name):
     assert len(ds.x_train) and len(ds.x_test)
     if name in ("synthetic-regression", "toy-convex"):
         assert ds.task == "regression" and ds.optimum_train_loss is not None
+
+
+def test_digits_are_exactly_what_sklearns_load_digits_gives():
+    """qtrain reads sklearn's digits CSV itself (no sklearn import at start-up): same pixels, same
+    labels, same order, same split as torch tensors of load_digits()."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    cfg = DataConfig(name="digits")
+    ours = load_dataset(cfg, seed=0)
+    expected = split(x, y, cfg.test_fraction, 20260)
+    got = (ours.x_train, ours.y_train, ours.x_test, ours.y_test)
+    assert len(ours.x_train) + len(ours.x_test) == 1797
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
 
 
 def test_libsvm_and_npz_files(tmp_path):

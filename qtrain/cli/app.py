@@ -48,4 +48,9 @@ app.add_typer(bench.app, name="bench")
 
 
 def main() -> None:
-    app()
+    from qtrain.cli.teardown import before_exit
+
+    try:
+        app()  # typer ends with SystemExit, also on success
+    finally:
+        before_exit()

@@ -60,8 +60,10 @@ def run(
 def _run_script(sess, path, args: list[str]) -> None:
     import runpy
 
+    from qtrain.cli.teardown import user_code_ran
     from qtrain.library.session import _fail_rank
 
+    user_code_ran()
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.resolve().parent))
     try:

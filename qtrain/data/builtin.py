@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from qtrain.data.base import Dataset, split
 from qtrain.seeding import derive_seed
 
 
+def digits_file() -> Path:
+    """Where scikit-learn keeps its bundled digits (``sklearn/datasets/data/digits.csv.gz``), found
+    without importing scikit-learn: ``import sklearn.datasets`` pulls in scipy.stats and pandas,
+    about a second of start-up on every rank of every run."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("data.name=digits needs scikit-learn's bundled data: pip install scikit-learn")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise ValueError(f"data.name=digits: scikit-learn's digits file is missing ({path})")
+    return path
+
+
 def digits(cfg, seed: int) -> Dataset:
     """scikit-learn's bundled handwritten digits (1797 8x8 images, 10 classes), pixels scaled to
-    [0, 1], a fixed 80/20 split (independent of the run seed, so runs compare on one test set)."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(bunch.target, dtype=torch.int64)
+    [0, 1], a fixed 80/20 split (independent of the run seed, so runs compare on one test set).
+    Read from the same CSV that ``sklearn.datasets.load_digits`` reads: 64 pixel columns (0-16),
+    then the label; tests/test_data_and_models.py checks the two agree exactly."""
+    table = np.loadtxt(digits_file(), delimiter=",")
+    x = torch.tensor(table[:, :-1].reshape(-1, 8, 8), dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(table[:, -1].astype(np.int64))
     return Dataset("digits", *split(x, y, cfg.test_fraction, 20260), "classification", 10)
 
 

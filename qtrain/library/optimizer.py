@@ -99,6 +99,10 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self.param_groups[0]["lr"] = float(state_dict["lr"])
 
     def add_param_group(self, param_group: dict) -> None:
+        """The one group, which torch's ``__init__`` adds: the model's trainable parameters (leaf
+        tensors, each once: ``session.optimizer`` passes them) and the defaults. Built here, not by
+        torch's ``add_param_group``: that one is wrapped in ``torch._disable_dynamo``, whose first
+        call imports ``torch._dynamo``, 1.5 to 2.5 s of start-up on every worker."""
         if getattr(self, "param_groups", None):  # torch's __init__ adds the first group
             raise UsageError("the qtrain optimizer has one param group (add_param_group is not supported)")
-        super().add_param_group(param_group)
+        self.param_groups.append({**self.defaults, **param_group, "params": list(param_group["params"])})
