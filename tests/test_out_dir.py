@@ -77,6 +77,28 @@ def test_prune_touches_only_the_checkpoints_it_is_given(tmp_path):
 
 
 @pytest.mark.mpi
+def test_a_checkpoint_from_elsewhere_does_not_continue_the_run_in_out(tmp_path):
+    """--resume FILE continues OUT's run only when FILE is one of OUT's checkpoints: another run's
+    checkpoint resumed into a used OUT once mixed the two runs' config, trace and checkpoints."""
+    from qtrain.io.run_dir import continues_run_in, prepare_out_dir
+
+    out = tmp_path / "run"
+    assert simulate(out).returncode == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    own = out / "checkpoints" / "step-0000010.h5"
+    elsewhere = tmp_path / "other" / "checkpoints" / "step-0000010.h5"
+    assert continues_run_in(out, "auto") and continues_run_in(out, True) and continues_run_in(out, str(own))
+    assert not continues_run_in(out, str(elsewhere)) and not continues_run_in(out, None)
+    assert prepare_out_dir(out, "auto") == (out, "") and prepare_out_dir(out, str(own)) == (out, "")
+    with pytest.raises(ValueError) as refused:
+        prepare_out_dir(out, str(elsewhere))
+    assert "holds another run (config.yaml, summary.json, trace.h5" in str(refused.value)
+    assert f"--resume '{elsewhere}' is not one of its checkpoints" in str(refused.value)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    _, removed = prepare_out_dir(out, str(elsewhere), overwrite=True)
+    assert "2 checkpoints" in removed and not list(out.rglob("*.h5"))
+
+
 def test_mpi_train_refuses_a_used_directory_unless_resuming_or_overwriting(tmp_path):
     out = tmp_path / "mpi"
     sets = ["train.steps=20", "checkpoint.every=10"]
@@ -88,6 +110,10 @@ def test_mpi_train_refuses_a_used_directory_unless_resuming_or_overwriting(tmp_p
         3, "configs/sgd.yaml", out, "train.steps=30", "checkpoint.every=10", extra=["--resume", "auto"]
     )
     assert p.returncode == 0, p.stderr
+    foreign = tmp_path / "elsewhere.h5"  # another run's checkpoint, as far as OUT can tell
+    foreign.write_bytes((out / "checkpoints" / "step-0000020.h5").read_bytes())
+    p = mpi_train(3, "configs/sgd.yaml", out, "train.steps=40", extra=["--resume", str(foreign)])
+    assert p.returncode == 2 and f"--resume '{foreign}' is not one of its checkpoints" in p.stderr
     p = mpi_train(3, "configs/sgd.yaml", out, *sets, extra=["--overwrite"])
     assert p.returncode == 0, p.stderr
     assert "--overwrite: removed config.yaml, summary.json, trace.h5, 3 checkpoints" in p.stdout

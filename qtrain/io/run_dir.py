@@ -63,19 +63,35 @@ def describe_files(path: Path, files: list[Path]) -> str:
     )
 
 
-def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = False) -> tuple[Path, str]:
-    """Create ``out``; refuse one that holds another run's files unless this run resumes it or
-    ``overwrite`` (then those files, and only those, are removed). Returns (path, what was
-    removed or ""). Raises ValueError naming the directory and what is in it."""
+def continues_run_in(out: Path, resume: str | bool | None) -> bool:
+    """Whether ``--resume`` continues the run whose files are in ``out``: True or ``auto``, or a
+    checkpoint under ``out``. A checkpoint from elsewhere starts a run of its own there, whose
+    config, summary, trace and checkpoints must not mix with another run's."""
+    if resume is True or resume == "auto":
+        return True
+    if not resume:
+        return False
+    return Path(resume).resolve().is_relative_to(out.resolve())
+
+
+def prepare_out_dir(
+    out: str | Path, resume: str | bool | None = None, overwrite: bool = False
+) -> tuple[Path, str]:
+    """Create ``out``; refuse one that holds another run's files unless this run continues it
+    (:func:`continues_run_in`) or ``overwrite`` (then those files, and only those, are removed).
+    Returns (path, what was removed or ""). Raises ValueError naming the directory and what is in
+    it."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {str(path)!r} is a file, not a directory")
     removed = ""
-    files = run_files(path) if path.is_dir() and not resume else []
+    continues = continues_run_in(path, resume)
+    files = run_files(path) if path.is_dir() and not continues else []
     if files and not overwrite:
+        foreign = f", and --resume {str(resume)!r} is not one of its checkpoints" if resume else ""
         raise ValueError(
-            f"--out {str(path)!r} holds another run ({describe_files(path, files)}): pass --resume auto "
-            "to continue it, --overwrite to remove those files first, or choose another --out"
+            f"--out {str(path)!r} holds another run ({describe_files(path, files)}){foreign}: pass "
+            "--resume auto to continue it, --overwrite to remove those files first, or choose another --out"
         )
     if files:
         removed = describe_files(path, files)

@@ -148,7 +148,7 @@ class Session:
                 topology.server,
                 setup.algorithm.name,
                 request.out,
-                bool(request.resume),
+                request.resume,
                 request.overwrite,
                 svc.echo if rank == 0 else None,
                 kind="train" if builtin else "run",
@@ -392,7 +392,10 @@ class Session:
         from qtrain.engine.partition import Partition
         from qtrain.engine.run_plan import RunPlan
 
-        partition = Partition.for_setup(self._setup, flat.numel, len(self._topology.servers))
+        try:  # every rank computes the same cut from the agreed model, so every rank refuses
+            partition = Partition.for_setup(self._setup, flat.numel, len(self._topology.servers))
+        except ValueError as exc:  # e.g. too few segments for runtime.servers serving ranks
+            self._refuse(str(exc))
         return RunPlan(self._setup, self._topology, partition, flat.layout, self._config_text)
 
     def _resume_point(self, plan):

@@ -237,13 +237,14 @@ def prepare_outputs(
     server: int,
     algorithm: str,
     out: str | None,
-    resume: bool = False,
+    resume: str | None = None,
     overwrite: bool = False,
     echo=None,
     kind: str = "train",
 ) -> Path:
     """The output directory (default ``runs/KIND-ALGORITHM-TIME``): the serving rank names it and
-    checks it (another run's files are refused, or removed with ``overwrite``), then every rank
+    checks it (another run's files are refused, or removed with ``overwrite``; ``resume`` is the
+    ``--resume`` argument, see :func:`~qtrain.io.run_dir.prepare_out_dir`), then every rank
     creates it."""
     import time
 

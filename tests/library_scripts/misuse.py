@@ -14,6 +14,8 @@ mode = sys.argv[1]
 sets = ["train.log_every=1000", "runtime.timeout_s=30"]
 if mode == "clip_with_an_unused_parameter":
     sets.append("runtime.segments=2")  # the used head's segment goes out from the hooks
+if mode == "too_many_servers":
+    sets.append("runtime.servers=2")  # the 67 parameters fit one 512-element bucket: one segment
 sess = qtrain.init(None, sets, sys.argv[2])
 
 
