@@ -99,6 +99,23 @@ def test_a_checkpoint_from_elsewhere_does_not_continue_the_run_in_out(tmp_path):
     assert "2 checkpoints" in removed and not list(out.rglob("*.h5"))
 
 
+def test_a_failed_start_is_not_offered_a_resume(tmp_path):
+    """A start that failed (e.g. --resume auto into a new directory) leaves its config and rank
+    logs; the next run is refused, but not told to --resume auto what has no checkpoint."""
+    from qtrain.io.run_dir import prepare_out_dir
+
+    out = tmp_path / "failed"
+    (out / "logs").mkdir(parents=True)
+    (out / "config.yaml").write_text("seed: 0\n")
+    (out / "logs" / "rank-0.log").write_text("qtrain: error: no checkpoints\n")
+    with pytest.raises(ValueError) as refused:
+        prepare_out_dir(out)
+    assert (
+        "holds another run (config.yaml, 1 rank logs): it has no checkpoint to resume: pass --overwrite"
+        in str(refused.value)
+    )
+
+
 def test_mpi_train_refuses_a_used_directory_unless_resuming_or_overwriting(tmp_path):
     out = tmp_path / "mpi"
     sets = ["train.steps=20", "checkpoint.every=10"]

@@ -89,9 +89,13 @@ def prepare_out_dir(
     files = run_files(path) if path.is_dir() and not continues else []
     if files and not overwrite:
         foreign = f", and --resume {str(resume)!r} is not one of its checkpoints" if resume else ""
+        # a run that never checkpointed (a failed start leaves its config and rank logs) has
+        # nothing --resume auto could continue
+        resumable = any(f.suffix == ".h5" and f.parent.name == "checkpoints" for f in files)
+        cont = "pass --resume auto to continue it, " if resumable else "it has no checkpoint to resume: pass "
         raise ValueError(
-            f"--out {str(path)!r} holds another run ({describe_files(path, files)}){foreign}: pass "
-            "--resume auto to continue it, --overwrite to remove those files first, or choose another --out"
+            f"--out {str(path)!r} holds another run ({describe_files(path, files)}){foreign}: {cont}"
+            "--overwrite to remove those files first, or choose another --out"
         )
     if files:
         removed = describe_files(path, files)
