@@ -59,6 +59,8 @@ def plot_trace(
     elif len(evals):
         ax.plot(evals["step"], evals["test_loss"], marker="o")
         ax.set(ylabel="test loss")
+    else:  # a library run whose server evaluates nothing (no serve(evaluate=...)), or eval_every 0
+        ax.text(0.5, 0.5, "no evaluations in this run", ha="center", va="center", transform=ax.transAxes)
     ax.set(title=PANEL_TITLES[1], xlabel="step")
     ax = axes[0, 2]
     # lines that coincide stay visible: fp32 as a wide band behind, the uplink solid and wide, the
@@ -86,7 +88,11 @@ def plot_trace(
     colors = ["tab:red" if r in report["stragglers"] else "tab:blue" for r in ranks]
     ax.bar([str(r) for r in ranks], busy, color=colors)
     ax.set(title=PANEL_TITLES[5], xlabel="rank", ylabel="compute + encode, ms")
-    fig.suptitle(f"{attrs.get('algorithm')}: {attrs.get('workers')} workers")
+    serving = len(attrs.get("server_ranks") or [0])
+    fig.suptitle(
+        f"{attrs.get('algorithm')}: {attrs.get('workers')} workers, "
+        f"{serving} serving rank{'s' if serving != 1 else ''}"
+    )
     fig.savefig(path, dpi=110)
     titles = [a.get_title() for a in fig.get_axes() if a.has_data()]
     plt.close(fig)
