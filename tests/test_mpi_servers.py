@@ -117,10 +117,11 @@ def test_a_run_with_two_serving_ranks_resumes_with_one_and_another_cut(tmp_path)
     sets = ["train.steps=6", "checkpoint.every=3", "trace.timeline_every=1"]
     config, two = "configs/efficient-adam.yaml", tmp_path / "two"
     whole, _ = _train(4, config, two, *sets, "runtime.servers=2", "runtime.segments=2")
-    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "checkpoints").mkdir(parents=True)  # a copy of the run at its checkpoint
     shutil.copy(two / "trace.h5", tmp_path / "one" / "trace.h5")
-    resume = ["--resume", str(two / "checkpoints" / "step-0000003.h5")]
-    resumed, p = _train(3, config, tmp_path / "one", *sets, "runtime.segments=3", extra=resume)
+    shutil.copy(two / "checkpoints" / "step-0000003.h5", tmp_path / "one" / "checkpoints")
+    own = ["--resume", str(tmp_path / "one" / "checkpoints" / "step-0000003.h5")]
+    resumed, p = _train(3, config, tmp_path / "one", *sets, "runtime.segments=3", extra=own)
     assert resumed["segments"] == 3 and whole["segments"] == 2
     assert resumed["params_sha256"] == whole["params_sha256"]
     assert "resume changes runtime.servers: 2 -> 1" in p.stdout
@@ -131,6 +132,7 @@ def test_a_run_with_two_serving_ranks_resumes_with_one_and_another_cut(tmp_path)
     aside, _, _ = read_trace(tmp_path / "one" / "trace-before-resume-at-step-3.h5")
     assert sorted(set(aside["step"].tolist())) == [1, 2, 3, 4, 5, 6]  # the first run's, whole
 
+    resume = ["--resume", str(two / "checkpoints" / "step-0000003.h5")]
     again, _ = _train(4, config, two, *sets, "runtime.servers=2", "runtime.segments=3", extra=resume)
     assert again["params_sha256"] == whole["params_sha256"]
     steps, _, _ = read_trace(two / "trace.h5")
