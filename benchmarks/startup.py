@@ -20,7 +20,6 @@ training, sets much of ``make test``'s time.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import subprocess
@@ -30,14 +29,10 @@ import time
 from pathlib import Path
 
 from qtrain.bench.host import describe_host, host_line
+from qtrain.runtime.mpi_info import launcher
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ["--set", "train.steps=2", "--set", "train.eval_every=2", "--overwrite"]
-
-
-def _mpiexec() -> list[str]:
-    env = os.environ.get("QTRAIN_MPIEXEC")
-    return env.split() if env else [str(Path(sys.executable).parent / "mpiexec")]
 
 
 def commands(out: Path) -> dict[str, list[str]]:
@@ -46,7 +41,7 @@ def commands(out: Path) -> dict[str, list[str]]:
         "import torch": [py, "-c", "import torch"],
         "qtrain simulate, 1 process": [py, "-m", "qtrain", "simulate", "configs/default.yaml", "--quiet"]
         + ["--out", str(out / "sim"), *STEPS],
-        "qtrain train, mpiexec -n 3": [*_mpiexec(), "-n", "3", py, "-m", "qtrain", "train"]
+        "qtrain train, mpiexec -n 3": [*launcher(), "-n", "3", py, "-m", "qtrain", "train"]
         + ["configs/default.yaml", "--out", str(out / "mpi"), *STEPS],
     }
 

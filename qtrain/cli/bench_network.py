@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shlex
 import signal
-import sys
 from pathlib import Path
 
 import typer
@@ -65,15 +62,14 @@ def network(
         fail("--set runtime.servers: use --servers, which also gives each serving rank its link")
     plan = BenchPlan(configs, link, workers, steps, warmup, peer_list, target_accuracy, overrides, eval_every)
     plan.servers = servers
-    launcher = shlex.split(os.environ.get("QTRAIN_MPIEXEC", "")) or [
-        str(Path(sys.executable).parent / "mpiexec")
-    ]
+    from qtrain.runtime.mpi_info import launcher
+
     # tear the network down on Ctrl-C and SIGTERM, also where the shell started us with SIGINT
     # ignored (a background job of a non-interactive shell inherits SIG_IGN)
     signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
     try:
-        results = bench_network(plan, Path(out), launcher, echo=typer.echo)
+        results = bench_network(plan, Path(out), launcher(), echo=typer.echo)
     except (NetworkError, RuntimeError) as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:

@@ -48,11 +48,20 @@ def run_files(path: Path) -> list[Path]:
     return found
 
 
+def _top(path: Path, f: Path) -> str:
+    return f.relative_to(path).parts[0]
+
+
+def checkpoint_files(path: Path, files: list[Path]) -> list[Path]:
+    """The checkpoints among ``files`` (of :func:`run_files`)."""
+    return [f for f in files if _top(path, f) == "checkpoints" and f.suffix == ".h5"]
+
+
 def describe_files(path: Path, files: list[Path]) -> str:
     def top(f: Path) -> str:
-        return f.relative_to(path).parts[0]
+        return _top(path, f)
 
-    ckpts = [f for f in files if top(f) == "checkpoints" and f.suffix == ".h5"]
+    ckpts = checkpoint_files(path, files)
     counted = ("logs", "metrics", "tensorboard")
     others = [str(f.relative_to(path)) for f in files if f not in ckpts and top(f) not in counted]
     logs = sum(1 for f in files if top(f) == "logs")
@@ -91,7 +100,7 @@ def prepare_out_dir(
         foreign = f", and --resume {str(resume)!r} is not one of its checkpoints" if resume else ""
         # a run that never checkpointed (a failed start leaves its config and rank logs) has
         # nothing --resume auto could continue
-        resumable = any(f.suffix == ".h5" and f.parent.name == "checkpoints" for f in files)
+        resumable = bool(checkpoint_files(path, files))
         cont = "pass --resume auto to continue it, " if resumable else "it has no checkpoint to resume: pass "
         raise ValueError(
             f"--out {str(path)!r} holds another run ({describe_files(path, files)}){foreign}: {cont}"

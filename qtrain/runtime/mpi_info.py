@@ -13,9 +13,19 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shlex
+import sys
 from dataclasses import dataclass
 
 ENV_OVERRIDE = "QTRAIN_CUDA_AWARE"
+
+
+def launcher() -> list[str]:
+    """The ``mpiexec`` command qtrain's own launches use: ``QTRAIN_MPIEXEC`` (the Makefile's choice,
+    e.g. Open MPI's ``mpirun --oversubscribe``), else the ``mpiexec`` beside this Python."""
+    return shlex.split(os.environ.get("QTRAIN_MPIEXEC", "")) or [
+        os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    ]
 
 
 @dataclass(frozen=True)
