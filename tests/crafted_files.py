@@ -39,8 +39,8 @@ def replace(f: h5py.File, path: str, data, attrs: dict | None = None, **kwargs) 
 
 
 def _other_dtype(dtype: np.dtype) -> np.dtype:
-    if dtype.names is not None:  # a compound row without its last column
-        return np.dtype([(n, dtype.fields[n][0]) for n in dtype.names[:-1]])
+    if dtype.names is not None:  # a compound row without its first column (/steps without its last
+        return np.dtype([(n, dtype.fields[n][0]) for n in dtype.names[1:]])  # is an older trace's)
     return {
         "f": np.dtype(np.float64) if dtype != np.float64 else np.dtype(np.float32),
         "i": np.dtype(np.float64),

@@ -71,6 +71,8 @@ def test_k_serving_ranks_train_what_one_simulated_server_trains(tmp_path, config
     assert len(rows) == 6 * servers
     workers_up = steps[steps["role"] == 1]["bytes_sent"].sum()
     assert rows["bytes_recv"].sum() == workers_up  # every owner's uplinks, each counted once
+    for r in range(servers):  # each serving rank's own decode CPU seconds (the others' via StepPart)
+        assert (rows[rows["rank"] == r]["decode_cpu_s"] > 0).all(), r
     assert owners == sorted(owners, reverse=True) and set(owners) == set(range(servers))  # lead: the head
     check_timeline(tmp_path / "mpi" / "trace.h5", owners, steps=[2, 4, 6], workers=[servers, servers + 1])
 

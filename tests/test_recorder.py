@@ -1,6 +1,9 @@
 """The run recorder: phases tell the watchdog, statistics survive a checkpoint, trace rows are
 written once per step and rank (a step late for workers under MPI), evaluations follow the cadence."""
 
+import time
+
+import h5py
 import numpy as np
 import pytest
 
@@ -9,7 +12,7 @@ from qtrain.engine.partition import Partition
 from qtrain.engine.recorder import Recorder, WorkerReport
 from qtrain.engine.setup import build_setup
 from qtrain.engine.topology import Topology
-from qtrain.io.trace import read_trace
+from qtrain.io.trace import STEPS_BEFORE_DECODE_CPU, read_trace
 
 
 class FakeWatchdog:
@@ -49,7 +52,50 @@ def test_phases_tell_the_watchdog_and_add_up(tmp_path):
         "step 1: aggregate (segment 1)",
         "step 1: evaluate",
     ]
-    assert set(rec.times) == {"aggregate", "evaluate"} and rec.times["aggregate"] >= 0
+    # aggregate is also timed in CPU seconds (CPU_TIMED); evaluate is not
+    assert set(rec.times) == {"aggregate", "aggregate_cpu", "evaluate"} and rec.times["aggregate"] >= 0
+
+
+def test_the_server_decode_column_holds_cpu_seconds_and_decode_s_wall_seconds(tmp_path):
+    """Two segments' decodes that each compute for 0.025 CPU seconds and are off the core for 0.1 s
+    (as when another process holds it): decode_s counts both, decode_cpu_s only the computing."""
+    rec, part = recorder(tmp_path)
+    rec.begin_step(1)
+    for seg in part:
+        rec.uplinks([10, 20], seg)
+        with rec.phase("aggregate", seg):
+            c0 = time.process_time()
+            while time.process_time() - c0 < 0.025:
+                pass
+            time.sleep(0.1)
+        rec.downlink(5, seg)
+    rec.end_step(report(2, 1), {})
+    rec.close(np.zeros(2), np.zeros(2))
+    rows, _, _ = read_trace(tmp_path / "trace.h5")
+    server, workers = rows[rows["role"] == 0], rows[rows["role"] == 1]
+    assert server["decode_s"][0] >= 0.2
+    assert 0.045 <= server["decode_cpu_s"][0] < server["decode_s"][0] - 0.15
+    assert list(workers["decode_cpu_s"]) == [0.0, 0.0]
+
+
+def test_a_trace_written_before_decode_cpu_s_is_read_with_zeros_there(tmp_path):
+    rec, part = recorder(tmp_path)
+    for step in range(1, 3):
+        run_step(rec, part, step)
+    rec.close(np.zeros(2), np.zeros(2))
+    path = tmp_path / "trace.h5"
+    today, _, _ = read_trace(path)
+    with h5py.File(path, "a") as f:  # the file as qtrain of 2026-12-03 wrote it
+        rows, units = f["steps"][()], f["steps"].attrs["units"]
+        del f["steps"]
+        f.create_dataset(
+            "steps", data=rows[list(STEPS_BEFORE_DECODE_CPU.names)].astype(STEPS_BEFORE_DECODE_CPU)
+        )
+        f["steps"].attrs["units"] = units
+    older, _, _ = read_trace(path)
+    assert older.dtype == today.dtype and not older["decode_cpu_s"].any()
+    for name in STEPS_BEFORE_DECODE_CPU.names:
+        assert np.array_equal(older[name], today[name]), name
 
 
 def run_step(rec, part, step: int) -> None:

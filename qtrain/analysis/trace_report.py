@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 WORKER_PHASES = ("compute_s", "encode_s", "comm_s", "decode_s")
-SERVER_PHASES = ("wait_s", "decode_s", "encode_s", "comm_s", "compute_s")  # mean per serving rank
+# mean per serving rank; decode_cpu_s is the CPU time within decode_s (trace.py UNITS)
+SERVER_PHASES = ("wait_s", "decode_s", "decode_cpu_s", "encode_s", "comm_s", "compute_s")
 
 
 def per_step(steps: np.ndarray) -> dict[str, np.ndarray]:

@@ -125,7 +125,7 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
         return float(np.max([rows[column] for rows in by_rank.values()], axis=0).mean())
 
     # phases: the busiest serving rank's, per step (with one server, that server's)
-    phases = {f"server_{k}": busiest(k) for k in ("wait_s", "decode_s", "encode_s", "comm_s")}
+    phases = {f"server_{k}": busiest(k) for k in ("wait_s", "decode_s", "decode_cpu_s", "encode_s", "comm_s")}
     wlate = workers[workers["step"] > plan.warmup]
     phases.update(
         {f"worker_{k}": float(wlate[k].mean()) for k in ("compute_s", "encode_s", "comm_s", "decode_s")}

@@ -35,7 +35,25 @@ SERVER_COLUMNS = {
     "server_step": "encode_s",
     "broadcast": "comm_s",
     "evaluate": "compute_s",
+    "aggregate_cpu": "decode_cpu_s",
 }
+# phases also timed in this process's CPU seconds, as the phase NAME_cpu: on a crowded node the
+# wall time of a compute phase also counts the time another process held the core
+CPU_TIMED = frozenset({"aggregate"})
+
+
+@contextlib.contextmanager
+def timed(add_time, name: str):
+    """Add the block's wall seconds to phase ``name`` (``add_time(name, seconds)``), and for a phase
+    in ``CPU_TIMED`` its CPU seconds to ``NAME_cpu``."""
+    c0 = time.process_time() if name in CPU_TIMED else None
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        add_time(name, time.perf_counter() - t0)
+        if c0 is not None:
+            add_time(f"{name}_cpu", time.process_time() - c0)
 
 
 @dataclass
@@ -127,11 +145,8 @@ class Recorder:
         if self.watchdog is not None:
             where = f" (segment {seg.index})" if seg is not None else ""
             self.watchdog.enter(f"step {self.step}: {name}{where}")
-        t0 = time.perf_counter()
-        try:
+        with timed(self.add_time, name):
             yield
-        finally:
-            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
 
     def uplinks(self, sizes: list[int], seg) -> None:
         """One segment's uplink messages, in worker order."""

@@ -47,8 +47,11 @@ TRACE_DTYPE = np.dtype(
         ("wall_s", "<f8"),
         ("wire_recv_bytes", "<u8"),
         ("wire_sent_bytes", "<u8"),
+        ("decode_cpu_s", "<f8"),
     ]
 )
+# /steps as written before decode_cpu_s (qtrain 2026-12-03 and earlier): read as today's rows, with 0
+STEPS_BEFORE_DECODE_CPU = np.dtype([(n, TRACE_DTYPE.fields[n][0]) for n in TRACE_DTYPE.names[:-1]])
 UNITS = {
     "step": "step (1-based)",
     "rank": "MPI rank (the root attribute server_ranks names the serving ranks)",
@@ -69,6 +72,9 @@ UNITS = {
     "wire_recv_bytes": "bytes the server's network interface received in the step, headers included "
     "(QTRAIN_WIRE_DEVICE; 0 when not measured)",
     "wire_sent_bytes": "bytes the server's network interface sent in the step (as wire_recv_bytes)",
+    "decode_cpu_s": "CPU seconds this serving process spent in decode + average (decode_s is wall "
+    "time, which also counts time the OS gave the core to another process); worker: 0; "
+    "0 in traces written before it existed",
 }
 # The timeline (MPI runs): instants of each segment's journey through one step, in seconds since
 # the server began the step, on the server's clock (workers' clocks are mapped onto it with the
@@ -449,7 +455,8 @@ def _checked(f, path: Path) -> dict:
         dtype = TRACE_DATASETS.get(where[1:])
         if dtype is None:
             raise TraceError(f"{path}: {where} is not a dataset a trace has")
-        if ds.dtype != dtype or ds.ndim != 1:
+        older = where == "/steps" and ds.dtype == STEPS_BEFORE_DECODE_CPU
+        if (ds.dtype != dtype and not older) or ds.ndim != 1:
             raise TraceError(
                 f"{path}: {where} holds {ds.dtype} of shape {list(ds.shape)}, where a trace has 1-D rows "
                 f"of the columns {', '.join(dtype.names)}"
@@ -522,6 +529,11 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
 
     def read(f, attrs):
         rows = f["steps"][()]
+        if rows.dtype != TRACE_DTYPE:  # an older trace (STEPS_BEFORE_DECODE_CPU): its missing column is 0
+            upgraded = np.zeros(rows.shape, dtype=TRACE_DTYPE)
+            for name in rows.dtype.names:
+                upgraded[name] = rows[name]
+            rows = upgraded
         _check_rows(rows, attrs, path)
         return rows, f["evals"][()], attrs
 

@@ -22,14 +22,13 @@ downlinks are posted: the workers never wait for them.
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from qtrain.engine.engine_state import SegmentStats
-from qtrain.engine.recorder import WorkerReport
+from qtrain.engine.recorder import WorkerReport, timed
 from qtrain.engine.shards import join_states, join_stats
 from qtrain.engine.snapshots import to_numpy, to_torch
 from qtrain.io.net_counters import NetCounters
@@ -73,11 +72,8 @@ class ShardRecorder:
     def phase(self, name: str, seg=None):
         where = f" (segment {seg.index})" if seg is not None else ""
         self.enter(f"step {self.step}: {name}{where}")
-        t0 = time.perf_counter()
-        try:
+        with timed(self.add_time, name):
             yield
-        finally:
-            self.add_time(name, time.perf_counter() - t0)
 
     def uplinks(self, sizes: list[int], seg) -> None:
         self.part.up.append((list(sizes), seg.numel))
