@@ -80,11 +80,17 @@ def test_sbatch_run_equals_mpiexec(cluster, tmp_path):
     assert "SLURM_RESTART_COUNT=0" in log and "launcher srun-pmi2" in log
 
 
-def test_default_output_directory_is_per_job(cluster, tmp_path):
+def test_default_output_directory_is_per_job_and_task_nodes_place_the_ranks(cluster, tmp_path, monkeypatch):
+    """Without --out the run lands in runs/slurm-JOBID. QTRAIN_TASK_NODES (what `slurm render
+    --server-nodes` exports) becomes srun's host file: on this one-node cluster, node 0 twice."""
+    monkeypatch.setenv("QTRAIN_TASK_NODES", "0 0")
     jid = sbatch("-n", "2", "slurm/train.sbatch", "configs/default.yaml", "--set", "train.steps=5")
     assert wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED"}) == "COMPLETED"
     out = REPO / "runs" / f"slurm-{jid}"
     assert summary(out)["workers"] == 1
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    assert (out / f"hostfile-{jid}").read_text().split() == [host, host]
+    assert f"tasks placed on nodes 0 0 of {host}" in (REPO / f"slurm-qtrain-{jid}.out").read_text()
     shutil.rmtree(out)
 
 
@@ -257,3 +263,66 @@ def test_several_serving_ranks_are_placed_one_per_node():
     assert "2 on a node: fewer nodes (1) than serving ranks" in crowded
     one = render_script(JobShape(2, 3), "c.yaml", Path("/h"), "#!/bin/bash\n")
     assert "distribution" not in one and 'set -- c.yaml "$@"' in one and "1 server + 3 workers" in one
+
+
+def test_serving_ranks_on_nodes_of_their_own():
+    """--server-nodes S puts the serving ranks on the first S nodes (dealt round-robin) and the
+    workers in balanced blocks on the rest; the script exports each task's node for the template's
+    host file, and says the serving nodes' GPUs stay idle."""
+    from qtrain.cli.slurm import JobShape, render_script
+
+    shape = JobShape(3, 4, gpus=True, servers=2, server_nodes=1)
+    assert shape.placement == "dedicated" and shape.task_nodes() == [0, 0, 1, 1, 2, 2]
+    assert shape.servers_per_node() == [2, 0, 0] and shape.workers_per_node() == [0, 2, 2]
+    text = render_script(shape, "c.yaml", Path("/h"), "#!/bin/bash\necho run\n")
+    assert "export QTRAIN_TASK_NODES='0 0 1 1 2 2'" in text and "distribution=cyclic" not in text
+    assert "#SBATCH --ntasks-per-node=2" in text and "#SBATCH --gres=gpu:2" in text
+    assert "the first 1 of the allocation" in text and "GPUs stay idle" in text
+    assert 'set -- c.yaml --set runtime.servers=2 "$@"' in text
+    spread = JobShape(4, 5, servers=3, server_nodes=2)
+    assert spread.task_nodes() == [0, 1, 0, 2, 2, 2, 3, 3]
+    assert spread.per_node == 3 and spread.workers_per_node() == [0, 0, 3, 2]
+    alone = JobShape(2, 3, server_nodes=1)  # one parameter server on a node of its own
+    assert alone.task_nodes() == [0, 1, 1, 1] and alone.per_node == 3
+
+
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["--nodes", "2", "--servers", "2", "--server-nodes", "2"], "leaves no node for the workers"),
+        (["--nodes", "4", "--servers", "2", "--server-nodes", "3"], "some serving nodes would be empty"),
+        (["--nodes", "4", "--server-nodes", "1"], "2 workers on 3 worker nodes"),
+        (["--server-nodes", "-1"], "--server-nodes must be 0"),
+        (
+            [
+                "--nodes",
+                "3",
+                "--workers",
+                "12",
+                "--server-nodes",
+                "1",
+                "--gpus-per-worker",
+                "1",
+                "--gpus-per-node",
+                "4",
+            ],
+            "use --nodes 4",  # 1 serving node + 3 nodes of 4 GPU workers
+        ),
+    ],
+)
+def test_impossible_server_placements_are_refused(args, why):
+    from typer.testing import CliRunner
+
+    from qtrain.cli.app import app
+
+    r = CliRunner().invoke(app, ["slurm", "render", "default", "--workers", "2", *args])
+    assert r.exit_code == 2 and why in r.output, r.output
+
+
+def test_the_template_refuses_task_nodes_with_a_launcher_that_places_ranks_itself(tmp_path):
+    env = {**os.environ, "QTRAIN_TASK_NODES": "0 0", "QTRAIN_LAUNCHER": "mpiexec", "SLURM_NTASKS": "2"}
+    r = subprocess.run(
+        ["bash", str(REPO / "slurm" / "train.sbatch"), "default", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and "the mpiexec launcher would place them its own way" in r.stderr, r.stderr

@@ -11,14 +11,23 @@ With ``--servers K`` (``runtime.servers``, ranks 0..K-1 serve) the tasks are dea
 over the nodes instead (``--distribution=cyclic``: task r on node r mod nodes), so the serving
 ranks sit one per node beside that node's workers (BytePS's co-location: each server's link is
 its node's, shared with the workers there); K above the node count puts two on a node, and the
-script says so. The script passes ``--set runtime.servers=K`` to qtrain. Placing the serving
-ranks on nodes of their own would need a heterogeneous job, which this does not render. The
-``mpirun`` launcher of the template maps ranks itself and ignores the distribution."""
+script says so. The script passes ``--set runtime.servers=K`` to qtrain. The ``mpirun`` launcher
+of the template maps ranks itself and ignores the distribution.
+
+With ``--server-nodes S`` the serving ranks run on nodes of their own instead: the first S nodes
+of the allocation hold only serving ranks (rank r on node r mod S), the other nodes hold the
+workers in contiguous, balanced blocks. Every serving rank then has a link that no worker
+shares. The script exports each task's node index (``QTRAIN_TASK_NODES``, rank order), and the
+template turns it into a host file for ``srun --distribution=arbitrary`` (``SLURM_HOSTFILE``); it
+refuses the ``mpirun`` launcher, which would place the ranks its own way. A job's nodes all get
+the same ``--gres``, so with GPU workers the serving nodes' GPUs stay idle (the script says so):
+a heterogeneous job would avoid that, which this does not render."""
 
 from __future__ import annotations
 
 import re
 import shlex
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,35 +52,47 @@ class JobShape:
     setup: str | None = None  # shell lines the batch script runs before qtrain (module load, ...)
     servers: int = 1  # serving ranks (runtime.servers): tasks 0..servers-1
 
+    server_nodes: int = 0  # > 0: the serving ranks on this many nodes of their own (the first ones)
+
     @property
     def tasks(self) -> int:
         return self.workers + self.servers
 
     @property
     def per_node(self) -> int:
-        return -(-self.tasks // self.nodes)  # tasks are packed in rank order: the server first
+        """The most tasks any node holds (``--ntasks-per-node``)."""
+        return max(Counter(self.task_nodes()).values())
 
     @property
-    def cyclic(self) -> bool:
-        """Several serving ranks: tasks dealt round-robin, one serving rank per node."""
-        return self.servers > 1
+    def placement(self) -> str:
+        """packed (one server: tasks in rank order), cyclic (several, one per node beside the
+        workers) or dedicated (the serving ranks on nodes of their own)."""
+        if self.server_nodes:
+            return "dedicated"
+        return "cyclic" if self.servers > 1 else "packed"
+
+    def task_nodes(self) -> list[int]:
+        """The node index of every task, in rank order (tasks 0..servers-1 serve)."""
+        if self.placement == "dedicated":
+            s, rest = self.server_nodes, self.nodes - self.server_nodes
+            return [r % s for r in range(self.servers)] + [
+                s + w * rest // self.workers for w in range(self.workers)
+            ]
+        if self.placement == "cyclic":
+            return [t % self.nodes for t in range(self.tasks)]
+        block = -(-self.tasks // self.nodes)
+        return [t // block for t in range(self.tasks)]
 
     def servers_per_node(self) -> list[int]:
-        if self.cyclic:
-            return [len(range(node, self.servers, self.nodes)) for node in range(self.nodes)]
-        return [self.servers] + [0] * (self.nodes - 1)
+        return self._count(self.task_nodes()[: self.servers])
 
     def workers_per_node(self) -> list[int]:
         """Workers on each node, in node order."""
-        if self.cyclic:
-            tasks = [len(range(node, self.tasks, self.nodes)) for node in range(self.nodes)]
-            return [t - k for t, k in zip(tasks, self.servers_per_node(), strict=True)]
-        left, out = self.tasks, []
-        for node in range(self.nodes):
-            here = min(self.per_node, left)
-            out.append(here - (self.servers if node == 0 else 0))
-            left -= here
-        return out
+        return self._count(self.task_nodes()[self.servers :])
+
+    def _count(self, nodes: list[int]) -> list[int]:
+        held = Counter(nodes)
+        return [held[n] for n in range(self.nodes)]
 
 
 def render_script(
@@ -83,7 +104,8 @@ def render_script(
     header = [
         "#!/usr/bin/env bash",
         f"# Rendered by `qtrain slurm render {config} --nodes {shape.nodes} --workers {shape.workers}"
-        f"{f' --servers {shape.servers}' if shape.servers > 1 else ''}`: "
+        f"{f' --servers {shape.servers}' if shape.servers > 1 else ''}"
+        f"{f' --server-nodes {shape.server_nodes}' if shape.server_nodes else ''}`: "
         f"{shape.servers} server{'s' if shape.servers > 1 else ''} + {shape.workers} workers on "
         f"{shape.nodes} node(s). Submit with: "
         "sbatch THIS_FILE [--set key=value ...]",
@@ -98,7 +120,7 @@ def render_script(
         "#SBATCH --open-mode=append",
         "#SBATCH --output=slurm-%x-%j.out",
     ]
-    if shape.cyclic:
+    if shape.placement == "cyclic":
         header.append("#SBATCH --distribution=cyclic")
         per_node = shape.servers_per_node()
         where = (
@@ -110,11 +132,25 @@ def render_script(
             f"# Serving ranks 0..{shape.servers - 1}, {where}, beside the workers (cyclic distribution: "
             f"task r on node r mod {shape.nodes}); serving ranks per node {per_node}"
         )
+    if shape.placement == "dedicated":
+        s = shape.server_nodes
+        header.append(
+            f"# Serving ranks 0..{shape.servers - 1} on nodes of their own: the first {s} of the allocation "
+            f"(serving ranks per node {shape.servers_per_node()[:s]}); the workers on the other "
+            f"{shape.nodes - s} (QTRAIN_TASK_NODES: srun --distribution=arbitrary)"
+        )
     for option, value in shape.sbatch.items():
         header.append(f"#SBATCH --{option}" + ("" if value is None else f"={value}"))
     if shape.gpus:
         per_node = shape.workers_per_node()
-        header.append(f"# GPUs: one per worker; workers per node {per_node}; the serving ranks take none")
+        idle = (
+            "; the serving nodes' GPUs stay idle (every node of a job gets the same --gres)"
+            if shape.placement == "dedicated"
+            else ""
+        )
+        header.append(
+            f"# GPUs: one per worker; workers per node {per_node}; the serving ranks take none{idle}"
+        )
         header.append(f"#SBATCH --gres=gpu:{max(per_node)}")
     body = [line for line in template.splitlines()[1:] if not line.startswith("#SBATCH")]
     preset = [f"export QTRAIN_HOME=${{QTRAIN_HOME:-{shlex.quote(str(home))}}}"]
@@ -122,6 +158,9 @@ def render_script(
         preset.append(f"export QTRAIN=${{QTRAIN:-{shlex.quote(str(qtrain_bin))}}}")
     if shape.setup:
         preset += ["# --setup: run before qtrain, in the batch shell (srun's tasks inherit it)", shape.setup]
+    if shape.placement == "dedicated":
+        nodes = " ".join(map(str, shape.task_nodes()))
+        preset.append(f"export QTRAIN_TASK_NODES='{nodes}'  # each task's node in the allocation, rank order")
     servers = f" --set runtime.servers={shape.servers}" if shape.servers > 1 else ""
     preset.append(f'set -- {shlex.quote(config)}{servers} "$@"')
     return "\n".join(header + preset + body) + "\n"
@@ -133,7 +172,16 @@ def render(
     nodes: int = typer.Option(1, "--nodes", help="Nodes."),
     workers: int = typer.Option(..., "--workers", help="Worker tasks (the job has workers + servers tasks)."),
     servers: int = typer.Option(
-        1, "--servers", help="Serving ranks (runtime.servers): K > 1 places them one per node, cyclic."
+        1,
+        "--servers",
+        help="Serving ranks (runtime.servers): K > 1 places them one per node, cyclic, beside the "
+        "workers (see --server-nodes).",
+    ),
+    server_nodes: int = typer.Option(
+        0,
+        "--server-nodes",
+        help="Put the serving ranks on this many nodes of their own (the first ones; the workers on "
+        "the rest). 0: beside the workers.",
     ),
     gpus_per_worker: int = typer.Option(
         0, "--gpus-per-worker", help="0: CPU workers; 1: one GPU per worker (each worker uses one)."
@@ -166,7 +214,15 @@ def render(
             f"--gpus-per-worker {gpus_per_worker}: each worker computes on one GPU (0: CPU workers, 1: GPU "
             "workers); to use more GPUs, run more workers"
         )
-    shape = JobShape(nodes, workers, gpus_per_worker == 1, time, servers=servers)
+    if server_nodes < 0:
+        fail("--server-nodes must be 0 (serving ranks beside the workers) or more")
+    if server_nodes and server_nodes >= nodes:
+        fail(f"--server-nodes {server_nodes} of --nodes {nodes} leaves no node for the workers")
+    if server_nodes > servers:
+        fail(f"--server-nodes {server_nodes} for --servers {servers}: some serving nodes would be empty")
+    if server_nodes and workers < nodes - server_nodes:
+        fail(f"{workers} workers on {nodes - server_nodes} worker nodes: some nodes would be empty")
+    shape = JobShape(nodes, workers, gpus_per_worker == 1, time, servers=servers, server_nodes=server_nodes)
     if nodes > shape.tasks:
         fail(f"{nodes} nodes for {shape.tasks} tasks: some nodes would be empty")
     if not TIME.match(time):
@@ -174,7 +230,9 @@ def render(
     if mem is not None and not MEM.match(mem):
         fail(f"--mem {mem!r} must be a size like 64G or 512000M")
     if gpus_per_node is not None and shape.gpus and max(shape.workers_per_node()) > gpus_per_node:
-        need = -(-shape.tasks // gpus_per_node)
+        need = (
+            server_nodes + -(-workers // gpus_per_node) if server_nodes else -(-shape.tasks // gpus_per_node)
+        )
         fail(
             f"{workers} GPU workers on {nodes} node(s) put {max(shape.workers_per_node())} workers on a node "
             f"with {gpus_per_node} GPUs: use --nodes {need} (or fewer workers)"
