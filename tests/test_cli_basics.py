@@ -130,6 +130,24 @@ def test_the_host_is_named_from_cpuinfo_or_else_platform(tmp_path):
     assert "copy 12.5 GB/s (1 thread)" in line and describe_host()["copy_gbps"] > 0
 
 
+@pytest.mark.parametrize("rank, says", [(None, True), ("0", True), ("3", False)])
+def test_a_usage_error_is_said_by_rank_0_only_and_every_rank_exits_2(monkeypatch, capsys, rank, says):
+    """Every rank of a job parses the same command line: one of them says what is wrong."""
+    from qtrain.cli.app import _invoke
+    from qtrain.runtime.mpi_info import RANK_VARIABLES
+
+    for var in RANK_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    if rank is not None:
+        monkeypatch.setenv("PMI_RANK", rank)
+    monkeypatch.setattr(sys, "argv", ["qtrain", "train", "default", "--sett", "x=1"])
+    assert _invoke() == 2
+    err = capsys.readouterr().err
+    assert ("No such option: --sett" in err) == says and (err == "") != says, err
+    monkeypatch.setattr(sys, "argv", ["qtrain", "--version"])
+    assert _invoke() == 0 and capsys.readouterr().out.startswith("qtrain ")
+
+
 def test_dash_h_version_and_flags_that_look_like_flags():
     for args in (["-h"], ["simulate", "-h"], ["analyze", "--help"]):
         result = runner.invoke(app, args)

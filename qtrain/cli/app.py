@@ -51,6 +51,26 @@ def main() -> None:
     from qtrain.cli.teardown import before_exit
 
     try:
-        app()  # typer ends with SystemExit, also on success
+        raise SystemExit(_invoke())
     finally:
         before_exit()
+
+
+def _invoke() -> int:
+    """Run the command and return its exit status. A usage error (an unknown option, a missing
+    argument) depends on the command line alone, which every rank of a job shares: only the
+    launcher's rank 0 (or a process no launcher started) prints it, and every rank exits 2, so a
+    64-rank job says it once, not 64 times."""
+    from qtrain.runtime.mpi_info import launch_rank
+
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    try:
+        status = app(standalone_mode=False)  # the commands return None; typer.Exit(n) returns n
+    except click_error as exc:
+        if launch_rank() in (None, "0"):
+            exc.show()
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        return 1
+    return status if type(status) is int else 0

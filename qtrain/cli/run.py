@@ -7,7 +7,6 @@ naming the rank."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
@@ -35,10 +34,11 @@ def run(
     from pathlib import Path
 
     from qtrain.cli.errors import fail
+    from qtrain.runtime.mpi_info import launch_rank
 
     path = Path(script)
     if not path.is_file():
-        if _rank_env() in (None, "0"):  # every rank finds the same: one line is enough
+        if launch_rank() in (None, "0"):  # every rank finds the same: one line is enough
             fail(f"script {script!r} does not exist")
         raise SystemExit(2)
     from qtrain.library.session import init
@@ -75,10 +75,3 @@ def _run_script(sess, path, args: list[str]) -> None:
             _fail_rank(sess._comm, sess._svc, RuntimeError(f"{path} exited with status {exc.code}"))
     except BaseException as exc:  # noqa: BLE001 - the script's failure ends the whole job
         _fail_rank(sess._comm, sess._svc, exc, exc.__traceback__)
-
-
-def _rank_env() -> str | None:
-    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return os.environ[var]
-    return None

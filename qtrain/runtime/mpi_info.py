@@ -20,6 +20,18 @@ from dataclasses import dataclass
 ENV_OVERRIDE = "QTRAIN_CUDA_AWARE"
 
 
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+def launch_rank() -> str | None:
+    """This process's rank as its launcher set it (MPICH/Intel MPI, Open MPI, PMIx, srun), read
+    before MPI starts; None when no launcher started it."""
+    for var in RANK_VARIABLES:
+        if var in os.environ:
+            return os.environ[var]
+    return None
+
+
 def launcher() -> list[str]:
     """The ``mpiexec`` command qtrain's own launches use: ``QTRAIN_MPIEXEC`` (the Makefile's choice,
     e.g. Open MPI's ``mpirun --oversubscribe``), else the ``mpiexec`` beside this Python."""
