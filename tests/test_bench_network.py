@@ -165,9 +165,14 @@ def test_an_interrupted_comparison_tears_the_network_down(root, tmp_path, sig): 
     mine = f"qtb{proc.pid}-"
     deadline = time.monotonic() + 120
     while (
-        time.monotonic() < deadline and not (tmp_path / "b" / "runs" / "efficient-adam" / "trace.h5").exists()
+        time.monotonic() < deadline
+        and proc.poll() is None
+        and not (tmp_path / "b" / "runs" / "efficient-adam" / "trace.h5").exists()
     ):
         time.sleep(0.2)
+    if proc.poll() is not None:  # e.g. its link check refused a machine too busy to hold 200 Mbit/s
+        err = proc.communicate()[1]
+        pytest.fail(f"the comparison ended (rc {proc.returncode}) before its run began: {err}")
     assert any(n.startswith(mine) for n in namespaces()), "the run is under way"
     os.killpg(proc.pid, sig)  # what a terminal's Ctrl-C does: the whole foreground group
     _, err = proc.communicate(timeout=120)

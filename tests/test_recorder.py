@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from qtrain.analysis.trace_report import report as trace_report
 from qtrain.config import load_config
 from qtrain.engine.partition import Partition
 from qtrain.engine.recorder import Recorder, WorkerReport
@@ -92,10 +93,16 @@ def test_a_trace_written_before_decode_cpu_s_is_read_with_zeros_there(tmp_path):
             "steps", data=rows[list(STEPS_BEFORE_DECODE_CPU.names)].astype(STEPS_BEFORE_DECODE_CPU)
         )
         f["steps"].attrs["units"] = units
-    older, _, _ = read_trace(path)
+    older, evals, attrs = read_trace(path)
     assert older.dtype == today.dtype and not older["decode_cpu_s"].any()
     for name in STEPS_BEFORE_DECODE_CPU.names:
         assert np.array_equal(older[name], today[name]), name
+    # qtrain analyze leaves out what the older trace did not measure, rather than print 0
+    assert "decode_cpu_s" not in trace_report(older, evals, attrs)["server_seconds_per_step"]
+    measured = today.copy()
+    measured["decode_cpu_s"][measured["role"] == 0] = 0.002
+    seconds = trace_report(measured, evals, attrs)["server_seconds_per_step"]
+    assert seconds["decode_cpu_s"] == pytest.approx(0.002)
 
 
 def run_step(rec, part, step: int) -> None:

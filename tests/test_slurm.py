@@ -284,6 +284,18 @@ def test_serving_ranks_on_nodes_of_their_own():
     assert spread.per_node == 3 and spread.workers_per_node() == [0, 0, 3, 2]
     alone = JobShape(2, 3, server_nodes=1)  # one parameter server on a node of its own
     assert alone.task_nodes() == [0, 1, 1, 1] and alone.per_node == 3
+    with pytest.raises(ValueError, match="leaves no node for the workers"):
+        JobShape(2, 3, server_nodes=2)
+
+
+def test_packed_tasks_are_counted_as_slurms_block_distribution_places_them():
+    """Each node tasks // nodes, the first tasks % nodes one more (Slurm's _task_layout_block):
+    5 tasks on 4 nodes are 2, 1, 1, 1, not 2, 2, 1, 0."""
+    from qtrain.cli.slurm import JobShape
+
+    assert JobShape(4, 4).task_nodes() == [0, 0, 1, 2, 3]
+    assert JobShape(4, 8).task_nodes() == [0, 0, 0, 1, 1, 2, 2, 3, 3]  # 9 tasks: 3, 2, 2, 2
+    assert JobShape(4, 8, gpus=True).workers_per_node() == [2, 2, 2, 2] and JobShape(4, 8).per_node == 3
 
 
 @pytest.mark.parametrize(
@@ -319,10 +331,28 @@ def test_impossible_server_placements_are_refused(args, why):
     assert r.exit_code == 2 and why in r.output, r.output
 
 
-def test_the_template_refuses_task_nodes_with_a_launcher_that_places_ranks_itself(tmp_path):
-    env = {**os.environ, "QTRAIN_TASK_NODES": "0 0", "QTRAIN_LAUNCHER": "mpiexec", "SLURM_NTASKS": "2"}
+@pytest.mark.parametrize(
+    "env, why",
+    [
+        ({"QTRAIN_LAUNCHER": "mpiexec"}, "the mpiexec launcher would place them its own way"),
+        ({"QTRAIN_TASK_NODES": "0 07"}, "names node '07', the job has 1 nodes"),  # bash reads 07 as octal
+        ({"QTRAIN_TASK_NODES": "0 1"}, "names node '1', the job has 1 nodes"),
+        ({"SLURM_NTASKS": "3"}, "names 2 tasks, the job has 3"),
+    ],
+)
+def test_the_template_refuses_task_nodes_it_cannot_apply_before_writing_anything(tmp_path, env, why):
+    host = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    env = {
+        **os.environ,
+        "QTRAIN_TASK_NODES": "0 0",
+        "QTRAIN_LAUNCHER": "srun-pmi2",
+        "SLURM_NTASKS": "2",
+        "SLURM_JOB_NODELIST": host,
+        **env,
+    }
     r = subprocess.run(
         ["bash", str(REPO / "slurm" / "train.sbatch"), "default", "--out", str(tmp_path / "out")],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=60,
     )  # fmt: skip
-    assert r.returncode == 2 and "the mpiexec launcher would place them its own way" in r.stderr, r.stderr
+    assert r.returncode == 2 and why in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()  # no start logged, no host file

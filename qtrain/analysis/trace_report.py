@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 WORKER_PHASES = ("compute_s", "encode_s", "comm_s", "decode_s")
-# mean per serving rank; decode_cpu_s is the CPU time within decode_s (trace.py UNITS)
+# mean per serving rank; decode_cpu_s is the CPU time while decode_s was timed (trace.py UNITS)
 SERVER_PHASES = ("wait_s", "decode_s", "decode_cpu_s", "encode_s", "comm_s", "compute_s")
 
 
@@ -43,6 +43,8 @@ def report(steps: np.ndarray, evals: np.ndarray, attrs: dict, straggler_factor: 
     worker_time = {p: float(np.nanmean(workers_rows[p])) if len(workers_rows) else 0.0 for p in WORKER_PHASES}
     server_rows = steps[steps["role"] == 0]
     server_time = {p: float(server_rows[p].mean()) for p in SERVER_PHASES}
+    if not server_rows["decode_cpu_s"].any():  # a trace from before the column: not measured, not 0
+        del server_time["decode_cpu_s"]
     total = sum(v for v in worker_time.values() if np.isfinite(v))
     per_rank = {}
     for r in np.unique(workers_rows["rank"]):

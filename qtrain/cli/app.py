@@ -63,7 +63,9 @@ def _invoke() -> int:
     64-rank job says it once, not 64 times."""
     from qtrain.runtime.mpi_info import launch_rank
 
-    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    # click's ClickException (newer typer vendors click, so it is reached through typer's own
+    # errors): the oldest class in BadParameter's ancestry that defines show()
+    click_error = [c for c in typer.BadParameter.__mro__ if "show" in vars(c)][-1]
     try:
         status = app(standalone_mode=False)  # the commands return None; typer.Exit(n) returns n
     except click_error as exc:

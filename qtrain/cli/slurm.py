@@ -1,11 +1,12 @@
 """``qtrain slurm render``: a ready sbatch script for a given job shape.
 
-Placement (a documented choice, not a heterogeneous job): the tasks are packed in rank order with
-the same ``--ntasks-per-node`` everywhere, so the serving rank (task 0) shares node 0 with the
-first workers. It takes no GPU: ``--gres=gpu:G`` counts workers only, G = the most workers any
-node holds (each worker uses one GPU, ``cuda:(node-local rank % G)``), so on node 0 one of the
-requested GPUs stays free when the node is full of workers elsewhere. ``--gpus-per-node`` checks
-that a shape fits the cluster's nodes and says how many nodes it needs when it does not.
+Placement (a documented choice, not a heterogeneous job): the tasks are packed in rank order, as
+Slurm's block distribution places them (each node ``tasks // nodes`` tasks, the first ``tasks %
+nodes`` nodes one more), so the serving rank (task 0) shares node 0 with the first workers. It
+takes no GPU: ``--gres=gpu:G`` counts workers only, G = the most workers any node holds (each
+worker uses one GPU, ``cuda:(node-local rank % G)``), so on node 0 one of the requested GPUs
+stays free when the node is full of workers elsewhere. ``--gpus-per-node`` checks that a shape
+fits the cluster's nodes and says how many nodes it needs when it does not.
 
 With ``--servers K`` (``runtime.servers``, ranks 0..K-1 serve) the tasks are dealt round-robin
 over the nodes instead (``--distribution=cyclic``: task r on node r mod nodes), so the serving
@@ -51,8 +52,28 @@ class JobShape:
     sbatch: dict[str, str | None] = field(default_factory=dict)  # partition, account, ...: value
     setup: str | None = None  # shell lines the batch script runs before qtrain (module load, ...)
     servers: int = 1  # serving ranks (runtime.servers): tasks 0..servers-1
-
     server_nodes: int = 0  # > 0: the serving ranks on this many nodes of their own (the first ones)
+
+    def __post_init__(self) -> None:
+        """A shape that leaves a node empty (or has none of something) is refused: ValueError
+        with the reason, which ``render`` prints as the one-line error."""
+        if self.workers < 1 or self.nodes < 1 or self.servers < 1:
+            raise ValueError("--workers, --servers and --nodes must be at least 1")
+        s = self.server_nodes
+        if s < 0:
+            raise ValueError("--server-nodes must be 0 (serving ranks beside the workers) or more")
+        if s and s >= self.nodes:
+            raise ValueError(f"--server-nodes {s} of --nodes {self.nodes} leaves no node for the workers")
+        if s > self.servers:
+            raise ValueError(
+                f"--server-nodes {s} for --servers {self.servers}: some serving nodes would be empty"
+            )
+        if s and self.workers < self.nodes - s:
+            raise ValueError(
+                f"{self.workers} workers on {self.nodes - s} worker nodes: some nodes would be empty"
+            )
+        if self.nodes > self.tasks:
+            raise ValueError(f"{self.nodes} nodes for {self.tasks} tasks: some nodes would be empty")
 
     @property
     def tasks(self) -> int:
@@ -74,14 +95,11 @@ class JobShape:
     def task_nodes(self) -> list[int]:
         """The node index of every task, in rank order (tasks 0..servers-1 serve)."""
         if self.placement == "dedicated":
-            s, rest = self.server_nodes, self.nodes - self.server_nodes
-            return [r % s for r in range(self.servers)] + [
-                s + w * rest // self.workers for w in range(self.workers)
-            ]
+            s = self.server_nodes
+            return [r % s for r in range(self.servers)] + _blocks(self.workers, self.nodes - s, first=s)
         if self.placement == "cyclic":
             return [t % self.nodes for t in range(self.tasks)]
-        block = -(-self.tasks // self.nodes)
-        return [t // block for t in range(self.tasks)]
+        return _blocks(self.tasks, self.nodes)
 
     def servers_per_node(self) -> list[int]:
         return self._count(self.task_nodes()[: self.servers])
@@ -93,6 +111,14 @@ class JobShape:
     def _count(self, nodes: list[int]) -> list[int]:
         held = Counter(nodes)
         return [held[n] for n in range(self.nodes)]
+
+
+def _blocks(count: int, nodes: int, first: int = 0) -> list[int]:
+    """The node of each of ``count`` tasks in contiguous blocks over ``nodes`` nodes numbered from
+    ``first``, as Slurm's block distribution counts them: ``count // nodes`` each, and one more on
+    each of the first ``count % nodes``."""
+    sizes = [count // nodes + (n < count % nodes) for n in range(nodes)]
+    return [first + n for n, size in enumerate(sizes) for _ in range(size)]
 
 
 def render_script(
@@ -207,24 +233,17 @@ def render(
     from qtrain.cli.errors import fail
     from qtrain.shipped import resolve_config
 
-    if workers < 1 or nodes < 1 or servers < 1:
-        fail("--workers, --servers and --nodes must be at least 1")
     if gpus_per_worker not in (0, 1):
         fail(
             f"--gpus-per-worker {gpus_per_worker}: each worker computes on one GPU (0: CPU workers, 1: GPU "
             "workers); to use more GPUs, run more workers"
         )
-    if server_nodes < 0:
-        fail("--server-nodes must be 0 (serving ranks beside the workers) or more")
-    if server_nodes and server_nodes >= nodes:
-        fail(f"--server-nodes {server_nodes} of --nodes {nodes} leaves no node for the workers")
-    if server_nodes > servers:
-        fail(f"--server-nodes {server_nodes} for --servers {servers}: some serving nodes would be empty")
-    if server_nodes and workers < nodes - server_nodes:
-        fail(f"{workers} workers on {nodes - server_nodes} worker nodes: some nodes would be empty")
-    shape = JobShape(nodes, workers, gpus_per_worker == 1, time, servers=servers, server_nodes=server_nodes)
-    if nodes > shape.tasks:
-        fail(f"{nodes} nodes for {shape.tasks} tasks: some nodes would be empty")
+    try:
+        shape = JobShape(
+            nodes, workers, gpus_per_worker == 1, time, servers=servers, server_nodes=server_nodes
+        )
+    except ValueError as exc:
+        fail(str(exc))
     if not TIME.match(time):
         fail(f"--time {time!r} must look like HH:MM:SS or D-HH:MM:SS")
     if mem is not None and not MEM.match(mem):

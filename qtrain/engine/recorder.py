@@ -37,8 +37,8 @@ SERVER_COLUMNS = {
     "evaluate": "compute_s",
     "aggregate_cpu": "decode_cpu_s",
 }
-# phases also timed in this process's CPU seconds, as the phase NAME_cpu: on a crowded node the
-# wall time of a compute phase also counts the time another process held the core
+# phases also timed in this process's CPU seconds (all its threads), as the phase NAME_cpu: on a
+# crowded node the wall time of a compute phase also counts the time another process held the core
 CPU_TIMED = frozenset({"aggregate"})
 
 

@@ -72,9 +72,10 @@ UNITS = {
     "wire_recv_bytes": "bytes the server's network interface received in the step, headers included "
     "(QTRAIN_WIRE_DEVICE; 0 when not measured)",
     "wire_sent_bytes": "bytes the server's network interface sent in the step (as wire_recv_bytes)",
-    "decode_cpu_s": "CPU seconds this serving process spent in decode + average (decode_s is wall "
-    "time, which also counts time the OS gave the core to another process); worker: 0; "
-    "0 in traces written before it existed",
+    "decode_cpu_s": "CPU seconds of this serving process (all its threads) while decode_s was timed "
+    "(decode_s is wall time, which also counts time the OS gave the core to another process; with "
+    "runtime.threads > 1 this can exceed it; GPU work not counted); worker: 0; 0 in traces written "
+    "before it existed",
 }
 # The timeline (MPI runs): instants of each segment's journey through one step, in seconds since
 # the server began the step, on the server's clock (workers' clocks are mapped onto it with the
