@@ -54,6 +54,18 @@ def test_refuses_without_root_or_tools(monkeypatch):
         EmulatedNetwork(2, LinkSpec(1e9)).up()
 
 
+def test_the_link_check_takes_the_first_transfer_within_the_tolerance_of_three(monkeypatch):
+    net = EmulatedNetwork(2, LinkSpec(200e6))
+    rates = iter([150e6 / 8, 195e6 / 8, 100e6 / 8])  # bytes per second, as measure() returns them
+    monkeypatch.setattr(net, "measure", lambda *a, **k: next(rates))
+    assert net.check_link() == pytest.approx(195e6)  # a dip, then the rate
+    rates = iter([150e6 / 8, 160e6 / 8, 170e6 / 8, 200e6 / 8])
+    with pytest.raises(
+        NetworkError, match="3 raw transfers measured 150, 160, 170 Mbit/s on a 200 Mbit/s link"
+    ):
+        net.check_link()
+
+
 @pytest.mark.netns
 @pytest.mark.parametrize("shared", [False, True], ids=["link-per-rank", "shared-link"])
 def test_link_check_passes_on_the_shaped_rate_and_fails_on_another(root, shared):

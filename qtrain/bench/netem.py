@@ -233,19 +233,23 @@ class EmulatedNetwork:
             raise NetworkError(f"raw transfer failed: {(client.stderr + err).strip().splitlines()[-1:]}")
         return float(out.strip())
 
-    def check_link(self, tolerance: float = 0.10) -> float:
+    def check_link(self, tolerance: float = 0.10, attempts: int = 3) -> float:
         """A raw transfer between the first two ranks must reach the configured rate within
-        ``tolerance`` (an unshaped link: only measured); returns the measured bits per second."""
-        measured = 8 * self.measure(0, min(1, self.ranks - 1))
-        if self.link.rate_bps is None:
-            return measured
-        if abs(measured - self.link.rate_bps) > tolerance * self.link.rate_bps:
-            raise NetworkError(
-                f"link check failed: a raw transfer measured {measured / 1e6:.0f} Mbit/s on a "
-                f"{self.link.rate_bps / 1e6:.0f} Mbit/s link (more than {tolerance:.0%} off): the "
-                "emulation does not hold on this machine, so no results are reported"
-            )
-        return measured
+        ``tolerance`` (an unshaped link: only measured); returns the measured bits per second.
+        Up to ``attempts`` transfers are made: one 32 MB transfer lasts a quarter of a second at
+        1 Gbit/s, so a moment when another process holds the core can cost it 10% (seen on an
+        otherwise idle 2-core host), while an emulation that cannot hold the rate fails them all."""
+        seen, rate = [], self.link.rate_bps
+        for _ in range(attempts):
+            measured = 8 * self.measure(0, min(1, self.ranks - 1))
+            if rate is None or abs(measured - rate) <= tolerance * rate:
+                return measured
+            seen.append(f"{measured / 1e6:.0f}")
+        raise NetworkError(
+            f"link check failed: {len(seen)} raw transfers measured {', '.join(seen)} Mbit/s on a "
+            f"{rate / 1e6:.0f} Mbit/s link (more than {tolerance:.0%} off): the "
+            "emulation does not hold on this machine, so no results are reported"
+        )
 
 
 # receiver: listen, accept, read nbytes, print bytes/s from first to last byte
