@@ -124,12 +124,13 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
     def busiest(column: str) -> float:  # per step, the serving rank with the most of it
         return float(np.max([rows[column] for rows in by_rank.values()], axis=0).mean())
 
-    # phases: the busiest serving rank's, per step (with one server, that server's)
-    phases = {f"server_{k}": busiest(k) for k in ("wait_s", "decode_s", "decode_cpu_s", "encode_s", "comm_s")}
+    from qtrain.analysis.trace_report import SERVER_PHASES, WORKER_PHASES
+
+    # phases: the busiest serving rank's, per step (with one server, that server's), without its
+    # evaluations (compute_s); the workers' mean
+    phases = {f"server_{k}": busiest(k) for k in SERVER_PHASES if k != "compute_s"}
     wlate = workers[workers["step"] > plan.warmup]
-    phases.update(
-        {f"worker_{k}": float(wlate[k].mean()) for k in ("compute_s", "encode_s", "comm_s", "decode_s")}
-    )
+    phases.update({f"worker_{k}": float(wlate[k].mean()) for k in WORKER_PHASES})
     ev = [
         {"step": int(e["step"]), "wall_s": wall[int(e["step"])], "test_accuracy": float(e["test_accuracy"])}
         for e in evals

@@ -51,7 +51,9 @@ TRACE_DTYPE = np.dtype(
     ]
 )
 # /steps as written before decode_cpu_s (qtrain 2026-12-03 and earlier): read as today's rows, with 0
-STEPS_BEFORE_DECODE_CPU = np.dtype([(n, TRACE_DTYPE.fields[n][0]) for n in TRACE_DTYPE.names[:-1]])
+STEPS_BEFORE_DECODE_CPU = np.dtype(
+    [(n, TRACE_DTYPE.fields[n][0]) for n in TRACE_DTYPE.names if n != "decode_cpu_s"]
+)
 UNITS = {
     "step": "step (1-based)",
     "rank": "MPI rank (the root attribute server_ranks names the serving ranks)",
