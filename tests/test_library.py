@@ -15,9 +15,9 @@ from qtrain.config import load_config
 from qtrain.data import load_dataset
 from qtrain.engine.buffers import buffer_state
 from qtrain.engine.flat import FlatModel
-from qtrain.engine.records import FLAG_CHECKPOINT, FLAG_END, FLAG_LR, UPLINK_RECORD
+from qtrain.engine.records import FLAG_CHECKPOINT, FLAG_END, UPLINK_RECORD
 from qtrain.engine.setup import build_sampler, build_setup
-from qtrain.engine.step import WorkersDisagree, control_of, lr_of, scaled_lr
+from qtrain.engine.step import WorkersDisagree, clip_of, control_of, lrs_of
 from qtrain.io.checkpoint import read_checkpoint, write_checkpoint
 from qtrain.io.run_dir import params_sha256
 from qtrain.library import extra_state
@@ -167,11 +167,14 @@ def test_the_stand_in_model_has_the_users_state_dict_names():
         stand_in.module(torch.zeros(1, 3))
 
 
-def _records(flags, scales=None):
+def _records(flags, lrs=None, norms=None):
     r = np.zeros(len(flags), dtype=UPLINK_RECORD)
     r["flags"] = flags
-    if scales is not None:
-        r["lr_scale"] = scales
+    if lrs is not None:
+        for row, values in zip(r, lrs, strict=True):
+            row["lr"][: len(values)] = values
+    if norms is not None:
+        r["max_norm"] = norms
     return r
 
 
@@ -182,13 +185,19 @@ def test_control_frames_agree_or_say_what_each_worker_did():
         control_of(_records([FLAG_CHECKPOINT, 0]), 5, ["rank 1", "rank 2"])
 
 
-def test_the_servers_learning_rate_is_the_workers_factor_of_algorithm_lr():
-    assert lr_of(_records([0, 0]), 3, 0.01, None) == 0.01
-    scale = np.float32(0.5 / 0.01 * 0.01)
-    got = lr_of(_records([FLAG_LR, FLAG_LR], [scale, scale]), 3, 0.01, None)
-    assert got == scaled_lr(0.01, scale) == 0.01 * float(np.float32(scale))
-    with pytest.raises(WorkersDisagree, match="different learning rates in step 3"):
-        lr_of(_records([FLAG_LR, 0], [0.5, 0]), 3, 0.01, ["rank 1", "rank 2"])
+def test_the_servers_learning_rates_are_the_workers_own_for_every_group():
+    lr = 0.0007658709123  # a rate the loop computed: it travels exactly (float64), not as a factor
+    assert lrs_of(_records([0, 0], [[lr, 0.5], [lr, 0.5]]), 3, 2, None) == [lr, 0.5]
+    assert lrs_of(_records([0, 0], [[lr, 0.5, 9.0], [lr, 0.5, 7.0]]), 3, 2, None) == [lr, 0.5]  # unused slots
+    with pytest.raises(WorkersDisagree, match="different learning rates in step 3: rank 1 0.01 0.5, rank 2 0.01 0.25"):
+        lrs_of(_records([0, 0], [[0.01, 0.5], [0.01, 0.25]]), 3, 2, ["rank 1", "rank 2"])
+
+
+def test_the_clip_norm_is_the_workers_and_must_agree():
+    assert clip_of(_records([0, 0], norms=[1.0, 1.0]), 4, None) == 1.0
+    assert clip_of(_records([0, 0]), 4, None) == 0.0
+    with pytest.raises(WorkersDisagree, match="clip step 4 to different norms: rank 1 1, rank 2 0"):
+        clip_of(_records([0, 0], norms=[1.0, 0.0]), 4, ["rank 1", "rank 2"])
 
 
 def test_a_module_zero_grad_that_drops_the_views_is_repaired_by_backward():

@@ -66,7 +66,7 @@ def test_model_from_a_trace(wire):
     if wire:
         assert (m.up_bytes, m.down_bytes) == pytest.approx((1100, 600))  # 3 = tree_depth(4) copies sent
     else:
-        assert m.up_bytes == pytest.approx((1000 + 136) * FRAMING)
+        assert m.up_bytes == pytest.approx((1000 + 264) * FRAMING)
         assert m.down_bytes == pytest.approx((500 + 24) * FRAMING)
     with pytest.raises(ValueError, match="too few"):
         PerfModel.from_trace(steps, attrs, warmup=9)

@@ -7,7 +7,7 @@ which equals ``torch.optim.Adam(lr, betas, eps, weight_decay, amsgrad)`` applied
 from __future__ import annotations
 
 from qtrain.algorithms.adam_math import adam_direction, init_moments, with_weight_decay
-from qtrain.algorithms.base import Algorithm
+from qtrain.algorithms.base import Algorithm, l2_decay
 
 
 class Adam(Algorithm):
@@ -17,5 +17,5 @@ class Adam(Algorithm):
         return init_moments(numel, device, self.hp.amsgrad)
 
     def server_update(self, mean, master, state, step):
-        g = with_weight_decay(mean, master, self.hp.weight_decay)
+        g = with_weight_decay(mean, master, l2_decay(self.hp))
         return adam_direction(g, state, step, self.hp)

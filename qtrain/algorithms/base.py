@@ -70,3 +70,9 @@ class Algorithm:
 
 def zeros(numel: int, device: torch.device) -> torch.Tensor:
     return torch.zeros(numel, dtype=torch.float32, device=device)
+
+
+def l2_decay(hp) -> float:
+    """The L2 factor a rule adds to its gradient (g + wd * x): ``weight_decay``, unless the decay is
+    decoupled (``algorithm.decoupled_weight_decay``: the engines apply it to the weights instead)."""
+    return 0.0 if getattr(hp, "decoupled_weight_decay", False) else hp.weight_decay

@@ -7,7 +7,7 @@ p_i = lr * mhat_i / (sqrt(vhat_i) + eps)          (what the worker compresses an
 from __future__ import annotations
 
 from qtrain.algorithms.adam_math import adam_direction, init_moments, with_weight_decay
-from qtrain.algorithms.base import Algorithm
+from qtrain.algorithms.base import Algorithm, l2_decay
 
 
 class LocalAdamWorker(Algorithm):
@@ -17,5 +17,5 @@ class LocalAdamWorker(Algorithm):
         return init_moments(numel, device, self.hp.amsgrad)
 
     def worker_update(self, grad, params, state, step):
-        g = with_weight_decay(grad, params, self.hp.weight_decay)
+        g = with_weight_decay(grad, params, l2_decay(self.hp))
         return adam_direction(g, state, step, self.hp)

@@ -11,11 +11,12 @@ with weight decay wd, momentum mu (as ``torch.optim.SGD``, dampening 0):
 
 from __future__ import annotations
 
-from qtrain.algorithms.base import Algorithm, zeros
+from qtrain.algorithms.base import Algorithm, l2_decay, zeros
 
 
 def sgd_step(mean, master, state, hp):
-    d = mean.add(master, alpha=hp.weight_decay) if hp.weight_decay else mean
+    wd = l2_decay(hp)
+    d = mean.add(master, alpha=wd) if wd else mean
     if hp.momentum:
         buf = state["momentum"]
         buf.mul_(hp.momentum).add_(d)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 FRAMING = 1514 / 1448  # Ethernet + IP + TCP bytes per payload byte at a 1500-byte MTU
-UPLINK_RECORD_BYTES, DOWNLINK_RECORD_BYTES = 136, 24  # engine.records (a test keeps them equal)
+UPLINK_RECORD_BYTES, DOWNLINK_RECORD_BYTES = 264, 24  # engine.records (a test keeps them equal)
 
 
 def tree_depth(workers: int) -> int:

@@ -53,7 +53,10 @@ class AlgorithmConfig:
     lr: float = 0.001
     momentum: float = 0.0  # sgd, ecq-sgd: heavy-ball momentum on the server
     nesterov: bool = False
-    weight_decay: float = 0.0  # l2, added to the gradient (sgd, adam, ecq-sgd, qadam, efficient-adam)
+    weight_decay: float = 0.0  # l2 added to the gradient (sgd, adam, ecq-sgd, qadam, efficient-adam)
+    # decoupled weight decay, x <- x * (1 - lr * weight_decay) where the weights live (Adam-type: AdamW,
+    # torch.optim.Adam's own flag; sgd, ecq-sgd: SGDW) instead of the l2 term in the gradient
+    decoupled_weight_decay: bool = False
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
@@ -66,6 +69,10 @@ class AlgorithmConfig:
     l1: float = 0.0  # qcmd/qrda: lambda of the l1 regularizer
     adagrad_eps: float = 1e-10  # qcmd/qrda: delta in H = delta + sqrt(sum g^2)
     lr_decay: float = 0.0  # qcmd: lr_t = lr / (1 + (t-1) * lr_decay), as torch.optim.Adagrad
+    # the first N steps send both ways uncompressed (codec none, no error feedback); the configured
+    # codecs take over at step N + 1 with fresh error feedback (DeepSpeed's freeze_step, PowerSGD's
+    # start_powerSGD_iter)
+    uncompressed_steps: int = 0
 
 
 @dataclass

@@ -133,6 +133,12 @@ def _validate(cfg) -> None:
         )
     if a.weight_quantization and a.name != "qadam":
         raise ConfigError("algorithm.weight_quantization is a qadam option")
+    _positive(a.uncompressed_steps, "algorithm.uncompressed_steps", allow_zero=True)
+    if a.decoupled_weight_decay and a.name in ("qcmd-adagrad", "qrda-adagrad"):
+        raise ConfigError(
+            f"algorithm.decoupled_weight_decay: {a.name}'s rule has no weight decay (its regularizer is "
+            "algorithm.l1)"
+        )
     if a.l1 and a.name not in ("qcmd-adagrad", "qrda-adagrad"):
         raise ConfigError("algorithm.l1 applies to qcmd-adagrad and qrda-adagrad only")
     if r.device not in ("auto", "cpu", "cuda") and not r.device.startswith("cuda:"):

@@ -57,9 +57,13 @@ class InProcessChannel:
             self._up[seg.index] = [None] * self.workers
             yield seg, records, [m for _, m in entries]
 
-    def post_downlink(self, seg, step: int, flags: int, packed) -> None:
+    def use_codecs(self, uplink_codec, downlink_codec) -> None:
+        """In-process messages are tensors of any size: nothing to resize."""
+
+    def post_downlink(self, seg, step: int, flags: int, packed, grad_norm: float | None = None) -> None:
         head = np.zeros(1, dtype=DOWNLINK_RECORD)
         head["step"], head["flags"], head["length"], head["segment"] = step, flags, packed.numel(), seg.index
+        head["grad_norm"] = grad_norm or 0.0
         self._down[seg.index] = (head[0], packed)
         self.down_posted_at[seg.index] = time.perf_counter()
 
@@ -82,6 +86,9 @@ class _WorkerEnd:
 
     def progress(self) -> None:
         pass
+
+    def use_codecs(self, uplink_codec, downlink_codec) -> None:
+        """In-process messages are tensors of any size: nothing to resize."""
 
     def post_downlinks(self, step: int) -> None:
         pass

@@ -5,11 +5,13 @@ partition of its flat vector -> the engines and samplers of the ranks of the top
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from qtrain.config import dump_yaml
 from qtrain.engine.flat import FlatModel
+from qtrain.engine.param_groups import GroupSpec, ParamGroups
 from qtrain.engine.partition import Partition
 from qtrain.engine.server import ServerEngine
 from qtrain.engine.setup import RunSetup, build_flat_model, build_sampler, build_setup, resolved_config
@@ -25,6 +27,13 @@ class RunPlan:
     partition: Partition
     layout: list  # the model's (name, offset, shape) per parameter, for checkpoints
     config_text: str  # the resolved config as YAML: saved with the run, compared on resume
+    group_specs: tuple[GroupSpec, ...] = ()  # the library's param groups (none: one, the whole model)
+
+    @cached_property
+    def groups(self) -> ParamGroups:
+        """The param groups every engine of this process shares (their learning rates are set
+        each step): the algorithm's copies with each group's values, and each segment's runs."""
+        return ParamGroups(self.setup.algorithm, list(self.group_specs), self.layout, self.partition)
 
     @classmethod
     def build(cls, cfg, topology: Topology, device: torch.device) -> tuple[RunPlan, FlatModel]:
@@ -61,6 +70,8 @@ class RunPlan:
             self.cfg.seed,
             self.cfg.runtime.kernels,
             owner or 0,
+            self.groups,
+            self.cfg.algorithm.uncompressed_steps,
         )
 
     def worker_engine(self, worker: int, device: torch.device) -> WorkerEngine:
@@ -74,6 +85,8 @@ class RunPlan:
             self.cfg.seed,
             worker,
             self.cfg.runtime.kernels,
+            self.groups,
+            self.cfg.algorithm.uncompressed_steps,
         )
 
     def sampler(self, worker: int):
@@ -86,5 +99,22 @@ class RunPlan:
             f"{s.algorithm.name}, {self.topology.num_workers} workers, {s.steps} steps, "
             f"data {ds.name} ({ds.task}, {len(ds.x_train)} train samples), "
             f"{self.partition.numel} parameters in {self.partition.describe()}; "
-            f"uplink {s.uplink.describe()}; downlink {s.downlink.describe()}"
+            f"uplink {s.uplink.describe()}; downlink {s.downlink.describe()}{self.recipe()}"
         )
+
+    def recipe(self) -> str:
+        """What the plan line says of param groups, weight decay and the uncompressed warm-up."""
+        a = self.setup.cfg.algorithm
+        parts = [self.groups.describe()]
+        if any(algo.hp.weight_decay for algo in self.groups.algorithms):
+            parts.append(
+                "decoupled weight decay (x <- x * (1 - lr * wd), where the weights live)"
+                if a.decoupled_weight_decay
+                else "L2 weight decay (wd * x added to the gradient)"
+            )
+        if a.uncompressed_steps:
+            parts.append(
+                f"steps 1-{a.uncompressed_steps} uncompressed, the codecs from step {a.uncompressed_steps + 1}"
+            )
+        parts = [p for p in parts if p]
+        return "; " + "; ".join(parts) if parts else ""

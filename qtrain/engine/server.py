@@ -27,8 +27,9 @@ from qtrain.codecs import Codec
 from qtrain.codecs.errors import NonFiniteInput
 from qtrain.engine.divergence import check_sum, non_finite_encode
 from qtrain.engine.engine_state import EngineState, SegmentStats, segment_state
+from qtrain.engine.link_plan import LinkPlan
+from qtrain.engine.param_groups import ParamGroups
 from qtrain.engine.partition import Partition, Segment
-from qtrain.kernels import codec_path
 from qtrain.seeding import stream_seed
 
 
@@ -43,6 +44,8 @@ class ServerEngine(EngineState):
         seed: int,
         kernels: str = "auto",
         owner: int = 0,
+        groups: ParamGroups | None = None,
+        uncompressed_steps: int = 0,
     ):
         """``master``: the shard of the flat vector this engine serves (``partition.shard(owner)``;
         the whole vector with one server)."""
@@ -52,20 +55,39 @@ class ServerEngine(EngineState):
         if numel != self.shard.stop - self.shard.start:
             raise ValueError(f"serving rank {owner}'s shard {self.shard} does not fit {numel} elements")
         self.algorithm = algorithm
+        self.groups = (
+            groups
+            if groups is not None
+            else ParamGroups(algorithm, None, [("all", 0, (partition.numel,))], partition)
+        )
         self.partition = partition
         self.uplink_codec = uplink_codec
         self.downlink_codec = downlink.codec
         self.mode = algorithm.downlink_mode
         self.master = master
-        self.state = algorithm.init_server_state(numel, device)
+        self.state = self.groups.state_algorithm().init_server_state(numel, device)
         self.error = (
             torch.zeros(numel, dtype=torch.float32, device=device) if downlink.error_feedback else None
         )
         self.stream_key = stream_seed(seed, "downlink", None)
-        # compiled kernels where they apply, the torch reference behind the same calls elsewhere
-        self.up = codec_path(uplink_codec, device, kernels)
-        self.down = codec_path(self.downlink_codec, device, kernels)
+        # compiled kernels where they apply, the torch reference behind the same calls elsewhere; the
+        # codec ``none`` during an uncompressed warm-up (``engine/link_plan.py``)
+        self.links = LinkPlan(uplink_codec, self.downlink_codec, uncompressed_steps, device, kernels)
+        self.up, self.down = self.links.paths(0)
+        self.feedback = True
         self._states = {s.index: segment_state(self.state, self._local(s)) for s in self.segments}
+        base = self.shard.start  # per segment: (run, its place in the segment's shard, the rule's state)
+        self._runs = {
+            s.index: [
+                (
+                    r,
+                    slice(r.flat.start - base, r.flat.stop - base),
+                    segment_state(self.state, slice(r.flat.start - base, r.flat.stop - base)),
+                )
+                for r in self.groups.runs(s)
+            ]
+            for s in self.segments
+        }
         self._sum = torch.zeros(numel, dtype=torch.float32, device=device)
         # weights mode: what every worker holds (the dequantized downlink), for checkpoints
         self.replica = master.clone() if self.mode == "weights" else master
@@ -85,6 +107,15 @@ class ServerEngine(EngineState):
     def begin_step(self) -> None:
         self.step += 1
         self.stats = SegmentStats()
+        self.use_step(self.step)
+
+    def use_step(self, step: int) -> None:
+        """Decode and encode with step ``step``'s codecs; at the switch after an uncompressed
+        warm-up, the downlink's error feedback starts from zero."""
+        self.up, self.down = self.links.paths(step)
+        self.feedback = not self.links.uncompressed(step)
+        if self.links.switches_at(step) and self.error is not None:
+            self.error.zero_()
 
     def aggregate(self, seg: Segment, messages: list[torch.Tensor]) -> torch.Tensor:
         """Mean of one segment's decoded uplinks, summed in the order given (worker 0, 1, ...)."""
@@ -105,11 +136,22 @@ class ServerEngine(EngineState):
 
     def _make_downlink(self, seg: Segment, mean: torch.Tensor) -> torch.Tensor:
         sl = self._local(seg)
-        s = self.algorithm.server_update(mean, self.master[sl], self._states[seg.index], self.step)
+        self.groups.decay(
+            seg, self.master, self.shard.start
+        )  # decoupled weight decay, where the weights live
+        runs = self._runs[seg.index]
+        if len(runs) == 1:
+            algo = self.groups.algorithms[runs[0][0].group]
+            s = algo.server_update(mean, self.master[sl], self._states[seg.index], self.step)
+        else:
+            s = torch.empty_like(mean)
+            for run, where, state in runs:
+                algo = self.groups.algorithms[run.group]
+                s[run.local] = algo.server_update(mean[run.local], self.master[where], state, self.step)
         if self.mode == "weights":
             self.master[sl].copy_(s)
             return self._send_weights(seg)
-        e = self.error[sl] if self.error is not None else None
+        e = self.error[sl] if self.error is not None and self.feedback else None
         # v = s + E, d = Q(v), E = v - d (E <- 1*E + s - d, the same roundings), x -= d
         packed, sums = self.down.encode_ef(s, e, 1.0, 1.0, self.random_stream(seg), target=self.master[sl])
         self.stats.add_sums(seg, *sums)

@@ -56,6 +56,8 @@ class InProcessShards:
     def __init__(self, engines: list, master: torch.Tensor):
         self.engines, self.master = engines, master
         self.algorithm, self.mode = engines[0].algorithm, engines[0].mode
+        self.groups = engines[0].groups  # the plan's, shared by every engine
+        self.links = engines[0].links
         self._owner = {s.index: e for e in engines for s in e.segments}
 
     @property

@@ -119,7 +119,7 @@ def simulate(
             phase(f"step {step}: checkpoint")
             own = [buffer_state(r.module) if sync_buffers else None for r in replicas]
             snaps = [
-                worker_snapshot(w.engine, [s.state_dict()], w.base_lr, b)
+                worker_snapshot(w.engine, [s.state_dict()], w.base_lrs, b)
                 for w, s, b in zip(workers_, samplers, own, strict=True)
             ]
             buffers = (

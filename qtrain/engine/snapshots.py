@@ -63,26 +63,40 @@ def to_torch(tree):
 
 
 def worker_snapshot(
-    engine, positions: list, lr: float, buffers=None, extra=None, initial_lr: float | None = None
+    engine, positions: list, lrs: list[float], buffers=None, extra=None, initial_lrs: list | None = None
 ) -> dict:
     """A worker's complete state for a checkpoint (``qtrain train``, the library and the
     simulator alike): its engine, its data positions (each shard's ``state_dict``, in the order
-    the loop made them), the process RNGs, the learning rate of its last step, and when present
-    its replica's own model buffers, the user's ``extra`` (packed) and the param group's
-    ``initial_lr``."""
+    the loop made them), the process RNGs, every param group's learning rate of its last step
+    (``lr``: the first group's; ``group_lrs``: all of them, with several groups), and when present
+    its replica's own model buffers, the user's ``extra`` (packed) and the param groups'
+    ``initial_lr`` (``initial_lr``, ``group_initial_lrs``)."""
     snap = {
         "engine": engine.state_dict(),
         "shards": {str(i): p for i, p in enumerate(positions)},
         "rng": rng_snapshot(),
-        "lr": float(lr),
+        "lr": float(lrs[0]),
     }
-    if initial_lr is not None:
-        snap["initial_lr"] = float(initial_lr)
+    if len(lrs) > 1:
+        snap["group_lrs"] = torch.tensor([float(v) for v in lrs], dtype=torch.float64)
+    if initial_lrs is not None and initial_lrs[0] is not None:
+        snap["initial_lr"] = float(initial_lrs[0])
+        if len(initial_lrs) > 1:
+            snap["group_initial_lrs"] = torch.tensor([float(v) for v in initial_lrs], dtype=torch.float64)
     if buffers is not None:
         snap["buffers"] = buffers
     if extra is not None:
         snap["extra"] = extra
     return to_cpu(snap)
+
+
+def snapshot_lrs(snap: dict, key: str = "lr") -> list[float] | None:
+    """Every group's learning rate (``key`` "lr") or ``initial_lr`` (``key`` "initial_lr") of a
+    worker snapshot; None when it has none."""
+    if key not in snap:
+        return None
+    many = snap.get("group_lrs" if key == "lr" else "group_initial_lrs")
+    return [float(v) for v in many] if many is not None else [float(snap[key])]
 
 
 def worker_positions(snap: dict) -> list:
@@ -140,6 +154,9 @@ def checkpoint_contents(
     }
     if buffers is not None:
         tree["buffers"] = to_cpu(buffers)
+    aliases = getattr(plan.layout, "aliases", None)  # tied parameters' other names (engine/flat.py)
+    if aliases:
+        tree["aliases"] = json.dumps(aliases)
     meta = {
         "params_sha256": params_sha256(master),
         "step": step,

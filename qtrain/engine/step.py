@@ -24,6 +24,7 @@ in the loops, because they are the run's cadence, not the step's.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import NamedTuple
 
@@ -37,8 +38,8 @@ from qtrain.engine.records import (
     CONTROL_FLAGS,
     FLAG_BUFFERS,
     FLAG_CHECKPOINT,
+    FLAG_CLIP,
     FLAG_END,
-    FLAG_LR,
     FLAG_STOP,
     UPLINK_RECORD,
 )
@@ -68,14 +69,18 @@ class WorkerStep:
         self.backward_end = 0.0
         self._busy = self._t0 = 0.0
         self._step, self._first_send = 0, True
-        self.base_lr = engine.algorithm.hp.lr
-        self.lr_source = None  # callable -> this step's learning rate (None: algorithm.lr)
+        self.groups = engine.groups
+        self.base_lrs = list(self.groups.base_lrs)
+        self.lr_source = None  # callable -> this step's learning rate of every param group (None: the base)
+        self.max_norm = 0.0  # clip this step's mean gradient to this norm (0: no clipping)
+        self.grad_norm: float | None = None  # the last step's mean-gradient norm, when it clipped
         self.buffers_asked = False  # the last downlink asked for the model buffers
 
     def receive_initial(self) -> None:
         """Weights mode: adopt the server's starting weights (the step-0 downlink)."""
         if self.engine.mode != "weights":
             return
+        self.channel.use_codecs(*self.engine.links.codecs(0))
         self.channel.post_downlinks(0)
         for seg, _, msg in self.channel.downlinks(0):
             self.engine.apply_downlink(seg, msg, self.model.params)
@@ -85,10 +90,11 @@ class WorkerStep:
         step count, the record's per-step fields and the overlap bookkeeping. Backward may run
         from here on (its hooks send segments)."""
         self.engine.begin_step()
+        self.channel.use_codecs(*self.engine.links.codecs(step))  # the step's frames (warm-up: none)
         t0 = self._t0 = time.perf_counter() if t0 is None else t0
         self._busy, self._step, self._first_send = 0.0, step, True
         rec = self.record
-        rec["step"], rec["loss"], rec["compute_s"], rec["lr_scale"] = step, np.nan, 0.0, 0.0
+        rec["step"], rec["loss"], rec["compute_s"], rec["max_norm"] = step, np.nan, 0.0, 0.0
         rec["prev_comm_s"], rec["prev_decode_s"] = self.comm_s, self.decode_s
         rec["t_start"], rec["prev_t_backward"] = t0, self.backward_end
         rec["flags"] = FLAG_STOP if stop_requested else 0
@@ -122,6 +128,7 @@ class WorkerStep:
         server learns what this worker does between steps ``step - 1`` and ``step``."""
         rec = np.zeros(1, dtype=UPLINK_RECORD)
         rec["step"], rec["flags"] = step, flags
+        self.channel.use_codecs(*self.engine.links.codecs(step))  # the frames of the step it stands for
         empty = torch.empty(0, dtype=torch.uint8)
         for seg in self.partition:
             self.channel.send_uplink(seg, rec, empty)
@@ -132,6 +139,7 @@ class WorkerStep:
         server asked every rank to stop after this step (``buffers_asked``: whether it asked
         for the model buffers, which the caller then combines)."""
         t_start, decode_s, stopping, buffers = time.perf_counter(), 0.0, False, False
+        self.grad_norm = None
         self.enter(f"step {step}: downlink")
         self.channel.post_downlinks(step)
         for seg, head, msg in self.channel.downlinks(step):  # as they complete
@@ -142,6 +150,8 @@ class WorkerStep:
             flags = int(head["flags"])  # set on the server's last segment
             stopping |= bool(flags & FLAG_STOP)
             buffers |= bool(flags & FLAG_BUFFERS)
+            if flags & FLAG_CLIP:
+                self.grad_norm = float(head["grad_norm"])
             self.enter(f"step {step}: downlink")
         self.channel.finish_sends(step)
         self.buffers_asked = buffers
@@ -150,18 +160,13 @@ class WorkerStep:
         return stopping
 
     def _apply_lr(self) -> None:
-        """``lr_source()``, when set, gives this step's learning rate (a library user's schedule):
-        it travels as a float32 factor of ``algorithm.lr`` in the records, and both sides use
-        ``algorithm.lr * factor`` (:func:`scaled_lr`)."""
-        hp = self.engine.algorithm.hp
-        lr = self.lr_source() if self.lr_source is not None else None
-        if lr is None or lr == self.base_lr:
-            hp.lr = self.base_lr
-            return
-        scale = np.float32(lr / self.base_lr)
-        self.record["flags"] |= FLAG_LR
-        self.record["lr_scale"] = scale
-        hp.lr = scaled_lr(self.base_lr, scale)
+        """This step's learning rate of every param group (``lr_source()``, a library user's
+        schedule, else the groups' starting rates) and the norm to clip to: both travel in the
+        records, and both sides use exactly these values."""
+        lrs = self.lr_source() if self.lr_source is not None else self.base_lrs
+        self.record["lr"][0, : len(lrs)] = lrs
+        self.record["max_norm"] = self.max_norm
+        self.groups.set_lrs(lrs)
 
     def _param_ready(self, param: int) -> bool:
         """The per-parameter callback of the backward pass: send what each parameter completes;
@@ -222,12 +227,15 @@ class ServerStep:
         self.wants_buffers = wants_buffers or (lambda step, stopping: False)
         self.before_step = _nothing_at  # called with the step once its first uplinks are in
         self.names = names  # how messages name each worker ("rank 1", "worker 0"), in worker order
-        self.base_lr = engine.algorithm.hp.lr
+        # {segment index: sum of squares of its mean} of this rank's segments -> the sum over every
+        # segment of the step, in segment order (several serving ranks exchange their parts)
+        self.total_square = _sum_in_order
 
     def send_initial(self) -> None:
         """Weights mode: broadcast the starting weights every worker adopts before step 1."""
         if self.engine.mode != "weights":
             return
+        self.channel.use_codecs(*self.engine.links.codecs(0))
         for seg in self.segments:
             initial = self.engine.initial_message(seg)
             self.channel.post_downlink(seg, 0, 0, initial)
@@ -240,6 +248,7 @@ class ServerStep:
         for (``control``; the step has not begun, the caller acts on it and runs the step again)."""
         rec, timeline, channel, engine = self.rec, self.timeline, self.channel, self.engine
         t0 = time.perf_counter()
+        channel.use_codecs(*engine.links.codecs(step))  # the step's frames (warm-up: codec none)
         channel.post_uplinks()
         records: list = [None] * len(self.partition)
         arrivals = channel.uplinks(step)
@@ -256,8 +265,9 @@ class ServerStep:
         rec.add_time("gather", time.perf_counter() - t0)
         timeline.begin_step(step, t0)
         engine.begin_step()
-        engine.algorithm.hp.lr = lr_of(first[1], step, self.base_lr, self.names)
-        stop_reason = None
+        engine.groups.set_lrs(lrs_of(first[1], step, len(engine.groups), self.names))
+        max_norm = clip_of(first[1], step, self.names)
+        stop_reason, held, grad_norm = None, [], None
         for n in range(1, len(self.segments) + 1):  # segments in the order their uplinks complete
             if n == 1:
                 seg, recs, messages = first
@@ -275,17 +285,29 @@ class ServerStep:
             with rec.phase("aggregate", seg):
                 mean = engine.aggregate(seg, messages)
             timeline.mark(seg, "aggregated_s")
-            with rec.phase("server_step", seg):
-                down = engine.make_downlink(seg, mean)
-            timeline.mark(seg, "encoded_s")
-            flags = 0
-            if n == len(self.segments):  # every record of the step is in: decide the stop
-                stop_reason = self.decide_stop([r for r in records if r is not None])
-                buffers = self.wants_buffers(step, stop_reason is not None)
-                flags = (FLAG_STOP if stop_reason else 0) | (FLAG_BUFFERS if buffers else 0)
-            with rec.phase("broadcast", seg):
-                channel.post_downlink(seg, step, flags, down)
-            rec.downlink(down.numel(), seg)
+            if max_norm:  # clipping needs the whole mean's norm: every segment's rule waits for it
+                held.append((seg, mean))
+                if n < len(self.segments):
+                    continue
+                with rec.phase("aggregate"):
+                    grad_norm, coef = clip_coefficient(self.total_square, held, max_norm)
+                    for _, m in held:
+                        m.mul_(coef)
+            else:
+                held = [(seg, mean)]
+            for k, (seg, mean) in enumerate(sorted(held, key=lambda h: h[0].index) if max_norm else held):
+                with rec.phase("server_step", seg):
+                    down = engine.make_downlink(seg, mean)
+                timeline.mark(seg, "encoded_s")
+                flags = 0
+                if n == len(self.segments) and k == len(held) - 1:  # every record is in: decide the stop
+                    stop_reason = self.decide_stop([r for r in records if r is not None])
+                    buffers = self.wants_buffers(step, stop_reason is not None)
+                    flags = (FLAG_STOP if stop_reason else 0) | (FLAG_BUFFERS if buffers else 0)
+                    flags |= FLAG_CLIP if grad_norm is not None else 0
+                with rec.phase("broadcast", seg):
+                    channel.post_downlink(seg, step, flags, down, grad_norm)
+                rec.downlink(down.numel(), seg)
         with rec.phase("broadcast"):
             channel.finish_downlinks(step)
         records = [r for r in records if r is not None]  # this rank's segments, in index order
@@ -304,9 +326,19 @@ class StepResult(NamedTuple):
     buffers: bool = False  # the downlink asked every worker to combine its buffers after the step
 
 
-def scaled_lr(base: float, scale) -> float:
-    """The learning rate of a step whose records carry factor ``scale`` (float32)."""
-    return base * float(scale)
+def _sum_in_order(parts: dict[int, float]) -> float:
+    return sum(parts[k] for k in sorted(parts))
+
+
+def clip_coefficient(total_square, held: list, max_norm: float) -> tuple[float, float]:
+    """``torch.nn.utils.clip_grad_norm_`` of the step's mean gradient (what DDP's workers clip):
+    its norm over every segment (sums of squares in float64, added in segment order by
+    ``total_square``, so the result does not depend on which rank serves which segment) and the
+    factor min(1, max_norm / (norm + 1e-6)) the mean is multiplied by (torch multiplies by the
+    clamped factor, 1.0 included)."""
+    parts = {seg.index: float(torch.sum(torch.square(m.double()))) for seg, m in held}
+    norm = math.sqrt(total_square(parts))
+    return norm, min(max_norm / (norm + 1e-6), 1.0)
 
 
 _INTENT = {
@@ -334,22 +366,27 @@ def control_of(records: np.ndarray, step: int, names: list[str]) -> int:
     )
 
 
-def lr_of(records: np.ndarray, step: int, base: float, names: list[str]) -> float:
-    """Step ``step``'s learning rate from its first segment's records: ``algorithm.lr`` unless
-    the workers' schedule set a factor; workers that disagree stop the run."""
-    scales = [
-        float(s) if int(f) & FLAG_LR else 1.0
-        for f, s in zip(records["flags"], records["lr_scale"], strict=True)
-    ]
-    if len(set(scales)) > 1:
-        names = names or [f"worker {i}" for i in range(len(scales))]
-        lrs = ", ".join(
-            f"{n} {scaled_lr(base, np.float32(s)):.6g}" for n, s in zip(names, scales, strict=True)
+def lrs_of(records: np.ndarray, step: int, groups: int, names: list[str]) -> list[float]:
+    """Step ``step``'s learning rate of every param group from its first segment's records;
+    workers that disagree stop the run."""
+    lrs = records["lr"][:, :groups]
+    if (lrs != lrs[0]).any():
+        names = names or [f"worker {i}" for i in range(len(lrs))]
+        said = ", ".join(
+            f"{n} {' '.join(f'{v:.6g}' for v in row)}" for n, row in zip(names, lrs, strict=True)
         )
-        raise WorkersDisagree(f"the workers use different learning rates in step {step}: {lrs}")
-    if not int(records["flags"][0]) & FLAG_LR:
-        return base
-    return scaled_lr(base, records["lr_scale"][0])
+        raise WorkersDisagree(f"the workers use different learning rates in step {step}: {said}")
+    return [float(v) for v in lrs[0]]
+
+
+def clip_of(records: np.ndarray, step: int, names: list[str]) -> float:
+    """The norm step ``step`` clips its mean gradient to (0: none); workers that disagree stop the run."""
+    norms = records["max_norm"]
+    if (norms != norms[0]).any():
+        names = names or [f"worker {i}" for i in range(len(norms))]
+        said = ", ".join(f"{n} {float(v):g}" for n, v in zip(names, norms, strict=True))
+        raise WorkersDisagree(f"the workers clip step {step} to different norms: {said}")
+    return float(norms[0])
 
 
 class _NoTimeline:

@@ -121,7 +121,23 @@ def _what(value) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
 
 
-def _check_layout_text(c: _Check, text: str, n: int) -> None:
+def _check_aliases_text(c: _Check, text: str, names: set, buffers: dict | None) -> None:
+    """``/aliases``: a JSON object mapping each other ``state_dict`` name of a tied parameter to
+    its name in ``/layout``; an alias is neither a layout name nor a buffer's."""
+    try:
+        aliases = json.loads(text)
+    except ValueError:
+        c.fail("/aliases", "not JSON")
+    if not isinstance(aliases, dict) or not aliases:
+        c.fail("/aliases", "must be a JSON object of {alias: parameter name in /layout}")
+    for alias, name in aliases.items():
+        if not isinstance(name, str) or name not in names:
+            c.fail("/aliases", f"{alias!r} names {name!r}, which is not a parameter in /layout")
+        if alias in names or alias in (buffers or {}):
+            c.fail("/aliases", f"{alias!r} is a {'parameter' if alias in names else 'buffer'} of its own")
+
+
+def _check_layout_text(c: _Check, text: str, n: int) -> set:
     try:
         entries = json.loads(text)
     except ValueError:
@@ -150,6 +166,7 @@ def _check_layout_text(c: _Check, text: str, n: int) -> None:
         offset += math.prod(entry[2])
     if offset != n:
         c.fail("/layout", f"covers {offset} parameters, /params holds {n}")
+    return names
 
 
 def _check_rng(c: _Check, tree, where: str) -> None:
@@ -198,7 +215,22 @@ def _check_buffers(c: _Check, buffers, where: str, reference: dict | None) -> di
 
 
 def _check_worker(c: _Check, tree: dict, where: str, n: int, expect, step: int, buffers) -> None:
-    c.only(tree, where, {"engine", "shards", "sampler", "rng", "lr", "initial_lr", "buffers", "extra"})
+    c.only(
+        tree,
+        where,
+        {
+            "engine",
+            "shards",
+            "sampler",
+            "rng",
+            "lr",
+            "initial_lr",
+            "group_lrs",
+            "group_initial_lrs",
+            "buffers",
+            "extra",
+        },
+    )
     engine = c.group(tree, where, "engine")
     _check_engine(c, engine, f"{where}/engine", n, expect.worker_state, expect.worker_error, step)
     shards = c.group(tree, where, "shards", required="sampler" not in tree)
@@ -218,6 +250,14 @@ def _check_worker(c: _Check, tree: dict, where: str, n: int, expect, step: int, 
     _check_rng(c, tree, where)
     c.number(tree, where, "lr")
     c.number(tree, where, "initial_lr", required=False)
+    for key in ("group_lrs", "group_initial_lrs"):
+        value = c.node(tree, where, key, False)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.float64 or value.dim() != 1:
+            c.fail(f"{where}/{key}", f"must be a float64 vector, found {_what(value)}")
+        if value.numel() < 2 or not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
+            c.fail(f"{where}/{key}", "must hold two or more finite learning rates >= 0 (one per param group)")
     if "buffers" in tree:
         if buffers is None:
             c.fail(f"{where}/buffers", "present, but the checkpoint has no /buffers")
@@ -233,7 +273,8 @@ def check_checkpoint_layout(tree: dict, meta: dict, path, expect: CheckpointExpe
     c.only(
         tree,
         "",
-        {"step", "params", "replica_params", "layout", "config", "server", "workers", "stats", "buffers"},
+        {"step", "params", "replica_params", "layout", "config", "server", "workers", "stats", "buffers"}
+        | {"aliases"},
     )
     step = c.integer(tree, "", "step")
     params = c.node(tree, "", "params")
@@ -241,7 +282,7 @@ def check_checkpoint_layout(tree: dict, meta: dict, path, expect: CheckpointExpe
         c.fail("/params", f"must be a 1-D float32 array, found {_what(params)}")
     n = params.numel()
     c.vector(tree, "", "replica_params", n)
-    _check_layout_text(c, c.text(tree, "", "layout"), n)
+    names = _check_layout_text(c, c.text(tree, "", "layout"), n)
     c.text(tree, "", "config")
 
     server = c.group(tree, "", "server")
@@ -260,6 +301,8 @@ def check_checkpoint_layout(tree: dict, meta: dict, path, expect: CheckpointExpe
     buffers = None
     if "buffers" in tree:
         buffers = _check_buffers(c, tree["buffers"], "/buffers", None)
+    if "aliases" in tree:  # tied parameters' other names (written since issue 35; optional)
+        _check_aliases_text(c, c.text(tree, "", "aliases"), names, buffers)
     workers = c.group(tree, "", "workers")
     for rank, worker in workers.items():
         if not _RANK.match(rank):

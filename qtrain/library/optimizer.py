@@ -1,10 +1,12 @@
 """``session.optimizer(model)``: the user's loop keeps its shape; the optimizer step is qtrain's.
 
 Like Horovod's ``DistributedOptimizer`` it is a ``torch.optim.Optimizer``, so LR schedulers,
-``GradScaler`` and gradient clipping see what they expect: one param group holding the model's
-trainable parameters, whose ``lr`` starts at ``algorithm.lr``. What ``step()`` does is the
-configured algorithm (``algorithm.name``: its worker rule, compression with error feedback, the
-server's rule and the downlink), not a torch optimizer's update.
+``GradScaler`` and gradient clipping see what they expect: the param groups the user passed
+(``library/group_sharing.py``; one group of the model's trainable parameters by default), each
+with its ``lr``, ``weight_decay`` and the algorithm's own values, starting from the ``algorithm``
+section. What ``step()`` does is the configured algorithm (``algorithm.name``: its worker rule,
+compression with error feedback, the server's rule and the downlink) with each group's values,
+not a torch optimizer's update.
 
 - ``step()`` sends this step's gradient to the server and applies the downlink to the model.
   With overlap (``runtime.overlap``, or ``overlap=`` here) backward's hooks already sent each
@@ -12,9 +14,11 @@ server's rule and the downlink), not a torch optimizer's update.
   ``step()``, which is checked. Clip, unscale or accumulate with ``overlap=False``.
 - ``zero_grad()`` zeroes the flat gradient (the parameters' ``.grad`` stay views into it; a
   ``model.zero_grad()`` that sets them to None is repaired by the next backward).
-- ``param_groups[0]["lr"]`` is read at each step's first segment: a schedule that changes it
-  between steps changes the algorithm's learning rate on the workers and on the server. It
-  travels as a float32 factor of ``algorithm.lr`` (docs/library.md).
+- every group's ``lr`` is read at each step's first segment: a schedule (or the loop itself) that
+  changes it between steps changes that group's learning rate on the workers and on the serving
+  ranks; it travels with the step's records (docs/library.md).
+- ``clip_grad_norm_(max_norm)`` clips the gradient averaged over the workers, as
+  ``torch.nn.utils.clip_grad_norm_`` does under DDP (docs/library.md, "Clipping").
 - ``GradScaler``: ``scaler.step(optimizer)`` always calls ``step()`` (``_step_supports_amp_scaling``):
   gradients not unscaled yet are unscaled here; a worker whose scaled gradient overflowed sends
   zero for that step, since one worker cannot skip a step the others take.
@@ -24,6 +28,7 @@ server's rule and the downlink), not a torch optimizer's update.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 
@@ -33,36 +38,77 @@ from qtrain.library.errors import UsageError
 class DistributedOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
-    def __init__(self, worker, params):
+    def __init__(self, worker, shown: list, keys: tuple[str, ...]):
+        """``shown``: (parameters, values) per group (``group_sharing.group_specs``); ``keys``: the
+        values every group shows (``lr``, ``weight_decay`` and the algorithm's own)."""
         self._worker = worker
-        super().__init__(params, {"lr": worker.lr})
-        if worker.initial_lr is not None:  # a resume: what the run's scheduler started from
-            self.param_groups[0]["initial_lr"] = worker.initial_lr
-        worker.lr_of, worker.group = self._current_lr, self.param_groups[0]
+        groups = []
+        for (members, _), algo, lr in zip(
+            shown, worker.engine.groups.algorithms, worker.groups_lrs(), strict=True
+        ):
+            group = {"params": list(members), "lr": lr}
+            for key in keys:
+                if key == "betas":
+                    group["betas"] = (algo.hp.beta1, algo.hp.beta2)
+                elif key != "lr":
+                    group[key] = getattr(algo.hp, key)
+            groups.append(group)
+        self._building = True
+        super().__init__(groups, {})
+        self._building = False
+        if worker.initial_lrs is not None:  # a resume: what the run's scheduler started from
+            for group, value in zip(self.param_groups, worker.initial_lrs, strict=True):
+                group["initial_lr"] = value
+        worker.lr_of = self._current_lrs
+        worker.group = self.param_groups[0]
+        worker.optimizer = self
 
     @property
     def lr(self) -> float:
         return self.param_groups[0]["lr"]
 
-    def _current_lr(self) -> float:
-        """The param group's learning rate, read at each step's first segment. After a resume,
-        the first read restores the checkpoint's rate: a scheduler built after the optimizer has
-        applied its own factor to it by then (LinearLR, warm-ups), as torch's
-        ``optimizer.load_state_dict`` after the scheduler's construction would undo."""
-        if self._worker.pending_lr is not None:
-            self.param_groups[0]["lr"], self._worker.pending_lr = self._worker.pending_lr, None
-        lr = self.param_groups[0]["lr"]
-        lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
-        if not lr >= 0.0 or lr == float("inf"):
-            raise UsageError(f"optimizer learning rate {lr!r} is not a finite non-negative number")
-        return lr
+    def _current_lrs(self) -> list[float]:
+        """Every group's learning rate, read at each step's first segment. After a resume, the
+        first read restores the checkpoint's rate of a group whose rate a torch LR scheduler
+        changed since ``session.optimizer()`` (its construction applies its own factor, which
+        torch's ``optimizer.load_state_dict`` after building the scheduler would undo); a rate the
+        loop set itself is kept (nanoGPT sets every group's lr before each step)."""
+        pending = self._worker.pending_lrs
+        if pending is not None:
+            for group, lr in zip(self.param_groups, pending, strict=True):
+                if group.scheduler_wrote:
+                    dict.__setitem__(group, "lr", lr)
+            self._worker.pending_lrs = None
+        out = []
+        for g, group in enumerate(self.param_groups):
+            lr = group["lr"]
+            lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+            if not lr >= 0.0 or lr == float("inf"):
+                raise UsageError(f"param group {g}: learning rate {lr!r} is not a finite non-negative number")
+            out.append(lr)
+        return out
 
     def backward(self, loss: torch.Tensor, scaler=None) -> None:
         """``loss.backward()`` that also reports the loss to qtrain's trace and progress line (a
-        plain ``loss.backward()`` works too; then pass ``loss=`` to :meth:`step`). With a
-        ``GradScaler``: the unscaled loss is reported and ``scaler.scale(loss)`` is backpropagated."""
-        self._worker.set_loss(loss.detach())
+        plain ``loss.backward()`` works too; then pass ``loss=`` to :meth:`step` or
+        ``session.log(loss=...)``). With a ``GradScaler``: the unscaled loss is reported and
+        ``scaler.scale(loss)`` is backpropagated; ``backward(scaler.scale(loss))`` reports
+        the unscaled loss too (the scaled one is the loss times the scaler's one-element scale)."""
+        self._worker.set_loss(_unscaled(loss.detach()))
         (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def clip_grad_norm_(
+        self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False, foreach=None
+    ):
+        """Clip this step's gradient by the norm of the gradient averaged over the workers, as
+        ``torch.nn.utils.clip_grad_norm_`` clips under DDP: the serving ranks multiply the mean
+        by min(1, max_norm / (norm + 1e-6)) before the algorithm's rule. Returns a 0-d tensor that
+        holds that norm once ``step()`` returned (NaN until then). Needs ``overlap=False`` (the
+        norm must be asked for before the first segment leaves). For qadam and efficient-adam,
+        whose workers run their local Adam step on their own gradient before anything is
+        averaged, it clips each worker's own gradient by its own norm (returned at once) and says
+        so once in the log."""
+        return self._worker.clip(float(max_norm), float(norm_type), error_if_nonfinite)
 
     @torch.no_grad()
     def step(self, closure=None, loss=None):
@@ -92,17 +138,60 @@ class DistributedOptimizer(torch.optim.Optimizer):
             self._worker.accumulating = previous
 
     def state_dict(self) -> dict:
-        """The learning rate only: ``session.checkpoint`` saves the algorithm's state itself."""
-        return {"lr": self.lr}
+        """The learning rates only (``lr``: the first group's; ``lrs``: every group's):
+        ``session.checkpoint`` saves the algorithm's state itself."""
+        return {"lr": self.lr, "lrs": [g["lr"] for g in self.param_groups]}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.param_groups[0]["lr"] = float(state_dict["lr"])
+        lrs = state_dict.get("lrs", [state_dict["lr"]])
+        if len(lrs) != len(self.param_groups):
+            raise UsageError(
+                f"optimizer.load_state_dict(): {len(lrs)} learning rate(s) for {len(self.param_groups)} param groups"
+            )
+        for group, lr in zip(self.param_groups, lrs, strict=True):
+            group["lr"] = float(lr)
 
     def add_param_group(self, param_group: dict) -> None:
-        """The one group, which torch's ``__init__`` adds: the model's trainable parameters (leaf
-        tensors, each once: ``session.optimizer`` passes them) and the defaults. Built here, not by
-        torch's ``add_param_group``: that one is wrapped in ``torch._disable_dynamo``, whose first
-        call imports ``torch._dynamo``, 1.5 to 2.5 s of start-up on every worker."""
-        if getattr(self, "param_groups", None):  # torch's __init__ adds the first group
-            raise UsageError("the qtrain optimizer has one param group (add_param_group is not supported)")
-        self.param_groups.append({**self.defaults, **param_group, "params": list(param_group["params"])})
+        """The groups are fixed when ``session.optimizer`` agrees on them with every rank: torch's
+        ``__init__`` adds them here. Not torch's own ``add_param_group``: that one is wrapped in
+        ``torch._disable_dynamo``, whose first call imports ``torch._dynamo``, 1.5 to 2.5 s of
+        start-up on every worker."""
+        if getattr(self, "_building", False):
+            self.param_groups.append(_LoggedGroup(param_group))
+            return
+        raise UsageError(
+            "the qtrain optimizer's param groups are fixed by session.optimizer(): pass every group there "
+            "(add_param_group is not supported)"
+        )
+
+
+class _LoggedGroup(dict):
+    """A param group that notes whether a torch LR scheduler wrote its ``lr`` last (the resume
+    rule of :meth:`DistributedOptimizer._current_lrs`)."""
+
+    scheduler_wrote = False
+
+    def __setitem__(self, key, value):
+        if key == "lr":
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            self.scheduler_wrote = caller.startswith("torch.optim.lr_scheduler")
+        super().__setitem__(key, value)
+
+
+def _unscaled(loss: torch.Tensor) -> torch.Tensor:
+    """The loss behind ``GradScaler.scale(loss)``: that is ``loss * scale`` with the scaler's
+    one-element float32 scale (shape [1]); anything else is the loss itself."""
+    fn = loss.grad_fn if loss.requires_grad else None
+    if fn is None or fn.name() != "MulBackward0" or tuple(loss.shape) != (1,):
+        return loss
+    other = getattr(fn, "_saved_other", None)
+    inner = getattr(fn, "_saved_self", None)
+    if (
+        isinstance(other, torch.Tensor)
+        and isinstance(inner, torch.Tensor)
+        and other.shape == (1,)
+        and inner.dim() == 0
+    ):
+        if not other.requires_grad and inner.requires_grad:
+            return inner.detach()
+    return loss

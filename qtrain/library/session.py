@@ -210,7 +210,7 @@ class Session:
 
         self._svc.watchdog.enter("waiting for the workers' models (session.optimizer)")
         flat = self._agreed(lambda: share_model(self._topology, None, self.device, server_module=model))
-        plan = self._plan(flat)
+        plan = self._plan(flat, self._agreed_groups(None))
         resume = self._resume_point(plan)
         if not self._topology.is_lead:  # another owner of runtime.servers: the lead reports the run
             from qtrain.runtime.shard_serving import serve_shard
@@ -230,11 +230,20 @@ class Session:
         return summary
 
     # ------------------------------------------------------------------ a worker
-    def optimizer(self, model: torch.nn.Module, overlap: bool | None = None):
-        """Wrap ``model`` (moved to ``session.device``) for this run: returns a
-        :class:`~qtrain.library.optimizer.DistributedOptimizer`. Every worker calls it with the
-        same architecture; the initial parameters and buffers then come from worker 0 (from the
-        serving rank when it serves with a model of its own).
+    def optimizer(
+        self, params, overlap: bool | None = None, *, model: torch.nn.Module | None = None, **defaults
+    ):
+        """Wrap the model (moved to ``session.device``) for this run: returns a
+        :class:`~qtrain.library.optimizer.DistributedOptimizer`. ``params`` is what ``torch.optim``
+        optimizers take: the model itself, an iterable of its parameters, or a list of param-group
+        dicts (``params`` and per group ``lr``, ``weight_decay``, and the algorithm's own values:
+        ``betas``/``eps`` for the Adam-type rules, ``momentum`` for the SGD-type ones); with
+        parameters or groups, ``model=`` is the module they belong to. Keyword arguments
+        (``lr=``, ``betas=``, ``weight_decay=``...) are every group's defaults, else the config's
+        ``algorithm`` values apply. Every trainable parameter must be in one group
+        (docs/library.md, "Param groups"). Every worker calls it with the same architecture and
+        groups; the initial parameters and buffers then come from worker 0 (from the serving rank
+        when it serves with a model of its own).
         ``overlap``: send each segment from backward's hooks (default ``runtime.overlap``); pass
         False to clip, unscale or otherwise change gradients between ``backward()`` and ``step()``."""
         if self.is_server:
@@ -244,9 +253,26 @@ class Session:
             )
         if self._worker is not None:
             raise UsageError("session.optimizer() was called already: a session trains one model")
+        if isinstance(params, torch.nn.Module):
+            if model is not None and model is not params:
+                raise UsageError("session.optimizer(model, model=other): pass the model once")
+            model = params
+        elif model is None:
+            raise UsageError(
+                "session.optimizer(parameters or param groups) needs model=, the nn.Module they belong to "
+                "(qtrain flattens and shares the whole model): session.optimizer(groups, model=model)"
+            )
         if not isinstance(model, torch.nn.Module):
-            raise UsageError(f"session.optimizer() takes a torch.nn.Module, not a {type(model).__name__}")
+            raise UsageError(
+                f"session.optimizer(): model= takes a torch.nn.Module, not a {type(model).__name__}"
+            )
+        if isinstance(overlap, (dict, list, tuple)):
+            raise UsageError(
+                "session.optimizer(): overlap= is a bool; pass param groups as the first argument"
+            )
         from qtrain.engine.flat import FlatModel
+        from qtrain.engine.param_groups import GROUP_KEYS, GroupError
+        from qtrain.library.group_sharing import group_specs
         from qtrain.library.model_sharing import share_model
         from qtrain.library.optimizer import DistributedOptimizer
         from qtrain.library.worker import LibraryWorker
@@ -260,12 +286,20 @@ class Session:
                 f"session.optimizer(): parameter {odd[0][0]} is {odd[0][1]}; qtrain keeps float32 parameters "
                 "(use torch.autocast for bf16/fp16 compute, as examples/bn_cnn.py does)"
             )
+        algorithm_name = self.config.algorithm.name
         flat = FlatModel(model, self.device)
         if flat.numel == 0:
             raise UsageError("session.optimizer(): the model has no trainable parameters")
+        try:
+            specs, shown = group_specs(algorithm_name, params, flat, defaults)
+        except GroupError as exc:
+            raise UsageError(f"session.optimizer(): {exc}") from None
+        if len(specs) == 1 and not specs[0].options:
+            specs = []  # one group of every parameter with the config's values: the plain run
         self._svc.watchdog.enter("agreeing on the model")
         flat = self._agreed(lambda: share_model(self._topology, flat, self.device))
-        plan = self._plan(flat)
+        specs = self._agreed_groups(specs)
+        plan = self._plan(flat, specs)
         resume = self._resume_point(plan)
         setting = self.config.runtime.overlap if overlap is None else ("on" if overlap else "off")
         use, why = uses_overlap(setting, self.device, thread_multiple())
@@ -273,7 +307,7 @@ class Session:
         worker = LibraryWorker(self, flat, plan, engine, self._transport(plan), use, resume)
         self._worker = worker
         self._svc.log.info("overlap %s (%s), %d segment(s)", "on" if use else "off", why, len(plan.partition))
-        return DistributedOptimizer(worker, [p for p in model.parameters() if p.requires_grad])
+        return DistributedOptimizer(worker, shown, GROUP_KEYS[algorithm_name])
 
     def shard(self, dataset, batch_size: int | None = None, shuffle: bool | None = None, **loader_kwargs):
         """This worker's share of ``dataset`` (any map-style torch Dataset) as a DataLoader-like
@@ -388,7 +422,18 @@ class Session:
             print(f"qtrain: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2)
 
-    def _plan(self, flat):
+    def _agreed_groups(self, specs):
+        """The workers' param groups, compared and handed to the serving ranks (every rank)."""
+        from qtrain.engine.param_groups import GroupError
+        from qtrain.library.group_sharing import share_groups
+
+        try:
+            return share_groups(self._topology, specs)
+        except GroupError as exc:
+            self._refuse(str(exc))
+
+    def _plan(self, flat, specs=()):
+        from qtrain.engine.param_groups import GroupError
         from qtrain.engine.partition import Partition
         from qtrain.engine.run_plan import RunPlan
 
@@ -396,7 +441,12 @@ class Session:
             partition = Partition.for_setup(self._setup, flat.numel, len(self._topology.servers))
         except ValueError as exc:  # e.g. too few segments for runtime.servers serving ranks
             self._refuse(str(exc))
-        return RunPlan(self._setup, self._topology, partition, flat.layout, self._config_text)
+        plan = RunPlan(self._setup, self._topology, partition, flat.layout, self._config_text, tuple(specs))
+        try:
+            plan.groups  # noqa: B018 - built (and checked) once, the same on every rank
+        except GroupError as exc:
+            self._refuse(str(exc))
+        return plan
 
     def _resume_point(self, plan):
         if not self._request.resume:

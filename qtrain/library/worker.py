@@ -6,10 +6,12 @@ overlap, backward's hooks encode and post each segment as it completes, exactly 
 does. ``step()`` posts the segments left, applies the downlink and learns whether every rank agreed
 to stop. Between two steps the worker may send the server a control frame (``engine/records.py``):
 a checkpoint, a buffer synchronisation, or the end of its loop; the server acts on it before the
-next step. The learning rate of the optimizer's param group travels with every step's records."""
+next step. The learning rate of every param group of the optimizer travels with every step's
+records, and so does the norm ``clip_grad_norm_`` asks the serving ranks to clip the mean to."""
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -17,7 +19,7 @@ import torch
 
 from qtrain.engine.buffers import buffer_state, has_buffers, load_buffers
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
-from qtrain.engine.snapshots import rng_restore, to_numpy, worker_positions, worker_snapshot
+from qtrain.engine.snapshots import rng_restore, snapshot_lrs, to_numpy, worker_positions, worker_snapshot
 from qtrain.engine.step import WorkerStep
 from qtrain.io.live_metrics import LiveMetrics
 from qtrain.io.trace import METRIC_NAME_BYTES
@@ -34,12 +36,14 @@ class LibraryWorker:
         self.svc, self.topology = session._svc, plan.topology
         self.overlap, self.transport = overlap, transport
         self.driver = WorkerStep(engine, flat, transport, plan.partition, overlap, self.svc.watchdog.enter)
-        self.lr = engine.algorithm.hp.lr  # the starting learning rate (a resume restores it)
-        self.lr_of = None  # the optimizer's param group, once it exists: each step's learning rate
-        self.group: dict | None = None  # that param group
-        self.pending_lr: float | None = None  # a resume's learning rate, applied at its first step
-        self.initial_lr: float | None = None  # a resume's ``initial_lr`` (torch schedulers read it)
-        self.driver.lr_source = self.current_lr
+        self.lrs = list(engine.groups.base_lrs)  # every group's starting rate (a resume restores them)
+        self.lr_of = None  # the optimizer's param groups, once it exists: each step's learning rates
+        self.group: dict | None = None  # the first param group
+        self.optimizer = None
+        self.pending_lrs: list | None = None  # a resume's learning rates, for the first step's rule
+        self.initial_lrs: list | None = None  # a resume's ``initial_lr`` (torch schedulers read it)
+        self.driver.lr_source = self.current_lrs
+        self.clip_warned = False
         self.steps_done = 0
         self.begun = self.backward_seen = self.accumulating = self.warned_loss = False
         self.stopping = False
@@ -59,8 +63,12 @@ class LibraryWorker:
         self._enter_loop()
 
     # ------------------------------------------------------------------ the step
-    def current_lr(self) -> float:
-        return self.lr_of() if self.lr_of is not None else self.lr
+    def current_lrs(self) -> list[float]:
+        return self.lr_of() if self.lr_of is not None else self.lrs
+
+    def groups_lrs(self) -> list[float]:
+        """The learning rates the optimizer's groups start with (a resume's, else the groups')."""
+        return list(self.lrs)
 
     def _enter_loop(self) -> None:
         self.svc.watchdog.enter(f"your loop, after step {self.steps_done}")
@@ -73,6 +81,8 @@ class LibraryWorker:
             self.hook_version = -1  # the gradient's version after the last hook of the step
             self.reported = bytearray(len(self.flat.layout))  # parameters reported since begin
             self.loss_given = False
+            self.driver.max_norm = 0.0  # clip_grad_norm_ asks for it anew every step
+            self.clip_out = None
             self.driver.begin(self.steps_done + 1, self.svc.stop.requested, t0=self.t_end)
 
     def _on_param_ready(self, index: int) -> None:
@@ -91,13 +101,59 @@ class LibraryWorker:
                 )
             self.reported[index] = 1
             if self.driver._param_ready(index) and not self.hook_sent:
-                self.hook_sent, self.hook_lr = True, self.current_lr()  # the step's rate is fixed now
+                self.hook_sent, self.hook_lr = True, self.current_lrs()  # the step's rates are fixed now
         self.hook_version = self.flat.grads._version
 
     def set_loss(self, loss) -> None:
         self.begin()
         self.loss_given = True
         self.driver.record["loss"] = float(loss)
+
+    def clip(self, max_norm: float, norm_type: float, error_if_nonfinite: bool):
+        """``optimizer.clip_grad_norm_``: the serving ranks clip the step's mean gradient (rules
+        that run on the serving ranks), or this worker clips its own (local Adam rules)."""
+        step = self.steps_done + 1
+        if norm_type != 2.0:
+            raise UsageError(
+                f"step {step}: clip_grad_norm_(norm_type={norm_type:g}): qtrain clips by the 2-norm only"
+            )
+        if not max_norm > 0 or max_norm == float("inf"):
+            raise UsageError(f"step {step}: clip_grad_norm_(max_norm={max_norm!r}) needs a finite norm > 0")
+        algorithm = self.engine.algorithm
+        if algorithm.fused_worker_rule != "identity":  # the gradient is consumed here, before any mean
+            if not self.clip_warned:
+                self.clip_warned = True
+                line = (
+                    f"{algorithm.name}: clip_grad_norm_ clips each worker's own gradient by its own norm "
+                    "(its local Adam step runs on it before anything is averaged), not the mean's as DDP does"
+                )
+                self.svc.log.warning(line)
+                warnings.warn(line, stacklevel=3)
+            if self.begun and self.hook_sent:
+                raise UsageError(
+                    f"step {step}: clip_grad_norm_ after backward had sent the step (overlap is on): create the "
+                    "optimizer with overlap=False"
+                )
+            return torch.nn.utils.clip_grad_norm_(
+                self.optimizer_params(), max_norm, error_if_nonfinite=error_if_nonfinite
+            )
+        if not self.backward_seen:
+            raise UsageError(
+                f"step {step}: clip_grad_norm_ before backward(): clip between backward() and step()"
+            )
+        if self.hook_sent:
+            raise UsageError(
+                f"step {step}: clip_grad_norm_ with overlap on: backward's hooks sent the step's segments "
+                "before the call, and the serving ranks clip the mean as its segments arrive; create the "
+                "optimizer with overlap=False (or set runtime.overlap=off)"
+            )
+        self.driver.max_norm = max_norm
+        self.clip_error = error_if_nonfinite
+        self.clip_out = torch.tensor(float("nan"))
+        return self.clip_out
+
+    def optimizer_params(self) -> list:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def step(self, loss=None, found_inf=None, grad_scale=None) -> bool:
         """Exchange this step with the server; whether every rank agreed to stop."""
@@ -130,6 +186,13 @@ class LibraryWorker:
         value = float(self.driver.record["loss"][0]) if self.loss_given else None
         self.driver.end_backward(value)
         stopping = self.driver.exchange(step)
+        if self.clip_out is not None:
+            norm = self.driver.grad_norm
+            self.clip_out.fill_(float("nan") if norm is None else norm)
+            if self.clip_error and norm is not None and not math.isfinite(norm):
+                raise UsageError(
+                    f"step {step}: the mean gradient's norm is {norm} (clip_grad_norm_(error_if_nonfinite=True))"
+                )
         if self.driver.buffers_asked:  # the server evaluates after this step
             self.svc.watchdog.enter(f"step {step}: buffers")
             self._sync_buffers()
@@ -141,10 +204,11 @@ class LibraryWorker:
             self.svc.log.info("stop agreed after step %d (local: %s)", step, self.svc.stop.reason or "none")
         log_every = self.plan.cfg.train.log_every
         if step % log_every == 0:
+            loss_part = f" loss {value:.5f}" if value is not None else ""  # no loss reported: none shown
             self.svc.log.info(
-                "step %d loss %.5f compute %.4fs comm %.4fs",
+                "step %d%s compute %.4fs comm %.4fs",
                 step,
-                value if value is not None else float("nan"),
+                loss_part,
                 self.driver.compute_s,
                 self.driver.comm_s,
             )
@@ -165,10 +229,11 @@ class LibraryWorker:
                 f"step {step}: a GradScaler needs the optimizer created with overlap=False (overlap sent "
                 "the scaled gradient during backward)"
             )
-        if self.current_lr() != self.hook_lr:
+        if self.current_lrs() != self.hook_lr:
+            sent = " ".join(f"{v:g}" for v in self.hook_lr)
             raise UsageError(
                 f"step {step}: the learning rate changed after backward had sent the step with lr "
-                f"{self.hook_lr:g} (overlap is on): change it after optimizer.step() (as schedulers do), or "
+                f"{sent} (overlap is on): change it after optimizer.step() (as schedulers do), or "
                 "create the optimizer with overlap=False"
             )
         if loss is not None and not self.warned_loss:
@@ -233,6 +298,11 @@ class LibraryWorker:
 
     def log(self, metrics: dict) -> None:
         step = self.steps_done
+        if (
+            "loss" in metrics and self.begun and not self.loss_given
+        ):  # between backward and step: the step's loss
+            value = metrics["loss"]
+            self.set_loss(value.item() if isinstance(value, torch.Tensor) else value)
         for name, value in metrics.items():
             if len(name.encode()) > METRIC_NAME_BYTES:
                 raise UsageError(f"session.log(): the name {name!r} is longer than {METRIC_NAME_BYTES} bytes")
@@ -251,8 +321,10 @@ class LibraryWorker:
     def _snapshot(self, packed_extra) -> dict:
         own = buffer_state(self.flat.module) if has_buffers(self.flat.module) else None  # kept, not combined
         positions = [s.state_dict() for s in self.session._shards]
-        initial_lr = (self.group or {}).get("initial_lr")
-        return worker_snapshot(self.engine, positions, self.current_lr(), own, packed_extra, initial_lr)
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        initial = [g.get("initial_lr") for g in groups]
+        initial_lrs = initial if initial and None not in initial else None
+        return worker_snapshot(self.engine, positions, self.current_lrs(), own, packed_extra, initial_lrs)
 
     def _restore(self, resume) -> None:
         self.flat.params.copy_(resume.replica_params)
@@ -267,12 +339,18 @@ class LibraryWorker:
         if "buffers" in w:
             load_buffers(self.flat.module, w["buffers"])
         rng_restore(w["rng"])
-        if "lr" in w:  # checkpoints from before the library ran at algorithm.lr
-            lr, then, now = float(w["lr"]), resume.saved_lr, self.engine.algorithm.hp.lr
-            if then and then != now:  # a resume that changes algorithm.lr scales the run's rate
-                lr = lr * now / then
-            self.lr = self.pending_lr = lr
-        self.initial_lr = float(w["initial_lr"]) if "initial_lr" in w else None
+        lrs = snapshot_lrs(w, "lr")  # None: a checkpoint from before the library ran at algorithm.lr
+        if lrs is not None:
+            if len(lrs) != len(self.lrs):
+                raise UsageError(
+                    f"the checkpoint holds the learning rates of {len(lrs)} param group(s), and this run has "
+                    f"{len(self.lrs)} (a resumed loop passes session.optimizer the same groups)"
+                )
+            then, now = resume.saved_lr, self.engine.algorithm.hp.lr
+            if then and then != now:  # a resume that changes algorithm.lr scales the run's rates
+                lrs = [lr * now / then for lr in lrs]
+            self.lrs, self.pending_lrs = list(lrs), list(lrs)
+        self.initial_lrs = snapshot_lrs(w, "initial_lr")
         self.session._resume_shards(worker_positions(w))
         self.session._resumed_extra = extra_state.unpack(w["extra"]) if "extra" in w else None
         self.svc.log.info("resumed at step %d", resume.step)

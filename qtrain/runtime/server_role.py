@@ -18,7 +18,7 @@ from qtrain.engine.snapshots import rng_restore, to_torch
 from qtrain.engine.step import ServerStep
 from qtrain.io.net_counters import NetCounters
 from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
-from qtrain.runtime.shard_serving import ServersLink
+from qtrain.runtime.shard_serving import ServersLink, total_square_over
 from qtrain.runtime.timeline import TimelineRecorder
 
 
@@ -67,6 +67,8 @@ def start_serving(plan, model, transport, svc, world, out_dir, resume) -> Servin
         names=[f"rank {r}" for r in topo.workers],
         segments=transport.mine,
     )
+    if several:
+        server_step.total_square = total_square_over(transport.comms.servers)
     restore_or_send_initial(plan, server, model, rec, svc, resume, server_step)
     svc.watchdog.enter("clock sync")
     offsets = clock_offsets(topo, cfg.runtime.timeout_s) if timeline_wanted(cfg) else None

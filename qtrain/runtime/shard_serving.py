@@ -175,6 +175,20 @@ class ServersLink:
         )
 
 
+def total_square_over(group):
+    """The step driver's ``total_square`` with several serving ranks: every owner's per-segment
+    sums of squares of its means, exchanged on the servers' communicator, added in segment order
+    (what one server adds: clipping's norm does not depend on K)."""
+
+    def total(parts: dict[int, float]) -> float:
+        merged: dict[int, float] = {}
+        for p in group.comm.allgather(parts):
+            merged.update(p)
+        return sum(merged[k] for k in sorted(merged))
+
+    return total
+
+
 @dataclass
 class JoinedServer:
     """Every owner's shards joined, with the interface the checkpointer reads."""
@@ -205,6 +219,7 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
         engine, transport, part, rec, names=[f"rank {r}" for r in topo.workers], segments=transport.mine
     )
     step_driver.before_step = lambda step: maybe_fail(svc.fault, topo.rank, step)
+    step_driver.total_square = total_square_over(transport.comms.servers)
     start = 0
     if resume is not None:
         t = resume.tree

@@ -49,6 +49,9 @@ class WorldInfo:
             f"{steps}, {n} parameters in {part.describe()}"
         )
         echo(f"  {describe_estimate(s, part, topo.num_workers)}")
+        recipe = plan.recipe()
+        if recipe:
+            echo(f"  recipe: {recipe[2:]}")
         ds = s.dataset
         if getattr(ds, "x_train", None) is not None:  # the built-in data (a library run's is the user's)
             what = f"{ds.outputs} classes" if ds.task != "regression" else f"{ds.outputs} target(s)"

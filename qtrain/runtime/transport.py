@@ -84,11 +84,26 @@ class _Transport:
         self.comms = comms
         self.control = comms.control
         self.timeout_s = timeout_s
+        self._size(uplink_codec, downlink_codec)
+
+    def _size(self, uplink_codec, downlink_codec) -> None:
+        """Every segment's largest message and frame each way with these codecs."""
+        self.codecs = (uplink_codec, downlink_codec)
+        partition = self.partition
         self.up_fixed, self.down_fixed = uplink_codec.fixed_size, downlink_codec.fixed_size
         self.up_max = [uplink_codec.wire_bytes(s.numel) for s in partition]
         self.down_max = [downlink_codec.wire_bytes(s.numel) for s in partition]
         self.up_frame = [UP + (m if self.up_fixed else 0) for m in self.up_max]
         self.down_frame = [DOWN + (m if self.down_fixed else 0) for m in self.down_max]
+
+    def use_codecs(self, uplink_codec, downlink_codec) -> None:
+        """Size the frames for a step sent with these codecs (``engine/link_plan.py``: an
+        uncompressed warm-up's ``none``, then the configured ones). Every rank switches at the
+        same step, between two steps, so no message is in flight in the old frames."""
+        if (uplink_codec, downlink_codec) == self.codecs:
+            return
+        self._size(uplink_codec, downlink_codec)
+        self._allocate()
 
     def _server_of(self, seg) -> int:
         return self.topology.servers[seg.owner]
@@ -134,18 +149,20 @@ class WorkerTransport(_Transport):
         super().__init__(topology, partition, uplink_codec, downlink_codec, timeout_s, comms)
         self.device = device
         self.cuda_aware = cuda_aware and device.type == "cuda"
+        self._allocate()
+        self._frames_on_device = (device if self.cuda_aware else torch.device("cpu")) == device
+        self._pending_send: list = []
 
+    def _allocate(self) -> None:
         def buffer(n):
             if self.cuda_aware:
-                return torch.empty(n, dtype=torch.uint8, device=device)
-            return _host_buffer(n, device)
+                return torch.empty(n, dtype=torch.uint8, device=self.device)
+            return _host_buffer(n, self.device)
 
         self._send = [buffer(n) for n in self.up_frame]
         self._send_msgs = None if self.up_fixed else [buffer(m) for m in self.up_max]
         self._down_t = [buffer(n) for n in self.down_frame]
         self._down_msgs = None if self.down_fixed else [buffer(m) for m in self.down_max]
-        self._frames_on_device = (device if self.cuda_aware else torch.device("cpu")) == device
-        self._pending_send: list = []
 
     def report(self, obj) -> None:
         """Send ``obj`` to the lead serving rank, with every worker (:meth:`ServerTransport.reports`)."""
@@ -260,8 +277,17 @@ class ServerTransport(_Transport):
         self, topology, partition, uplink_codec, downlink_codec, timeout_s: float, comms: Communicators = None
     ):
         super().__init__(topology, partition, uplink_codec, downlink_codec, timeout_s, comms)
-        workers = topology.num_workers
         self.mine = partition.owned_by(topology.owner)
+        self._allocate()
+        self._queued: list = [None] * len(partition)  # per segment: the buffers to broadcast
+        self._down_reqs: list = []
+        self._down_of: list[int] = []  # the segment of each posted broadcast
+        self.down_posted_at = np.zeros(len(partition))  # perf_counter instants, this step
+        self.down_done_at = np.zeros(len(partition))
+        self._next_down = 0  # the first of ``mine`` whose broadcast is not posted yet
+
+    def _allocate(self) -> None:
+        workers = self.topology.num_workers
         owned = {s.index for s in self.mine}
 
         def rows(shape, k):
@@ -274,12 +300,6 @@ class ServerTransport(_Transport):
                 for k, m in enumerate(self.up_max)
             ]
         self._down = [rows(n, k) for k, n in enumerate(self.down_frame)]
-        self._queued: list = [None] * len(partition)  # per segment: the buffers to broadcast
-        self._down_reqs: list = []
-        self._down_of: list[int] = []  # the segment of each posted broadcast
-        self.down_posted_at = np.zeros(len(partition))  # perf_counter instants, this step
-        self.down_done_at = np.zeros(len(partition))
-        self._next_down = 0  # the first of ``mine`` whose broadcast is not posted yet
 
     def reports(self) -> list:
         """Every worker's :meth:`WorkerTransport.report`, in worker order (the lead only)."""
@@ -356,7 +376,9 @@ class ServerTransport(_Transport):
             self._up_of.append((seg.index, i))
         self._missing[seg.index] = len(workers)
 
-    def post_downlink(self, seg, step: int, flags: int, packed: torch.Tensor) -> None:
+    def post_downlink(
+        self, seg, step: int, flags: int, packed: torch.Tensor, grad_norm: float | None = None
+    ) -> None:
         """Queue segment ``seg``'s downlink. Its broadcast is posted as soon as it and every lower
         segment this rank owns are queued: MPI matches non-blocking collectives in the order each
         rank posts them, and the workers post theirs in segment order. :meth:`finish_downlinks`
@@ -365,6 +387,7 @@ class ServerTransport(_Transport):
         n = packed.numel()
         head = np.zeros(1, dtype=DOWNLINK_RECORD)
         head["step"], head["flags"], head["length"], head["segment"] = step, flags, n, seg.index
+        head["grad_norm"] = grad_norm or 0.0
         frame = self._down[seg.index]
         frame[:DOWN] = head.view(np.uint8)
         if self.down_fixed:
