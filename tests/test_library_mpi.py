@@ -255,3 +255,38 @@ def test_misuse_ends_the_job_in_one_line(tmp_path, mode):
     assert lines and all(MISUSE[mode] in line for line in lines), p.stderr
     assert "Traceback" not in p.stderr, p.stderr
     assert time.monotonic() - started < 60
+
+
+def test_nanogpts_recipe_trains_what_ddp_trains_and_its_loop_lr_resumes_bit_exactly(tmp_path):
+    """Two param groups, AdamW's decoupled decay, clipping and a learning rate the loop sets
+    every step, on two workers and two serving ranks with codec none: every step within float32
+    rounding of DDP's (torch.optim.AdamW on the clipped mean gradient, computed in the script) and
+    the same clipped norm. Stopped at step 5 and resumed, the loop's own rates give the
+    uninterrupted run's losses and parameters bit for bit (issue 35 items 1-3 and 5)."""
+    options = [
+        "--set", "algorithm.name=adam", "--set", "algorithm.decoupled_weight_decay=true",
+        "--set", "uplink.codec=none", "--set", "downlink.codec=none", "--set", "runtime.servers=2",
+        "--set", "runtime.segment_bytes=512",
+    ]  # fmt: skip
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    for d in (whole, part):
+        d.mkdir()
+    p = qtrain_run(SCRIPTS / "recipe.py", *options, "--out", str(whole), np_=4,
+                   args=["--steps", "10", "--report", str(whole), "--reference"])  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    ref = json.loads((whole / "report.json").read_text())
+    assert len(ref["distance"]) == 10
+    for step, d in enumerate(ref["distance"], 1):
+        assert d["relative"] < 1e-5, (step, d)
+        assert d["norm"] == pytest.approx(d["torch_norm"], rel=1e-5), (step, d)
+    assert sum(d["torch_norm"] > 0.25 for d in ref["distance"]) >= 3  # the clip acted
+    p = qtrain_run(SCRIPTS / "recipe.py", *options, "--out", str(part), np_=4,
+                   args=["--steps", "10", "--report", str(part), "--stop-at", "5"])  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = qtrain_run(SCRIPTS / "recipe.py", *options, "--out", str(part), "--resume", "auto", np_=4,
+                   args=["--steps", "10", "--report", str(part)])  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    resumed = json.loads((part / "report.json").read_text())
+    assert resumed["losses"] == ref["losses"][5:]
+    assert resumed["params"] == ref["params"]
+    assert resumed["lrs"] == ref["lrs"]

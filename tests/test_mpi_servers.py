@@ -48,7 +48,8 @@ def _train(ranks: int, config: str, out, *sets: str, extra=()):
 @pytest.mark.parametrize(
     "config, servers, sets",
     [
-        ("configs/efficient-adam.yaml", 2, ["runtime.segments=3"]),  # update mode, two-way EF
+        # update mode, two-way EF, steps 1-2 uncompressed (the frames switch size at step 3)
+        ("configs/efficient-adam.yaml", 2, ["runtime.segments=3", "algorithm.uncompressed_steps=2"]),
         ("configs/qrda-adagrad.yaml", 3, []),  # weights mode, variable-size codecs
     ],
 )

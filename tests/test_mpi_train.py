@@ -28,9 +28,15 @@ SOAK = pytest.mark.soak  # make soak: cases whose paths the others cover in make
         pytest.param("configs/qadam.yaml", ["algorithm.weight_quantization=true"], marks=SOAK),
         ("configs/qrda-adagrad.yaml", []),
         pytest.param("configs/ecq-sgd.yaml", ["runtime.segments=3", "model.hidden=[256]"], marks=SOAK),
-        ("configs/qcmd-adagrad.yaml", ["runtime.segments=4", "algorithm.l1=0.01"]),
+        (
+            "configs/qcmd-adagrad.yaml",
+            ["runtime.segments=4", "algorithm.l1=0.01", "algorithm.uncompressed_steps=5"],
+        ),
         ("configs/qadam.yaml", ["runtime.segments=3", "algorithm.weight_quantization=true"]),
-        ("configs/efficient-adam.yaml", ["runtime.segments=5", "runtime.overlap=off"]),
+        (
+            "configs/efficient-adam.yaml",
+            ["runtime.segments=5", "runtime.overlap=off", "algorithm.uncompressed_steps=4"],
+        ),
         (
             "configs/ecq-sgd.yaml",
             ["runtime.segments=2", "uplink.norm=l2", "uplink.entropy=zstd", "downlink.entropy=zstd"],
@@ -41,9 +47,9 @@ SOAK = pytest.mark.soak  # make soak: cases whose paths the others cover in make
         "qadam-weight-quantization",
         "qrda-adagrad",
         "ecq-sgd-3-segments",
-        "qcmd-4-segments-variable-size",
+        "qcmd-4-segments-variable-size-after-5-uncompressed",
         "qadam-weights-3-segments",
-        "efficient-adam-5-segments-sent-after-backward",
+        "efficient-adam-5-segments-sent-after-backward-after-4-uncompressed",
         "ecq-sgd-entropy-coded-both-ways",
     ],
 )

@@ -60,3 +60,16 @@ def test_every_algorithm_resumes_bit_exactly_from_its_checkpoint(tmp_path, name)
     whole = simulate(cfg, WORKERS, tmp_path / "run", log=lambda _: None)
     resumed = _continue_from(tmp_path / "run" / "checkpoints" / f"step-{N:07d}.h5", cfg)
     assert resumed == whole["params_sha256"]
+
+
+@pytest.mark.parametrize("name, warmup", [("efficient-adam", N), ("qrda-adagrad", N - 2), ("qadam", N + 2)])
+def test_a_resume_across_the_uncompressed_warm_up_is_bit_exact(tmp_path, name, warmup):
+    """The switch to the configured codecs as the resumed run's first step (W = N), before the
+    checkpoint (W < N) and after it (W > N)."""
+    cfg = load_config(
+        f"configs/{name}.yaml",
+        [f"train.steps={2 * N}", f"checkpoint.every={N}", f"algorithm.uncompressed_steps={warmup}"],
+    )
+    whole = simulate(cfg, WORKERS, tmp_path / "run", log=lambda _: None)
+    resumed = _continue_from(tmp_path / "run" / "checkpoints" / f"step-{N:07d}.h5", cfg)
+    assert resumed == whole["params_sha256"]
