@@ -220,7 +220,7 @@ def test_sgdw_with_momentum_groups_equals_torch_sgd_with_the_decay_applied_to_th
 
 
 def test_adamw_is_not_adam_with_l2_so_the_oracle_tells_them_apart():
-    """The tolerance of these tests separates the two decays (and an unclipped step) by orders of magnitude."""
+    """The tolerance of these tests separates the two decays by orders of magnitude."""
     cfg = Config()
     cfg.algorithm.name = "adam"  # L2, the old behaviour, against AdamW
     run = Run(cfg, lambda m: nanogpt_groups(m, 0.1), 2, 1)

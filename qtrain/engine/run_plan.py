@@ -113,8 +113,7 @@ class RunPlan:
                 else "L2 weight decay (wd * x added to the gradient)"
             )
         if a.uncompressed_steps:
-            parts.append(
-                f"steps 1-{a.uncompressed_steps} uncompressed, the codecs from step {a.uncompressed_steps + 1}"
-            )
+            w = a.uncompressed_steps
+            parts.append(f"steps 1-{w} uncompressed, the codecs from step {w + 1}")
         parts = [p for p in parts if p]
         return "; " + "; ".join(parts) if parts else ""

@@ -146,7 +146,8 @@ class DistributedOptimizer(torch.optim.Optimizer):
         lrs = state_dict.get("lrs", [state_dict["lr"]])
         if len(lrs) != len(self.param_groups):
             raise UsageError(
-                f"optimizer.load_state_dict(): {len(lrs)} learning rate(s) for {len(self.param_groups)} param groups"
+                f"optimizer.load_state_dict(): {len(lrs)} learning rate(s) for "
+                f"{len(self.param_groups)} param groups"
             )
         for group, lr in zip(self.param_groups, lrs, strict=True):
             group["lr"] = float(lr)

@@ -131,8 +131,8 @@ class LibraryWorker:
                 warnings.warn(line, stacklevel=3)
             if self.begun and self.hook_sent:
                 raise UsageError(
-                    f"step {step}: clip_grad_norm_ after backward had sent the step (overlap is on): create the "
-                    "optimizer with overlap=False"
+                    f"step {step}: clip_grad_norm_ after backward had sent the step (overlap is on): "
+                    "create the optimizer with overlap=False"
                 )
             return torch.nn.utils.clip_grad_norm_(
                 self.optimizer_params(), max_norm, error_if_nonfinite=error_if_nonfinite
@@ -191,7 +191,8 @@ class LibraryWorker:
             self.clip_out.fill_(float("nan") if norm is None else norm)
             if self.clip_error and norm is not None and not math.isfinite(norm):
                 raise UsageError(
-                    f"step {step}: the mean gradient's norm is {norm} (clip_grad_norm_(error_if_nonfinite=True))"
+                    f"step {step}: the mean gradient's norm is {norm} "
+                    "(clip_grad_norm_(error_if_nonfinite=True))"
                 )
         if self.driver.buffers_asked:  # the server evaluates after this step
             self.svc.watchdog.enter(f"step {step}: buffers")

@@ -1,6 +1,6 @@
 """nanoGPT's recipe as a library script: two param groups (decay / no decay), AdamW's decoupled
-decay (algorithm.decoupled_weight_decay, set by the test), clipping of the mean gradient (at 0.25 here, where it acts),
-and a learning rate the loop sets in every group before each step.
+decay (algorithm.decoupled_weight_decay, set by the test), clipping of the mean gradient (at 0.25
+here, where it acts), and a learning rate the loop sets in every group before each step.
 
     qtrain run recipe.py -- --steps N --report DIR [--stop-at K] [--reference]
 
@@ -84,7 +84,7 @@ while sess.step < args.steps:
         ref_opt.step()
         gap = max(
             float((a - b).abs().max() / (b.abs().max() + 1e-12))
-            for a, b in zip(model.parameters(), ref.parameters())
+            for a, b in zip(model.parameters(), ref.parameters(), strict=True)
         )
         distance.append({"relative": gap, "norm": float(norm), "torch_norm": expected})
     if sess.checkpoint_due or sess.step == args.stop_at:
