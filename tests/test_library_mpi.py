@@ -259,7 +259,8 @@ def test_misuse_ends_the_job_in_one_line(tmp_path, mode):
 
 def test_nanogpts_recipe_trains_what_ddp_trains_and_its_loop_lr_resumes_bit_exactly(tmp_path):
     """Two param groups, AdamW's decoupled decay, clipping and a learning rate the loop sets
-    every step, on two workers and two serving ranks with codec none: every step within float32
+    every step, backward through a GradScaler, on two workers and two serving ranks with codec none:
+    the trace holds the unscaled losses, every step is within float32
     rounding of DDP's (torch.optim.AdamW on the clipped mean gradient, computed in the script) and
     the same clipped norm. Stopped at step 5 and resumed, the loop's own rates give the
     uninterrupted run's losses and parameters bit for bit (issue 35 items 1-3 and 5)."""
@@ -280,6 +281,9 @@ def test_nanogpts_recipe_trains_what_ddp_trains_and_its_loop_lr_resumes_bit_exac
         assert d["relative"] < 1e-5, (step, d)
         assert d["norm"] == pytest.approx(d["torch_norm"], rel=1e-5), (step, d)
     assert sum(d["torch_norm"] > 0.25 for d in ref["distance"]) >= 3  # the clip acted
+    trace = read_trace(whole / "trace.h5")[0]
+    mine = trace[trace["rank"] == 2]  # worker 0; its loss went through optimizer.backward(scaler.scale(loss))
+    assert [float(v) for v in mine["loss"]] == pytest.approx(ref["losses"], rel=1e-6)
     p = qtrain_run(SCRIPTS / "recipe.py", *options, "--out", str(part), np_=4,
                    args=["--steps", "10", "--report", str(part), "--stop-at", "5"])  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr

@@ -7,6 +7,8 @@ pipe (the bar would end up there as escape sequences)."""
 
 from __future__ import annotations
 
+import math
+
 import sys
 
 
@@ -39,10 +41,11 @@ class ProgressReporter:
         """``up_bytes``, ``down_bytes``: this step's bytes per worker each way; ``fp32_bytes``: the
         same step's in fp32 (the ratios of both ways are shown)."""
         acc = f" acc {accuracy:.4f}" if accuracy is not None else ""
+        shown = f"loss {loss:.4f} " if math.isfinite(loss) else ""  # NaN: the loop reported no loss
         ratio_up = fp32_bytes / up_bytes if up_bytes else float("inf")
         ratio_down = fp32_bytes / down_bytes if down_bytes else float("inf")
         info = (
-            f"loss {loss:.4f}{acc} up {up_bytes:.0f} B/worker ({ratio_up:.1f}x < fp32) "
+            f"{shown}{acc.lstrip() + ' ' if acc else ''}up {up_bytes:.0f} B/worker ({ratio_up:.1f}x < fp32) "
             f"down {down_bytes:.0f} B/worker ({ratio_down:.1f}x < fp32)"
         )
         if self.bar is not None:

@@ -28,6 +28,7 @@ not a torch optimizer's update.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 
 import torch
@@ -93,8 +94,9 @@ class DistributedOptimizer(torch.optim.Optimizer):
         plain ``loss.backward()`` works too; then pass ``loss=`` to :meth:`step` or
         ``session.log(loss=...)``). With a ``GradScaler``: the unscaled loss is reported and
         ``scaler.scale(loss)`` is backpropagated; ``backward(scaler.scale(loss))`` reports
-        the unscaled loss too (the scaled one is the loss times the scaler's one-element scale)."""
-        self._worker.set_loss(_unscaled(loss.detach()))
+        the unscaled loss too, once ``scaler.step(optimizer)`` shows a GradScaler drove the step
+        (:func:`scaler_factor`)."""
+        self._worker.set_loss(loss.detach(), None if scaler is not None else scaler_factor(loss))
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
     def clip_grad_norm_(
@@ -179,20 +181,19 @@ class _LoggedGroup(dict):
         super().__setitem__(key, value)
 
 
-def _unscaled(loss: torch.Tensor) -> torch.Tensor:
-    """The loss behind ``GradScaler.scale(loss)``: that is ``loss * scale`` with the scaler's
-    one-element float32 scale (shape [1]); anything else is the loss itself."""
-    fn = loss.grad_fn if loss.requires_grad else None
-    if fn is None or fn.name() != "MulBackward0" or tuple(loss.shape) != (1,):
-        return loss
+def scaler_factor(loss: torch.Tensor) -> float | None:
+    """The scale of ``GradScaler.scale(loss)``, which is ``loss * scale`` with the scaler's scale a
+    float32 tensor of one element holding a power of two (the scaler starts at 2**16 and only
+    doubles or halves it); None for anything else. ``step()`` divides the reported loss by it only
+    when a GradScaler drove that step (it set ``found_inf``)."""
+    fn = loss.grad_fn
+    if fn is None or fn.name() != "MulBackward0":
+        return None
     other = getattr(fn, "_saved_other", None)
-    inner = getattr(fn, "_saved_self", None)
-    if (
-        isinstance(other, torch.Tensor)
-        and isinstance(inner, torch.Tensor)
-        and other.shape == (1,)
-        and inner.dim() == 0
-    ):
-        if not other.requires_grad and inner.requires_grad:
-            return inner.detach()
-    return loss
+    if not isinstance(other, torch.Tensor) or other.numel() != 1 or other.dtype != torch.float32:
+        return None
+    if other.requires_grad:
+        return None
+    value = float(other.detach().reshape(()))
+    mantissa, _ = math.frexp(value)
+    return value if value >= 1.0 and mantissa == 0.5 else None

@@ -80,7 +80,7 @@ class LibraryWorker:
             self.hook_sent = False  # a segment of this step went out from backward's hooks
             self.hook_version = -1  # the gradient's version after the last hook of the step
             self.reported = bytearray(len(self.flat.layout))  # parameters reported since begin
-            self.loss_given = False
+            self.loss_given, self.loss_scale = False, None
             self.driver.max_norm = 0.0  # clip_grad_norm_ asks for it anew every step
             self.clip_out = None
             self.driver.begin(self.steps_done + 1, self.svc.stop.requested, t0=self.t_end)
@@ -104,9 +104,12 @@ class LibraryWorker:
                 self.hook_sent, self.hook_lr = True, self.current_lrs()  # the step's rates are fixed now
         self.hook_version = self.flat.grads._version
 
-    def set_loss(self, loss) -> None:
+    def set_loss(self, loss, scale: float | None = None) -> None:
+        """The step's loss; ``scale``: the GradScaler factor it may carry (``optimizer.backward``
+        of ``scaler.scale(loss)``), divided out at ``step()`` when a GradScaler drove the step."""
         self.begin()
         self.loss_given = True
+        self.loss_scale = scale
         self.driver.record["loss"] = float(loss)
 
     def clip(self, max_norm: float, norm_type: float, error_if_nonfinite: bool):
@@ -183,6 +186,8 @@ class LibraryWorker:
             self.svc.log.info("step %d: non-finite scaled gradient, this worker contributes zero", step)
         if loss is not None:
             self.set_loss(loss)
+        elif self.loss_given and found_inf is not None and self.loss_scale:  # scaler.step(opt) drove it
+            self.driver.record["loss"] = float(self.driver.record["loss"][0]) / self.loss_scale
         value = float(self.driver.record["loss"][0]) if self.loss_given else None
         self.driver.end_backward(value)
         stopping = self.driver.exchange(step)

@@ -1,6 +1,6 @@
 """nanoGPT's recipe as a library script: two param groups (decay / no decay), AdamW's decoupled
 decay (algorithm.decoupled_weight_decay, set by the test), clipping of the mean gradient (at 0.25
-here, where it acts), and a learning rate the loop sets in every group before each step.
+here, where it acts), and a learning rate the loop sets in every group before each step; backward through a GradScaler.
 
     qtrain run recipe.py -- --steps N --report DIR [--stop-at K] [--reference]
 
@@ -56,6 +56,7 @@ def batch(step, worker):
 
 
 opt = sess.optimizer(groups_of(model), model=model, betas=(0.9, 0.99), overlap=False)
+scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
 if args.reference:
     ref = copy.deepcopy(model)  # the agreed initial weights
     ref_opt = torch.optim.AdamW(groups_of(ref), lr=0.02, betas=(0.9, 0.99))
@@ -67,9 +68,11 @@ while sess.step < args.steps:
         group["lr"] = lr
     x, y = batch(it + 1, sess.worker_index)
     loss = F.cross_entropy(model(x), y)
-    opt.backward(loss)
+    opt.backward(scaler.scale(loss))  # the trace gets the unscaled loss
+    scaler.unscale_(opt)  # a power of two: unscaling is exact, so DDP's step below needs no scaler
     norm = opt.clip_grad_norm_(0.25)
-    opt.step()
+    scaler.step(opt)
+    scaler.update()
     opt.zero_grad()
     losses.append(float(loss))
     norms.append(float(norm))
