@@ -1,6 +1,7 @@
 """nanoGPT's recipe as a library script: two param groups (decay / no decay), AdamW's decoupled
 decay (algorithm.decoupled_weight_decay, set by the test), clipping of the mean gradient (at 0.25
-here, where it acts), and a learning rate the loop sets in every group before each step; backward through a GradScaler.
+here, where it acts), a learning rate the loop sets in every group before each step, and backward
+through a GradScaler.
 
     qtrain run recipe.py -- --steps N --report DIR [--stop-at K] [--reference]
 
