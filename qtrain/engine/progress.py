@@ -8,7 +8,6 @@ pipe (the bar would end up there as escape sequences)."""
 from __future__ import annotations
 
 import math
-
 import sys
 
 
