@@ -36,6 +36,7 @@ SIZE_LIMITS = {
     "data.context": (1 << 16, "characters of context"),
     "workers": (1 << 20, "simulated workers"),
     "train.steps": (1 << 40, "steps"),
+    "algorithm.uncompressed_steps": (1 << 40, "steps"),
     "train.epochs": (1e9, "epochs"),
     "checkpoint.keep": (1 << 20, "checkpoints kept"),
     "seed": ((1 << 63) - 1, "a 64-bit seed"),
