@@ -76,7 +76,7 @@ def test_quick_reproduction_writes_its_table_results_and_plot(tmp_path, name):
     for r in runs:
         for curve in r["curves"].values():
             assert curve["steps"][0] == 0 and curve["steps"][-1] == results["settings"]["steps"]
-            assert all(v == v for v in curve["values"])  # measured, not NaN placeholders
+            assert all(v is not None and v == v for v in curve["values"])  # measured: no NaN (null) values
 
 
 def test_unknown_reproduction_is_one_line(tmp_path):

@@ -3,6 +3,7 @@ that names the file and the item, and ``qtrain compare`` exits 2 with it instead
 Before: bad JSON, a list, missing keys, a null loss and binary gave 5 tracebacks out of 5."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -102,3 +103,55 @@ def test_what_is_not_a_regular_file_or_too_big_is_refused(real_run, tmp_path):
         f.truncate(MAX_SUMMARY_BYTES + 1)
     with pytest.raises(SummaryError, match="more than a summary's"):
         read_summary(big)
+
+
+def refuse_constant(word):
+    raise ValueError(f"not JSON: {word}")
+
+
+def test_summary_json_is_strict_json_with_null_for_a_missing_loss(real_run, tmp_path):
+    """Issue 35: a run whose loss was never reported wrote ``"final_batch_loss": NaN``, which
+    strict parsers (jq, JSON.parse, serde_json) refuse; non-finite numbers are now null, and
+    qtrain reads the file as before."""
+    from qtrain.io.run_dir import write_summary
+
+    summary = json.loads((real_run / "summary.json").read_text())
+    summary |= {"final_batch_loss": float("nan"), "final_test_loss": float("inf")}
+    summary["evals"] = [{"step": 4, "test_loss": float("-inf"), "test_accuracy": 0.5}]
+    run = tmp_path / "strict"
+    run.mkdir()
+    write_summary(run, summary)
+    text = (run / "summary.json").read_text()
+    strict = json.loads(text, parse_constant=refuse_constant)
+    assert strict["final_batch_loss"] is None and strict["final_test_loss"] is None
+    assert strict["evals"] == [{"step": 4, "test_loss": None, "test_accuracy": 0.5}]
+    assert strict["final_test_accuracy"] == summary["final_test_accuracy"]  # finite numbers stay
+    assert read_summary(run / "summary.json")["final_test_loss"] is None
+    code, output = compare(real_run, run)
+    assert code == 0 and output.splitlines()[-1].split()[5] == "-", output
+
+
+def test_a_summary_written_before_with_a_bare_nan_is_still_read(real_run, tmp_path):
+    run = corrupt(real_run, tmp_path, "old", lambda s: {**s, "final_test_loss": float("nan")})
+    assert "NaN" in (run / "summary.json").read_text()  # what json.dumps wrote before
+    assert math.isnan(read_summary(run / "summary.json")["final_test_loss"])
+    code, output = compare(real_run, run)
+    assert code == 0 and output.splitlines()[-1].split()[5] == "nan", output
+    result = CliRunner().invoke(app, ["compare", "--json", str(run)])
+    assert result.exit_code == 0
+    assert json.loads(result.output, parse_constant=refuse_constant)[0]["test_loss"] is None
+
+
+def test_strict_json_maps_every_non_finite_float_and_refuses_what_slips_past():
+    from qtrain.io import strict_json
+
+    value = {"a": [1.0, float("nan"), (float("inf"), -float("inf"))], "b": {"c": 2}, "d": "NaN", "e": None}
+    assert json.loads(strict_json.dumps(value), parse_constant=refuse_constant) == {
+        "a": [1.0, None, [None, None]],
+        "b": {"c": 2},
+        "d": "NaN",
+        "e": None,
+    }
+    assert value["a"][1] != value["a"][1]  # the caller's data is not changed
+    with pytest.raises(ValueError, match="Out of range float"):
+        strict_json.dumps({"x": object()}, default=lambda o: float("nan"))

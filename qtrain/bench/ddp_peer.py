@@ -15,7 +15,6 @@ at the end of every step and every evaluation.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -59,6 +58,7 @@ def main(argv: list[str]) -> int:
     from qtrain.config import load_config
     from qtrain.engine.flat import loss_fn
     from qtrain.engine.setup import build_sampler, build_setup
+    from qtrain.io import strict_json
     from qtrain.io.net_counters import NetCounters
     from qtrain.models import build_model
     from qtrain.seeding import derive_seed
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
         result["wire_bytes"] = {"rx": wire[0], "tx": wire[1], "after_step": warmup}
         partial = f"{a.out}.partial"  # renamed when whole: the bench reads a complete file or none
         with open(partial, "w") as f:
-            json.dump(result, f)
+            f.write(strict_json.dumps(result))
         os.replace(partial, a.out)
     dist.destroy_process_group()
     return 0

@@ -28,6 +28,7 @@ import numpy as np
 from qtrain.bench.host import describe_host, host_line
 from qtrain.bench.netem import EmulatedNetwork, LinkSpec
 from qtrain.engine.topology import Topology
+from qtrain.io import strict_json
 
 QTRAIN = [sys.executable, "-m", "qtrain"]
 MASTER_PORT = 29517
@@ -260,7 +261,7 @@ def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) ->
             raise RuntimeError(
                 f"a run did not finish within {exc.timeout:g} s: {' '.join(exc.cmd[-8:])}"
             ) from exc
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.json").write_text(strict_json.dumps(results, indent=2) + "\n")
     from qtrain.analysis.plots import plot_bench_network
 
     plot_bench_network(results, str(out / "results.png"))

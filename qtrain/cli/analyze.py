@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import typer
+
+from qtrain.io import strict_json
 
 
 def analyze(
@@ -74,7 +75,7 @@ def analyze(
             }
         except ValueError as exc:
             fail(str(exc))
-    typer.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))
+    typer.echo(strict_json.dumps(rep, indent=2) if as_json else format_report(rep))
     if project and not as_json:
         typer.echo(format_projection(rep["projection"]))
 
@@ -137,7 +138,7 @@ def compare(
 
         plot_compare(loaded, plot)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(strict_json.dumps(rows, indent=2))
         return
     typer.echo(
         f"{'run':<24}{'algorithm':<16}{'up':<10}{'down':<10}{'acc':>8}{'loss':>9}{'up MB':>9}"

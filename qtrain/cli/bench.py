@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 
 from qtrain.cli.bench_network import network
+from qtrain.io import strict_json
 
 app = typer.Typer(
     help="Measure speed: codecs against the copy bandwidth; training on an emulated network.",
@@ -66,7 +65,7 @@ def codec(
     first = rows[0]
     host = describe_host(first["copy_gbps"] if first["device"] == "cpu" else None)
     if as_json:
-        typer.echo(json.dumps({"host": host, "codecs": rows, "worker_step": step}, indent=2))
+        typer.echo(strict_json.dumps({"host": host, "codecs": rows, "worker_step": step}, indent=2))
         return
     typer.echo(host_line(host))
     typer.echo(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import platform
 
 import typer
+
+from qtrain.io import strict_json
 
 
 def collect() -> dict:
@@ -45,7 +46,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print one JSON obje
     """Print versions, the MPI library, whether it is CUDA-aware (and how that was decided), GPUs."""
     data = collect()
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        typer.echo(strict_json.dumps(data, indent=2))
         return
     width = max(len(k) for k in data)
     for key, value in data.items():

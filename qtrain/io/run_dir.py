@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import torch
 
+from qtrain.io import strict_json
 from qtrain.io.disk_errors import write_error
 
 
@@ -127,4 +127,6 @@ def write_config(out: Path, yaml_text: str) -> None:
 
 
 def write_summary(out: Path, summary: dict) -> None:
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    """``OUT/summary.json``, strict JSON: a loss that is NaN (never reported, or diverged) or
+    infinite is written as ``null`` (``io/strict_json.py``)."""
+    write_atomic(out / "summary.json", strict_json.dumps(summary, indent=2) + "\n")

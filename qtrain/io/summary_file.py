@@ -19,7 +19,8 @@ class SummaryError(ValueError):
 
 
 def _number(value) -> bool:
-    """An int or a float; NaN and infinities too (a diverged run's loss, an fp32 link's ratio)."""
+    """An int or a float; NaN and infinities too: summaries written before ``io/strict_json.py``
+    held a missing or diverged loss as a bare ``NaN`` (now ``null``, which the loss items accept)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from qtrain.io import abandoned_files
+from qtrain.io import abandoned_files, strict_json
 from qtrain.io.disk_errors import write_error
 from qtrain.io.guarded_hdf5 import UntrustedItem, catalogue
 from qtrain.memory import MemoryBoundError
@@ -181,7 +181,7 @@ class TraceWriter:
         self.file = None
         self.file = h5py.File(tmp, "w", libver=("v110", "v110"))  # SWMR needs >= 1.10; Debian h5dump is 1.10
         for k, v in attrs.items():
-            self.file.attrs[k] = v if not isinstance(v, (dict, list)) else json.dumps(v)
+            self.file.attrs[k] = v if not isinstance(v, (dict, list)) else strict_json.dumps(v)
         self.steps = self.file.create_dataset(
             "steps", shape=(0,), maxshape=(None,), dtype=TRACE_DTYPE, chunks=(4096,)
         )

@@ -3,7 +3,6 @@ quantities of the server's weights, and write tables and results."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 
 from qtrain.config import load_config
 from qtrain.engine.simulator import simulate
+from qtrain.io import strict_json
 
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 
@@ -52,7 +52,7 @@ def run(base: str, sets: list[str], workers: int, curves: list[Curve] = ()) -> d
 
 def write_results(out: Path, results: dict, table: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=_plain) + "\n")
+    (out / "results.json").write_text(strict_json.dumps(results, indent=2, default=_plain) + "\n")
     (out / "table.md").write_text("\n".join(table) + "\n")
 
 
