@@ -76,7 +76,8 @@ def export(
     out: str = typer.Argument(..., help="Output .pt file: a plain state_dict."),
 ) -> None:
     """Write the model (parameters and buffers) as a plain state_dict, loadable with
-    torch.load(weights_only=True) and then the model's load_state_dict."""
+    torch.load(weights_only=True) and then the model's load_state_dict(strict=True): a tied
+    parameter under every name its model's state_dict has (one tensor, as torch's own)."""
     import torch
 
     from qtrain.cli.errors import fail
@@ -89,6 +90,10 @@ def export(
         for d in shape:
             n *= d
         state[name] = params[offset : offset + n].view(*shape).clone()
+    # tied parameters' other names (checked against /layout on load); a checkpoint written
+    # before they were recorded has none
+    aliases = json.loads(tree.get("aliases", "{}"))
+    state.update({alias: state[name] for alias, name in aliases.items()})
     buffers = tree.get("buffers", {})  # BatchNorm statistics and the like, as the server evaluated
     state.update({name: b.clone() for name, b in buffers.items()})
     try:
@@ -97,4 +102,5 @@ def export(
         cause = exc.__cause__ or exc
         fail(f"checkpoint export: cannot write {out!r} ({getattr(cause, 'strerror', None) or cause})")
     also = f" and {len(buffers)} buffers" if buffers else ""
-    typer.echo(f"wrote {len(state)} tensors ({params.numel()} parameters{also}) to {out}")
+    tied = f", {len(aliases)} tied name(s) sharing a parameter" if aliases else ""
+    typer.echo(f"wrote {len(state)} tensors ({params.numel()} parameters{also}{tied}) to {out}")

@@ -1,9 +1,26 @@
 """``qtrain run SCRIPT [-- ARGS]``: a user's training script under MPI, the way ``torchrun
-script.py`` runs one. Launch with ``mpiexec -n K`` (K >= 2), ``mpirun`` or ``srun``: the serving
-rank serves (``session.serve()``), every other rank runs the script as ``__main__`` with
-``sys.argv = [SCRIPT, *ARGS]`` and the session ready (``qtrain.session()``, or ``qtrain.init()``
-with no arguments). A script that raises, or exits non-zero, ends the whole job within seconds,
-naming the rank."""
+script.py`` runs one. Launch with ``mpiexec -n K`` (K >= 2), ``mpirun`` or ``srun``; every rank
+that runs the script runs it as ``__main__`` with ``sys.argv = [SCRIPT, *ARGS]``.
+
+How settings reach the script, in one of two ways:
+
+- ``qtrain run``'s options (``-c``, ``--set``, ``--out``, ``--resume``, ``--reset-worker-state``,
+  ``--overwrite``) configure the session before the script starts. The serving rank serves it
+  (``session.serve()``) and prints the run's table; every other rank runs the script, in which
+  ``qtrain.session()`` (or ``qtrain.init()`` with no arguments) returns that session. A script
+  that calls ``qtrain.init`` with other arguments is refused (one line, exit 2): the run is
+  configured in one place.
+- Without those options, torchrun's way: the launcher only starts the ranks and the script
+  configures itself. The script's first ``qtrain.init(...)`` or ``qtrain.session()`` decides.
+  With no arguments (``qtrain.session()``, ``qtrain.init()``) it is the case above with the
+  defaults: the serving rank, which waited, serves and prints the table. With arguments
+  (``qtrain.init(config, overrides, out=...)``, a script written for ``mpiexec python
+  SCRIPT``) the serving rank runs the script too, from the start, and the script's own
+  ``if sess.is_server: sess.serve()`` serves (and gets the summary; no table is printed); its
+  settings come through its own arguments (``-- ARGS``).
+
+A script that raises, or exits non-zero, ends the whole job within seconds, naming the rank; a
+script that ends without starting a session is refused in one line (exit 2)."""
 
 from __future__ import annotations
 
@@ -11,9 +28,11 @@ import sys
 
 import typer
 
+LAUNCH, SCRIPT_CONFIGURES, ENDED = "launch", "script", "ended"  # what the script's first call says
+
 
 def run(
-    script: str = typer.Argument(..., help="The training script (Python) every worker runs."),
+    script: str = typer.Argument(..., help="The training script (Python)."),
     args: list[str] = typer.Argument(None, help="The script's own arguments, after `--`."),
     config: str = typer.Option(None, "--config", "-c", help="YAML config file (default: all defaults)."),
     overrides: list[str] = typer.Option(
@@ -30,38 +49,164 @@ def run(
         False, "--overwrite", help="OUT holds another run: remove its files first."
     ),
 ) -> None:
-    """Run SCRIPT on every worker with a qtrain session; rank 0 serves."""
+    """Run SCRIPT under MPI the way torchrun runs one; rank 0 serves.
+
+    How settings reach the script: with -c/--set/--out/--resume/--reset-worker-state/--overwrite,
+    qtrain run configures the session, rank 0 serves it, and every other rank runs SCRIPT, in
+    which qtrain.session() (or qtrain.init() with no arguments) returns it. Without them, SCRIPT
+    configures itself, as under `mpiexec python SCRIPT`: if it calls qtrain.init(config,
+    overrides, out=...) with arguments, every rank runs it, rank 0 included, and its own
+    `if sess.is_server: sess.serve()` serves; give it settings through its own arguments after
+    `--`. A script that calls qtrain.session() or qtrain.init() gets the defaults, served by rank
+    0. Options together with a script's own qtrain.init(...) arguments are refused."""
     from pathlib import Path
 
     from qtrain.cli.errors import fail
     from qtrain.runtime.mpi_info import launch_rank
 
+    library = _library()
     path = Path(script)
     if not path.is_file():
         if launch_rank() in (None, "0"):  # every rank finds the same: one line is enough
             fail(f"script {script!r} does not exist")
         raise SystemExit(2)
-    from qtrain.library.session import init
-
-    sess = init(
-        config, overrides, out, resume=resume, reset_worker_state=reset_worker_state, overwrite=overwrite
-    )
-    if sess.is_server:
-        from qtrain.cli.report import print_summary
-
-        summary = sess.serve()  # None on serving ranks other than the lead (runtime.servers > 1)
-        if summary is not None:
-            print_summary(summary, str(sess.out_dir))
+    given = _options_given(config, overrides, out, resume, reset_worker_state, overwrite)
+    comm = None if given else _world()
+    if comm is None:  # the session first (its refusals too: no MPI, a world of 1, a bad config)
+        library._RUN_OPTIONS = (script, given) if given else None
+        sess = library.init(
+            config, overrides, out, resume=resume, reset_worker_state=reset_worker_state, overwrite=overwrite
+        )
+        if sess.is_server:
+            _serve(sess)
+            return
+        _run_script(path, list(args or []), None)
+        sess.close()
         return
-    _run_script(sess, path, list(args or []))
-    sess.close()
+    deferred = _Deferred(comm, script)
+    if comm.Get_rank() == 0:  # the serving rank learns from the script's first call what to do
+        decision = comm.bcast(None, root=deferred.root)
+        if decision == ENDED:
+            fail(
+                f"{script} ended on rank {deferred.root} without starting a qtrain session: call "
+                "qtrain.session() (configured by qtrain run's options) or qtrain.init(...) in it"
+            )
+        if decision == LAUNCH:
+            _serve(library.init())
+            return
+        _run_script(path, list(args or []), deferred)  # the script configures itself: it serves
+        if library._SESSION is None:
+            deferred.fail(RuntimeError(f"{script} ended on the serving rank without calling qtrain.init()"))
+        return
+    library._JOIN = deferred.join
+    _run_script(path, list(args or []), deferred)
+    if deferred.decision is None:
+        deferred.end()
+    if library._SESSION is not None:
+        library._SESSION.close()
 
 
-def _run_script(sess, path, args: list[str]) -> None:
+def _library():
+    """The module ``qtrain.library.session`` (``qtrain.library.session`` the attribute is the
+    function ``qtrain.session``)."""
+    import importlib
+
+    return importlib.import_module("qtrain.library.session")
+
+
+def _options_given(config, overrides, out, resume, reset_worker_state, overwrite) -> str:
+    """qtrain run's settings on the command line, as words ("" when there are none)."""
+    given = [f"-c {config}"] if config is not None else []
+    given += [f"--set {s}" for s in overrides]
+    given += [f"--out {out}"] if out is not None else []
+    given += [f"--resume {resume}"] if resume is not None else []
+    given += ["--reset-worker-state"] if reset_worker_state else []
+    given += ["--overwrite"] if overwrite else []
+    return " ".join(given)
+
+
+def _world():
+    """COMM_WORLD when MPI loads and the world has a serving rank and a worker; else None (the
+    session's start-up then refuses in one line, as it always has)."""
+    from qtrain.runtime.mpi_info import missing_mpi
+
+    if missing_mpi() is not None:
+        return None
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() >= 2 else None
+
+
+def _serve(sess) -> None:
+    from qtrain.cli.report import print_summary
+
+    summary = sess.serve()  # None on serving ranks other than the lead (runtime.servers > 1)
+    if summary is not None:
+        print_summary(summary, str(sess.out_dir))
+
+
+class _Deferred:
+    """``qtrain run`` without options: the script's first ``qtrain.init``/``qtrain.session()``
+    on the first rank that runs it (``root``, rank 1) tells every rank, the waiting serving rank
+    included, whether the script configures itself."""
+
+    root = 1
+
+    def __init__(self, comm, script: str):
+        self.comm, self.script = comm, script
+        self.decision: str | None = None
+        self.refused = False  # the run was refused on another rank: this rank's exit 2 is qtrain's
+
+    def join(self, request):
+        """The script's first call on this rank (``library.session._JOIN``)."""
+        library = _library()
+
+        mine = LAUNCH if request == library._NO_ARGUMENTS else SCRIPT_CONFIGURES
+        self.decision = self.comm.bcast(mine, root=self.root)
+        if self.decision == ENDED:  # the root ended without a session: rank 0 says so
+            self.refused = True
+            raise SystemExit(2)
+        return request  # this rank's own (ranks that differ are refused by the start-up's agreement)
+
+    def end(self) -> None:
+        """The script ended on this rank without starting a session."""
+        library = _library()
+
+        library._JOIN = None
+        self.decision = self.comm.bcast(ENDED, root=self.root)
+        if self.decision == ENDED:
+            raise SystemExit(2)  # rank 0 says why
+        # the root started one: join it, so that this rank's missing model (or arguments) is
+        # refused in one line by rank 0, as it always was
+        library.init()
+
+    def fail(self, exc: BaseException, tb=None) -> None:
+        """A failure before this rank has a session: its line (the script's traceback first),
+        then the whole job ends (MPI_Abort), as ``session._fail_rank`` does with one."""
+        import traceback
+
+        from qtrain.io.disk_errors import describe
+        from qtrain.runtime.services import abort
+
+        if tb is not None:
+            text = "".join(traceback.format_exception(type(exc), exc, tb))
+            print(text, file=sys.stderr, end="", flush=True)
+        print(f"qtrain: rank {self.comm.Get_rank()} failed: {describe(exc)}", file=sys.stderr, flush=True)
+        abort(self.comm)
+
+
+def _run_script(path, args: list[str], deferred: _Deferred | None) -> None:
     import runpy
 
     from qtrain.cli.teardown import user_code_ran
-    from qtrain.library.session import _fail_rank
+
+    library = _library()
+
+    def failed(exc: BaseException, tb=None) -> None:
+        sess = library._SESSION
+        if sess is None and deferred is not None:
+            deferred.fail(exc, tb)
+        library._fail_rank(sess._comm, sess._svc, exc, tb)
 
     user_code_ran()
     sys.argv = [str(path), *args]
@@ -69,9 +214,10 @@ def _run_script(sess, path, args: list[str]) -> None:
     try:
         runpy.run_path(str(path), run_name="__main__")
     except SystemExit as exc:
-        if sess._finished:  # qtrain refused (every rank knows, rank 0 said why): pass its exit on
-            raise
+        sess = library._SESSION
+        if (sess is not None and sess._finished) or (deferred is not None and deferred.refused):
+            raise  # qtrain refused (every rank knows, rank 0 said why): pass its exit on
         if exc.code not in (None, 0):
-            _fail_rank(sess._comm, sess._svc, RuntimeError(f"{path} exited with status {exc.code}"))
+            failed(RuntimeError(f"{path} exited with status {exc.code}"))
     except BaseException as exc:  # noqa: BLE001 - the script's failure ends the whole job
-        _fail_rank(sess._comm, sess._svc, exc, exc.__traceback__)
+        failed(exc, exc.__traceback__)

@@ -36,6 +36,36 @@ def trainable_parameters(module: nn.Module, what: str = "the model") -> list[tup
     return trainable
 
 
+class Layout(list):
+    """``FlatModel.layout``: ``(name, offset, shape)`` of every trained parameter in flat order (a
+    plain list of them, compared and serialised as one), and ``aliases``: the other ``state_dict``
+    names of those parameters, each mapped to its name in the layout. A tied weight (nanoGPT's
+    ``self.transformer.wte.weight = self.lm_head.weight``) is one parameter, trained once under
+    the first name ``named_parameters()`` gives it (``transformer.wte.weight``), while its module's
+    ``state_dict()`` holds it under every name (``lm_head.weight`` too): checkpoints record
+    ``aliases`` so that ``qtrain checkpoint export`` writes every name and
+    ``load_state_dict(strict=True)`` accepts the export."""
+
+    def __init__(self, entries=(), aliases: dict[str, str] | None = None):
+        super().__init__(entries)
+        self.aliases: dict[str, str] = dict(aliases or {})
+
+
+def parameter_aliases(module: nn.Module, trained: list[str]) -> dict[str, str]:
+    """``{other name: trained name}`` for every name under which ``module`` registers one of its
+    ``trained`` parameters besides the first (shared parameters and shared submodules alike:
+    ``named_parameters(remove_duplicate=False)`` lists the names its ``state_dict`` has)."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    wanted = set(trained)
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) not in first:
+            first[id(p)] = name
+        elif first[id(p)] in wanted:
+            aliases[name] = first[id(p)]
+    return aliases
+
+
 class FlatModel:
     def __init__(self, module: nn.Module, device: torch.device):
         self.module = module.to(device)
@@ -44,7 +74,7 @@ class FlatModel:
         numel = sum(p.numel() for _, p in trainable)
         self.params = torch.empty(numel, dtype=torch.float32, device=device)
         self.grads = torch.zeros(numel, dtype=torch.float32, device=device)
-        self.layout: list[tuple[str, int, tuple[int, ...]]] = []
+        self.layout = Layout(aliases=parameter_aliases(module, [name for name, _ in trainable]))
         self._grad_views: list[torch.Tensor] = []
         offset = 0
         for name, p in trainable:

@@ -4,8 +4,9 @@ every rank adopts one rank's initial parameters and buffers, as torch DDP broadc
 module state: the serving rank's (rank 0) when it serves with a model of its own
 (``session.serve(model)``, as ``qtrain train`` does), worker 0's otherwise. Without a model of
 its own the serving rank never sees the user's class: it builds a :class:`LayoutModule` with the
-same names and shapes. Collective over every rank; pickled lower-case mpi4py calls (start-up
-only)."""
+same names and shapes. Every rank also adopts the source's record of tied parameters' other
+``state_dict`` names (``FlatModel.layout.aliases``, which checkpoints keep for ``checkpoint
+export``). Collective over every rank; pickled lower-case mpi4py calls (start-up only)."""
 
 from __future__ import annotations
 
@@ -30,13 +31,15 @@ def share_model(
     ended: bool = False,
     serving: bool = True,
     server_module: torch.nn.Module | None = None,
+    refusal: str | None = None,
 ) -> FlatModel:
-    """Workers pass their flattened model (``ended``: the script ended without one); the serving
-    rank passes None and gets its own ``server_module`` flattened, or a stand-in, holding worker
-    0's initial state (``serving=False``: the serving rank's script ended without serving).
-    Raises :class:`ModelsDiffer` on every rank when the models do not agree."""
+    """Workers pass their flattened model (``ended``: the script ended without one; ``refusal``:
+    a line that ends the run instead, every rank exiting 2); the serving rank passes None and
+    gets its own ``server_module`` flattened, or a stand-in, holding worker 0's initial state
+    (``serving=False``: the serving rank's script ended without serving). Raises
+    :class:`ModelsDiffer` on every rank when the models do not agree or a worker refused."""
     comm, root = topology.comm, topology.server
-    payload = None if topology.is_server or ended else model_signature(flat)
+    payload = refusal or (None if topology.is_server or ended else model_signature(flat))
     parts = comm.gather(payload, root=root)
     problem = None
     if topology.is_server and server_module is not None:
@@ -53,14 +56,16 @@ def share_model(
     if problem:
         raise ModelsDiffer(problem)
     mine = comm.Get_rank() == source
-    # the source's model: its signature and class name (for the serving rank's stand-in), buffers
-    # and frozen parameters in one pickled broadcast, then the flat parameters
-    signature, kind, buffers, frozen = comm.bcast(
+    # the source's model: its signature and class name (for the serving rank's stand-in), buffers,
+    # frozen parameters and the other state_dict names of tied parameters in one pickled
+    # broadcast, then the flat parameters
+    signature, kind, buffers, frozen, aliases = comm.bcast(
         (
             model_signature(flat),
             type(flat.module).__name__,
             to_numpy(buffer_state(flat.module)),
             to_numpy({n: p.detach() for n, p in flat.module.named_parameters() if not p.requires_grad}),
+            dict(flat.layout.aliases),
         )
         if mine
         else None,
@@ -72,6 +77,9 @@ def share_model(
             (what.split(" ", 1)[1], shape) for what, shape, _ in signature if what.startswith("parameter ")
         ]
         flat = FlatModel(LayoutModule(params, buffers, kind), device)
+    # the stand-in registers each parameter once: it learns the names of tied ones (checkpoints
+    # record them for `checkpoint export`) from the source, as every rank does
+    flat.layout.aliases = dict(aliases)
     if not mine:  # frozen parameters are the source's too
         with torch.no_grad():
             for name, p in flat.module.named_parameters():
@@ -87,6 +95,9 @@ def share_model(
 
 def _problem(topology, parts: list, server_model: FlatModel | None) -> str | None:
     workers = list(topology.workers)
+    refused = [parts[r] for r in workers if isinstance(parts[r], str)]
+    if refused:  # a worker's refusal, said by rank 0 (``session._refuse_script_settings``)
+        return refused[0]
     absent = [r for r in workers if parts[r] is None]
     if absent:
         return (

@@ -38,6 +38,17 @@ class _Request:
     overwrite: bool
 
 
+_NO_ARGUMENTS = _Request(None, (), None, None, False, False)  # qtrain.init(), qtrain.session()
+# ``qtrain run`` (cli/run.py). Given no settings of its own, it lets the script's first
+# ``qtrain.init(...)`` / ``qtrain.session()`` start the session: ``_JOIN(request)`` tells the
+# serving rank whether the script configures itself, and returns the request to start with.
+# Given settings (``_RUN_OPTIONS``: the script and those options, as words), it started the
+# session before the script, and a script that calls ``qtrain.init`` with other arguments is
+# refused in one line.
+_JOIN = None
+_RUN_OPTIONS: tuple[str, str] | None = None
+
+
 def init(
     config: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -51,9 +62,11 @@ def init(
     (``"algorithm.lr=0.01"``, as ``--set``), agree with every other rank, prepare the output
     directory ``out`` (default ``runs/run-ALGORITHM-TIME``) and return this rank's session.
     ``resume``: a checkpoint path or ``"auto"`` (the newest valid one in ``out``).
-    Under ``qtrain run`` the session exists already: ``init`` with the same arguments (or none)
-    returns it."""
-    global _SESSION
+    Under ``qtrain run`` with options (``-c``, ``--set``, ``--out``...) the session exists already:
+    ``init`` with the same arguments (or none) returns it, other arguments are refused (exit 2).
+    Under ``qtrain run`` without options the script's own arguments configure the session, as
+    under ``mpiexec python SCRIPT``."""
+    global _SESSION, _JOIN
     request = _Request(
         str(config) if config is not None else None,
         tuple(overrides),
@@ -62,15 +75,33 @@ def init(
         reset_worker_state,
         overwrite,
     )
+    if _SESSION is None and _JOIN is not None:  # the script's first call under `qtrain run`
+        join, _JOIN = _JOIN, None
+        request = join(request)
     if _SESSION is not None:
-        if request == _SESSION._request or request == _Request(None, (), None, None, False, False):
+        if request == _SESSION._request or request == _NO_ARGUMENTS:
             return _SESSION
+        if _RUN_OPTIONS is not None and not _SESSION.is_server and _SESSION._worker is None:
+            _refuse_script_settings(_SESSION, *_RUN_OPTIONS)
         raise UsageError(
             "qtrain.init() was called already (by `qtrain run` or earlier in this script) with other "
             "arguments; call qtrain.session() to get that session"
         )
     _SESSION = Session._start(request)
     return _SESSION
+
+
+def _refuse_script_settings(sess: Session, script: str, options: str) -> None:
+    """A script that configures itself under ``qtrain run OPTIONS``: every rank exits 2, rank 0
+    says why (the serving ranks learn it where they wait for the workers' models)."""
+    from qtrain.library.model_sharing import share_model
+
+    why = (
+        f"{script} calls qtrain.init() with settings of its own, and `qtrain run` was given {options}: "
+        "configure the run in one place (drop those options and pass settings through the "
+        "script's own arguments after --, or call qtrain.session() in the script)"
+    )
+    sess._agreed(lambda: share_model(sess._topology, None, sess.device, refusal=why))
 
 
 def _start_builtin(request: _Request) -> Session:
@@ -85,6 +116,8 @@ def _start_builtin(request: _Request) -> Session:
 
 def session() -> Session:
     """The session ``qtrain.init`` (or ``qtrain run``) started."""
+    if _SESSION is None and _JOIN is not None:  # under `qtrain run` without options: the defaults
+        return init()
     if _SESSION is None:
         raise UsageError(
             "no qtrain session: call qtrain.init(...) first, or launch the script with `qtrain run`"
