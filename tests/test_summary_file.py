@@ -155,3 +155,27 @@ def test_strict_json_maps_every_non_finite_float_and_refuses_what_slips_past():
     assert value["a"][1] != value["a"][1]  # the caller's data is not changed
     with pytest.raises(ValueError, match="Out of range float"):
         strict_json.dumps({"x": object()}, default=lambda o: float("nan"))
+
+
+def test_the_final_table_shows_a_test_loss_without_a_train_loss():
+    """serve(model, evaluate) without evaluate_train: the summary has a test loss and no train
+    loss; the table printed at the end shows the one it has (it raised TypeError)."""
+    from qtrain.cli.report import print_summary
+
+    lines = []
+    s = {
+        "algorithm": "adam",
+        "workers": 2,
+        "steps": 3,
+        "final_test_loss": 2.5,
+        "final_train_loss": None,
+        "bytes_up": 1e6,
+        "bytes_down": 1e6,
+        "compression_up": 1.0,
+        "compression_down": 1.0,
+        "wall_seconds": 1.0,
+        "params_sha256": "ab" * 32,
+    }
+    print_summary(s, "OUT", echo=lines.append)
+    assert "test loss      2.50000" in lines
+    assert not [line for line in lines if line.startswith("train loss")]

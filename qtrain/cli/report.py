@@ -14,7 +14,9 @@ def print_summary(s: dict, out: str, echo=typer.echo) -> None:
     if "final_test_accuracy" in s:
         rows.append(("test accuracy", f"{s['final_test_accuracy']:.4f}"))
     if s.get("final_test_loss") is not None:  # a library run's loss is the user's: none here
-        rows += [("test loss", f"{s['final_test_loss']:.5f}"), ("train loss", f"{s['final_train_loss']:.5f}")]
+        rows.append(("test loss", f"{s['final_test_loss']:.5f}"))
+    if s.get("final_train_loss") is not None:  # serve(evaluate=...) without evaluate_train: none
+        rows.append(("train loss", f"{s['final_train_loss']:.5f}"))
     if s.get("final_batch_loss") is not None and s.get("runner") == "library":
         rows.append(("last batch loss", f"{s['final_batch_loss']:.5f}"))
     if "optimum_train_loss" in s:
