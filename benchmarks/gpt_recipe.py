@@ -6,7 +6,8 @@ table in OUT/table.md and the curves in OUT/curves.png.
 
     python benchmarks/gpt_recipe.py OUT [--warmups 0,30,60,100] [--steps 300]
 
-The runs go one after another (each uses the 2 cores); losses do not depend on the host's load."""
+The runs go one after another (each uses the 2 cores); losses do not depend on the host's load.
+A rerun into the same OUT reuses the runs whose results are there (``seconds`` is then None)."""
 
 import argparse
 import json
@@ -21,7 +22,10 @@ GPT = ROOT / "examples" / "gpt"
 BIN = Path(sys.executable).parent
 
 
-def _run(cmd, what):
+def _run(cmd, what, result: Path):
+    """Run ``cmd`` unless ``result`` exists (a rerun with more warm-ups reuses the runs it has)."""
+    if result.is_file():
+        return None
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if p.returncode:
@@ -44,18 +48,30 @@ def main():
     if not args.skip_ddp:
         js = out / "ddp.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        s = _run([*cmd, str(GPT / "train_ddp.py"), *flags, "--out-json", str(js)], "DDP")
+        s = _run([*cmd, str(GPT / "train_ddp.py"), *flags, "--out-json", str(js)], "DDP", js)
         runs.append({"name": "DDP AdamW (torchrun, gloo)", "evals": json.loads(js.read_text()), "seconds": s})
     variants = [("qtrain adam, codec none", "adam.yaml", [])]
     for w in [int(v) for v in args.warmups.split(",")]:
         name = f"qtrain efficient-adam 1-bit, {w} uncompressed steps"
         variants.append((name, "efficient-adam.yaml", [f"algorithm.uncompressed_steps={w}"]))
     for name, config, sets in variants:
-        tag = name.split(",")[0].replace("qtrain ", "").replace(" ", "-") + "-" + "-".join(s.split("=")[-1] for s in sets)
+        tag = (
+            name.split(",")[0].replace("qtrain ", "").replace(" ", "-")
+            + "-"
+            + "-".join(s.split("=")[-1] for s in sets)
+        )
         js, run_dir = out / f"{tag}.json", out / f"run-{tag}"
         extra = [x for s in sets for x in ("--set", s)]
-        cmd = [*mpiexec, "-n", "3", sys.executable, str(GPT / "train.py"), "--config", str(GPT / "configs" / config)]
-        s = _run([*cmd, *flags, *extra, "--out", str(run_dir), "--out-json", str(js)], name)
+        cmd = [
+            *mpiexec,
+            "-n",
+            "3",
+            sys.executable,
+            str(GPT / "train.py"),
+            "--config",
+            str(GPT / "configs" / config),
+        ]
+        s = _run([*cmd, *flags, *extra, "--out", str(run_dir), "--out-json", str(js)], name, js)
         summary = json.loads((run_dir / "summary.json").read_text())
         runs.append(
             {
@@ -76,8 +92,12 @@ def table(runs, out):
     fp32 = next(r for r in runs if r["name"].startswith("qtrain adam"))
     ddp = next((r for r in runs if r["name"].startswith("DDP")), None)
     steps = [s for s, _ in fp32["evals"]]
-    lines = ["| run | " + " | ".join(f"step {s}" for s in steps) + " | vs DDP (max over evals) | final vs qtrain fp32 | bytes up+down | vs fp32 bytes |",
-             "|---|" + "---:|" * (len(steps) + 4)]
+    lines = [
+        "| run | "
+        + " | ".join(f"step {s}" for s in steps)
+        + " | vs DDP (max over evals) | final vs qtrain fp32 | bytes up+down | vs fp32 bytes |",
+        "|---|" + "---:|" * (len(steps) + 4),
+    ]
     total32 = fp32["bytes_up"] + fp32["bytes_down"]
     for r in runs:
         vals = dict((s, v) for s, v in r["evals"])
@@ -89,7 +109,11 @@ def table(runs, out):
         final = (r["evals"][-1][1] / fp32["evals"][-1][1] - 1) * 100
         b = r.get("bytes_up", 0) + r.get("bytes_down", 0)
         ratio = f"{total32 / b:.1f}x fewer" if b else ""
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {vs_ddp} | {final:+.2f}% | {b / 1e6:.1f} MB | {ratio} |")
+        lines.append(
+            f"| {r['name']} | "
+            + " | ".join(cells)
+            + f" | {vs_ddp} | {final:+.2f}% | {b / 1e6:.1f} MB | {ratio} |"
+        )
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -102,7 +126,7 @@ def plot(runs, out):
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in runs:
-        s, v = zip(*r["evals"])
+        s, v = zip(*r["evals"], strict=True)
         ax.plot(s, v, marker="o", ms=3, label=r["name"], ls="--" if r["name"].startswith("DDP") else "-")
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss")
