@@ -51,6 +51,20 @@ def main():
         s = _run([*cmd, str(GPT / "train_ddp.py"), *flags, "--out-json", str(js)], "DDP", js)
         runs.append({"name": "DDP AdamW (torchrun, gloo)", "evals": json.loads(js.read_text()), "seconds": s})
     variants = [("qtrain adam, codec none", "adam.yaml", [])]
+    none = [
+        "uplink.codec=none",
+        "downlink.codec=none",
+        "uplink.error_feedback=false",
+        "downlink.error_feedback=false",
+    ]
+    # Efficient-Adam's rule with nothing compressed: what no warm-up can beat (its per-worker moments)
+    variants.append(
+        (
+            "qtrain efficient-adam, codec none throughout",
+            "efficient-adam.yaml",
+            [*none, "algorithm.uncompressed_steps=0"],
+        )
+    )
     for w in [int(v) for v in args.warmups.split(",")]:
         name = f"qtrain efficient-adam 1-bit, {w} uncompressed steps"
         variants.append((name, "efficient-adam.yaml", [f"algorithm.uncompressed_steps={w}"]))
@@ -125,9 +139,15 @@ def plot(runs, out):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in runs:
+    for r in sorted(runs, key=lambda r: r["name"].startswith("DDP")):  # DDP last, dashed, on top
         s, v = zip(*r["evals"], strict=True)
-        ax.plot(s, v, marker="o", ms=3, label=r["name"], ls="--" if r["name"].startswith("DDP") else "-")
+        ddp = r["name"].startswith("DDP")
+        style = (
+            {"marker": "x", "ms": 6, "ls": "--", "color": "black", "lw": 1}
+            if ddp
+            else {"marker": "o", "ms": 3}
+        )
+        ax.plot(s, v, label=r["name"], **style)
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss")
     ax.set_title("examples/gpt: 2 workers, validation loss")
