@@ -222,6 +222,9 @@ MISUSE = {  # what every qtrain line of stderr says
     "reshaped": "UsageError: step 3: parameter 2.weight changed shape from [3, 8] to [5, 8] after session",
     "clip_with_overlap": "UsageError: step 1: the gradient changed after backward had sent it (overlap is on",
     "clip_with_an_unused_parameter": "UsageError: step 1: the gradient changed after backward had sent it",
+    "mean_clip_with_overlap": "UsageError: step 1: clip_grad_norm_ with overlap on: backward's hooks sent "
+    "the step's segments before the call",
+    "groups_differ": "the workers' param groups differ: rank 2's are not rank 1's",
     "server_never_serves": "the serving rank (rank 0) ended without calling session.serve()",
     "too_many_servers": "67 parameters in 512-element buckets make 1 segment(s) at most: too few for 2 "
     "serving ranks to own one each",
@@ -249,7 +252,13 @@ def test_misuse_ends_the_job_in_one_line(tmp_path, mode):
     )
     # exit 2 for the refusals, 1 for the failures; the serving rank that never served refuses at
     # exit, after the workers did, and MPICH's launcher may then report it as killed (9)
-    wanted = {"models_differ": (2,), "too_many_servers": (2,), "server_never_serves": (2, 9)}.get(mode, (1,))
+    refused = {
+        "models_differ": (2,),
+        "too_many_servers": (2,),
+        "groups_differ": (2,),
+        "server_never_serves": (2, 9),
+    }
+    wanted = refused.get(mode, (1,))
     assert p.returncode in wanted, p.stdout + p.stderr
     lines = errors(p)
     assert lines and all(MISUSE[mode] in line for line in lines), p.stderr

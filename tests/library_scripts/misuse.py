@@ -12,6 +12,8 @@ import qtrain
 
 mode = sys.argv[1]
 sets = ["train.log_every=1000", "runtime.timeout_s=30"]
+if mode == "mean_clip_with_overlap":
+    sets.append("algorithm.name=adam")  # its rule runs on the serving rank: there the mean is clipped
 if mode == "clip_with_an_unused_parameter":
     sets.append("runtime.segments=2")  # the used head's segment goes out from the hooks
 if mode == "too_many_servers":
@@ -51,7 +53,17 @@ elif mode == "clip_with_an_unused_parameter":
     net.append(nn.Linear(3, 3))  # never called: its segment waits for step(), the others go out
 else:
     net = model()
-opt = sess.optimizer(net, overlap=mode.startswith("clip_with"))
+if mode == "groups_differ":  # worker 1 puts the biases in a group of their own, worker 0 does not
+    biases = [p for p in net.parameters() if p.dim() == 1]
+    rest = [p for p in net.parameters() if p.dim() > 1]
+    groups = (
+        [{"params": rest}, {"params": biases, "lr": 0.5}]
+        if sess.worker_index
+        else [{"params": rest + biases}]
+    )
+    opt = sess.optimizer(groups, model=net)
+else:
+    opt = sess.optimizer(net, overlap=mode.startswith("clip_with") or mode == "mean_clip_with_overlap")
 if mode == "never_steps":
     raise SystemExit(0)
 if mode == "step_without_backward":
@@ -62,6 +74,10 @@ if mode == "reshaped":
     net[2].weight = nn.Parameter(torch.zeros(5, 8))
     net[2].bias = nn.Parameter(torch.zeros(5))
     train(opt, net, 1)
+if mode == "mean_clip_with_overlap":  # the serving ranks clip the mean: they need the norm first
+    x, y = batch()
+    F.cross_entropy(net(x), y).backward()
+    opt.clip_grad_norm_(1.0)
 if mode.startswith("clip_with"):
     x, y = batch()
     F.cross_entropy(net[:3](x), y).backward()
