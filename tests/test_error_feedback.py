@@ -53,8 +53,9 @@ def test_server_side_residual_telescopes(name, downlink):
     assert server.error is not None
     x0 = server.master.clone()
     grads = gradient_stream(STEPS, WORKERS, N)
-    # record s_t = server_update(mean) by wrapping the rule
+    # record s_t = server_update(mean) by wrapping the rule (the engine runs its param group's copy)
     seen = []
+    (algo,) = server.groups.algorithms
     original = algo.server_update
 
     def recording(mean, master, state, step):
