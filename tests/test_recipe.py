@@ -9,7 +9,6 @@ The step drivers run over the in-process channel (the simulator's), which test_m
 test_library_mpi hold equal to MPI."""
 
 import contextlib
-import copy
 
 import pytest
 import torch
@@ -164,12 +163,12 @@ def test_adamw_with_nanogpts_groups_clipping_and_a_schedule_equals_torch_adamw(w
     opt = torch.optim.AdamW(nanogpt_groups(ref, 0.1), lr=0.02, betas=(0.9, 0.99), eps=1e-8)
     clipped = 0
     for step in range(1, 9):
-        lr = schedule(step)
-        for g in opt.param_groups:
+        lrs = [schedule(step), schedule(step) / 3]  # each group its own scheduled rate
+        for g, lr in zip(opt.param_groups, lrs, strict=True):
             g["lr"] = lr
         batches = batches_of(step, workers)
         expected = reference_step(ref, opt, batches, max_norm=1.0)
-        got = run.step(step, batches, lrs=[lr, lr], max_norm=1.0)
+        got = run.step(step, batches, lrs=lrs, max_norm=1.0)
         clipped += float(expected) > 1.0
         assert got == pytest.approx(float(expected), rel=1e-5)
         assert_same_params(run.models[0], ref, f"step {step}")
@@ -317,4 +316,43 @@ def test_copies_share_nothing_but_the_values_they_were_given():
     groups = ParamGroups(algo, specs, flat.layout, Partition.build(flat.numel, (512, 512), 1))
     groups.set_lrs([0.5, 0.25])
     assert [a.hp.lr for a in groups.algorithms] == [0.5, 0.25] and algo.hp.lr == cfg.algorithm.lr
-    assert copy.copy(groups.algorithms[0].hp) is not groups.algorithms[1].hp
+    assert groups.algorithms[0].hp is not groups.algorithms[1].hp
+
+
+@pytest.mark.parametrize("name, accepted", [("sgd", True), ("adam", False)])
+def test_a_momentum_buffer_that_only_param_groups_explain_is_accepted_for_sgd_rules(tmp_path, name, accepted):
+    """A library run whose groups give an SGD-type rule momentum that the config does not holds a
+    momentum buffer in its checkpoint (the groups are not in the file): resume and export accept
+    it for sgd and ecq-sgd, and still refuse such an item for a rule that never has one."""
+    from crafted_files import craft, replace
+
+    from qtrain.engine.checkpoint_files import load_run_checkpoint
+    from qtrain.engine.simulator import simulate
+    from qtrain.io.checkpoint import CheckpointError
+
+    cfg = load_config(f"configs/{name}.yaml", ["train.steps=2", "checkpoint.every=2", "algorithm.momentum=0"])
+    simulate(cfg, 2, tmp_path / "run", log=lambda _: None)
+    source = tmp_path / "run" / "checkpoints" / "step-0000002.h5"
+    tree, _ = load_run_checkpoint(source)
+    n = tree["params"].numel()
+
+    def add_momentum(f):
+        replace(f, "/server/algorithm/momentum", torch.zeros(n).numpy(), attrs={})
+
+    crafted = craft(source, tmp_path / "crafted.h5", add_momentum)
+    if accepted:
+        assert "momentum" in load_run_checkpoint(crafted)[0]["server"]["algorithm"]
+    else:
+        with pytest.raises(CheckpointError, match="momentum"):
+            load_run_checkpoint(crafted)
+    # and the engines make that buffer when a group asks for momentum
+    algo, _, _ = resolve_links(cfg)
+    model = Net()
+    flat = FlatModel(model, CPU)
+    specs, _ = group_specs(name, [{"params": list(model.parameters()), "lr": 0.1}], flat, {})
+    groups = ParamGroups(algo, specs, flat.layout, Partition.build(flat.numel, (512, 512), 1))
+    assert "momentum" not in groups.state_algorithm().init_server_state(4, CPU)
+    if accepted:
+        specs, _ = group_specs(name, [{"params": list(model.parameters()), "momentum": 0.9}], flat, {})
+        groups = ParamGroups(algo, specs, flat.layout, Partition.build(flat.numel, (512, 512), 1))
+        assert "momentum" in groups.state_algorithm().init_server_state(4, CPU)

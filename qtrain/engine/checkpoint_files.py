@@ -5,6 +5,8 @@ through here, so each says "verified" of the same things."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -25,13 +27,24 @@ def expectation(config_text: str, path) -> CheckpointExpectation:
         why = " ".join(str(exc).split())[:200]  # YAML's errors span lines
         raise CheckpointError(f"{path}: /config is not a config this qtrain can run ({why})") from None
     cpu = torch.device("cpu")
+    server_state = frozenset(algorithm.init_server_state(0, cpu))
     return CheckpointExpectation(
         algorithm=algorithm.name,
-        server_state=frozenset(algorithm.init_server_state(0, cpu)),
+        server_state=server_state,
         worker_state=frozenset(algorithm.init_worker_state(0, cpu)),
         server_error=downlink.error_feedback,
         worker_error=uplink.error_feedback,
+        # a library run's param groups may give momentum to an SGD-type rule the config gives none
+        server_optional=frozenset(state_with_momentum(algorithm, cpu)) - server_state,
     )
+
+
+def state_with_momentum(algorithm, device) -> dict:
+    """The server state of ``algorithm`` when some param group has momentum (SGD-type rules keep
+    a momentum buffer then; the other rules' state does not depend on it)."""
+    probe = copy.copy(algorithm)
+    probe.hp = dataclasses.replace(algorithm.hp, momentum=1.0)
+    return probe.init_server_state(0, device)
 
 
 def load_run_checkpoint(path) -> tuple[dict, dict]:

@@ -118,6 +118,7 @@ class ParamGroups:
             specs = [GroupSpec(tuple(range(len(layout))), ())]
         if len(specs) > MAX_GROUPS:
             raise GroupError(f"{len(specs)} param groups: qtrain carries at most {MAX_GROUPS}")
+        self._configured = algorithm
         self.algorithms = []
         for spec in specs:
             algo = copy.copy(algorithm)
@@ -166,14 +167,14 @@ class ParamGroups:
             algo.hp.lr = float(lr)
 
     def state_algorithm(self):
-        """The algorithm whose ``init_*_state`` makes state for every group (momentum buffers when
-        any group has momentum)."""
-        first = self.algorithms[0]
-        momentum = max(getattr(a.hp, "momentum", 0.0) for a in self.algorithms)
-        if momentum == getattr(first.hp, "momentum", 0.0):
-            return first
-        algo = copy.copy(first)
-        algo.hp = dataclasses.replace(first.hp, momentum=momentum)
+        """The algorithm whose ``init_*_state`` makes state for every group: the configured one,
+        with a momentum buffer also when only some group has momentum (a config with momentum keeps
+        its buffer whatever the groups say, so its checkpoints hold what the config implies)."""
+        momentum = max(getattr(a.hp, "momentum", 0.0) for a in (self._configured, *self.algorithms))
+        if momentum == getattr(self._configured.hp, "momentum", 0.0):
+            return self._configured
+        algo = copy.copy(self._configured)
+        algo.hp = dataclasses.replace(self._configured.hp, momentum=momentum)
         return algo
 
     def decay(self, seg, x: torch.Tensor, flat_offset: int = 0) -> None:
