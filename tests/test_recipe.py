@@ -356,3 +356,60 @@ def test_a_momentum_buffer_that_only_param_groups_explain_is_accepted_for_sgd_ru
         specs, _ = group_specs(name, [{"params": list(model.parameters()), "momentum": 0.9}], flat, {})
         groups = ParamGroups(algo, specs, flat.layout, Partition.build(flat.numel, (512, 512), 1))
         assert "momentum" in groups.state_algorithm().init_server_state(4, CPU)
+
+
+def _optimizer(groups_of, pending=None):
+    """A DistributedOptimizer over a stand-in worker: what session.optimizer builds around its groups."""
+    from types import SimpleNamespace
+
+    from qtrain.engine.param_groups import GROUP_KEYS
+    from qtrain.library.optimizer import DistributedOptimizer
+
+    cfg = Config()
+    cfg.algorithm.name = "adam"
+    algo, _, _ = resolve_links(cfg)
+    model = Net()
+    flat = FlatModel(model, CPU)
+    specs, shown = group_specs("adam", groups_of(model), flat, {})
+    groups = ParamGroups(algo, specs, flat.layout, Partition.build(flat.numel, (512, 512), 1))
+    worker = SimpleNamespace(
+        engine=SimpleNamespace(groups=groups),
+        groups_lrs=lambda: list(pending or groups.base_lrs),
+        initial_lrs=None,
+        pending_lrs=list(pending) if pending else None,
+    )
+    return DistributedOptimizer(worker, shown, GROUP_KEYS["adam"]), worker
+
+
+def test_frozen_parameters_in_a_group_are_skipped_as_torch_skips_them():
+    model = Net()
+    model.norm.requires_grad_(False)
+    flat = FlatModel(model, CPU)
+    specs, _ = group_specs("adam", [{"params": list(model.parameters())}], flat, {})
+    assert specs[0].params == tuple(range(len(flat.layout)))  # every trainable one, the frozen ones left out
+
+
+def test_only_lr_may_change_between_steps():
+    from qtrain.library.errors import UsageError
+
+    opt, worker = _optimizer(lambda m: nanogpt_groups(m, 0.1))
+    opt.param_groups[1]["lr"] = 0.5
+    assert worker.lr_of() == [0.001, 0.5]
+    opt.param_groups[0]["weight_decay"] = 0.0
+    with pytest.raises(
+        UsageError, match=r"param group 0: weight_decay changed from 0.1 to 0.0 after session.optimizer\(\)"
+    ):
+        worker.lr_of()
+
+
+def test_after_a_resume_a_schedulers_construction_is_undone_and_the_loops_own_rate_kept():
+    """The checkpoint's rates are the groups' at creation (as optimizer.load_state_dict makes
+    them); LinearLR's construction scales group 0's, which the first step restores, while the rate
+    the loop wrote into group 1 is kept (nanoGPT's pattern)."""
+    opt, worker = _optimizer(lambda m: nanogpt_groups(m, 0.1), pending=[0.004, 0.002])
+    assert [g["lr"] for g in opt.param_groups] == [0.004, 0.002]
+    torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.25, total_iters=10)
+    assert [g["lr"] for g in opt.param_groups] == [0.001, 0.0005]  # torch's construction wrote both
+    opt.param_groups[1]["lr"] = 0.003  # the loop's own rate for this step
+    assert worker.lr_of() == [0.004, 0.003]
+    assert worker.pending_lrs is None and worker.lr_of() == [0.004, 0.003]

@@ -77,7 +77,8 @@ def export(
 ) -> None:
     """Write the model (parameters and buffers) as a plain state_dict, loadable with
     torch.load(weights_only=True) and then the model's load_state_dict(strict=True): a tied
-    parameter under every name its model's state_dict has (one tensor, as torch's own)."""
+    parameter under every name its model's state_dict has (one tensor, as torch's own). Frozen
+    parameters are not in checkpoints: a model with some needs strict=False."""
     import torch
 
     from qtrain.cli.errors import fail

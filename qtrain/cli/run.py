@@ -206,6 +206,7 @@ def _run_script(path, args: list[str], deferred: _Deferred | None) -> None:
         sess = library._SESSION
         if sess is None and deferred is not None:
             deferred.fail(exc, tb)
+            return  # abort() ends the job; nothing of a session to report
         library._fail_rank(sess._comm, sess._svc, exc, tb)
 
     user_code_ran()

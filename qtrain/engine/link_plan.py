@@ -4,7 +4,7 @@
 send both ways with codec ``none`` and no error feedback, as DeepSpeed's 1-bit Adam runs its
 ``freeze_step`` warm-up uncompressed and PyTorch's PowerSGD hook all-reduces plainly until
 ``start_powerSGD_iter``. From step W + 1 the configured codecs take over with fresh error feedback
-(the buffers are zero at the switch: nothing was fed back while nothing was lost). The algorithm's
+(the buffers are still zero at the switch: nothing is fed back while nothing is lost). The algorithm's
 rules run unchanged throughout, so a warm-up of Efficient-Adam is Efficient-Adam with the identity
 quantizer, which in early training, where the moments and the error buffers are far from settled,
 tracks full-precision Adam (Chen et al. 2022 analyse the compressed rule as a perturbation of that
@@ -42,7 +42,3 @@ class LinkPlan:
         """(uplink codec, downlink codec) of step ``step``: what sizes its messages."""
         up, down = self.paths(step)
         return up.codec, down.codec
-
-    def switches_at(self, step: int) -> bool:
-        """Whether the configured codecs take over at step ``step``."""
-        return self.uncompressed_steps > 0 and step == self.uncompressed_steps + 1

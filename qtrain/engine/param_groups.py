@@ -158,10 +158,6 @@ class ParamGroups:
     def runs(self, seg) -> tuple[Run, ...]:
         return self._runs[seg.index]
 
-    @property
-    def lrs(self) -> list[float]:
-        return [a.hp.lr for a in self.algorithms]
-
     def set_lrs(self, lrs) -> None:
         for algo, lr in zip(self.algorithms, lrs, strict=True):
             algo.hp.lr = float(lr)

@@ -110,12 +110,10 @@ class ServerEngine(EngineState):
         self.use_step(self.step)
 
     def use_step(self, step: int) -> None:
-        """Decode and encode with step ``step``'s codecs; at the switch after an uncompressed
-        warm-up, the downlink's error feedback starts from zero."""
+        """Decode and encode with step ``step``'s codecs. Error feedback is off while uncompressed,
+        so the downlink's buffer is still zero when the configured codecs take over."""
         self.up, self.down = self.links.paths(step)
         self.feedback = not self.links.uncompressed(step)
-        if self.links.switches_at(step) and self.error is not None:
-            self.error.zero_()
 
     def aggregate(self, seg: Segment, messages: list[torch.Tensor]) -> torch.Tensor:
         """Mean of one segment's decoded uplinks, summed in the order given (worker 0, 1, ...)."""

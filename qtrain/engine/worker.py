@@ -85,12 +85,10 @@ class WorkerEngine(EngineState):
         self.use_step(self.step)
 
     def use_step(self, step: int) -> None:
-        """Encode and decode with step ``step``'s codecs; at the switch after an uncompressed
-        warm-up, error feedback starts from zero."""
+        """Encode and decode with step ``step``'s codecs. Error feedback is off while uncompressed,
+        so the buffers are still zero when the configured codecs take over."""
         self.up, self.down = self.links.paths(step)
         self.feedback = not self.links.uncompressed(step)
-        if self.links.switches_at(step) and self.error is not None:
-            self.error.zero_()
 
     def make_uplink(
         self, seg: Segment, grad: torch.Tensor, params: torch.Tensor, out: torch.Tensor | None = None

@@ -7,7 +7,8 @@ parameters, one group), an iterable of parameters (one group) or a list of param
 for the Adam-type rules, momentum for the SGD-type ones), plus defaults for every group as
 keyword arguments (``lr=``, ``betas=``...), which otherwise come from the ``algorithm`` section.
 Every trainable parameter of the model must be in exactly one group, as qtrain trains the whole
-flat vector (freeze a parameter with ``requires_grad_(False)`` before ``session.optimizer``).
+flat vector (freeze a parameter with ``requires_grad_(False)`` before ``session.optimizer``);
+frozen parameters in a group are skipped, as torch optimizers never update them.
 
 After the model is agreed, the workers compare their groups and the serving ranks receive them:
 workers whose groups differ stop the job with one line, as models that differ do.
@@ -63,11 +64,12 @@ def group_specs(algorithm_name: str, params, flat, defaults: dict) -> tuple[list
             if not isinstance(p, torch.Tensor):
                 raise GroupError(f"param group {g}: {type(p).__name__} is not a parameter")
             i = index_of.get(id(p))
+            if i is None and not p.requires_grad:
+                continue  # frozen: torch optimizers skip it too (qtrain never trains it)
             if i is None:
-                what = (
-                    "frozen (requires_grad False)" if not p.requires_grad else "not a parameter of the model"
+                raise GroupError(
+                    f"param group {g}: a parameter of shape {list(p.shape)} is not a parameter of the model"
                 )
-                raise GroupError(f"param group {g}: a parameter of shape {list(p.shape)} is {what}")
             if i in seen:
                 raise GroupError(
                     f"param group {g}: parameter {flat.layout[i][0]} is in group {seen[i]} already "

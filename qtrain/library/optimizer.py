@@ -57,11 +57,11 @@ class DistributedOptimizer(torch.optim.Optimizer):
         self._building = True
         super().__init__(groups, {})
         self._building = False
+        self._fixed = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in groups]
         if worker.initial_lrs is not None:  # a resume: what the run's scheduler started from
             for group, value in zip(self.param_groups, worker.initial_lrs, strict=True):
                 group["initial_lr"] = value
         worker.lr_of = self._current_lrs
-        worker.group = self.param_groups[0]
         worker.optimizer = self
 
     @property
@@ -82,6 +82,13 @@ class DistributedOptimizer(torch.optim.Optimizer):
             self._worker.pending_lrs = None
         out = []
         for g, group in enumerate(self.param_groups):
+            for key, value in self._fixed[g].items():
+                if group.get(key) != value:
+                    raise UsageError(
+                        f"param group {g}: {key} changed from {value!r} to {group.get(key)!r} after "
+                        "session.optimizer(); only lr may change between steps (the other values are "
+                        "agreed with every rank when the groups are made)"
+                    )
             lr = group["lr"]
             lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
             if not lr >= 0.0 or lr == float("inf"):

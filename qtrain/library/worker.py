@@ -38,7 +38,6 @@ class LibraryWorker:
         self.driver = WorkerStep(engine, flat, transport, plan.partition, overlap, self.svc.watchdog.enter)
         self.lrs = list(engine.groups.base_lrs)  # every group's starting rate (a resume restores them)
         self.lr_of = None  # the optimizer's param groups, once it exists: each step's learning rates
-        self.group: dict | None = None  # the first param group
         self.optimizer = None
         self.pending_lrs: list | None = None  # a resume's learning rates, for the first step's rule
         self.initial_lrs: list | None = None  # a resume's ``initial_lr`` (torch schedulers read it)
