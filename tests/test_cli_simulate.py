@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -95,6 +96,27 @@ def test_compare_plots_loss_and_accuracy_against_time_and_bytes_and_warns_of_unl
             }
         )
     assert plot_compare(runs, str(tmp_path / "cmp.png")) == list(COMPARE_PANELS)
+    # a script's session.log numbers get a row of their own, against time and bytes, per run
+    from qtrain.analysis.plots import COMPARE_METRIC_PANELS, metric_series
+    from qtrain.io.trace import METRIC_DTYPE
+
+    logged = np.zeros(6, dtype=METRIC_DTYPE)
+    logged["step"], logged["rank"] = [5, 5, 10, 10, 20, 20], [1, 2, 1, 2, 1, 2]
+    logged["name"], logged["value"] = (
+        [b"val_loss", b"val_loss", b"val_loss", b"val_loss", b"lr", b"lr"],
+        [3, 5, 2, 2, 1, 1],
+    )
+    runs[0]["metrics"] = logged
+    assert metric_series(logged)["val_loss"][1].tolist() == [4.0, 2.0]  # the mean over the ranks per step
+    drawn = plot_compare(runs, str(tmp_path / "cmp-metrics.png"))
+    assert drawn == list(COMPARE_PANELS) + list(COMPARE_METRIC_PANELS)
+    # and qtrain analyze's figure gets a panel of them below its six
+    from qtrain.analysis.plots import METRICS_PANEL, PANEL_TITLES, plot_trace
+    from qtrain.analysis.trace_report import report
+
+    st, ev, attrs = read_trace(tmp_path / "sgd-2" / "trace.h5")
+    drawn = plot_trace(st, ev, attrs, report(st, ev, attrs), str(tmp_path / "one.png"), metrics=logged)
+    assert [t.split(" (")[0] for t in drawn] == [*PANEL_TITLES, METRICS_PANEL.split(" (")[0]]
     import matplotlib.image
 
     assert matplotlib.image.imread(tmp_path / "cmp.png").shape[2] in (3, 4)

@@ -33,24 +33,43 @@ def plot_trace(
     path: str,
     timeline: dict | None = None,
     timeline_step: int | None = None,
+    metrics: np.ndarray | None = None,
 ) -> list[str]:
-    """Six panels, and below them one step's timeline when ``timeline`` (io.trace.read_timeline)
-    has rows; returns the titles of the axes actually drawn (read back from the figure)."""
+    """Six panels; below them, when the run's script logged numbers with ``session.log``
+    (``metrics``, io.trace.read_metrics), one panel of them against the step, each name in the
+    legend; and below, one step's timeline when ``timeline`` (io.trace.read_timeline) has rows.
+    Returns the titles of the axes actually drawn (read back from the figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     has_timeline = timeline is not None and len(timeline["timeline_workers"]) > 0
-    fig = plt.figure(figsize=(15, 3.6 * (3 if has_timeline else 2)), constrained_layout=True)
-    grid = fig.add_gridspec(3 if has_timeline else 2, 3)
+    logged = metric_series(metrics)
+    rows = 2 + bool(logged) + has_timeline
+    fig = plt.figure(figsize=(15, 3.6 * rows), constrained_layout=True)
+    grid = fig.add_gridspec(rows, 3)
     axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(3)] for r in range(2)])
+    if logged:
+        ax = fig.add_subplot(grid[2, :])
+        _plot_metrics(ax, logged)
+        ax.set(title=METRICS_PANEL, xlabel="step", ylabel="value (mean over the ranks that logged it)")
+        ax.legend(fontsize=8)
     if has_timeline:
         owners = attrs.get("segment_owners")
-        plot_timeline(fig.add_subplot(grid[2, :]), timeline, timeline_step, owners)
+        plot_timeline(fig.add_subplot(grid[rows - 1, :]), timeline, timeline_step, owners)
     s = per_step(steps)
     ax = axes[0, 0]
     ax.plot(s["step"], s["loss"])
+    if not np.isfinite(s["loss"]).any():  # a library loop that reported no loss to qtrain
+        ax.text(
+            0.5,
+            0.5,
+            "no loss reported\n(optimizer.backward(loss) puts it here)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set(title=PANEL_TITLES[0], xlabel="step", ylabel="mean batch loss")
     ax = axes[0, 1]
     if len(evals) and not np.all(np.isnan(evals["test_accuracy"])):
@@ -60,7 +79,15 @@ def plot_trace(
         ax.plot(evals["step"], evals["test_loss"], marker="o")
         ax.set(ylabel="test loss")
     else:  # a library run whose server evaluates nothing (no serve(evaluate=...)), or eval_every 0
-        ax.text(0.5, 0.5, "no evaluations in this run", ha="center", va="center", transform=ax.transAxes)
+        where = "its session.log metrics are below" if logged else "and no session.log metrics"
+        ax.text(
+            0.5,
+            0.5,
+            f"no evaluations in this run ({where})",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set(title=PANEL_TITLES[1], xlabel="step")
     ax = axes[0, 2]
     # lines that coincide stay visible: fp32 as a wide band behind, the uplink solid and wide, the
@@ -99,6 +126,30 @@ def plot_trace(
     return titles
 
 
+METRICS_PANEL = "Metrics the script logged (session.log)"
+COMPARE_METRIC_PANELS = ("Logged metrics against wall-clock time", "Logged metrics against bytes sent")
+
+
+def metric_series(metrics: np.ndarray | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each ``session.log`` name's (steps, values): the mean over the ranks that logged it at
+    that step, in step order (io.trace.read_metrics rows)."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if metrics is None or not len(metrics):
+        return out
+    for raw in sorted(set(metrics["name"].tolist())):
+        rows = metrics[metrics["name"] == raw]
+        steps = np.unique(rows["step"])
+        means = np.array([rows["value"][rows["step"] == s].mean() for s in steps])
+        out[raw.decode("utf-8", "replace")] = (steps.astype(np.float64), means)
+    return out
+
+
+def _plot_metrics(ax, series: dict, x_of=None, prefix: str = "") -> None:
+    for name, (steps, values) in series.items():
+        x = steps if x_of is None else x_of(steps)
+        ax.plot(x, values, marker="." if len(steps) < 50 else None, label=f"{prefix}{name}")
+
+
 COMPARE_PANELS = (
     "Training loss against wall-clock time",
     "Training loss against bytes sent",
@@ -110,8 +161,12 @@ COMPARE_PANELS = (
 def plot_compare(runs: list[dict], path: str) -> list[str]:
     """Does compression pay? Each run's training loss and test accuracy (test loss where there is
     no accuracy) against wall-clock time and against the bytes sent both ways by all workers, on
-    linear axes. Runs without a trace have no curves. Returns the titles of the panels drawn."""
-    plt, (fig, axes) = _figure(2, 2)
+    linear axes; when any run's script logged numbers with ``session.log`` (a run's ``metrics``),
+    a third row draws them the same two ways, labelled "run: name". Runs without a trace have no
+    curves. Returns the titles of the panels drawn."""
+    logged = {id(r): metric_series(r.get("metrics")) for r in runs}
+    any_logged = any(logged.values())
+    plt, (fig, axes) = _figure(3 if any_logged else 2, 2)
     accuracy = all(
         "test_accuracy" in (r["summary"].get("evals") or [{}])[0] for r in runs if r["summary"].get("evals")
     )
@@ -121,16 +176,35 @@ def plot_compare(runs: list[dict], path: str) -> list[str]:
             continue
         s = per_step(run["steps"])
         sent = np.cumsum(s["bytes_up"] + s["bytes_down"]) / 1e6
-        axes[0, 0].plot(s["wall_s"], s["loss"], label=run["label"])
-        axes[0, 1].plot(sent, s["loss"], label=run["label"])
+        if np.isfinite(s["loss"]).any():  # a library loop may report no loss to qtrain
+            axes[0, 0].plot(s["wall_s"], s["loss"], label=run["label"])
+            axes[0, 1].plot(sent, s["loss"], label=run["label"])
         ev = [e for e in run["summary"].get("evals", []) if metric in e]
         if ev:
             at = np.array([e["step"] for e in ev], dtype=np.float64)
             values = [e[metric] for e in ev]
             axes[1, 0].plot(np.interp(at, s["step"], s["wall_s"]), values, marker="o", label=run["label"])
             axes[1, 1].plot(np.interp(at, s["step"], sent), values, marker="o", label=run["label"])
+        if logged[id(run)]:
+            prefix = f"{run['label']}: "
+            _plot_metrics(
+                axes[2, 0], logged[id(run)], lambda at, s=s: np.interp(at, s["step"], s["wall_s"]), prefix
+            )
+            _plot_metrics(
+                axes[2, 1], logged[id(run)], lambda at, s=s, sent=sent: np.interp(at, s["step"], sent), prefix
+            )
+    if any_logged:
+        for ax, title, x in zip(
+            axes[2],
+            COMPARE_METRIC_PANELS,
+            ("wall-clock seconds", "MB sent (uplink + downlink, all workers)"),
+            strict=True,
+        ):
+            ax.set(title=title, xlabel=x, ylabel="logged value (mean over ranks)")
+            if ax.has_data():
+                ax.legend(fontsize=8)
     for ax, title, x, y in zip(
-        axes.ravel(),
+        axes[:2].ravel(),
         COMPARE_PANELS,
         ("wall-clock seconds", "MB sent (uplink + downlink, all workers)") * 2,
         ("mean batch loss", "mean batch loss", ylabel, ylabel),
@@ -140,6 +214,11 @@ def plot_compare(runs: list[dict], path: str) -> list[str]:
         ax.set(xlabel=x, ylabel=y)
         if ax.has_data():
             ax.legend(fontsize=8)
+        else:  # say why it is empty rather than draw blank axes
+            why = "no run reported a training loss" if "Training" in title else "no run has evaluations"
+            if any_logged:
+                why += "\n(the logged metrics are below)"
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
     fig.savefig(path, dpi=110)
     drawn = [a.get_title() for a in fig.get_axes() if a.has_data()]
     plt.close(fig)

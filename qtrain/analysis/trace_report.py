@@ -3,6 +3,8 @@ and compression error over steps."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 WORKER_PHASES = ("compute_s", "encode_s", "comm_s", "decode_s")
@@ -97,8 +99,10 @@ def format_report(r: dict) -> str:
     if r["communication_share"] is not None:
         lines.append(f"communication share of a worker's step: {100 * r['communication_share']:.1f}%")
     lines.append(f"stragglers (busy > 1.25x median): {r['stragglers'] or 'none'}")
+    loss = r["final_loss"]
+    shown = f"{loss:.5f}" if loss is not None and math.isfinite(loss) else "not reported"
     lines.append(
-        f"final batch loss {r['final_loss']:.5f}; mean relative compression error up "
+        f"final batch loss {shown}; mean relative compression error up "
         f"{r['mean_up_rel_error']:.4f} down {r['mean_down_rel_error']:.4f}"
     )
     if "last_eval" in r:

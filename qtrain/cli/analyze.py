@@ -31,7 +31,7 @@ def analyze(
     """Bytes per step and compression vs fp32, time per phase, stragglers, loss/accuracy/error over steps."""
     from qtrain.analysis.trace_report import format_report, per_step, report
     from qtrain.cli.errors import fail
-    from qtrain.io.trace import read_timeline, read_trace
+    from qtrain.io.trace import read_metrics, read_timeline, read_trace
 
     path = Path(trace)
     if path.is_dir():
@@ -58,8 +58,14 @@ def analyze(
             fail(
                 f"--timeline-step {timeline_step}: {path} has no timeline (simulator run or timeline_every=0)"
             )
+        metrics = read_metrics(path)
+        if not len(metrics):
+            typer.echo(
+                "--plot: this run logged no session.log metrics (a script's own numbers get a panel)",
+                err=True,
+            )
         try:
-            plot_trace(steps, evals, attrs, rep, plot, timeline, timeline_step)
+            plot_trace(steps, evals, attrs, rep, plot, timeline, timeline_step, metrics)
         except ValueError as exc:  # the timeline step, or a file type matplotlib cannot write
             fail(f"--timeline-step: {exc}" if "has no timeline" in str(exc) else f"--plot {plot!r}: {exc}")
         except OSError as exc:
@@ -90,7 +96,7 @@ def compare(
     """Several runs side by side: accuracy, loss, bytes each way, compression, time."""
     from qtrain.cli.errors import fail
     from qtrain.io.summary_file import SummaryError, read_summary
-    from qtrain.io.trace import read_trace
+    from qtrain.io.trace import read_metrics, read_trace
 
     loaded = []
     for d in runs:
@@ -101,13 +107,14 @@ def compare(
             summary = read_summary(p / "summary.json")
         except SummaryError as exc:
             fail(str(exc))
-        steps = None
+        steps, metrics = None, None
         if (p / "trace.h5").is_file():
             try:
                 steps = read_trace(p / "trace.h5")[0]
+                metrics = read_metrics(p / "trace.h5")
             except ValueError as exc:
                 fail(str(exc))
-        loaded.append({"label": p.name, "summary": summary, "steps": steps})
+        loaded.append({"label": p.name, "summary": summary, "steps": steps, "metrics": metrics})
     rows = []
     for r in loaded:
         s = r["summary"]
@@ -136,6 +143,11 @@ def compare(
     if plot:
         from qtrain.analysis.plots import plot_compare
 
+        with_metrics = [r["label"] for r in loaded if r["metrics"] is not None and len(r["metrics"])]
+        if with_metrics:
+            for r in loaded:
+                if r["label"] not in with_metrics:
+                    typer.echo(f"--plot: {r['label']} logged no session.log metrics", err=True)
         plot_compare(loaded, plot)
     if as_json:
         typer.echo(strict_json.dumps(rows, indent=2))
