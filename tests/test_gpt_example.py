@@ -122,6 +122,7 @@ def test_the_qtrain_port_trains_as_its_ddp_twin(tmp_path, adam_run):
 
 @needs_bible
 @pytest.mark.mpi
+@pytest.mark.soak  # a smoke run (make soak): the warm-up's bits are held by test_warmup and test_mpi_train
 def test_efficient_adam_trains_the_gpt(tmp_path):
     """configs/efficient-adam.yaml (1-bit both ways after uncompressed steps, here 10) runs the
     same script; its 10 compressed steps leave the loss falling."""

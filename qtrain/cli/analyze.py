@@ -59,17 +59,17 @@ def analyze(
                 f"--timeline-step {timeline_step}: {path} has no timeline (simulator run or timeline_every=0)"
             )
         metrics = read_metrics(path)
-        if not len(metrics):
-            typer.echo(
-                "--plot: this run logged no session.log metrics (a script's own numbers get a panel)",
-                err=True,
-            )
         try:
             plot_trace(steps, evals, attrs, rep, plot, timeline, timeline_step, metrics)
         except ValueError as exc:  # the timeline step, or a file type matplotlib cannot write
             fail(f"--timeline-step: {exc}" if "has no timeline" in str(exc) else f"--plot {plot!r}: {exc}")
         except OSError as exc:
             fail(f"--plot: cannot write {plot!r} ({exc.strerror or exc})")
+        if not len(metrics):  # said once the figure is written (a failed write says only why)
+            typer.echo(
+                "--plot: this run logged no session.log metrics (a script's own numbers get a panel)",
+                err=True,
+            )
     if project:
         from qtrain.analysis.projection import PerfModel, format_projection, parse_project
 
