@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from qtrain.bench.host import describe_host
-from qtrain.reproduce.efficient_adam_lm import CHARACTERS, kjv_text
+from qtrain.reproduce.efficient_adam_lm import CHARACTERS, kjv_text, settings
 from qtrain.reproduce.runs import run
 
 STEPS, EVERY = 1000, 50
@@ -21,16 +21,7 @@ STEPS, EVERY = 1000, 50
 
 def main(out: str, variant: str) -> None:
     data = kjv_text(Path("runs/reproduce/data"), CHARACTERS)
-    common = [
-        "model.name=transformer",
-        "model.hidden=[128,128]",
-        "data.name=text",
-        f"data.path={data}",
-        "data.context=64",
-        "data.test_fraction=0.05",
-        f"train.steps={STEPS}",
-        f"train.eval_every={EVERY}",
-    ]
+    common = settings(data, STEPS, EVERY)
     base = "adam.yaml" if variant == "adam" else "efficient-adam.yaml"
     if variant.startswith("warmup-"):
         common.append(f"algorithm.uncompressed_steps={int(variant.split('-')[1])}")

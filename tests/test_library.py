@@ -189,7 +189,8 @@ def test_the_servers_learning_rates_are_the_workers_own_for_every_group():
     lr = 0.0007658709123  # a rate the loop computed: it travels exactly (float64), not as a factor
     assert lrs_of(_records([0, 0], [[lr, 0.5], [lr, 0.5]]), 3, 2, None) == [lr, 0.5]
     assert lrs_of(_records([0, 0], [[lr, 0.5, 9.0], [lr, 0.5, 7.0]]), 3, 2, None) == [lr, 0.5]  # unused slots
-    with pytest.raises(WorkersDisagree, match="different learning rates in step 3: rank 1 0.01 0.5, rank 2 0.01 0.25"):
+    said = "different learning rates in step 3: rank 1 0.01 0.5, rank 2 0.01 0.25"
+    with pytest.raises(WorkersDisagree, match=said):
         lrs_of(_records([0, 0], [[0.01, 0.5], [0.01, 0.25]]), 3, 2, ["rank 1", "rank 2"])
 
 

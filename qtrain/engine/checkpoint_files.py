@@ -5,14 +5,13 @@ through here, so each says "verified" of the same things."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from pathlib import Path
 
 import torch
 
 from qtrain.algorithms.links import resolve_links
 from qtrain.config.loader import from_yaml_text
+from qtrain.engine.param_groups import with_momentum
 from qtrain.io.checkpoint import CheckpointError, read_checkpoint
 from qtrain.io.checkpoint_layout import CheckpointExpectation, check_checkpoint_layout
 
@@ -42,9 +41,7 @@ def expectation(config_text: str, path) -> CheckpointExpectation:
 def state_with_momentum(algorithm, device) -> dict:
     """The server state of ``algorithm`` when some param group has momentum (SGD-type rules keep
     a momentum buffer then; the other rules' state does not depend on it)."""
-    probe = copy.copy(algorithm)
-    probe.hp = dataclasses.replace(algorithm.hp, momentum=1.0)
-    return probe.init_server_state(0, device)
+    return with_momentum(algorithm, 1.0).init_server_state(0, device)
 
 
 def load_run_checkpoint(path) -> tuple[dict, dict]:

@@ -152,6 +152,12 @@ class ParamGroups:
             self._runs[seg.index] = tuple(runs)
         self.decoupled = any(a.hp.weight_decay and l2_decay(a.hp) == 0.0 for a in self.algorithms)
 
+    @classmethod
+    def whole(cls, algorithm, partition) -> ParamGroups:
+        """One group of the whole flat vector with the configured values (engines built without
+        a plan's groups: tests, tools)."""
+        return cls(algorithm, None, [("all", 0, (partition.numel,))], partition)
+
     def __len__(self) -> int:
         return len(self.algorithms)
 
@@ -169,9 +175,7 @@ class ParamGroups:
         momentum = max(getattr(a.hp, "momentum", 0.0) for a in (self._configured, *self.algorithms))
         if momentum == getattr(self._configured.hp, "momentum", 0.0):
             return self._configured
-        algo = copy.copy(self._configured)
-        algo.hp = dataclasses.replace(self._configured.hp, momentum=momentum)
-        return algo
+        return with_momentum(self._configured, momentum)
 
     def decay(self, seg, x: torch.Tensor, flat_offset: int = 0) -> None:
         """Decoupled weight decay of segment ``seg`` on ``x`` (the flat vector, or a shard of it
@@ -194,3 +198,11 @@ class ParamGroups:
             n = sum(r.flat.stop - r.flat.start for runs in self._runs.values() for r in runs if r.group == g)
             parts.append(f"{g}: {n} params, lr {algo.hp.lr:g}, weight_decay {algo.hp.weight_decay:g}")
         return f"{len(parts)} param groups ({'; '.join(parts)})"
+
+
+def with_momentum(algorithm, momentum: float):
+    """A copy of ``algorithm`` whose hyper-parameters have this ``momentum`` (the state an SGD-type
+    rule keeps depends on it)."""
+    algo = copy.copy(algorithm)
+    algo.hp = dataclasses.replace(algorithm.hp, momentum=momentum)
+    return algo

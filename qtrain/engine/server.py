@@ -55,11 +55,7 @@ class ServerEngine(EngineState):
         if numel != self.shard.stop - self.shard.start:
             raise ValueError(f"serving rank {owner}'s shard {self.shard} does not fit {numel} elements")
         self.algorithm = algorithm
-        self.groups = (
-            groups
-            if groups is not None
-            else ParamGroups(algorithm, None, [("all", 0, (partition.numel,))], partition)
-        )
+        self.groups = groups if groups is not None else ParamGroups.whole(algorithm, partition)
         self.partition = partition
         self.uplink_codec = uplink_codec
         self.downlink_codec = downlink.codec

@@ -295,7 +295,7 @@ class ServerStep:
                         m.mul_(coef)
             else:
                 held = [(seg, mean)]
-            for k, (seg, mean) in enumerate(sorted(held, key=lambda h: h[0].index) if max_norm else held):
+            for k, (seg, mean) in enumerate(sorted(held, key=lambda h: h[0].index)):
                 with rec.phase("server_step", seg):
                     down = engine.make_downlink(seg, mean)
                 timeline.mark(seg, "encoded_s")

@@ -54,9 +54,7 @@ class WorkerEngine(EngineState):
     ):
         numel = partition.numel
         self.algorithm = algorithm
-        self.groups = (
-            groups if groups is not None else ParamGroups(algorithm, None, [("all", 0, (numel,))], partition)
-        )
+        self.groups = groups if groups is not None else ParamGroups.whole(algorithm, partition)
         self.partition = partition
         self.uplink_codec = uplink.codec
         self.downlink_codec = downlink_codec

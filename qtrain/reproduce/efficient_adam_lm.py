@@ -50,10 +50,9 @@ def kjv_text(directory: Path, characters: int) -> Path:
     return path
 
 
-def reproduce(out: Path, quick: bool = False) -> dict:
-    steps, every, characters = (4, 2, 20_000) if quick else (500, 50, CHARACTERS)
-    data = kjv_text(out.parent / "data", characters)
-    common = [
+def settings(data: Path, steps: int, every: int) -> list[str]:
+    """The ``--set`` overrides of every variant: the model, the text and the run's length."""
+    return [
         "model.name=transformer",
         "model.hidden=[128,128]",
         "data.name=text",
@@ -63,6 +62,12 @@ def reproduce(out: Path, quick: bool = False) -> dict:
         f"train.steps={steps}",
         f"train.eval_every={every}",
     ]
+
+
+def reproduce(out: Path, quick: bool = False) -> dict:
+    steps, every, characters = (4, 2, 20_000) if quick else (500, 50, CHARACTERS)
+    data = kjv_text(out.parent / "data", characters)
+    common = settings(data, steps, every)
     results = {"settings": {"steps": steps, "workers": 4, "batch": 32, "characters": characters}, "runs": []}
     for name, (base, warm) in VARIANTS.items():
         s = run(
