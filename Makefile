@@ -32,7 +32,7 @@ else
 endif
 export QTRAIN_MPIEXEC := $(MPIEXEC)
 
-.PHONY: venv install sysdeps run test test-gpu test-fast test-lowest bench bench-network reproduce soak lint format clean info
+.PHONY: venv install sysdeps run test test-gpu test-fast test-lowest bench bench-network bench-gpt reproduce soak lint format clean info
 
 # Debian tools the test suite uses: h5dump/h5clear (hdf5-tools) read the HDF5 files qtrain writes;
 # slurm-wlm + munge run the one-node Slurm cluster of the `slurm` tests (slurm/local-cluster.sh);
@@ -131,6 +131,11 @@ bench-network: install sysdeps
 	$(BIN)/qtrain bench network configs/efficient-adam.yaml --bandwidth unshaped --latency 0 --workers 4 \
 	  --steps 30 --warmup 5 --eval-every 5 --target-accuracy 0.8 $(BENCH_NET_SETS) \
 	  --peers '' --out $(BENCH_NET_OUT)-unshaped
+
+# Time to a target loss on examples/gpt (root, Linux): qtrain's configurations against the DDP
+# twin (no hook, fp16, PowerSGD) at 100 Mbit/s, 1 Gbit/s and unshaped (docs/benchmarks.md).
+bench-gpt: install sysdeps
+	PY=$(PY) bash benchmarks/gpt_time_to_target.sh runs/gpt-time-to-target
 
 # The papers' headline results regenerated in the simulator (docs/reproductions.md): tables,
 # results.json and PNG plots under runs/reproduce/NAME.

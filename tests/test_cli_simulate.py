@@ -57,6 +57,7 @@ def test_outputs_to_unwritable_paths_are_one_line(tmp_path):
         (["analyze", str(out), "--csv", str(tmp_path)], "--csv: cannot write"),
         (["analyze", str(out), "--plot", str(tmp_path / "no" / "dir" / "p.png")], "--plot: cannot write"),
         (["analyze", str(out), "--plot", str(tmp_path / "p.xyz")], "--plot"),
+        (["compare", str(out), "--target", "2.0"], "--target draws a line on the --plot figure"),
     ]
     for args, message in cases:
         p = qtrain(*args)
@@ -108,8 +109,22 @@ def test_compare_plots_loss_and_accuracy_against_time_and_bytes_and_warns_of_unl
     )
     runs[0]["metrics"] = logged
     assert metric_series(logged)["val_loss"][1].tolist() == [4.0, 2.0]  # the mean over the ranks per step
-    drawn = plot_compare(runs, str(tmp_path / "cmp-metrics.png"))
+    from unittest import mock
+
+    import matplotlib.axes
+
+    from qtrain.analysis.plots import run_legend
+
+    with mock.patch.object(matplotlib.axes.Axes, "axhline", autospec=True) as line:
+        drawn = plot_compare(runs, str(tmp_path / "cmp-metrics.png"), target=2.5)
     assert drawn == list(COMPARE_PANELS) + list(COMPARE_METRIC_PANELS)
+    # the target on both training-loss panels, both test-loss-less accuracy panels skipped, both metric panels
+    assert [c.args[0].get_title() for c in line.call_args_list] == [
+        *COMPARE_METRIC_PANELS,
+        *COMPARE_PANELS[:2],
+    ] and {c.args[1] for c in line.call_args_list} == {2.5}
+    up = runs[1]["summary"]["uplink"]["codec"]
+    assert run_legend(runs[1]) == f"ecq-sgd-2 (ecq-sgd, {up}/{runs[1]['summary']['downlink']['codec']})"
     # and qtrain analyze's figure gets a panel of them below its six
     from qtrain.analysis.plots import METRICS_PANEL, PANEL_TITLES, plot_trace
     from qtrain.analysis.trace_report import report

@@ -356,3 +356,144 @@ def test_the_template_refuses_task_nodes_it_cannot_apply_before_writing_anything
     )  # fmt: skip
     assert r.returncode == 2 and why in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()  # no start logged, no host file
+
+
+def _render(*args):
+    from typer.testing import CliRunner
+
+    from qtrain.cli.app import app
+
+    return CliRunner().invoke(app, ["slurm", "render", *args])
+
+
+def test_render_a_script_job_for_both_ways_a_script_is_configured(tmp_path):
+    """--script renders `qtrain run SCRIPT -- ARGS`: without -c/--set the script takes --out and
+    --resume itself (QTRAIN_SCRIPT_OPTIONS=script); with them qtrain run does (=qtrain, its
+    options in QTRAIN_RUN_OPTIONS, runtime.servers added for --servers)."""
+    own = _render(
+        "--script", "examples/gpt/train.py", "--workers", "2", "--", "--max-iters", "100", "--lr", "3e-4"
+    )
+    assert own.exit_code == 0, own.output
+    script = (REPO / "examples" / "gpt" / "train.py").resolve()
+    assert f"export QTRAIN_SCRIPT={script}\n" in own.output
+    assert "export QTRAIN_SCRIPT_OPTIONS=script " in own.output
+    assert 'set -- --max-iters 100 --lr 3e-4 "$@"\n' in own.output
+    assert "--script " + str(script) + " -- --max-iters 100 --lr 3e-4 --nodes 1 --workers 2`" in own.output
+    run = _render(
+        "--script", "tests/library_scripts/resumable.py", "-c", "configs/sgd.yaml", "--set", "train.steps=9",
+        "--workers", "2", "--servers", "2", "--", "--steps", "9",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    sgd = (REPO / "configs" / "sgd.yaml").resolve()
+    assert "export QTRAIN_SCRIPT_OPTIONS=qtrain " in run.output
+    assert f"export QTRAIN_RUN_OPTIONS='-c {sgd} --set train.steps=9 --set runtime.servers=2'\n" in run.output
+    assert 'set -- --steps 9 "$@"\n' in run.output
+
+
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["--script", "nope.py", "--workers", "2"], "--script 'nope.py': no such file"),
+        (
+            ["--script", "examples/gpt/train.py", "--workers", "2", "--", "--lr", "1\n#SBATCH --x"],
+            "a line break",
+        ),
+        (["--script", "examples/gpt/train.py", "--set", "a=b c", "--workers", "2"], "whitespace cannot go"),
+        (
+            ["--script", "examples/gpt/train.py", "-c", "nope.yaml", "--workers", "2"],
+            "'nope.yaml' does not exist",
+        ),
+        (
+            ["configs/default.yaml", "--set", "a=1", "--workers", "2"],
+            "-c/--config and --set go with --script",
+        ),
+        (["--workers", "2"], "give one CONFIG, or --script"),
+    ],
+)
+def test_render_refuses_a_bad_script_job_in_one_line(args, why):
+    r = _render(*args)
+    assert r.exit_code == 2 and why in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+FAKE_LAUNCHER = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$LAUNCHED"
+"""
+
+
+@pytest.mark.parametrize(
+    "options, restarts, checkpoint, expected",
+    [
+        ("script", 0, False, ["run", "S", "--", "--lr", "1", "--out", "OUT"]),
+        ("script", 1, True, ["run", "S", "--", "--lr", "1", "--out", "OUT", "--resume", "auto"]),
+        ("script", 1, False, ["run", "S", "--", "--lr", "1", "--out", "OUT"]),  # the first start moved aside
+        ("qtrain", 0, False, ["run", "-c", "C", "--out", "OUT", "S", "--", "--lr", "1"]),
+        ("qtrain", 1, True, ["run", "-c", "C", "--out", "OUT", "--resume", "auto", "S", "--", "--lr", "1"]),
+        ("qtrain", 1, False, ["run", "-c", "C", "--out", "OUT", "--overwrite", "S", "--", "--lr", "1"]),
+    ],
+)
+def test_the_template_hands_out_and_resume_to_whoever_takes_them(
+    tmp_path, options, restarts, checkpoint, expected
+):
+    """The job's command line for a script (through a stand-in launcher that records it): --out,
+    --resume auto after a checkpoint, and a restart before any checkpoint, for a script that takes
+    them itself and for qtrain run's options."""
+    launcher = tmp_path / "launch.sh"
+    launcher.write_text(FAKE_LAUNCHER)
+    launcher.chmod(0o755)
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "config.yaml").write_text("seed: 0\n")
+    if checkpoint:
+        (out / "checkpoints" / "step-5.h5").write_bytes(b"")
+    env = {
+        **os.environ,
+        "QTRAIN_LAUNCHER": "mpiexec",
+        "QTRAIN_MPIEXEC": str(launcher),
+        "LAUNCHED": str(tmp_path / "launched"),
+        "QTRAIN_SCRIPT": "S",
+        "QTRAIN_SCRIPT_OPTIONS": options,
+        "QTRAIN_RUN_OPTIONS": "-c C" if options == "qtrain" else "",
+        "QTRAIN": "/bin/true",
+        "QTRAIN_HOME": str(tmp_path),
+        "SLURM_RESTART_COUNT": str(restarts),
+        "SLURM_JOB_ID": "7",
+    }
+    (tmp_path / "S").write_text("")
+    extra = ["--out", str(out)] if options == "script" else []
+    if options == "qtrain":
+        env["QTRAIN_RUN_OPTIONS"] = f"-c C --out {out}"
+    r = subprocess.run(
+        ["bash", str(REPO / "slurm" / "train.sbatch"), "--lr", "1", *extra],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    launched = (tmp_path / "launched").read_text().splitlines()
+    assert launched[:2] == ["-n", "3"] and launched[2] == "/bin/true"
+    got = [{str(out): "OUT"}.get(w, w) for w in launched[3:]]
+    assert got == expected, got
+    moved = tmp_path / "out.before-restart-1"
+    assert moved.exists() == (options == "script" and restarts == 1 and not checkpoint)
+    if moved.exists():
+        assert (moved / "config.yaml").read_text() == "seed: 0\n" and "moved to" in r.stdout
+
+
+def test_a_rendered_script_job_runs_the_script_with_its_arguments_under_slurm(cluster, tmp_path):
+    """`slurm render --script` of examples/gpt (tiny): sbatch runs `qtrain run SCRIPT -- ARGS`
+    through srun, with the arguments given at render and at submission, and the job's --out
+    (runs/slurm-JOBID) reaches qtrain.init through the script."""
+    tiny = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--warmup-iters", "2"]
+    r = _render("--script", "examples/gpt/train.py", "--workers", "2", "--", *tiny, "--max-iters", "6")
+    assert r.exit_code == 0, r.output
+    job = tmp_path / "gpt.sh"
+    job.write_text(r.output)
+    jid = sbatch(str(job), "--eval-interval", "3")
+    log = REPO / f"slurm-qtrain-{jid}.out"
+    assert wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}) == "COMPLETED", _text(log)
+    out = REPO / "runs" / f"slurm-{jid}"
+    try:
+        s = summary(out)
+        assert s["steps"] == 6 and s["workers"] == 2 and [e["step"] for e in s["evals"]] == [3, 6]
+        assert "step 6 val_loss" in _text(log)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

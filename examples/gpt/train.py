@@ -63,6 +63,8 @@ def main():
     val_loss = lambda m: data.val_loss(m, args.block_size)  # noqa: E731
     if sess.is_server:  # rank 0 serves, and evaluates its parameters every eval_interval steps
         summary = sess.serve(model=model, evaluate=lambda m: {"loss": val_loss(m)})
+        if summary is None:  # runtime.servers > 1: rank 0 leads and reports, the others only serve
+            return
         for e in summary["evals"]:
             losses.append((e["step"], e["test_loss"]))
             print(f"step {e['step']} val_loss {e['test_loss']:.4f}", flush=True)

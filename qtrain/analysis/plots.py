@@ -158,12 +158,19 @@ COMPARE_PANELS = (
 )
 
 
-def plot_compare(runs: list[dict], path: str) -> list[str]:
+def run_legend(run: dict) -> str:
+    """A run's legend entry: its directory, algorithm and codecs (``adam-4bit (adam, uniform/uniform)``)."""
+    s = run["summary"]
+    return f"{run['label']} ({s['algorithm']}, {s['uplink']['codec']}/{s['downlink']['codec']})"
+
+
+def plot_compare(runs: list[dict], path: str, target: float | None = None) -> list[str]:
     """Does compression pay? Each run's training loss and test accuracy (test loss where there is
     no accuracy) against wall-clock time and against the bytes sent both ways by all workers, on
     linear axes; when any run's script logged numbers with ``session.log`` (a run's ``metrics``),
     a third row draws them the same two ways, labelled "run: name". Runs without a trace have no
-    curves. Returns the titles of the panels drawn."""
+    curves. The legend names each run's algorithm and codecs; ``target`` (a loss) is a dotted line
+    on every loss panel and the logged metrics' panels. Returns the titles of the panels drawn."""
     logged = {id(r): metric_series(r.get("metrics")) for r in runs}
     any_logged = any(logged.values())
     plt, (fig, axes) = _figure(3 if any_logged else 2, 2)
@@ -174,19 +181,20 @@ def plot_compare(runs: list[dict], path: str) -> list[str]:
     for run in runs:
         if run["steps"] is None:
             continue
+        label = run_legend(run)
         s = per_step(run["steps"])
         sent = np.cumsum(s["bytes_up"] + s["bytes_down"]) / 1e6
         if np.isfinite(s["loss"]).any():  # a library loop may report no loss to qtrain
-            axes[0, 0].plot(s["wall_s"], s["loss"], label=run["label"])
-            axes[0, 1].plot(sent, s["loss"], label=run["label"])
+            axes[0, 0].plot(s["wall_s"], s["loss"], label=label)
+            axes[0, 1].plot(sent, s["loss"], label=label)
         ev = [e for e in run["summary"].get("evals", []) if metric in e]
         if ev:
             at = np.array([e["step"] for e in ev], dtype=np.float64)
             values = [e[metric] for e in ev]
-            axes[1, 0].plot(np.interp(at, s["step"], s["wall_s"]), values, marker="o", label=run["label"])
-            axes[1, 1].plot(np.interp(at, s["step"], sent), values, marker="o", label=run["label"])
+            axes[1, 0].plot(np.interp(at, s["step"], s["wall_s"]), values, marker="o", label=label)
+            axes[1, 1].plot(np.interp(at, s["step"], sent), values, marker="o", label=label)
         if logged[id(run)]:
-            prefix = f"{run['label']}: "
+            prefix = f"{label}: "
             _plot_metrics(
                 axes[2, 0], logged[id(run)], lambda at, s=s: np.interp(at, s["step"], s["wall_s"]), prefix
             )
@@ -201,6 +209,8 @@ def plot_compare(runs: list[dict], path: str) -> list[str]:
             strict=True,
         ):
             ax.set(title=title, xlabel=x, ylabel="logged value (mean over ranks)")
+            if ax.has_data() and target is not None:
+                ax.axhline(target, color="k", linestyle=":", linewidth=1, label=f"target {target:g}")
             if ax.has_data():
                 ax.legend(fontsize=8)
     for ax, title, x, y in zip(
@@ -212,6 +222,8 @@ def plot_compare(runs: list[dict], path: str) -> list[str]:
     ):
         ax.set(title=title if accuracy or "accuracy" not in title else title.replace("accuracy", "loss"))
         ax.set(xlabel=x, ylabel=y)
+        if ax.has_data() and target is not None and "accuracy" not in y:
+            ax.axhline(target, color="k", linestyle=":", linewidth=1, label=f"target {target:g}")
         if ax.has_data():
             ax.legend(fontsize=8)
         else:  # say why it is empty rather than draw blank axes
@@ -369,3 +381,67 @@ def _legend_patch(entry):
 def _span(steps) -> str:
     steps = list(map(int, steps))
     return "none" if not steps else f"{len(steps)} steps, {steps[0]}..{steps[-1]}"
+
+
+SCRIPT_BENCH_PANELS = (
+    "Validation loss against wall-clock time",
+    "Validation loss against bytes through the busiest link",
+    "Seconds per step (median)",
+)
+
+
+def plot_bench_script(results: dict, path: str) -> list[str]:
+    """Does compression pay on the user's script? Each run's validation loss against wall-clock
+    seconds (from the end of step 1) and against the MB its busiest link carried, with the target
+    as a dotted line, and each run's median step time, the seconds its bytes need on the shaped
+    link marked. A `qtrain bench network --script` figure. Returns the titles drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), layout="constrained")
+    clock, data, bars = axes
+    for r in results["runs"]:
+        ev = r["evals"]
+        style = {"marker": "o", "markersize": 3, "linestyle": "--" if r["kind"] == "ddp" else "-"}
+        clock.plot(
+            [e["wall_s"] for e in ev], [e["loss"] for e in ev], label=f"{r['name']}: {r['label']}", **style
+        )
+        if all(e.get("bytes") for e in ev):  # counted on a link, and above zero: a log axis
+            data.plot([e["bytes"] / 1e6 for e in ev], [e["loss"] for e in ev], **style)
+    target = results.get("target")
+    for ax, x in (
+        (clock, "wall-clock seconds since the end of step 1"),
+        (data, "MB through the busiest link"),
+    ):
+        if target is not None:
+            line = ax.axhline(target, color="k", linestyle=":", linewidth=1)
+        ax.set(xlabel=x, ylabel="validation loss")
+    if data.has_data():
+        data.set_xscale("log")
+    handles, labels = clock.get_legend_handles_labels()
+    if target is not None:
+        handles.append(line)
+        labels.append(f"target {target:.4f} ({results.get('target_from', '--target')})")
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
+    names = [r["name"] for r in results["runs"]]
+    x = np.arange(len(names))
+    bars.bar(x, [r["seconds_per_step"]["median_s"] for r in results["runs"]], color="0.6", label="measured")
+    rate = results["link"]["rate_bps"]
+    if rate is not None:
+        need = [8 * max(r["bytes_per_step_busiest_link"].values()) / rate for r in results["runs"]]
+        bars.scatter(
+            x, need, marker="_", s=400, color="tab:red", label="its bytes at the link rate", zorder=3
+        )
+    bars.set_xticks(x, names, rotation=30, ha="right")
+    bars.set_ylabel("seconds per step")
+    bars.legend(fontsize=7)
+    for ax, title in zip(axes, SCRIPT_BENCH_PANELS, strict=True):
+        ax.set_title(title, fontsize=10)
+    link = "unshaped links" if rate is None else f"{rate / 1e6:g} Mbit/s per-rank links"
+    fig.suptitle(f"{results['script']}: {link}, {results['workers']} workers, {results['cores']} cores")
+    fig.savefig(path, dpi=110)
+    titles = [ax.get_title() for ax in axes if ax.has_data()]
+    plt.close(fig)
+    return titles

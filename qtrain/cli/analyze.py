@@ -92,12 +92,17 @@ def compare(
     ),
     plot: str = typer.Option(None, "--plot", help="Write a side-by-side figure (PNG) here."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+    target: float = typer.Option(
+        None, "--target", help="With --plot: a target loss, drawn as a dotted line on the loss panels."
+    ),
 ) -> None:
     """Several runs side by side: accuracy, loss, bytes each way, compression, time."""
     from qtrain.cli.errors import fail
     from qtrain.io.summary_file import SummaryError, read_summary
     from qtrain.io.trace import read_metrics, read_trace
 
+    if target is not None and not plot:
+        fail("--target draws a line on the --plot figure: give --plot too")
     loaded = []
     for d in runs:
         p = Path(d)
@@ -148,7 +153,7 @@ def compare(
             for r in loaded:
                 if r["label"] not in with_metrics:
                     typer.echo(f"--plot: {r['label']} logged no session.log metrics", err=True)
-        plot_compare(loaded, plot)
+        plot_compare(loaded, plot, target)
     if as_json:
         typer.echo(strict_json.dumps(rows, indent=2))
         return

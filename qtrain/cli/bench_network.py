@@ -9,7 +9,11 @@ import typer
 
 
 def network(
-    configs: list[str] = typer.Argument(..., help="qtrain config files to run (each under MPI over TCP)."),
+    configs: list[str] = typer.Argument(
+        None,
+        help="qtrain config files to run (each under MPI over TCP); with --script, the script's "
+        "arguments (after --), common to every run.",
+    ),
     bandwidth: str = typer.Option(
         "1gbit",
         "--bandwidth",
@@ -23,9 +27,11 @@ def network(
     steps: int = typer.Option(30, "--steps", help="Training steps of every run."),
     warmup: int = typer.Option(5, "--warmup", help="Steps left out of the timings."),
     peers: str = typer.Option(
-        "ddp,ddp-fp16,ddp-powersgd:4",
+        None,
         "--peers",
-        help="DDP peers: ddp, ddp-fp16, ddp-powersgd:RANK ('' for none).",
+        help="DDP peers: ddp, ddp-fp16, ddp-powersgd:RANK ('' for none); with --twin also "
+        "ddp-powersgd:RANK:START (PowerSGD's first START iterations uncompressed; default 10). "
+        "Default: ddp,ddp-fp16,ddp-powersgd:4 (with --script: none unless --twin is given).",
     ),
     target_accuracy: float = typer.Option(
         None, "--target-accuracy", help="Report the wall time to reach it."
@@ -34,8 +40,65 @@ def network(
     shared_link: bool = typer.Option(False, "--shared-link", help="All ranks share one shaped link."),
     overrides: list[str] = typer.Option([], "--set", help="Config override for every run (repeatable)."),
     out: str = typer.Option("runs/bench-network", "--out", help="Output directory (results.json, runs/)."),
+    script: str = typer.Option(
+        None,
+        "--script",
+        help="A library script to run instead of `qtrain train` (it must take --out DIR for "
+        "qtrain.init); its arguments go after --.",
+    ),
+    runs: list[str] = typer.Option(
+        [],
+        "--run",
+        help="With --script: one qtrain configuration, '[NAME=]EXTRA ARGS' added to the script's "
+        "arguments (e.g. '1bit=--config c.yaml'); repeatable; none: the script as it is.",
+    ),
+    twin: str = typer.Option(
+        None,
+        "--twin",
+        help="With --script: the script's DDP version, run under torchrun (gloo) as the peers.",
+    ),
+    target: float = typer.Option(
+        None,
+        "--target",
+        help="With --script: the validation loss to reach (default: the plain DDP twin's final loss).",
+    ),
+    pattern: str = typer.Option(
+        None,
+        "--pattern",
+        help="With --twin: a regular expression with groups (?P<step>..) and (?P<loss>..) matching the "
+        "twin's evaluation lines (default: 'step N val_loss X' and nanoGPT's 'step N: ... val loss X').",
+    ),
 ) -> None:
-    """Run CONFIGS and DDP peers on an emulated cluster network (root, Linux) and compare them."""
+    """Run CONFIGS (or --script) and DDP peers on an emulated cluster network (root, Linux) and
+    compare them: seconds per step, bytes, accuracy or time to a target validation loss."""
+    if script is not None:
+        return _script_mode(
+            script,
+            configs or [],
+            runs,
+            twin,
+            peers,
+            target,
+            pattern,
+            bandwidth,
+            latency,
+            workers,
+            servers,
+            warmup,
+            shared_link,
+            overrides,
+            target_accuracy,
+            out,
+        )
+    if not configs:
+        from qtrain.cli.errors import fail
+
+        fail("qtrain bench network: give config files, or --script SCRIPT -- ARGS")
+    if runs or twin or target is not None or pattern:
+        from qtrain.cli.errors import fail
+
+        fail("--run, --twin, --target and --pattern go with --script")
+    peers = "ddp,ddp-fp16,ddp-powersgd:4" if peers is None else peers
     from qtrain.bench.netem import LinkSpec, NetworkError, check_privileges
     from qtrain.bench.network import BenchPlan, bench_network, peer_hook, table
     from qtrain.cli.errors import fail
@@ -75,6 +138,94 @@ def network(
     except KeyboardInterrupt:
         fail("interrupted: the emulated network was torn down, no results were written", 130)
     for line in table(results):
+        typer.echo(line)
+    typer.echo(f"results: {Path(out) / 'results.json'}, {Path(out) / 'results.png'}")
+
+
+def _script_mode(
+    script,
+    args,
+    runs,
+    twin,
+    peers,
+    target,
+    pattern,
+    bandwidth,
+    latency,
+    workers,
+    servers,
+    warmup,
+    shared_link,
+    overrides,
+    target_accuracy,
+    out,
+) -> None:
+    """``--script``: the user's library script and its DDP twin, as time to a target loss."""
+    import os
+    import re
+
+    from qtrain.bench.netem import LinkSpec, NetworkError, check_privileges
+    from qtrain.bench.script_bench import (
+        DEFAULT_PATTERN,
+        QtrainRun,
+        ScriptPlan,
+        bench_script,
+        parse_run,
+        peer_hook_name,
+        script_table,
+    )  # fmt: skip
+    from qtrain.cli.errors import fail
+    from qtrain.units import parse_latency, parse_rate
+
+    if overrides or target_accuracy is not None:
+        fail(
+            "--set and --target-accuracy go with config files; "
+            "with --script give settings in --run and --target"
+        )
+    peers = ("ddp,ddp-fp16,ddp-powersgd:4" if twin else "") if peers is None else peers
+    try:
+        check_privileges()
+        for path, what in ((script, "--script"), (twin, "--twin")):
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{what} {path!r}: no such file")
+        rate = None if bandwidth.strip().lower() == "unshaped" else parse_rate(bandwidth)
+        link = LinkSpec(rate, parse_latency(latency), shared_link)
+        peer_list = [p.strip() for p in peers.split(",") if p.strip()]
+        for p in peer_list:
+            peer_hook_name(p)
+        if peer_list and twin is None:
+            raise ValueError("--peers need --twin SCRIPT: the script's DDP version")
+        plan_runs = [parse_run(r) for r in runs] or [QtrainRun(None, [])]
+        regex = pattern or DEFAULT_PATTERN
+        groups = re.compile(regex).groupindex
+        if not {"step", "loss"} <= set(groups):
+            raise ValueError(f"--pattern {pattern!r}: needs the named groups (?P<step>...) and (?P<loss>...)")
+    except re.error as exc:
+        fail(f"--pattern {pattern!r}: {exc}")
+    except (NetworkError, ValueError) as exc:
+        fail(str(exc))
+    names = [r.name for r in plan_runs if r.name]
+    if len(set(names)) < len(names) or set(names) & set(peer_list):
+        fail(
+            f"--run: every run needs its own name "
+            f"(got {', '.join(names)} beside peers {', '.join(peer_list)})"
+        )
+    if workers < 1 or servers < 1 or warmup < 1:
+        fail(f"--workers, --servers and --warmup must be >= 1, got {workers}, {servers}, {warmup}")
+    plan = ScriptPlan(
+        script, list(args), plan_runs, link, twin, peer_list, workers, servers, warmup, target, regex
+    )
+    from qtrain.runtime.mpi_info import launcher
+
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        results = bench_script(plan, Path(out), launcher(), echo=typer.echo)
+    except (NetworkError, RuntimeError, ValueError) as exc:
+        fail(str(exc), 1)
+    except KeyboardInterrupt:
+        fail("interrupted: the emulated network was torn down, no results were written", 130)
+    for line in script_table(results):
         typer.echo(line)
     typer.echo(f"results: {Path(out) / 'results.json'}, {Path(out) / 'results.png'}")
 

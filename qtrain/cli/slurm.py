@@ -121,20 +121,41 @@ def _blocks(count: int, nodes: int, first: int = 0) -> list[int]:
     return [first + n for n, size in enumerate(sizes) for _ in range(size)]
 
 
+@dataclass
+class ScriptJob:
+    """A library script the job runs with ``qtrain run`` instead of ``qtrain train CONFIG``."""
+
+    path: str  # absolute
+    args: list[str]  # the script's arguments
+    run_options: list[str] | None = None  # qtrain run's -c/--set (None: the script configures itself)
+
+
 def render_script(
-    shape: JobShape, config: str, home: Path, template: str, qtrain_bin: Path | None = None
+    shape: JobShape,
+    config: str | None,
+    home: Path,
+    template: str,
+    qtrain_bin: Path | None = None,
+    script: ScriptJob | None = None,
 ) -> str:
-    """The template's body under #SBATCH lines for ``shape``; CONFIG becomes the default argument.
-    ``home``: where the job runs (its ``runs/``); ``qtrain_bin``: the ``qtrain`` it runs (default:
-    the template's own, ``$QTRAIN_HOME/.venv/bin/qtrain``)."""
+    """The template's body under #SBATCH lines for ``shape``; CONFIG becomes the default argument
+    (or, with ``script``, the script and its arguments). ``home``: where the job runs (its
+    ``runs/``); ``qtrain_bin``: the ``qtrain`` it runs (default: the template's own,
+    ``$QTRAIN_HOME/.venv/bin/qtrain``)."""
+    if script is None:
+        what, submit = config, "sbatch THIS_FILE [--set key=value ...]"
+    else:
+        what = f"--script {shlex.join([script.path])}" + (
+            " -- " + shlex.join(script.args) if script.args else ""
+        )
+        submit = "sbatch THIS_FILE [MORE SCRIPT ARGUMENTS ...]"
     header = [
         "#!/usr/bin/env bash",
-        f"# Rendered by `qtrain slurm render {config} --nodes {shape.nodes} --workers {shape.workers}"
+        f"# Rendered by `qtrain slurm render {what} --nodes {shape.nodes} --workers {shape.workers}"
         f"{f' --servers {shape.servers}' if shape.servers > 1 else ''}"
         f"{f' --server-nodes {shape.server_nodes}' if shape.server_nodes else ''}`: "
         f"{shape.servers} server{'s' if shape.servers > 1 else ''} + {shape.workers} workers on "
-        f"{shape.nodes} node(s). Submit with: "
-        "sbatch THIS_FILE [--set key=value ...]",
+        f"{shape.nodes} node(s). Submit with: " + submit,
         "#SBATCH --job-name=qtrain",
         f"#SBATCH --nodes={shape.nodes}",
         f"#SBATCH --ntasks={shape.tasks}",
@@ -188,13 +209,45 @@ def render_script(
         nodes = " ".join(map(str, shape.task_nodes()))
         preset.append(f"export QTRAIN_TASK_NODES='{nodes}'  # each task's node in the allocation, rank order")
     servers = f" --set runtime.servers={shape.servers}" if shape.servers > 1 else ""
-    preset.append(f'set -- {shlex.quote(config)}{servers} "$@"')
+    if script is None:
+        preset.append(f'set -- {shlex.quote(config)}{servers} "$@"')
+    else:
+        preset.append(f"export QTRAIN_SCRIPT={shlex.quote(script.path)}")
+        if script.run_options is not None:
+            options = [*script.run_options, *servers.split()]
+            preset.append("export QTRAIN_SCRIPT_OPTIONS=qtrain  # --out and --resume go to qtrain run")
+            preset.append(f"export QTRAIN_RUN_OPTIONS={shlex.quote(' '.join(options))}")
+        else:
+            preset.append(
+                "export QTRAIN_SCRIPT_OPTIONS=script  # the script takes --out and --resume (for qtrain.init)"
+            )
+            if servers:
+                preset.append(f"# the script's config must set runtime.servers={shape.servers}")
+        preset.append(f'set -- {shlex.join(script.args)} "$@"'.replace("set --  ", "set -- "))
     return "\n".join(header + preset + body) + "\n"
 
 
 @app.command("render")
 def render(
-    config: str = typer.Argument(..., help="The config the job trains (a path, or a shipped config's name)."),
+    targets: list[str] = typer.Argument(
+        None,
+        help="The config the job trains (a path, or a shipped config's name); with --script, the "
+        "script's arguments after --.",
+        metavar="CONFIG | -- SCRIPT_ARGS",
+    ),
+    script: str = typer.Option(
+        None,
+        "--script",
+        help="A library script to run with `qtrain run` instead of `qtrain train CONFIG`; it takes "
+        "--out DIR and --resume auto for qtrain.init (as examples/gpt/train.py), unless -c/--set "
+        "are given (then qtrain run takes them and the script calls qtrain.session()).",
+    ),
+    config_option: str = typer.Option(
+        None, "--config", "-c", help="With --script: qtrain run's config (the script calls qtrain.session())."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="With --script: qtrain run's overrides (repeatable)."
+    ),
     nodes: int = typer.Option(1, "--nodes", help="Nodes."),
     workers: int = typer.Option(..., "--workers", help="Worker tasks (the job has workers + servers tasks)."),
     servers: int = typer.Option(
@@ -229,9 +282,22 @@ def render(
         None, "--python", help="The python of the environment to run (its qtrain; default: this one)."
     ),
 ) -> None:
-    """Print an sbatch script for this shape (save it and submit it with sbatch)."""
+    """Print an sbatch script for this shape (save it and submit it with sbatch): `qtrain train
+    CONFIG`, or `qtrain run SCRIPT -- ARGS` with --script."""
     from qtrain.cli.errors import fail
     from qtrain.shipped import resolve_config
+
+    targets = list(targets or [])
+    job = None
+    if script is not None:
+        job = _script_job(script, targets, config_option, overrides)
+        config = None
+    elif config_option is not None or overrides:
+        fail("-c/--config and --set go with --script; a config job takes its config as the argument")
+    elif len(targets) != 1:
+        fail("qtrain slurm render: give one CONFIG, or --script SCRIPT [-- ARGS]")
+    else:
+        config = targets[0]
 
     if gpus_per_worker not in (0, 1):
         fail(
@@ -270,16 +336,50 @@ def render(
     if exclusive:
         shape.sbatch["exclusive"] = None
     shape.setup = setup
-    path = resolve_config(config)
-    if not path.is_file():
-        fail(f"config file {config!r} does not exist")
+    if config is not None:
+        path = resolve_config(config)
+        if not path.is_file():
+            fail(f"config file {config!r} does not exist")
     if not TEMPLATE.is_file():
         fail(f"the batch template {TEMPLATE} is missing from this installation of qtrain")
     qtrain_bin = _this_qtrain() if python is None else Path(python).parent / "qtrain"
     if python is not None and not Path(python).exists():
         fail(f"--python {python!r} does not exist")
-    script = render_script(shape, str(path.resolve()), Path.cwd(), TEMPLATE.read_text(), qtrain_bin)
-    typer.echo(script, nl=False)
+    text = render_script(
+        shape, None if job else str(path.resolve()), Path.cwd(), TEMPLATE.read_text(), qtrain_bin, job
+    )
+    typer.echo(text, nl=False)
+
+
+def _script_job(script: str, args: list[str], config: str | None, overrides: list[str]) -> ScriptJob:
+    """--script's job, or a one-line refusal: a script that does not exist, an argument with a
+    line break (it would end the job script's line), qtrain run options with whitespace (the
+    template splits them on it), or --out/--resume among them (the job sets both)."""
+    from qtrain.cli.errors import fail
+    from qtrain.shipped import resolve_config
+
+    path = Path(script)
+    if not path.is_file():
+        fail(f"--script {script!r}: no such file")
+    for a in args:
+        if "\n" in a or "\r" in a or "\0" in a:
+            fail(f"--script argument {a!r}: a line break or NUL cannot go into a job script")
+    options = None
+    if config is not None or overrides:
+        options = []
+        if config is not None:
+            resolved = resolve_config(config)
+            if not resolved.is_file():
+                fail(f"config file {config!r} does not exist")
+            options += ["-c", str(resolved.resolve())]
+        options += [w for o in overrides for w in ("--set", o)]
+        for o in options:
+            if not o or any(c.isspace() for c in o) or "\0" in o:
+                fail(
+                    f"-c/--set value {o!r}: whitespace cannot go into QTRAIN_RUN_OPTIONS "
+                    "(the job splits on it)"
+                )
+    return ScriptJob(str(path.resolve()), args, options)
 
 
 def _this_qtrain() -> Path:
