@@ -64,11 +64,11 @@ def test_the_step_clock_times_each_evaluation_at_its_steps_end_and_passes_output
     out.write("hello\nstep 2 val")
     out.write("_loss 2.5\nstep 9 val_loss 1.0\n")  # step 9 never ran: not an evaluation of this run
     assert target.getvalue() == "hello\nstep 2 val_loss 2.5\nstep 9 val_loss 1.0\n"
-    res = clock.result(warmup=2)
+    res = clock.result()
     assert res["step_end_s"] == [0.0, 0.5, 1.25]
+    assert res["link_bytes"] == [0, 100, 350]  # rx + tx since the end of step 1
     assert res["evals"] == [{"step": 2, "wall_s": 0.5, "bytes": 100, "loss": 2.5}]
     assert res["unmatched_eval_steps"] == [9]
-    assert res["wire_bytes"] == {"after_step": 2, "total": 500 - 250}  # from the end of step 2
 
 
 def test_hook_and_peer_names():
@@ -83,7 +83,7 @@ def test_hook_and_peer_names():
         "fp16",
         "powersgd:4:30",
     ]
-    for bad in ("ddp-powersgd:0", "ddp-powersgd:4:0", "ddp-powersgd:x", "ddp-int8", "horovod"):
+    for bad in ("ddp-powersgd:0", "ddp-powersgd:4:1", "ddp-powersgd:x", "ddp-int8", "horovod"):
         with pytest.raises(ValueError, match="unknown peer"):
             peer_hook_name(bad)
 
@@ -121,7 +121,8 @@ def test_the_default_target_is_the_plain_ddp_twins_final_loss():
 
 
 def test_the_qtrain_curve_counts_time_and_bytes_from_the_end_of_step_1():
-    """Two serving ranks: the lead's rows end the steps, the bytes are the busier link's."""
+    """Two serving ranks: the lead's rows end the steps (an evaluation is stamped before it ran,
+    as the twin's are), the bytes are the busier link's."""
     from qtrain.io.trace import EVAL_DTYPE, TRACE_DTYPE
 
     rows = np.zeros(8, dtype=TRACE_DTYPE)
@@ -130,12 +131,13 @@ def test_the_qtrain_curve_counts_time_and_bytes_from_the_end_of_step_1():
     rows["wall_s"] = [1.0, 1.5, 2.5, 3.0, 1.1, 1.6, 2.6, 3.1]
     rows["wire_recv_bytes"] = [10, 10, 10, 10, 30, 30, 30, 30]
     rows["wire_sent_bytes"] = [5, 5, 5, 5, 1, 1, 1, 1]
+    rows["compute_s"] = [0, 0, 0, 0.25, 0, 0, 0, 0]  # the lead's evaluation of step 4 took 0.25 s
     evals = np.zeros(2, dtype=EVAL_DTYPE)
     evals["step"], evals["test_loss"] = [4, 2], [1.5, 2.5]
     curve, link = qtrain_curve(rows, evals, [0, 1])
     assert curve == [
         {"step": 2, "wall_s": 0.5, "bytes": 31, "loss": 2.5},
-        {"step": 4, "wall_s": 2.0, "bytes": 93, "loss": 1.5},
+        {"step": 4, "wall_s": 1.75, "bytes": 93, "loss": 1.5},  # stamped before its evaluation
     ]
     assert link["up"].tolist() == [30] * 4 and link["wall_s"].tolist() == [1.0, 1.5, 2.5, 3.0]
 
@@ -150,7 +152,12 @@ def test_the_qtrain_curve_counts_time_and_bytes_from_the_end_of_step_1():
         (["--script", "examples/gpt/train.py", "--pattern", "step (\\d+)"], "needs the named groups"),
         (["--script", "examples/gpt/train.py", "--pattern", "(?P<step"], "--pattern '(?P<step'"),
         (["--script", "examples/gpt/train.py", "--run", "a=", "--run", "a=--x"], "its own name"),
+        (["--script", "examples/gpt/train.py", "--twin", "examples/gpt/train_ddp.py", "--peers", "ddp,ddp"],
+         "its own name"),
+        (["--script", "examples/gpt/train.py", "--twin", "examples/gpt/train_ddp.py", "--peers",
+          "ddp-powersgd:4:1"], "START >= 2"),
         (["--script", "examples/gpt/train.py", "--set", "a=1"], "--set and --target-accuracy go with config"),
+        (["--script", "examples/gpt/train.py", "--steps", "5"], "--steps and --eval-every go with config"),
         (["configs/default.yaml", "--target", "2"], "--run, --twin, --target and --pattern go with --script"),
         ([], "give config files, or --script"),
     ],

@@ -378,7 +378,7 @@ def test_render_a_script_job_for_both_ways_a_script_is_configured(tmp_path):
     assert f"export QTRAIN_SCRIPT={script}\n" in own.output
     assert "export QTRAIN_SCRIPT_OPTIONS=script " in own.output
     assert 'set -- --max-iters 100 --lr 3e-4 "$@"\n' in own.output
-    assert "--script " + str(script) + " -- --max-iters 100 --lr 3e-4 --nodes 1 --workers 2`" in own.output
+    assert f"render --nodes 1 --workers 2 --script {script} -- --max-iters 100 --lr 3e-4`" in own.output
     run = _render(
         "--script", "tests/library_scripts/resumable.py", "-c", "configs/sgd.yaml", "--set", "train.steps=9",
         "--workers", "2", "--servers", "2", "--", "--steps", "9",
@@ -388,12 +388,19 @@ def test_render_a_script_job_for_both_ways_a_script_is_configured(tmp_path):
     assert "export QTRAIN_SCRIPT_OPTIONS=qtrain " in run.output
     assert f"export QTRAIN_RUN_OPTIONS='-c {sgd} --set train.steps=9 --set runtime.servers=2'\n" in run.output
     assert 'set -- --steps 9 "$@"\n' in run.output
+    script = (REPO / "tests" / "library_scripts" / "resumable.py").resolve()
+    header = f"render --nodes 1 --workers 2 --servers 2 -c {sgd} --set train.steps=9 --script {script}"
+    header += " -- --steps 9`"
+    assert header in run.output  # the options as they could be typed again
+    warned = _render("--script", "examples/gpt/train.py", "--workers", "2", "--servers", "2")
+    assert warned.exit_code == 0 and "the script's own config must set runtime.servers=2" in warned.output
 
 
 @pytest.mark.parametrize(
     "args, why",
     [
         (["--script", "nope.py", "--workers", "2"], "--script 'nope.py': no such file"),
+        (["--script", "x\ntouch PWNED; #.py", "--workers", "2"], "a line break or NUL cannot go"),
         (
             ["--script", "examples/gpt/train.py", "--workers", "2", "--", "--lr", "1\n#SBATCH --x"],
             "a line break",

@@ -1,7 +1,7 @@
 """One rank of a user's own DDP script, timed for ``qtrain bench network --script``.
 
 ``torchrun ... -m qtrain.bench.ddp_twin --result FILE [--hook H] [--wire-device DEV]
-[--pattern REGEX] [--warmup N] -- SCRIPT ARGS`` runs SCRIPT as ``python SCRIPT ARGS`` would (as
+[--pattern REGEX] -- SCRIPT ARGS`` runs SCRIPT as ``python SCRIPT ARGS`` would (as
 ``__main__``, its directory first on ``sys.path``), unchanged, with three things added from the
 outside:
 
@@ -19,8 +19,7 @@ outside:
 
 Rank 0 writes FILE (JSON) when the script returns: ``step_end_s`` (seconds since the end of the
 first step), ``link_bytes`` (received + sent by this rank's link since the end of the first step,
-at every step end), ``evals`` ([{step, wall_s, bytes, loss}]) and ``wire_bytes`` (received and
-sent from the end of step ``--warmup`` to the end).
+at every step end) and ``evals`` ([{step, wall_s, bytes, loss}]).
 """
 
 from __future__ import annotations
@@ -47,9 +46,11 @@ def hook_spec(name: str) -> tuple[str, int, int]:
         return name, 0, 0
     if parts[0] == "powersgd" and len(parts) in (2, 3) and all(p.isdigit() for p in parts[1:]):
         rank, start = int(parts[1]), int(parts[2]) if len(parts) == 3 else 10
-        if rank > 0 and start >= 1:
+        if rank > 0 and start >= 2:  # torch's PowerSGDState requires start_powerSGD_iter > 1
             return "powersgd", rank, start
-    raise ValueError(f"unknown DDP hook {name!r}: none, fp16 or powersgd:RANK[:START] (RANK, START >= 1)")
+    raise ValueError(
+        f"unknown DDP hook {name!r}: none, fp16 or powersgd:RANK[:START] (RANK >= 1, START >= 2)"
+    )
 
 
 class LineWatcher(io.TextIOBase):
@@ -111,17 +112,12 @@ class StepClock:
             }
         )
 
-    def result(self, warmup: int) -> dict:
-        w = min(warmup, len(self.ends)) - 1
+    def result(self) -> dict:
         return {
             "step_end_s": [t - self.ends[0] for t in self.ends],
             "link_bytes": [b - self.link[0] for b in self.link],
             "evals": self.evals,
             "unmatched_eval_steps": self.unmatched,
-            "wire_bytes": {
-                "after_step": w + 1,
-                "total": (self.link[-1] - self.link[w]) if self.link and w >= 0 else None,
-            },
         }
 
 
@@ -157,7 +153,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hook", default="none")
     parser.add_argument("--wire-device", default=None)
     parser.add_argument("--pattern", default=DEFAULT_PATTERN)
-    parser.add_argument("--warmup", type=int, default=5)
     a = parser.parse_args(argv[:cut])
     script, script_args = argv[cut + 1], argv[cut + 2 :]
 
@@ -181,7 +176,7 @@ def main(argv: list[str]) -> int:
             raise
     sys.stdout.flush()
     if int(os.environ.get("RANK", "0")) == 0:
-        result = {"hook": a.hook, "script": script, "args": script_args, **clock.result(a.warmup)}
+        result = {"hook": a.hook, "script": script, "args": script_args, **clock.result()}
         partial = f"{a.result}.partial"  # renamed when whole: the bench reads a complete file or none
         with open(partial, "w") as f:
             f.write(strict_json.dumps(result))

@@ -101,7 +101,8 @@ def peer_hook_name(peer: str) -> str:
         except ValueError:
             pass
     raise ValueError(
-        f"--peers: unknown peer {peer!r}; choose ddp, ddp-fp16 or ddp-powersgd:RANK[:START_ITER]"
+        f"--peers: unknown peer {peer!r}; choose ddp, ddp-fp16 or ddp-powersgd:RANK[:START] "
+        "(RANK >= 1, START >= 2)"
     )
 
 
@@ -124,8 +125,8 @@ def time_to_target(evals: list[dict], target: float | None) -> float | None:
 def qtrain_curve(steps: np.ndarray, evals: np.ndarray, serving: list[int]) -> tuple[list[dict], dict]:
     """From a trace's step rows and evaluations: the evaluations as (step, wall_s, bytes, loss),
     the clock and the bytes counted from the end of step 1 (the lead serving rank's rows end the
-    steps; bytes are those of the serving rank whose link carried the most), and the per-step
-    bytes of that link ({"up", "down"} arrays, step order)."""
+    steps, each evaluation stamped before it ran; bytes are those of the serving rank whose link
+    carried the most), and the per-step bytes of that link ({"up", "down"} arrays, step order)."""
     lead = np.sort(steps[steps["rank"] == serving[0]], order="step")
     rows = {r: np.sort(steps[steps["rank"] == r], order="step") for r in serving}
     busiest = max(
@@ -134,7 +135,12 @@ def qtrain_curve(steps: np.ndarray, evals: np.ndarray, serving: list[int]) -> tu
     b = rows[busiest]
     per_step = b["wire_recv_bytes"].astype(np.int64) + b["wire_sent_bytes"].astype(np.int64)
     cumulative = np.cumsum(per_step) - per_step[0]  # from the end of step 1
-    wall = {int(s): float(w - lead["wall_s"][0]) for s, w in zip(lead["step"], lead["wall_s"], strict=True)}
+    # an evaluation is stamped at its step's end before it ran, as the twin's are: the lead's row
+    # for that step holds the evaluation's time (compute_s) inside its wall_s
+    wall = {
+        int(s): float(w - c - lead["wall_s"][0])
+        for s, w, c in zip(lead["step"], lead["wall_s"], lead["compute_s"], strict=True)
+    }
     through = {int(s): int(c) for s, c in zip(b["step"], cumulative, strict=True)}
     curve = [
         {
@@ -235,7 +241,7 @@ def run_twin(net: EmulatedNetwork, plan: ScriptPlan, peer: str, out: Path) -> di
                 "--master_addr", net.address(0), "--master_port", str(TORCHRUN_PORT),
                 "-m", "qtrain.bench.ddp_twin",
                 "--result", str(result_file), "--hook", hook, "--wire-device", net.device(r),
-                "--pattern", plan.pattern, "--warmup", str(plan.warmup),
+                f"--pattern={plan.pattern}",
                 "--", plan.twin, *plan.args,
             ]  # fmt: skip
             env = {"GLOO_SOCKET_IFNAME": net.device(r), "OMP_NUM_THREADS": "1"}
@@ -271,8 +277,8 @@ def run_twin(net: EmulatedNetwork, plan: ScriptPlan, peer: str, out: Path) -> di
             f"DDP twin {peer}: {len(ends)} optimizer steps seen (torch.optim's step post-hook), too few "
             f"to time after --warmup {plan.warmup}; does it step a torch.optim optimizer?"
         )
-    measured = len(ends) - res["wire_bytes"]["after_step"]
-    total = res["wire_bytes"]["total"]
+    per_step = np.diff(np.asarray(link, dtype=np.int64))[plan.warmup - 1 :]  # steps warmup+1..
+    per_way = float(np.median(per_step)) / 2 if len(per_step) else 0.0
     return {
         "name": peer,
         "kind": "ddp",
@@ -282,8 +288,9 @@ def run_twin(net: EmulatedNetwork, plan: ScriptPlan, peer: str, out: Path) -> di
         "hook": hook,
         "steps": len(ends),
         "seconds_per_step": step_stats(ends, plan.warmup),
-        # a ring all-reduce sends and receives the same on every link: half of rank 0's each way
-        "bytes_per_step_busiest_link": {"up": total / 2 / measured, "down": total / 2 / measured},
+        # the median step; a ring all-reduce sends and receives the same on every link: half of
+        # rank 0's each way
+        "bytes_per_step_busiest_link": {"up": per_way, "down": per_way},
         "evals": res["evals"],
         "final_loss": res["evals"][-1]["loss"],
         "unmatched_eval_steps": res["unmatched_eval_steps"],

@@ -24,7 +24,9 @@ def network(
     servers: int = typer.Option(
         1, "--servers", help="qtrain's serving ranks (runtime.servers), each on its own shaped link."
     ),
-    steps: int = typer.Option(30, "--steps", help="Training steps of every run."),
+    steps: int = typer.Option(
+        None, "--steps", help="Training steps of every run (config files; default 30)."
+    ),
     warmup: int = typer.Option(5, "--warmup", help="Steps left out of the timings."),
     peers: str = typer.Option(
         None,
@@ -36,7 +38,9 @@ def network(
     target_accuracy: float = typer.Option(
         None, "--target-accuracy", help="Report the wall time to reach it."
     ),
-    eval_every: int = typer.Option(10, "--eval-every", help="Evaluate every N steps (and at the end)."),
+    eval_every: int = typer.Option(
+        None, "--eval-every", help="Evaluate every N steps (and at the end; config files; default 10)."
+    ),
     shared_link: bool = typer.Option(False, "--shared-link", help="All ranks share one shaped link."),
     overrides: list[str] = typer.Option([], "--set", help="Config override for every run (repeatable)."),
     out: str = typer.Option("runs/bench-network", "--out", help="Output directory (results.json, runs/)."),
@@ -72,6 +76,12 @@ def network(
     """Run CONFIGS (or --script) and DDP peers on an emulated cluster network (root, Linux) and
     compare them: seconds per step, bytes, accuracy or time to a target validation loss."""
     if script is not None:
+        if steps is not None or eval_every is not None:
+            from qtrain.cli.errors import fail
+
+            fail(
+                "--steps and --eval-every go with config files; with --script the script's arguments set them"
+            )
         return _script_mode(
             script,
             configs or [],
@@ -99,6 +109,8 @@ def network(
 
         fail("--run, --twin, --target and --pattern go with --script")
     peers = "ddp,ddp-fp16,ddp-powersgd:4" if peers is None else peers
+    steps = 30 if steps is None else steps
+    eval_every = 10 if eval_every is None else eval_every
     from qtrain.bench.netem import LinkSpec, NetworkError, check_privileges
     from qtrain.bench.network import BenchPlan, bench_network, peer_hook, table
     from qtrain.cli.errors import fail
@@ -184,7 +196,6 @@ def _script_mode(
         )
     peers = ("ddp,ddp-fp16,ddp-powersgd:4" if twin else "") if peers is None else peers
     try:
-        check_privileges()
         for path, what in ((script, "--script"), (twin, "--twin")):
             if path is not None and not os.path.isfile(path):
                 raise ValueError(f"{what} {path!r}: no such file")
@@ -204,14 +215,15 @@ def _script_mode(
         fail(f"--pattern {pattern!r}: {exc}")
     except (NetworkError, ValueError) as exc:
         fail(str(exc))
-    names = [r.name for r in plan_runs if r.name]
-    if len(set(names)) < len(names) or set(names) & set(peer_list):
-        fail(
-            f"--run: every run needs its own name "
-            f"(got {', '.join(names)} beside peers {', '.join(peer_list)})"
-        )
+    names = [r.name for r in plan_runs if r.name] + peer_list
+    if len(set(names)) < len(names):
+        fail(f"--run/--peers: every run needs its own name (got {', '.join(names)})")
     if workers < 1 or servers < 1 or warmup < 1:
         fail(f"--workers, --servers and --warmup must be >= 1, got {workers}, {servers}, {warmup}")
+    try:  # after the arguments: their mistakes are named without root too
+        check_privileges()
+    except NetworkError as exc:
+        fail(str(exc))
     plan = ScriptPlan(
         script, list(args), plan_runs, link, twin, peer_list, workers, servers, warmup, target, regex
     )

@@ -142,18 +142,18 @@ def render_script(
     (or, with ``script``, the script and its arguments). ``home``: where the job runs (its
     ``runs/``); ``qtrain_bin``: the ``qtrain`` it runs (default: the template's own,
     ``$QTRAIN_HOME/.venv/bin/qtrain``)."""
+    options = f"--nodes {shape.nodes} --workers {shape.workers}"
+    options += f" --servers {shape.servers}" if shape.servers > 1 else ""
+    options += f" --server-nodes {shape.server_nodes}" if shape.server_nodes else ""
     if script is None:
-        what, submit = config, "sbatch THIS_FILE [--set key=value ...]"
-    else:
-        what = f"--script {shlex.join([script.path])}" + (
-            " -- " + shlex.join(script.args) if script.args else ""
-        )
+        command, submit = f"{config} {options}", "sbatch THIS_FILE [--set key=value ...]"
+    else:  # the options before --script ... -- ARGS, as they were typed
+        command = shlex.join([*options.split(), *(script.run_options or []), "--script", script.path])
+        command += f" -- {shlex.join(script.args)}" if script.args else ""
         submit = "sbatch THIS_FILE [MORE SCRIPT ARGUMENTS ...]"
     header = [
         "#!/usr/bin/env bash",
-        f"# Rendered by `qtrain slurm render {what} --nodes {shape.nodes} --workers {shape.workers}"
-        f"{f' --servers {shape.servers}' if shape.servers > 1 else ''}"
-        f"{f' --server-nodes {shape.server_nodes}' if shape.server_nodes else ''}`: "
+        f"# Rendered by `qtrain slurm render {command}`: "
         f"{shape.servers} server{'s' if shape.servers > 1 else ''} + {shape.workers} workers on "
         f"{shape.nodes} node(s). Submit with: " + submit,
         "#SBATCH --job-name=qtrain",
@@ -345,6 +345,12 @@ def render(
     qtrain_bin = _this_qtrain() if python is None else Path(python).parent / "qtrain"
     if python is not None and not Path(python).exists():
         fail(f"--python {python!r} does not exist")
+    if job is not None and job.run_options is None and servers > 1:
+        typer.echo(
+            f"qtrain slurm render: warning: the job places {servers} serving ranks; the script's own "
+            f"config must set runtime.servers={servers} (or give it -c/--set, and qtrain run sets it)",
+            err=True,
+        )
     text = render_script(
         shape, None if job else str(path.resolve()), Path.cwd(), TEMPLATE.read_text(), qtrain_bin, job
     )
@@ -352,18 +358,18 @@ def render(
 
 
 def _script_job(script: str, args: list[str], config: str | None, overrides: list[str]) -> ScriptJob:
-    """--script's job, or a one-line refusal: a script that does not exist, an argument with a
-    line break (it would end the job script's line), qtrain run options with whitespace (the
-    template splits them on it), or --out/--resume among them (the job sets both)."""
+    """--script's job, or a one-line refusal: a script that does not exist, a path or an argument
+    with a line break (it would end the job script's line), qtrain run options with whitespace
+    (the template splits them on it)."""
     from qtrain.cli.errors import fail
     from qtrain.shipped import resolve_config
 
+    for text, what in [(script, "--script"), *((a, "--script argument") for a in args)]:
+        if "\n" in text or "\r" in text or "\0" in text:
+            fail(f"{what} {text!r}: a line break or NUL cannot go into a job script")
     path = Path(script)
     if not path.is_file():
         fail(f"--script {script!r}: no such file")
-    for a in args:
-        if "\n" in a or "\r" in a or "\0" in a:
-            fail(f"--script argument {a!r}: a line break or NUL cannot go into a job script")
     options = None
     if config is not None or overrides:
         options = []
