@@ -251,14 +251,17 @@ def test_misuse_ends_the_job_in_one_line(tmp_path, mode):
         timeout=120,
     )
     # exit 2 for the refusals, 1 for the failures; the serving rank that never served refuses at
-    # exit, after the workers did, and MPICH's launcher may then report it as killed (9)
+    # exit, after the workers did, and MPICH's launcher may then report it as killed (9). A failing
+    # rank SIGKILLs its local peers before MPI_Abort(1) (runtime/services.abort: a stopped peer
+    # ignores the launcher's SIGTERM), so the launcher reports whichever end it sees first: the
+    # abort's 1 or a killed peer's 9 (once in a loaded CI run, 'reshaped' exited 9)
     refused = {
         "models_differ": (2,),
         "too_many_servers": (2,),
         "groups_differ": (2,),
         "server_never_serves": (2, 9),
     }
-    wanted = refused.get(mode, (1,))
+    wanted = refused.get(mode, (1, 9))
     assert p.returncode in wanted, p.stdout + p.stderr
     lines = errors(p)
     assert lines and all(MISUSE[mode] in line for line in lines), p.stderr
