@@ -162,45 +162,35 @@ def run_peer(net: EmulatedNetwork, plan: BenchPlan, peer: str, out: Path) -> dic
     result_file = run_dir / "peer.json"
     result_file.unlink(missing_ok=True)  # a file from an earlier run must not pass for this one's
     master = f"{net.address(0)}:{MASTER_PORT}"
-    procs = []
-    try:
-        for r in range(plan.workers):
-            argv = [
-                sys.executable,
-                "-m",
-                "qtrain.bench.ddp_peer",
-                plan.configs[0],
-                "--rank",
-                str(r),
-                "--world",
-                str(plan.workers),
-                "--master",
-                master,
-                "--hook",
-                hook,
-                "--steps",
-                str(plan.steps),
-                "--eval-every",
-                str(plan.eval_every),
-                "--out",
-                str(result_file),
-                "--wire-device",
-                net.device(r),
-                "--warmup",
-                str(plan.warmup),
-            ] + [a for s in plan.overrides for a in ("--set", s)]
-            env = {"GLOO_SOCKET_IFNAME": net.device(r)}
-            log = open(run_dir / f"rank-{r}.txt", "w")  # noqa: SIM115 - closed with the process
-            procs.append(
-                (subprocess.Popen(net.wrap(r, argv, env), stdout=log, stderr=subprocess.STDOUT), log)
-            )
-        codes = [p.wait(timeout=plan.timeout_s) for p, _ in procs]
-    finally:
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            log.close()
+    argvs = []
+    for r in range(plan.workers):
+        argv = [
+            sys.executable,
+            "-m",
+            "qtrain.bench.ddp_peer",
+            plan.configs[0],
+            "--rank",
+            str(r),
+            "--world",
+            str(plan.workers),
+            "--master",
+            master,
+            "--hook",
+            hook,
+            "--steps",
+            str(plan.steps),
+            "--eval-every",
+            str(plan.eval_every),
+            "--out",
+            str(result_file),
+            "--wire-device",
+            net.device(r),
+            "--warmup",
+            str(plan.warmup),
+        ] + [a for s in plan.overrides for a in ("--set", s)]
+        argvs.append(argv)
+    gloo = lambda r: {"GLOO_SOCKET_IFNAME": net.device(r)}  # noqa: E731
+    codes = run_per_rank(net, argvs, gloo, run_dir / "rank", plan.timeout_s)
     if any(codes) and not result_file.exists():
         raise RuntimeError(f"DDP peer {peer} failed (exit codes {codes}); see {run_dir}/rank-*.txt")
     for r, code in enumerate(codes):
@@ -226,29 +216,60 @@ def run_peer(net: EmulatedNetwork, plan: BenchPlan, peer: str, out: Path) -> dic
     }
 
 
+def run_per_rank(net: EmulatedNetwork, argvs: list[list[str]], env_of, log_prefix: Path, timeout: float):
+    """Run ``argvs[r]`` as rank r inside its namespace, with the environment ``env_of(r)`` and its
+    output in ``LOG_PREFIX-r.txt``; wait for all (a timeout raises subprocess.TimeoutExpired),
+    kill what still runs, return the exit codes."""
+    procs = []
+    try:
+        for r, argv in enumerate(argvs):
+            log = open(f"{log_prefix}-{r}.txt", "w")  # noqa: SIM115 - closed with the process
+            cmd = net.wrap(r, argv, env_of(r))
+            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        return [p.wait(timeout=timeout) for p, _ in procs]
+    finally:
+        for p, log in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+
+
+def results_head(link: LinkSpec, workers: int, servers: int, warmup: int, **more) -> dict:
+    """What every results.json starts with: the link, the host, the job's shape and ``more``."""
+    return {
+        "link": {"rate_bps": link.rate_bps, "latency_s": link.latency_s, "shared": link.shared},
+        "cores": os.cpu_count(),
+        "host": describe_host(),
+        "workers": workers,
+        "servers": servers,
+        "warmup": warmup,
+        **more,
+        "runs": [],
+    }
+
+
+def check_link(net: EmulatedNetwork, results: dict, echo) -> None:
+    """Measure the link (raises when it misses its rate), record and say what it delivered."""
+    measured = net.check_link()
+    results["link"]["measured_bps"] = measured
+    echo(f"link check: {measured / 1e6:.0f} Mbit/s measured on {net.link.describe()}")
+
+
 def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) -> dict:
     """Build the network, check the link, run every config and peer, tear the network down;
     write ``OUT/results.json`` and ``OUT/results.png`` and return the results."""
     out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "link": {
-            "rate_bps": plan.link.rate_bps,
-            "latency_s": plan.link.latency_s,
-            "shared": plan.link.shared,
-        },
-        "cores": os.cpu_count(),
-        "host": describe_host(),
-        "workers": plan.workers,
-        "servers": plan.servers,
-        "steps": plan.steps,
-        "warmup": plan.warmup,
-        "target_accuracy": plan.target_accuracy,
-        "runs": [],
-    }
+    results = results_head(
+        plan.link,
+        plan.workers,
+        plan.servers,
+        plan.warmup,
+        steps=plan.steps,
+        target_accuracy=plan.target_accuracy,
+    )
     with EmulatedNetwork(plan.ranks, plan.link) as net:
-        measured = net.check_link()
-        results["link"]["measured_bps"] = measured
-        echo(f"link check: {measured / 1e6:.0f} Mbit/s measured on {plan.link.describe()}")
+        check_link(net, results, echo)
         rate = plan.link.rate_bps
         try:
             for config in plan.configs:

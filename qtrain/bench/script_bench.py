@@ -24,7 +24,6 @@ evaluations are inside it, and every run evaluates at the same steps with the sc
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -35,9 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from qtrain.bench.ddp_twin import DEFAULT_PATTERN, hook_spec
-from qtrain.bench.host import describe_host
 from qtrain.bench.netem import EmulatedNetwork, LinkSpec
-from qtrain.bench.network import step_stats
+from qtrain.bench.network import check_link, results_head, run_per_rank, step_stats
 from qtrain.engine.topology import Topology
 from qtrain.io import strict_json
 
@@ -232,30 +230,38 @@ def run_twin(net: EmulatedNetwork, plan: ScriptPlan, peer: str, out: Path) -> di
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     result_file = run_dir / "twin.json"
-    procs, codes = [], []
-    try:
-        for r in range(plan.workers):
-            argv = [
-                sys.executable, "-m", "torch.distributed.run",
-                "--nnodes", str(plan.workers), "--node_rank", str(r), "--nproc_per_node", "1",
-                "--master_addr", net.address(0), "--master_port", str(TORCHRUN_PORT),
-                "-m", "qtrain.bench.ddp_twin",
-                "--result", str(result_file), "--hook", hook, "--wire-device", net.device(r),
-                f"--pattern={plan.pattern}",
-                "--", plan.twin, *plan.args,
-            ]  # fmt: skip
-            env = {"GLOO_SOCKET_IFNAME": net.device(r), "OMP_NUM_THREADS": "1"}
-            log = open(run_dir / f"node-{r}.txt", "w")  # noqa: SIM115 - closed with the process
-            procs.append(
-                (subprocess.Popen(net.wrap(r, argv, env), stdout=log, stderr=subprocess.STDOUT), log)
-            )
-        codes = [p.wait(timeout=plan.timeout_s) for p, _ in procs]
-    finally:
-        for p, log in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            log.close()
+    argvs = [
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            str(plan.workers),
+            "--node_rank",
+            str(r),
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            net.address(0),
+            "--master_port",
+            str(TORCHRUN_PORT),
+            "-m",
+            "qtrain.bench.ddp_twin",
+            "--result",
+            str(result_file),
+            "--hook",
+            hook,
+            "--wire-device",
+            net.device(r),
+            f"--pattern={plan.pattern}",
+            "--",
+            plan.twin,
+            *plan.args,
+        ]  # fmt: skip
+        for r in range(plan.workers)
+    ]
+    env = lambda r: {"GLOO_SOCKET_IFNAME": net.device(r), "OMP_NUM_THREADS": "1"}  # noqa: E731
+    codes = run_per_rank(net, argvs, env, run_dir / "node", plan.timeout_s)
     if codes[0] != 0 or not result_file.exists():
         raise RuntimeError(f"DDP twin {peer} failed (exit codes {codes}); see {run_dir}/node-*.txt")
     for r, code in enumerate(codes):
@@ -302,26 +308,11 @@ def bench_script(plan: ScriptPlan, out: Path, mpiexec: list[str], echo=print) ->
     """Build the network, check the link, run every qtrain configuration and DDP twin, tear the
     network down; write ``OUT/results.json`` and ``OUT/results.png`` and return the results."""
     out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "script": plan.script,
-        "twin": plan.twin,
-        "args": plan.args,
-        "link": {
-            "rate_bps": plan.link.rate_bps,
-            "latency_s": plan.link.latency_s,
-            "shared": plan.link.shared,
-        },
-        "cores": os.cpu_count(),
-        "host": describe_host(),
-        "workers": plan.workers,
-        "servers": plan.servers,
-        "warmup": plan.warmup,
-        "runs": [],
-    }
+    results = results_head(
+        plan.link, plan.workers, plan.servers, plan.warmup, script=plan.script, twin=plan.twin, args=plan.args
+    )
     with EmulatedNetwork(plan.ranks, plan.link) as net:
-        measured = net.check_link()
-        results["link"]["measured_bps"] = measured
-        echo(f"link check: {measured / 1e6:.0f} Mbit/s measured on {plan.link.describe()}")
+        check_link(net, results, echo)
         try:
             for peer in plan.peers:
                 echo(f"running the DDP twin {peer} ...")

@@ -137,21 +137,7 @@ def network(
         fail("--set runtime.servers: use --servers, which also gives each serving rank its link")
     plan = BenchPlan(configs, link, workers, steps, warmup, peer_list, target_accuracy, overrides, eval_every)
     plan.servers = servers
-    from qtrain.runtime.mpi_info import launcher
-
-    # tear the network down on Ctrl-C and SIGTERM, also where the shell started us with SIGINT
-    # ignored (a background job of a non-interactive shell inherits SIG_IGN)
-    signal.signal(signal.SIGINT, _interrupted)
-    signal.signal(signal.SIGTERM, _interrupted)
-    try:
-        results = bench_network(plan, Path(out), launcher(), echo=typer.echo)
-    except (NetworkError, RuntimeError) as exc:
-        fail(str(exc), 1)
-    except KeyboardInterrupt:
-        fail("interrupted: the emulated network was torn down, no results were written", 130)
-    for line in table(results):
-        typer.echo(line)
-    typer.echo(f"results: {Path(out) / 'results.json'}, {Path(out) / 'results.png'}")
+    _run(bench_network, plan, out, table, (NetworkError, RuntimeError))
 
 
 def _script_mode(
@@ -227,17 +213,26 @@ def _script_mode(
     plan = ScriptPlan(
         script, list(args), plan_runs, link, twin, peer_list, workers, servers, warmup, target, regex
     )
+    _run(bench_script, plan, out, script_table, (NetworkError, RuntimeError, ValueError))
+
+
+def _run(bench, plan, out: str, table, failures: tuple) -> None:
+    """Run ``bench(plan, OUT, launcher)`` and print its ``table``: ``failures`` end in one line
+    (exit 1), Ctrl-C and SIGTERM tear the network down (exit 130)."""
+    from qtrain.cli.errors import fail
     from qtrain.runtime.mpi_info import launcher
 
+    # tear the network down on Ctrl-C and SIGTERM, also where the shell started us with SIGINT
+    # ignored (a background job of a non-interactive shell inherits SIG_IGN)
     signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
     try:
-        results = bench_script(plan, Path(out), launcher(), echo=typer.echo)
-    except (NetworkError, RuntimeError, ValueError) as exc:
+        results = bench(plan, Path(out), launcher(), echo=typer.echo)
+    except failures as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:
         fail("interrupted: the emulated network was torn down, no results were written", 130)
-    for line in script_table(results):
+    for line in table(results):
         typer.echo(line)
     typer.echo(f"results: {Path(out) / 'results.json'}, {Path(out) / 'results.png'}")
 
