@@ -245,3 +245,31 @@ def attribute_variants(source: Path) -> list[tuple[str, str, Callable]]:
 
             out.append((f"attribute {name}", "other JSON", wrong_json))
     return out
+
+
+def expanding_configs(text: str) -> dict[str, str]:
+    """name -> a checkpoint's resolved config ``text`` made to expand when parsed (issue 37): nested
+    YAML aliases in ``model.kwargs`` ("billion laughs": 9^9 leaves from under 1 KB), 100,000 nested
+    brackets in ``model.hidden``, and a config padded past any config's size (8 MiB)."""
+    assert "  kwargs: {}\n" in text and "  hidden:\n" in text, "not a resolved config with an MLP"
+    levels = ["    l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        levels.append(f"    l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    laughs = text.replace("  kwargs: {}\n", "  kwargs:\n" + "\n".join(levels) + "\n")
+    depth = 100_000
+    nested = text.replace("  hidden:\n", "  hidden: " + "[" * depth + "]" * depth + "\n  old_hidden:\n", 1)
+    padded = text + "#" + "x" * (8 << 20) + "\n"
+    return {"billion laughs": laughs, "100,000 nested brackets": nested, "8 MiB config": padded}
+
+
+def with_config(text: str) -> Callable[[h5py.File], None]:
+    """An edit that stores ``text`` as the checkpoint's /config, as qtrain writes it."""
+
+    def edit(f: h5py.File) -> None:
+        kind = dict(f["config"].attrs)
+        del f["config"]
+        ds = f.create_dataset("config", data=np.frombuffer(text.encode(), dtype=np.uint8), fletcher32=True)
+        for k, v in kind.items():
+            ds.attrs[k] = v
+
+    return edit

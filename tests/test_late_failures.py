@@ -5,7 +5,6 @@ File systems are small tmpfs mounts (root); where mounting is not allowed those 
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from mpi_helpers import mpi_train
@@ -56,9 +55,9 @@ def test_mpi_read_only_out_and_unwritable_rank_log(mount, tmp_path):
     )
     out = tmp_path / "logs-blocked"
     (out / "logs" / "rank-0.log").mkdir(parents=True)  # the server's log cannot be opened
-    t0 = time.monotonic()
     p = mpi_train(3, "configs/sgd.yaml", out, "train.steps=20", timeout=60)
-    assert p.returncode != 0 and time.monotonic() - t0 < 30  # the workers no longer wait 100 s
+    # the workers once waited for rank 0 until their own deadline: now its abort ends them
+    assert p.returncode != 0 and "Stalled" not in p.stderr, p.stderr
     assert "qtrain: rank 0 failed: Is a directory (EISDIR)" in p.stderr and "rank-0.log" in p.stderr
 
 
@@ -91,19 +90,17 @@ def test_a_full_disk_is_named_exits_2_and_leaves_no_temporary_file(mount, size, 
 def test_mpi_full_disk_while_training_and_while_resuming(mount):
     full = mount("full", "size=700k")
     sets = ("model.hidden=[512]", "train.steps=60", "checkpoint.every=10", "checkpoint.keep=1")
-    t0 = time.monotonic()
     p = mpi_train(3, "configs/sgd.yaml", full, *sets, timeout=120)
-    assert p.returncode != 0 and time.monotonic() - t0 < 60
+    assert p.returncode != 0 and "Stalled" not in p.stderr, p.stderr  # ended by rank 0's abort
     assert "qtrain: rank 0 failed: " in p.stderr and "No space left on device (ENOSPC)" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr and not list(full.rglob("*.tmp"))
     # a run with checkpoints, then the disk fills up: resuming says so, and does not hang
     roomy = mount("roomy", "size=8m")
     assert mpi_train(3, "configs/sgd.yaml", roomy, *sets, timeout=120).returncode == 0
     subprocess.run(["dd", "if=/dev/zero", f"of={roomy / 'filler'}", "bs=64k"], capture_output=True)
-    t0 = time.monotonic()
     more = ("model.hidden=[512]", "train.steps=120", "checkpoint.every=10", "checkpoint.keep=1")
     p = mpi_train(3, "configs/sgd.yaml", roomy, *more, extra=("--resume", "auto"), timeout=120)
-    assert p.returncode != 0 and time.monotonic() - t0 < 60
+    assert p.returncode != 0 and "Stalled" not in p.stderr, p.stderr
     assert "No space left on device (ENOSPC)" in p.stderr, p.stderr[-2000:]
     assert "Traceback" not in p.stderr and not list(roomy.rglob("*.tmp"))
 

@@ -235,7 +235,6 @@ MISUSE = {  # what every qtrain line of stderr says
 
 @pytest.mark.parametrize("mode", sorted(MISUSE))
 def test_misuse_ends_the_job_in_one_line(tmp_path, mode):
-    started = time.monotonic()
     p = subprocess.run(
         [
             *mpiexec_command(),
@@ -266,7 +265,8 @@ def test_misuse_ends_the_job_in_one_line(tmp_path, mode):
     lines = errors(p)
     assert lines and all(MISUSE[mode] in line for line in lines), p.stderr
     assert "Traceback" not in p.stderr, p.stderr
-    assert time.monotonic() - started < 60
+    # ended by the failing rank's abort, not by another rank's own deadline (a hang is the timeout above)
+    assert "Stalled" not in p.stderr, p.stderr
 
 
 def test_nanogpts_recipe_trains_what_ddp_trains_and_its_loop_lr_resumes_bit_exactly(tmp_path):

@@ -16,7 +16,9 @@ import pytest
 import torch
 from conftest import SUMMARY_KEYS
 from mpi_helpers import QTRAIN, mpi_train, simulate, summary, train_command
+from test_resume_in_process import _continue_from
 
+from qtrain.config import load_config
 from qtrain.io.trace import read_timeline, read_trace
 
 pytestmark = pytest.mark.mpi
@@ -77,6 +79,7 @@ def _run_until_checkpoint_then_kill(out, total, every, seed):
         f"checkpoint.every={every}",
         "trace.flush_every=3",
         "train.log_every=1",
+        "trace.csv=true",
     )
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -127,10 +130,16 @@ def test_sigkill_of_the_whole_job_then_resume_equals_uninterrupted(tmp_path):
         tmp_path / "run",
         f"train.steps={total}",
         f"checkpoint.every={every}",
+        "trace.csv=true",
         extra=("--resume", "auto"),
     )
     assert res.returncode == 0, res.stderr
     assert summary(tmp_path / "run")["params_sha256"] == ref["params_sha256"]
+    # the live CSV, like the trace, holds each (step, name) once: it once held the steps after the
+    # checkpoint twice (4,205 rows against 3,919)
+    rows = (tmp_path / "run" / "metrics" / "rank-0.csv").read_text().splitlines()
+    pairs = collections.Counter((r.split(",")[0], r.split(",")[2]) for r in rows[1:])
+    assert set(pairs.values()) == {1} and {int(s) for s, _ in pairs} == set(range(1, total + 1))
 
 
 def test_a_run_that_dies_right_after_a_checkpoint_keeps_every_trace_row_once(tmp_path):
@@ -204,9 +213,13 @@ def test_resume_refusals_a_learning_rate_drop_and_a_worker_state_reset(tmp_path)
     assert "qtrain: resume changes algorithm.lr: 0.002 -> 0.001" in p.stdout
     changes = summary(out)["resume_changes"]
     assert changes == {"algorithm.lr": [0.002, 0.001], "train.steps": [10, 20]}
-    # the drop took effect: a resume is otherwise bit-exact, so the uninterrupted run would match
-    whole = simulate("configs/qadam.yaml", 2, tmp_path / "whole", "train.steps=20")
-    assert summary(out)["params_sha256"] != whole["params_sha256"]
+    # the drop took effect from the resumed step on: the run ends where the step-10 checkpoint,
+    # restored in-process into engines built with lr 0.001, ends after 10 more steps; with lr
+    # 0.002 (as if the drop were ignored) that continuation ends elsewhere
+    ten = out / "checkpoints" / "step-0000010.h5"
+    dropped = _continue_from(ten, load_config("configs/qadam.yaml", ["train.steps=20", "algorithm.lr=0.001"]))
+    assert summary(out)["params_sha256"] == dropped
+    assert _continue_from(ten, load_config("configs/qadam.yaml", ["train.steps=20"])) != dropped
 
     ok = mpi_train(
         4,

@@ -5,7 +5,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -79,12 +78,19 @@ def test_rank0_announces_the_plan_and_prints_a_final_table(tmp_path):
         assert needle in p.stdout
 
 
+def no_progress_line(stdout: str) -> bool:
+    """configs/default.yaml logs every 50 steps: a job that ends at step 5 prints no ``step`` line."""
+    return not any(line.startswith("step ") for line in stdout.splitlines())
+
+
 def test_a_rank_that_raises_ends_the_job_quickly_naming_it(tmp_path):
-    start = time.monotonic()
+    """Quickly: the failing rank's abort ends the others, not a deadline of theirs (the default
+    300 s; the launch's 120 s timeout catches a hang), before the job's first progress line."""
     p = mpi_train(3, "configs/default.yaml", tmp_path, env={"QTRAIN_INJECT_FAULT": "2:5:raise"}, timeout=120)
-    assert time.monotonic() - start < 60
     assert p.returncode != 0
-    assert "qtrain: rank 2 failed: InjectedFault: injected fault on rank 2 at step 5" in p.stderr
+    said = {line for line in p.stderr.splitlines() if line.startswith("qtrain:")}
+    assert said == {"qtrain: rank 2 failed: InjectedFault: injected fault on rank 2 at step 5"}, p.stderr
+    assert "Stalled" not in p.stderr and no_progress_line(p.stdout), p.stdout + p.stderr
     assert "InjectedFault" in (tmp_path / "logs" / "rank-2.log").read_text()
 
 
@@ -96,7 +102,6 @@ def test_a_rank_that_raises_ends_the_job_quickly_naming_it(tmp_path):
     ],
 )
 def test_a_rank_that_stops_answering_is_named_by_the_deadline(tmp_path, rank, phase, silent):
-    start = time.monotonic()
     p = mpi_train(
         3,
         "configs/default.yaml",
@@ -105,8 +110,7 @@ def test_a_rank_that_stops_answering_is_named_by_the_deadline(tmp_path, rank, ph
         env={"QTRAIN_INJECT_FAULT": f"{rank}:5:hang"},
         timeout=120,
     )
-    assert time.monotonic() - start < 60
-    assert p.returncode != 0
+    assert p.returncode != 0 and no_progress_line(p.stdout), p.stdout + p.stderr
     assert re.search(rf"Stalled: no progress for 5 s in phase '{phase} from rank\(s\) {silent}", p.stderr), (
         p.stderr
     )
@@ -146,13 +150,11 @@ def test_sigkill_or_sigstop_of_a_worker_ends_the_job_in_bounded_time(tmp_path, s
         lines.append(proc.stdout.readline())
     assert lines[-1].startswith("step "), "".join(lines)[-2000:]
     os.kill(pid, sig)
-    start = time.monotonic()
     try:
-        rest, _ = proc.communicate(timeout=60)
+        rest, _ = proc.communicate(timeout=60)  # bounded: a job that outlives it fails here
     finally:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)  # never leave a stopped process behind a failed test
-    assert time.monotonic() - start < 60
     assert proc.returncode != 0
     output = "".join(lines) + rest
     assert _gone(pid), "the worker outlived mpiexec"
@@ -250,17 +252,6 @@ def test_ranks_with_different_settings_are_refused(tmp_path):
     base = [*QTRAIN, "train", "configs/default.yaml", "--out", str(tmp_path)]
     cmd = [*mpiexec_command(), "-n", "1", *base, "--resume", "auto", ":", "-n", "1", *base]
     cmd += [":", "-n", "1", *base, "--resume", "auto", "--set", "uplink.bucket=256"]
-    start = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and time.monotonic() - start < 60
+    assert p.returncode == 2 and "Stalled" not in p.stderr, p.stderr  # refused, not ended by a deadline
     assert "ranks disagree on the resolved config, the command line or versions: rank(s) [1, 2]" in p.stderr
-
-
-def test_smoke_script_still_works_with_four_ranks():
-    p = subprocess.run(
-        [*mpiexec_command(), "-n", "4", sys.executable, "-m", "qtrain.runtime.smoke"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert p.returncode == 0 and "3 workers, 0 failures" in p.stdout

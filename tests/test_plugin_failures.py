@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,9 +48,8 @@ def test_a_raising_plugin_is_one_line_from_rank_0_under_mpi(tmp_path):
 def test_a_plugin_that_hangs_meets_the_simulators_deadline(tmp_path):
     """``simulate`` had no deadline (a FIFO as data.path hung it forever); it now has MPI runs'
     per-phase ``runtime.timeout_s``, and the line names the phase."""
-    start = time.monotonic()
-    p = _simulate(tmp_path, "model.name=plugin_models:hanging", "runtime.timeout_s=2")
-    assert p.returncode == 1 and time.monotonic() - start < 30
+    p = _simulate(tmp_path, "model.name=plugin_models:hanging", "runtime.timeout_s=2")  # 60 s timeout
+    assert p.returncode == 1
     assert re.fullmatch(
         r"qtrain: simulate watchdog: phase 'step 1: worker 0's forward and backward' has run \d+ s",
         p.stderr.strip(),

@@ -79,4 +79,5 @@ def test_the_readme_commands_run_in_order(tmp_path):
         ran.append(cmd)
     assert (tmp_path / "report.png").stat().st_size and (tmp_path / "cmp.png").stat().st_size
     assert (tmp_path / "model.pt").stat().st_size
-    assert len(ran) == len(in_order()) - 1
+    left = [c for c in in_order() if c not in ran]  # only the network benchmarks, whatever their count
+    assert left and all(c.startswith(".venv/bin/qtrain bench network ") for c in left), left

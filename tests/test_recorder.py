@@ -9,6 +9,7 @@ import pytest
 
 from qtrain.analysis.trace_report import report as trace_report
 from qtrain.config import load_config
+from qtrain.engine import recorder as recorder_module
 from qtrain.engine.partition import Partition
 from qtrain.engine.recorder import Recorder, WorkerReport
 from qtrain.engine.setup import build_setup
@@ -39,43 +40,70 @@ def report(workers, value: float) -> WorkerReport:
     return WorkerReport(a, a, a, a, a * 4, a, prev_comm_s=a * 10, prev_decode_s=a * 100)
 
 
-def test_phases_tell_the_watchdog_and_add_up(tmp_path):
+class FakeClock:
+    """The recorder's ``time`` module with a wall clock (``perf_counter``) and a CPU clock
+    (``process_time``) that move only when the test says (``advance``): phase times are then exact
+    numbers, on a loaded host as on an idle one. Other names are the real module's."""
+
+    def __init__(self):
+        self.wall, self.cpu = 1000.0, 50.0
+
+    def perf_counter(self) -> float:
+        return self.wall
+
+    def process_time(self) -> float:
+        return self.cpu
+
+    def advance(self, wall: float, cpu: float = 0.0) -> None:
+        self.wall += wall
+        self.cpu += cpu
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(recorder_module, "time", fake)
+    return fake
+
+
+def test_phases_tell_the_watchdog_and_add_up(tmp_path, clock):
     dog = FakeWatchdog()
     rec, part = recorder(tmp_path, watchdog=dog)
     rec.begin_step(1)
-    for seg in part:
+    for seg, (wall, cpu) in zip(part, [(0.25, 0.125), (0.5, 0.0625)], strict=True):
         with rec.phase("aggregate", seg):
-            pass
+            clock.advance(wall, cpu)
+    clock.advance(8.0, 4.0)  # between phases: counted in none
     with rec.phase("evaluate"):
-        pass
+        clock.advance(0.375, 0.375)
     assert dog.phases == [
         "step 1: aggregate (segment 0)",
         "step 1: aggregate (segment 1)",
         "step 1: evaluate",
     ]
-    # aggregate is also timed in CPU seconds (CPU_TIMED); evaluate is not
-    assert set(rec.times) == {"aggregate", "aggregate_cpu", "evaluate"} and rec.times["aggregate"] >= 0
+    # each phase's segments add up; aggregate is also timed in CPU seconds (CPU_TIMED), evaluate not
+    assert rec.times == {"aggregate": 0.75, "aggregate_cpu": 0.1875, "evaluate": 0.375}
 
 
-def test_the_server_decode_column_holds_cpu_seconds_and_decode_s_wall_seconds(tmp_path):
-    """Two segments' decodes that each compute for 0.025 CPU seconds and are off the core for 0.1 s
-    (as when another process holds it): decode_s counts both, decode_cpu_s only the computing."""
+def test_the_server_decode_column_holds_cpu_seconds_and_decode_s_wall_seconds(tmp_path, clock):
+    """Two segments' decodes that each compute for 0.03125 CPU seconds and are off the core for
+    0.125 s more (as when another process holds it): decode_s counts both, decode_cpu_s only the
+    computing."""
     rec, part = recorder(tmp_path)
     rec.begin_step(1)
     for seg in part:
         rec.uplinks([10, 20], seg)
         with rec.phase("aggregate", seg):
-            c0 = time.process_time()
-            while time.process_time() - c0 < 0.025:
-                pass
-            time.sleep(0.1)
+            clock.advance(0.03125 + 0.125, 0.03125)
         rec.downlink(5, seg)
     rec.end_step(report(2, 1), {})
     rec.close(np.zeros(2), np.zeros(2))
     rows, _, _ = read_trace(tmp_path / "trace.h5")
     server, workers = rows[rows["role"] == 0], rows[rows["role"] == 1]
-    assert server["decode_s"][0] >= 0.2
-    assert 0.045 <= server["decode_cpu_s"][0] < server["decode_s"][0] - 0.15
+    assert (server["decode_s"][0], server["decode_cpu_s"][0]) == (0.3125, 0.0625)
     assert list(workers["decode_cpu_s"]) == [0.0, 0.0]
 
 

@@ -54,7 +54,14 @@ NEEDS = {  # reproductions on Debian data: what must be installed (make sysdeps 
 }
 
 
-@pytest.mark.parametrize("name", list(REPRODUCTIONS))
+# efficient-adam's quick run (50 s, the longest) goes to make soak: its data (fashion-mnist), its
+# simulate runs and its table and plot code are ecq-compression's and the others' in make test
+IN_SOAK = {"efficient-adam"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.soak] if n in IN_SOAK else []) for n in REPRODUCTIONS]
+)
 def test_quick_reproduction_writes_its_table_results_and_plot(tmp_path, name):
     if name in NEEDS and not NEEDS[name]():
         if os.environ.get("CI"):

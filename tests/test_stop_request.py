@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from qtrain.runtime.signals import StopRequest
+from qtrain.runtime.signals import REPEAT_GRACE_S, StopRequest
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
@@ -31,10 +31,12 @@ def test_an_adopted_request_leaves_the_ranks_own_first_signal_a_request(handlers
 
 
 def test_a_second_signal_of_its_own_falls_back_to_the_default(handlers, monkeypatch):
-    stop = StopRequest()
+    now = [100.0]
+    stop = StopRequest(clock=lambda: now[0])
     stop.install(rank=3)
     signal.raise_signal(signal.SIGUSR1)
     assert stop.reason == "SIGUSR1 on rank 3"
+    now[0] += REPEAT_GRACE_S + 1  # later than a copy of the same request (tests/test_interrupts.py)
     raised = []
     monkeypatch.setattr(signal, "raise_signal", raised.append)  # the default would end pytest
     signal.getsignal(signal.SIGUSR1)(signal.SIGUSR1, None)

@@ -2,7 +2,9 @@
 traces crafted item by item, each checkpoint resealed with a correct SHA-256, are refused with one
 line naming the file and the item, by the one guarded HDF5 reader (``io.guarded_hdf5``) and the
 formats' layout checks (``io.checkpoint_layout``, ``io.trace``). ``make soak`` sweeps every item
-(``test_every_item_of_a_checkpoint_and_a_trace_replaced_is_refused``)."""
+(``test_every_item_of_a_checkpoint_and_a_trace_replaced_is_refused``), and configs that expand,
+traces cut short and live CSVs cut short
+(``test_expanding_configs_and_truncated_traces_and_csvs_are_refused``)."""
 
 import os
 import subprocess
@@ -12,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from crafted_files import all_variants, attribute_variants, craft, replace
+from crafted_files import all_variants, attribute_variants, craft, expanding_configs, replace, with_config
 
 from qtrain.engine.checkpoint_files import load_run_checkpoint
 from qtrain.io.checkpoint import CheckpointError
@@ -252,3 +254,106 @@ def test_what_a_file_declares_is_checked_against_the_memory_left(monkeypatch):
         require_fits(1 << 29, "reading x")
     monkeypatch.undo()
     assert memory.available_bytes() > 0  # Linux says how much is left
+
+
+# loads a checkpoint for --resume (argv: FILE, the run's config text file) in a child process: a
+# config that expands must be refused in one line, never hang or take the host's memory
+RESUME_LOAD = """
+import sys
+from pathlib import Path
+from qtrain.io.checkpoint import CheckpointError
+from qtrain.runtime.resume import load_for_resume
+try:
+    load_for_resume(sys.argv[1], Path("."), Path(sys.argv[2]).read_text(), 2, False, print)
+except (CheckpointError, ValueError) as exc:
+    print(f"qtrain: error: {exc}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def _limited_memory():  # the child may take 3 GiB of address space at most
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
+def _refused_in_one_line(command: list[str], path) -> str | None:
+    """None when ``command`` exits non-zero with one line ``qtrain: error: PATH: ...``, else what
+    it did instead."""
+    try:
+        p = subprocess.run(command, capture_output=True, text=True, timeout=120, preexec_fn=_limited_memory)
+    except subprocess.TimeoutExpired:
+        return "still running after 120 s"
+    lines = p.stderr.strip().splitlines()
+    if p.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"qtrain: error: {path}: "):
+        return None
+    return f"exit {p.returncode}: {p.stderr.strip()[-300:]!r}"
+
+
+def _csv_cut_sweep(tmp_path) -> tuple[int, list]:
+    """A live CSV cut at every byte of its last 400 and at every 1/64: a resume at step 6 keeps
+    exactly the whole rows of steps up to 6 before the cut, never a row cut short."""
+    from qtrain.io.live_metrics import LiveMetrics, keep_rows_up_to
+
+    live = LiveMetrics(tmp_path / "csv", 0, csv_file=True, tensorboard=False)
+    for step in range(1, 13):
+        live.scalars(step, {"train/loss": 1 / step, "a name, with a comma": 1e-300 * step})
+    live.close()
+    source = tmp_path / "csv" / "metrics" / "rank-0.csv"
+    data = source.read_bytes()
+    cuts = sorted(
+        set(range(max(len(data) - 400, 0), len(data) + 1)) | {len(data) * i // 64 for i in range(64)}
+    )
+    wrong = []
+    for cut in cuts:
+        target = tmp_path / "cut.csv"
+        target.write_bytes(data[:cut])
+        whole = data[:cut].decode().splitlines(keepends=True)
+        whole = [line for line in whole if line.endswith("\n")]
+        expected = [line for i, line in enumerate(whole) if i == 0 or int(line.split(",")[0]) <= 6]
+        keep_rows_up_to(target, 6)
+        if target.read_bytes().decode() != "".join(expected):  # the csv module ends lines with CRLF
+            wrong.append(cut)
+    return len(cuts), wrong
+
+
+@pytest.mark.soak
+def test_expanding_configs_and_truncated_traces_and_csvs_are_refused(real_checkpoint, real_trace, tmp_path):
+    """Issue 37: a checkpoint resealed with a config that expands is refused in one line by
+    `qtrain checkpoint inspect` and by loading it for --resume; a trace cut anywhere is refused in
+    one line (it once read as zeros, or hung a reader); a live CSV cut anywhere resumes with whole
+    rows only."""
+    import time
+
+    t0 = time.monotonic()
+    with h5py.File(real_checkpoint, "r") as f:
+        text = bytes(f["config"][()]).decode()
+    run_config = tmp_path / "run-config.yaml"
+    run_config.write_text(text)
+    failures = {}
+    configs = expanding_configs(text)
+    for name, crafted in configs.items():
+        path = craft(real_checkpoint, tmp_path / f"{name.replace(' ', '-')}.h5", with_config(crafted))
+        inspect = _refused_in_one_line([*QTRAIN, "checkpoint", "inspect", str(path), "--config"], path)
+        resume = _refused_in_one_line([sys.executable, "-c", RESUME_LOAD, str(path), str(run_config)], path)
+        for how, outcome in (("inspect", inspect), ("resume", resume)):
+            if outcome is not None:
+                failures[f"{name} ({how})"] = outcome
+    size = os.path.getsize(real_trace)
+    cuts = sorted(
+        {size * i // 64 for i in range(64)} | set(range(0, 12_000, 500)) | {size - k for k in range(1, 17)}
+    )
+    for cut in cuts:
+        target = tmp_path / "cut.h5"
+        target.write_bytes(real_trace.read_bytes()[:cut])
+        try:
+            refused_trace(target)
+        except pytest.fail.Exception:
+            failures[f"trace cut at byte {cut}"] = "read"
+    csv_cuts, wrong = _csv_cut_sweep(tmp_path)
+    failures |= {f"live CSV cut at byte {cut}": "kept a row cut short or lost a whole one" for cut in wrong}
+    print(
+        f"expanding configs: {len(configs)} checkpoints x (inspect, resume); truncated traces: {len(cuts)} "
+        f"cuts; truncated live CSVs: {csv_cuts} cuts; {time.monotonic() - t0:.0f} s; not refused: {failures}"
+    )
+    assert failures == {}

@@ -11,6 +11,8 @@ def _mb(n: int) -> str:
 
 def print_summary(s: dict, out: str, echo=typer.echo) -> None:
     rows = [("algorithm", s["algorithm"]), ("workers", s["workers"]), ("steps", s["steps"])]
+    if s.get("stopped_early"):
+        rows.append(("stopped early", s.get("stop_reason") or "yes"))
     if "final_test_accuracy" in s:
         rows.append(("test accuracy", f"{s['final_test_accuracy']:.4f}"))
     if s.get("final_test_loss") is not None:  # a library run's loss is the user's: none here

@@ -20,7 +20,9 @@ How settings reach the script, in one of two ways:
   settings come through its own arguments (``-- ARGS``).
 
 A script that raises, or exits non-zero, ends the whole job within seconds, naming the rank; a
-script that ends without starting a session is refused in one line (exit 2)."""
+script that ends without starting a session is refused in one line (exit 2). Standard input is
+rank 0's alone, as under Open MPI's ``mpirun``: every other rank reads ``/dev/null``, so a worker's
+``input()`` ends the job at once (``EOFError``, named) instead of blocking until the deadline."""
 
 from __future__ import annotations
 
@@ -80,7 +82,7 @@ def run(
         if sess.is_server:
             _serve(sess)
             return
-        _run_script(path, list(args or []), None)
+        _run_script(path, list(args or []), None, sess.rank)
         sess.close()
         return
     deferred = _Deferred(comm, script)
@@ -94,12 +96,12 @@ def run(
         if decision == LAUNCH:
             _serve(library.init())
             return
-        _run_script(path, list(args or []), deferred)  # the script configures itself: it serves
+        _run_script(path, list(args or []), deferred, 0)  # the script configures itself: it serves
         if library._SESSION is None:
             deferred.fail(RuntimeError(f"{script} ended on the serving rank without calling qtrain.init()"))
         return
     library._JOIN = deferred.join
-    _run_script(path, list(args or []), deferred)
+    _run_script(path, list(args or []), deferred, comm.Get_rank())
     if deferred.decision is None:
         deferred.end()
     if library._SESSION is not None:
@@ -195,14 +197,18 @@ class _Deferred:
         abort(self.comm)
 
 
-def _run_script(path, args: list[str], deferred: _Deferred | None) -> None:
+def _run_script(path, args: list[str], deferred: _Deferred | None, rank: int) -> None:
+    """Run the script as ``__main__`` on this rank (``rank``); stdin is rank 0's alone
+    (``runtime/stdin.py``)."""
     import runpy
 
     from qtrain.cli.teardown import user_code_ran
+    from qtrain.runtime.stdin import give_stdin_to_rank_0
 
     library = _library()
 
     def failed(exc: BaseException, tb=None) -> None:
+        exc = _named_stdin(exc, rank, tb)
         sess = library._SESSION
         if sess is None and deferred is not None:
             deferred.fail(exc, tb)
@@ -210,6 +216,7 @@ def _run_script(path, args: list[str], deferred: _Deferred | None) -> None:
         library._fail_rank(sess._comm, sess._svc, exc, tb)
 
     user_code_ran()
+    give_stdin_to_rank_0(rank)
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.resolve().parent))
     try:
@@ -222,3 +229,16 @@ def _run_script(path, args: list[str], deferred: _Deferred | None) -> None:
             failed(RuntimeError(f"{path} exited with status {exc.code}"))
     except BaseException as exc:  # noqa: BLE001 - the script's failure ends the whole job
         failed(exc, exc.__traceback__)
+
+
+def _named_stdin(exc: BaseException, rank: int, tb) -> BaseException:
+    """``input()``'s end of file on a rank whose stdin qtrain made ``/dev/null``, said as such."""
+    from qtrain.runtime.stdin import emptied
+
+    if not (isinstance(exc, EOFError) and str(exc) == "EOF when reading a line" and emptied()):
+        return exc
+    return EOFError(
+        f"input() found no standard input on rank {rank}: under qtrain run only rank 0 gets the "
+        "launcher's stdin, every other rank reads /dev/null (pass input to the script as arguments "
+        "after -- or in a file)"
+    ).with_traceback(tb)

@@ -28,13 +28,15 @@ def simulate(
         False, "--overwrite", help="OUT holds another run: remove its files first (they are named)."
     ),
 ) -> None:
-    """Run CONFIG with N virtual workers through the same engine as `qtrain train`."""
+    """Run CONFIG with N virtual workers through the same engine as `qtrain train`. Ctrl-C stops
+    after the step under way (evaluation, checkpoint, summary); a second Ctrl-C ends at once."""
     from qtrain.cli.errors import fail
     from qtrain.cli.report import print_summary
     from qtrain.config import ConfigError, load_config
     from qtrain.engine.divergence import Diverged
     from qtrain.engine.simulator import simulate as run
     from qtrain.io.disk_errors import describe
+    from qtrain.runtime.signals import StopRequest
 
     if servers is not None:
         overrides = [*overrides, f"runtime.servers={servers}"]
@@ -46,6 +48,8 @@ def simulate(
     if n < 1:
         fail(f"--workers must be at least 1, got {n}")
     out = out or f"runs/simulate-{cfg.algorithm.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stop = StopRequest()  # Ctrl-C, SIGTERM, SIGUSR1: stop after the step, as an MPI run does;
+    stop.install(None, grace_s=0.0)  # a second one ends the process at once
     watchdog = _deadline(cfg.runtime.timeout_s)
     try:
         summary = run(
@@ -55,6 +59,7 @@ def simulate(
             log=(lambda s: None) if quiet else typer.echo,
             overwrite=overwrite,
             phase=watchdog.enter,
+            stop=lambda: stop.reason,
         )
     except (ValueError, Diverged) as exc:
         fail(str(exc))

@@ -27,13 +27,13 @@ a heterogeneous job would avoid that, which this does not render."""
 from __future__ import annotations
 
 import re
-import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
 
+from qtrain.cli.job_script_text import comment_text, sbatch_value, shell_word
 from qtrain.shipped import SLURM_TEMPLATE as TEMPLATE
 
 app = typer.Typer(help="Slurm helpers.", no_args_is_help=True)
@@ -141,19 +141,22 @@ def render_script(
     """The template's body under #SBATCH lines for ``shape``; CONFIG becomes the default argument
     (or, with ``script``, the script and its arguments). ``home``: where the job runs (its
     ``runs/``); ``qtrain_bin``: the ``qtrain`` it runs (default: the template's own,
-    ``$QTRAIN_HOME/.venv/bin/qtrain``)."""
+    ``$QTRAIN_HOME/.venv/bin/qtrain``). Every value goes in through ``job_script_text`` for its
+    place (a shell word, an #SBATCH value, a comment): a value no #SBATCH line can hold is a
+    ValueError naming its option."""
     options = f"--nodes {shape.nodes} --workers {shape.workers}"
     options += f" --servers {shape.servers}" if shape.servers > 1 else ""
     options += f" --server-nodes {shape.server_nodes}" if shape.server_nodes else ""
     if script is None:
-        command, submit = f"{config} {options}", "sbatch THIS_FILE [--set key=value ...]"
+        command, submit = f"{shell_word(config)} {options}", "sbatch THIS_FILE [--set key=value ...]"
     else:  # the options before --script ... -- ARGS, as they were typed
-        command = shlex.join([*options.split(), *(script.run_options or []), "--script", script.path])
-        command += f" -- {shlex.join(script.args)}" if script.args else ""
+        words = [*options.split(), *(script.run_options or []), "--script", script.path]
+        command = " ".join(map(shell_word, words))
+        command += " -- " + " ".join(map(shell_word, script.args)) if script.args else ""
         submit = "sbatch THIS_FILE [MORE SCRIPT ARGUMENTS ...]"
     header = [
         "#!/usr/bin/env bash",
-        f"# Rendered by `qtrain slurm render {command}`: "
+        f"# Rendered by `qtrain slurm render {comment_text(command)}`: "
         f"{shape.servers} server{'s' if shape.servers > 1 else ''} + {shape.workers} workers on "
         f"{shape.nodes} node(s). Submit with: " + submit,
         "#SBATCH --job-name=qtrain",
@@ -161,7 +164,7 @@ def render_script(
         f"#SBATCH --ntasks={shape.tasks}",
         f"#SBATCH --ntasks-per-node={shape.per_node}",
         "#SBATCH --cpus-per-task=1",
-        f"#SBATCH --time={shape.time}",
+        f"#SBATCH --time={sbatch_value('time', shape.time)}",
         "#SBATCH --signal=B:USR1@120",
         "#SBATCH --requeue",
         "#SBATCH --open-mode=append",
@@ -187,7 +190,7 @@ def render_script(
             f"{shape.nodes - s} (QTRAIN_TASK_NODES: srun --distribution=arbitrary)"
         )
     for option, value in shape.sbatch.items():
-        header.append(f"#SBATCH --{option}" + ("" if value is None else f"={value}"))
+        header.append(f"#SBATCH --{option}" + ("" if value is None else f"={sbatch_value(option, value)}"))
     if shape.gpus:
         per_node = shape.workers_per_node()
         idle = (
@@ -200,9 +203,9 @@ def render_script(
         )
         header.append(f"#SBATCH --gres=gpu:{max(per_node)}")
     body = [line for line in template.splitlines()[1:] if not line.startswith("#SBATCH")]
-    preset = [f"export QTRAIN_HOME=${{QTRAIN_HOME:-{shlex.quote(str(home))}}}"]
+    preset = [f"export QTRAIN_HOME=${{QTRAIN_HOME:-{shell_word(str(home))}}}"]
     if qtrain_bin is not None:
-        preset.append(f"export QTRAIN=${{QTRAIN:-{shlex.quote(str(qtrain_bin))}}}")
+        preset.append(f"export QTRAIN=${{QTRAIN:-{shell_word(str(qtrain_bin))}}}")
     if shape.setup:
         preset += ["# --setup: run before qtrain, in the batch shell (srun's tasks inherit it)", shape.setup]
     if shape.placement == "dedicated":
@@ -210,20 +213,21 @@ def render_script(
         preset.append(f"export QTRAIN_TASK_NODES='{nodes}'  # each task's node in the allocation, rank order")
     servers = f" --set runtime.servers={shape.servers}" if shape.servers > 1 else ""
     if script is None:
-        preset.append(f'set -- {shlex.quote(config)}{servers} "$@"')
+        preset.append(f'set -- {shell_word(config)}{servers} "$@"')
     else:
-        preset.append(f"export QTRAIN_SCRIPT={shlex.quote(script.path)}")
+        preset.append(f"export QTRAIN_SCRIPT={shell_word(script.path)}")
         if script.run_options is not None:
             options = [*script.run_options, *servers.split()]
             preset.append("export QTRAIN_SCRIPT_OPTIONS=qtrain  # --out and --resume go to qtrain run")
-            preset.append(f"export QTRAIN_RUN_OPTIONS={shlex.quote(' '.join(options))}")
+            preset.append(f"export QTRAIN_RUN_OPTIONS={shell_word(' '.join(options))}")
         else:
             preset.append(
                 "export QTRAIN_SCRIPT_OPTIONS=script  # the script takes --out and --resume (for qtrain.init)"
             )
             if servers:
                 preset.append(f"# the script's config must set runtime.servers={shape.servers}")
-        preset.append(f'set -- {shlex.join(script.args)} "$@"'.replace("set --  ", "set -- "))
+        args = " ".join(map(shell_word, script.args))
+        preset.append(f'set -- {args} "$@"'.replace("set --  ", "set -- "))
     return "\n".join(header + preset + body) + "\n"
 
 
@@ -310,9 +314,9 @@ def render(
         )
     except ValueError as exc:
         fail(str(exc))
-    if not TIME.match(time):
+    if not TIME.fullmatch(time):
         fail(f"--time {time!r} must look like HH:MM:SS or D-HH:MM:SS")
-    if mem is not None and not MEM.match(mem):
+    if mem is not None and not MEM.fullmatch(mem):
         fail(f"--mem {mem!r} must be a size like 64G or 512000M")
     if gpus_per_node is not None and shape.gpus and max(shape.workers_per_node()) > gpus_per_node:
         need = (
@@ -351,9 +355,12 @@ def render(
             f"config must set runtime.servers={servers} (or give it -c/--set, and qtrain run sets it)",
             err=True,
         )
-    text = render_script(
-        shape, None if job else str(path.resolve()), Path.cwd(), TEMPLATE.read_text(), qtrain_bin, job
-    )
+    try:
+        text = render_script(
+            shape, None if job else str(path.resolve()), Path.cwd(), TEMPLATE.read_text(), qtrain_bin, job
+        )
+    except ValueError as exc:  # a value no #SBATCH line can hold
+        fail(str(exc))
     typer.echo(text, nl=False)
 
 

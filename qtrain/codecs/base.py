@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from qtrain.codecs import wire
-from qtrain.codecs.errors import NonFiniteInput, WireFormatError
+from qtrain.codecs.errors import NonFiniteInput, OutOfRangeInput, WireFormatError
 from qtrain.codecs.layout import Section, chunkable, payload_bytes
 from qtrain.codecs.philox import CounterStream
 
@@ -23,6 +23,7 @@ MAX_NUMEL = 1 << 48  # no message announces more elements (2^48 float32 = 1 PiB)
 # the message's own size (a dense message's payload already proves its element count; a sparse
 # one's does not). Beyond that, the caller passes the buffer it expects (the engines always do).
 UNBOUNDED_DECODE_BYTES = 1 << 26
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 @dataclass
@@ -160,11 +161,7 @@ class Codec:
         header, arrays, _ = self._read(packed)
         n = header.numel
         if out is None:
-            if not decodes_unasked(n, packed):
-                raise WireFormatError(
-                    f"{self.name}: a {packed.numel()}-byte message announces {n} elements; decoding "
-                    "that many needs decode(packed, out=...) with a buffer of the size you expect"
-                )
+            check_decodes_unasked(self.name, n, packed)
             out = torch.empty(n, dtype=torch.float32, device=packed.device)
         elif out.dim() != 1 or out.numel() != n or out.dtype != torch.float32:
             raise ValueError(
@@ -241,8 +238,18 @@ def check_frame(name: str, out: torch.Tensor, size: int) -> None:
 
 def decodes_unasked(numel: int, packed: torch.Tensor) -> bool:
     """Whether ``decode(packed)`` without ``out=`` may allocate the ``numel`` floats its header
-    announces (``UNBOUNDED_DECODE_BYTES``)."""
+    announces (``UNBOUNDED_DECODE_BYTES``). ``packed`` is the message as it travelled: for an
+    entropy-coded one, the compressed message, so that its frame is never inflated past the bound."""
     return 4 * numel <= max(UNBOUNDED_DECODE_BYTES, 64 * packed.numel())
+
+
+def check_decodes_unasked(codec: str, numel: int, packed: torch.Tensor) -> None:
+    """:func:`decodes_unasked`, or the ``WireFormatError`` that says to pass the expected buffer."""
+    if not decodes_unasked(numel, packed):
+        raise WireFormatError(
+            f"{codec}: a {packed.numel()}-byte message announces {numel} elements; decoding "
+            "that many needs decode(packed, out=...) with a buffer of the size you expect"
+        )
 
 
 def as_flat_float(x: torch.Tensor, codec: str) -> torch.Tensor:
@@ -253,7 +260,26 @@ def as_flat_float(x: torch.Tensor, codec: str) -> torch.Tensor:
         raise ValueError(f"codec '{codec}' encodes 1-D tensors, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"codec '{codec}' encodes floating-point tensors, got {x.dtype}")
-    return x.to(torch.float32).contiguous()
+    flat = x.to(torch.float32).contiguous()
+    if torch.finfo(x.dtype).max > FLOAT32_MAX and flat.numel():
+        check_float32_range(x, flat, codec)
+    return flat
+
+
+def check_float32_range(x: torch.Tensor, flat: torch.Tensor, codec: str) -> None:
+    """A wider input (float64) whose finite values float32 cannot hold: every codec computes in
+    float32, where they would become Inf (sent as Inf by the float codecs, called "NaN or Inf" by
+    the quantizers). ``OutOfRangeInput``, naming the largest |value|, instead."""
+    if bool(torch.isfinite(flat).all()):
+        return
+    overflowed = torch.isinf(flat) & torch.isfinite(x)
+    if bool(overflowed.any()):
+        largest = float(x[overflowed].abs().max())
+        raise OutOfRangeInput(
+            f"codec '{codec}': the input is finite but beyond float32's range (the largest |value| is "
+            f"{largest:.4g} > {FLOAT32_MAX:.4g}, float32's largest; the codecs compute in float32): "
+            "scale it down"
+        )
 
 
 def check_bucket(bucket: int) -> int:

@@ -32,7 +32,7 @@ import torch
 import zstandard
 
 from qtrain.codecs import wire
-from qtrain.codecs.base import Codec
+from qtrain.codecs.base import Codec, check_decodes_unasked
 from qtrain.codecs.errors import WireFormatError
 from qtrain.codecs.layout import payload_bytes
 
@@ -110,10 +110,14 @@ class EntropyCoded(Codec):
             header.aux,
         )
 
-    def expand(self, packed: torch.Tensor) -> torch.Tensor:
+    def expand(self, packed: torch.Tensor, numel: int | None = None) -> torch.Tensor:
         """The raw message of ``inner`` that ``packed`` carries (``packed`` itself when it was sent
-        raw). Checks the CRC of what travelled, then that the frame holds exactly the payload the
-        inner layout declares. Raises ``WireFormatError``."""
+        raw). Checks the CRC of what travelled, then, before anything is decompressed, that the
+        frame may be inflated at all: to the ``numel`` elements the receiver expects (its buffer's
+        size), or, without ``numel`` (``decode()`` without ``out=``), to no more than max(64 MiB,
+        64x the message) (``base.decodes_unasked``); then that the frame holds exactly the payload
+        the inner layout declares. It is decompressed straight into the raw message, never past
+        that size. Raises ``WireFormatError``."""
         header = wire.read_header(packed)
         if not header.flags & wire.FLAG_ENTROPY:
             return packed
@@ -128,6 +132,13 @@ class EntropyCoded(Codec):
                 f"{self.name}+{self.method}: a {header.payload_len}-byte frame cannot hold the "
                 f"{expected}-byte payload the header announces"
             )
+        if numel is None:
+            check_decodes_unasked(self.name, header.numel, packed)
+        elif header.numel != numel:
+            raise WireFormatError(
+                f"{self.name}+{self.method}: the message announces {header.numel} elements, the "
+                f"receiver expects {numel}"
+            )
         frame = wire.host_bytes(packed[wire.HEADER_SIZE :])
         try:
             announced = zstandard.frame_content_size(frame)
@@ -137,21 +148,34 @@ class EntropyCoded(Codec):
             raise WireFormatError(
                 f"{self.name}+{self.method}: the frame holds {announced} bytes, the layout needs {expected}"
             )
-        try:
-            payload = self._decompressor.decompress(frame, max_output_size=expected)
-        except zstandard.ZstdError as exc:
-            raise WireFormatError(f"{self.name}+{self.method}: damaged frame ({exc})") from None
-        if len(payload) != expected:
-            raise WireFormatError(
-                f"{self.name}+{self.method}: the frame decompressed to {len(payload)} bytes, "
-                f"the layout needs {expected}"
-            )
         raw = torch.empty(wire.HEADER_SIZE + expected, dtype=torch.uint8)
-        raw[wire.HEADER_SIZE :].copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+        self._inflate(frame, raw[wire.HEADER_SIZE :].numpy())
         raw = wire.finish_message(
             raw, header.codec_id, header.bits, flags, header.numel, header.bucket, header.aux
         )
         return raw.to(packed.device)
+
+    def _inflate(self, frame: memoryview, target) -> None:
+        """Decompress ``frame`` into ``target`` (a uint8 numpy array), which it must fill exactly:
+        a frame that ends early, goes on past it or is followed by anything is a
+        ``WireFormatError``. Nothing is allocated beyond ``target``."""
+        filled = 0
+        try:
+            with self._decompressor.stream_reader(frame, read_across_frames=False) as reader:
+                view = memoryview(target)
+                while filled < len(view):
+                    got = reader.readinto(view[filled:])
+                    if not got:
+                        break
+                    filled += got
+                more = reader.read(1)
+        except zstandard.ZstdError as exc:
+            raise WireFormatError(f"{self.name}+{self.method}: damaged frame ({exc})") from None
+        if filled != len(target) or more:
+            raise WireFormatError(
+                f"{self.name}+{self.method}: the frame decompressed to "
+                f"{'more than ' if more else ''}{filled} bytes, the layout needs {len(target)}"
+            )
 
     # ------------------------------------------------------------------ the Codec interface
     def quantize(self, x, rng=None, out=None, want_values=True):
@@ -167,10 +191,18 @@ class EntropyCoded(Codec):
             )
 
     def decode(self, packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        return self.inner.decode(self.expand(packed), out)
+        """The inner codec's ``decode``, its frame inflated only to ``out``'s size (or, without
+        ``out``, within the bound of ``decode()`` without ``out=``)."""
+        return self.inner.decode(self.expand(packed, _numel(out)), out)
 
     def decode_add_(self, packed: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        return self.inner.decode_add_(self.expand(packed), acc)
+        return self.inner.decode_add_(self.expand(packed, _numel(acc)), acc)
 
     def __repr__(self) -> str:
         return f"EntropyCoded({self.inner!r}, {self.method!r}, level={self.level})"
+
+
+def _numel(buffer) -> int | None:
+    """The element count a receiving buffer expects (None without one; the inner codec refuses a
+    buffer that is not a 1-D float32 tensor in its own words)."""
+    return buffer.numel() if isinstance(buffer, torch.Tensor) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -12,11 +13,11 @@ from typing import Any
 
 import yaml
 
+from qtrain.config.bounded_yaml import MAX_CONFIG_BYTES, MAX_NODES, check_written, load_yaml, read_config_file
+from qtrain.config.errors import ConfigError
 from qtrain.config.schema import Config
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with the key and the file (or ``--set``) it came from."""
+__all__ = ["ConfigError", "dump_yaml", "from_yaml_text", "load_config", "parse_overrides", "to_dict"]
 
 
 def _type_name(tp) -> str:
@@ -94,18 +95,19 @@ def _build(cls, raw: Any, where: str):
     return cls(**kwargs)
 
 
-def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
-    """``["a.b=1", "c=x"]`` -> ``[("a.b", 1), ("c", "x")]``, values parsed as YAML scalars/lists."""
+def parse_overrides(items: list[str], nodes: int = MAX_NODES) -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=x"]`` -> ``[("a.b", 1), ("c", "x")]``, values parsed as YAML scalars/lists by
+    the bounded reader: the key's own nesting counts towards its depth bound, and the values share
+    the ``nodes`` budget (what the config file left of ``MAX_NODES``)."""
     out = []
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key.sub=value")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from exc
-        out.append((key.strip(), value))
+        key = key.strip()
+        value, used = load_yaml(text, f"--set {key}", tuple(key.split(".")), nodes)
+        nodes -= used
+        out.append((key, value))
     return out
 
 
@@ -142,7 +144,9 @@ def _set_nested(mapping: dict, keys: list[str], value: Any) -> None:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read ``path`` (None: all defaults), apply ``--set`` overrides, validate. Raises ConfigError."""
+    """Read ``path`` (None: all defaults), apply ``--set`` overrides, validate. Raises ConfigError.
+    The file and the ``--set`` values go through the bounded reader (``bounded_yaml``)."""
+    budget = MAX_NODES
     if path is None:
         cfg = Config()
     else:
@@ -151,21 +155,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         p = resolve_config(path)
         if p.is_dir():
             raise ConfigError(f"config file {str(p)!r} is a directory, not a YAML file")
-        if not p.is_file():
+        if not os.path.exists(p):  # a FIFO or a device exists: read_config_file names what it is
             names = ", ".join(config_names())
             raise ConfigError(f"config file {str(p)!r} does not exist (shipped configs, by name: {names})")
-        try:
-            raw = yaml.safe_load(p.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise ConfigError(
-                f"{p}: not a text (UTF-8) YAML file (byte {exc.start} is 0x{exc.object[exc.start]:02x})"
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"{p}: cannot read it ({exc.strerror or exc})") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{p}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from exc
+        raw, used = load_yaml(read_config_file(p), str(p))
+        budget -= used
         try:
             cfg = _build(Config, raw, "")
         except ConfigError as exc:
@@ -173,7 +167,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     from qtrain.config.validate import validate
 
     items = list(overrides or [])
-    parsed = parse_overrides(items)
+    parsed = parse_overrides(items, budget)
     base = copy.deepcopy(cfg) if parsed else None
     for key, value in parsed:
         _apply_override(cfg, key, value)
@@ -185,6 +179,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if culprit is not None:
             raise culprit from None
         raise
+    check_written(to_dict(cfg), dump_yaml(cfg), source)
     return cfg
 
 
@@ -213,7 +208,17 @@ def dump_yaml(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def from_yaml_text(text: str) -> Config:
-    """Rebuild a Config from the text :func:`dump_yaml` wrote (used when resuming)."""
-    cfg = _build(Config, yaml.safe_load(text), "")
-    return cfg
+def from_yaml_text(text: str, source: str = "the checkpoint's /config") -> Config:
+    """Rebuild a Config from the text :func:`dump_yaml` wrote: a checkpoint's /config, read when
+    resuming or inspecting. ``source`` names it in errors (``CHECKPOINT: /config``). The text goes
+    through the bounded reader: a checkpoint's digest can be resealed around any text. What
+    :func:`load_config` accepts is within its bounds written out (``check_written``)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{source}: {len(text)} characters; a config is at most {MAX_CONFIG_BYTES} bytes (1 MiB)"
+        )
+    raw, _ = load_yaml(text, source)
+    try:
+        return _build(Config, raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None

@@ -14,6 +14,9 @@ BUFFER_POLICIES = ("average", "broadcast")  # model.buffers (qtrain/engine/buffe
 # the fastest cut for fp32 Adam and 1-bit Efficient-Adam together on the emulated 1 Gbit/s network
 # (docs/benchmarks.md, "The default segment size"); a model below it travels as one message per way
 DEFAULT_SEGMENT_BYTES = 5 << 20
+# runtime.segments' bound, and engine/partition.py's: keeps every MPI tag below 32767, the smallest
+# MPI_TAG_UB the standard allows (here, so validation refuses what the partition would)
+MAX_SEGMENTS = 4096
 
 
 @dataclass
@@ -105,8 +108,8 @@ class TrainConfig:
 
 @dataclass
 class RuntimeConfig:
-    device: str = "auto"  # workers: auto | cpu | cuda
-    server_device: str = "cpu"
+    device: str = "auto"  # workers: auto | cpu | cuda | cuda:N
+    server_device: str = "cpu"  # the serving ranks: cpu | cuda | cuda:N
     cuda_aware: str = "auto"  # auto | on | off
     threads: int = 1  # torch intra-op and numba kernel threads per process (0: their defaults)
     kernels: str = "auto"  # codec fast path: auto (numba on CPU where a kernel exists) | numba | torch

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from qtrain.config.loader import ConfigError
-from qtrain.config.schema import BUFFER_POLICIES, DEFAULT_SEGMENT_BYTES
+from qtrain.config.schema import BUFFER_POLICIES, DEFAULT_SEGMENT_BYTES, MAX_SEGMENTS
 from qtrain.kernels import KERNEL_CHOICES
 
 
@@ -26,7 +28,7 @@ SIZE_LIMITS = {
     "downlink.bucket": (1 << 24, "elements per bucket; a bucket is padded to full size"),
     "uplink.k": (1 << 24, "entries per bucket"),
     "downlink.k": (1 << 24, "entries per bucket"),
-    "runtime.segments": (1 << 16, "messages per direction per step"),
+    "runtime.segments": (MAX_SEGMENTS, "messages per direction per step: MPI tags"),
     "runtime.servers": (1 << 12, "serving ranks"),
     "runtime.threads": (1024, "threads per process"),
     "runtime.timeout_s": (1e7, "seconds, about 115 days"),
@@ -41,6 +43,11 @@ SIZE_LIMITS = {
     "checkpoint.keep": (1 << 20, "checkpoints kept"),
     "seed": ((1 << 63) - 1, "a 64-bit seed"),
 }
+
+
+# a torch device qtrain places ranks on; whether this node has it is checked where a rank is placed
+# (runtime/placement.choose_device), the form here, before anything starts
+DEVICE = re.compile(r"cpu|cuda(:[0-9]{1,4})?")
 
 
 def _value(cfg, key: str):
@@ -142,8 +149,14 @@ def _validate(cfg) -> None:
         )
     if a.l1 and a.name not in ("qcmd-adagrad", "qrda-adagrad"):
         raise ConfigError("algorithm.l1 applies to qcmd-adagrad and qrda-adagrad only")
-    if r.device not in ("auto", "cpu", "cuda") and not r.device.startswith("cuda:"):
-        raise ConfigError(f"runtime.device must be auto, cpu or cuda, got {r.device!r}")
+    if r.device != "auto" and not DEVICE.fullmatch(r.device):
+        raise ConfigError(
+            f"runtime.device must be auto, cpu, cuda or cuda:N (N a GPU index), got {r.device!r}"
+        )
+    if not DEVICE.fullmatch(r.server_device):
+        raise ConfigError(
+            f"runtime.server_device must be cpu, cuda or cuda:N (N a GPU index), got {r.server_device!r}"
+        )
     if t.progress not in ("auto", "bar", "lines"):
         raise ConfigError(f"train.progress must be auto, bar or lines, got {t.progress!r}")
     if r.cuda_aware not in ("auto", "on", "off"):

@@ -21,10 +21,20 @@ class Dataset:
     outputs: int  # classes, or regression targets per sample
     optimum_train_loss: float | None = None  # known minimum of the training loss, where there is one
     true_weights: torch.Tensor | None = None  # synthetic datasets: the generating w* (features,)
+    # files whose task ``data.task`` decides (libsvm, npz): the file as the user named it, how the
+    # task was chosen ("by data.task auto (...)": the plan line says it), and each class id's label
+    source: str = ""
+    task_reason: str = ""
+    class_labels: tuple | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    def describe_task(self) -> str:
+        """The task, with how ``data.task`` chose it where it did (the plan line's words:
+        ``classification by data.task auto (float64 labels in one column, all whole numbers)``)."""
+        return f"{self.task} {self.task_reason}" if self.task_reason else self.task
 
     def check(self) -> Dataset:
         """Consistency checks every loader's output passes (clear errors for malformed files)."""
@@ -45,7 +55,23 @@ class Dataset:
             for y in (self.y_train, self.y_test):
                 if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.outputs):
                     raise ValueError(f"dataset {self.name}: a label is outside 0..{self.outputs - 1}")
+        if self.task == "classification" and int(self.y_train.min()) == int(self.y_train.max()):
+            self._refuse_one_class()
         return self
+
+    def _refuse_one_class(self) -> None:
+        """A training split of one class cannot teach a classifier anything: with one output the
+        softmax is 1 whatever the model, so the loss is 0 and the accuracy 1 from the first step
+        and the run reported success having trained nothing (an npz of all-zero float regression
+        targets, read as classes by ``data.task: auto``)."""
+        cls = int(self.y_train[0])
+        label = self.class_labels[cls] if self.class_labels is not None else cls
+        where = self.source or f"dataset {self.name}"
+        hint = "; set data.task: regression if these are regression targets" if self.task_reason else ""
+        raise ValueError(
+            f"{where}: every training label is {label!r} (one class), read as {self.describe_task()}: "
+            f"a classifier of one class cannot learn{hint}"
+        )
 
 
 def split(x: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int):

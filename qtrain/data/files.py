@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,29 +33,51 @@ def _need_path(cfg, what: str) -> Path:
     return regular_file(path)  # which says when it does not exist, in the same words
 
 
-def _labels(y: np.ndarray, name: str, task: str = "auto") -> tuple[torch.Tensor, str, int, dict | None]:
+class Labels(NamedTuple):
+    """What ``_labels`` makes of a file's labels: the targets, the task, the classes or targets
+    per sample, the file's label of each class id (classification), and why the task is this one."""
+
+    y: torch.Tensor
+    task: str
+    outputs: int
+    class_labels: tuple | None
+    reason: str
+
+
+def _labels(y: np.ndarray, name: str, task: str = "auto") -> Labels:
     """``data.task`` for labels ``y`` (one row per sample): classification with ids 0..C-1, or
     regression with one float target per column. ``auto``: integer-valued labels in one column
-    (integer or float dtype alike, as ``np.loadtxt`` gives them) are classes, anything else is
-    regression; every file loader decides with this one rule."""
+    (integer or float dtype alike, as ``np.loadtxt`` and scikit-learn's svmlight parser give them)
+    are classes, anything else is regression; every file loader decides with this one rule, and
+    the plan line says which rule chose (``reason``), since float targets that happen to be whole
+    numbers are read as classes too."""
+    dtype = y.dtype
     y = y.astype(np.float64) if y.dtype == np.bool_ else y
     if not np.all(np.isfinite(y)):
         raise ValueError(f"{name}: labels contain NaN or Inf")
     column = y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)
-    whole = np.issubdtype(y.dtype, np.integer) or bool(np.all(y == np.round(y)))
+    integer = np.issubdtype(dtype, np.integer) or dtype == np.bool_
+    whole = integer or bool(np.all(y == np.round(y)))
+    reason = "by data.task"
     if task == "auto":
         task = "classification" if column and whole else "regression"
+        if task == "regression":
+            reason = f"by data.task auto ({'several label columns' if not column else 'non-integer labels'})"
+        elif integer:
+            reason = f"by data.task auto ({dtype} labels in one column)"
+        else:
+            reason = f"by data.task auto ({dtype} labels in one column, all whole numbers)"
     if task == "classification":
         if not (column and whole):
             why = "several columns" if not column else f"a non-integer value {y[y != np.round(y)][0]!r}"
             raise ValueError(f"{name}: data.task=classification, but the labels have {why}")
         flat = y.reshape(-1)
         classes = np.unique(flat)
-        mapping = {v: i for i, v in enumerate(classes.tolist())}
         ids = np.searchsorted(classes, flat)
-        return torch.from_numpy(ids.astype(np.int64)), "classification", len(classes), mapping
+        labels = tuple(classes.tolist())
+        return Labels(torch.from_numpy(ids.astype(np.int64)), "classification", len(classes), labels, reason)
     targets = torch.from_numpy(y.astype(np.float32)).reshape(len(y), -1)
-    return targets, "regression", targets.shape[1], None
+    return Labels(targets, "regression", targets.shape[1], None, reason)
 
 
 def libsvm(cfg, seed: int) -> Dataset:
@@ -85,12 +108,22 @@ def libsvm(cfg, seed: int) -> Dataset:
         if m is not None:
             dense_bytes(*m.shape, f"{name} {str(cfg.path if m is xtr else cfg.test_path)!r}")
     x = torch.from_numpy(xtr.astype(np.float32).toarray())
+    source = f"data.path {str(path)!r}"
     if xte is None:
-        y, task, outputs, _ = _labels(ytr, cfg.name, cfg.task)
-        return Dataset("libsvm", *split(x, y, cfg.test_fraction, 20260), task, outputs).check()
-    y_all, task, outputs, _ = _labels(np.concatenate([ytr, yte]), cfg.name, cfg.task)
+        lab = _labels(ytr, cfg.name, cfg.task)
+        parts = split(x, lab.y, cfg.test_fraction, 20260)
+        return _dataset("libsvm", parts, lab, source)
+    lab = _labels(np.concatenate([ytr, yte]), cfg.name, cfg.task)
     xt = torch.from_numpy(xte.astype(np.float32).toarray())
-    return Dataset("libsvm", x, y_all[: len(ytr)], xt, y_all[len(ytr) :], task, outputs).check()
+    return _dataset("libsvm", (x, lab.y[: len(ytr)], xt, lab.y[len(ytr) :]), lab, source)
+
+
+def _dataset(name: str, parts: tuple, lab: Labels, source: str) -> Dataset:
+    """A file loader's checked Dataset: ``parts`` (x_train, y_train, x_test, y_test), labelled by
+    ``lab``, read from ``source`` (which a refusal names)."""
+    ds = Dataset(name, *parts, lab.task, lab.outputs, source=source, task_reason=lab.reason)
+    ds.class_labels = lab.class_labels
+    return ds.check()
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
@@ -216,7 +249,6 @@ def npz(cfg, seed: int) -> Dataset:
         raise ValueError(f"{path}: y_train and y_test have different numbers of targets")
     ytr, yte = ytr.reshape((len(ytr), *targets)), yte.reshape((len(yte), *targets))
     common = np.result_type(ytr.dtype, yte.dtype)
-    y_all, task, outputs, _ = _labels(
-        np.concatenate([ytr.astype(common), yte.astype(common)]), str(path), cfg.task
-    )
-    return Dataset("npz", xtr, y_all[: len(ytr)], xte, y_all[len(ytr) :], task, outputs).check()
+    lab = _labels(np.concatenate([ytr.astype(common), yte.astype(common)]), str(path), cfg.task)
+    parts = (xtr, lab.y[: len(ytr)], xte, lab.y[len(ytr) :])
+    return _dataset("npz", parts, lab, f"data.path {str(path)!r}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from qtrain.algorithms.links import resolve_links
-from qtrain.config.loader import from_yaml_text
+from qtrain.config.loader import ConfigError, from_yaml_text
 from qtrain.engine.param_groups import with_momentum
 from qtrain.io.checkpoint import CheckpointError, read_checkpoint
 from qtrain.io.checkpoint_layout import CheckpointExpectation, check_checkpoint_layout
@@ -20,8 +20,10 @@ def expectation(config_text: str, path) -> CheckpointExpectation:
     """What a checkpoint written with the resolved config ``config_text`` holds: the algorithm's
     server and worker state names and which sides keep error feedback."""
     try:
-        cfg = from_yaml_text(config_text)
+        cfg = from_yaml_text(config_text, f"{path}: /config")  # the bounded reader: digests reseal
         algorithm, uplink, downlink = resolve_links(cfg)
+    except ConfigError as exc:  # names the file, the item and the bound
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - a crafted config fails in the schema in many ways
         why = " ".join(str(exc).split())[:200]  # YAML's errors span lines
         raise CheckpointError(f"{path}: /config is not a config this qtrain can run ({why})") from None

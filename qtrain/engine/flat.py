@@ -75,6 +75,8 @@ class FlatModel:
         self.params = torch.empty(numel, dtype=torch.float32, device=device)
         self.grads = torch.zeros(numel, dtype=torch.float32, device=device)
         self.layout = Layout(aliases=parameter_aliases(module, [name for name, _ in trainable]))
+        self._trained = {name for name, _ in trainable}
+        self._frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
         self._grad_views: list[torch.Tensor] = []
         offset = 0
         for name, p in trainable:
@@ -121,8 +123,17 @@ class FlatModel:
 
     def changed_parameter(self) -> str | None:
         """How the first parameter that no longer lives in ``params`` changed (replaced, moved to
-        another device or reshaped since the model was flattened), or None."""
+        another device, reshaped or frozen since the model was flattened), or which parameter
+        trains now that was left out then (unfrozen with ``requires_grad_(True)``, or added): None
+        when the trained set is still the flattened one. The set is fixed here, as DDP fixes it
+        when it is built (its reducer hooks the parameters that require grad then: one unfrozen
+        later is never averaged, one frozen later fails the next iteration with "Expected to have
+        finished reduction" unless ``find_unused_parameters=True``)."""
         now = dict(self.module.named_parameters())
+        for name, p in now.items():
+            if p.requires_grad and name not in self._trained:
+                how = "unfrozen (requires_grad=True)" if name in self._frozen else "added"
+                return f"parameter {name} was {how}"
         for name, offset, shape in self.layout:
             p = now.get(name)
             if p is None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from qtrain.config.schema import MAX_SEGMENTS  # the bound runtime.segments is validated against
+
 TAG_BASE = 16  # MPI tags below this are left to control messages
-MAX_SEGMENTS = 4096  # keeps every tag below 32767, the smallest MPI_TAG_UB the standard allows
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,9 @@ class Recorder:
                 echo=echo,
             )
         self.progress = ProgressReporter(setup.steps, cfg.train.log_every, echo, progress, mpi_library)
-        self.live = LiveMetrics(out_dir, topology.server, cfg.trace.csv, cfg.trace.tensorboard)
+        self.live = LiveMetrics(
+            out_dir, topology.server, cfg.trace.csv, cfg.trace.tensorboard, resume_step=start_step or None
+        )
         self.start = self.step = start_step
         self.counters = counters  # io.net_counters.NetCounters of this rank's link, or None
         self.t0 = time.perf_counter()

@@ -97,7 +97,7 @@ class RunPlan:
         ds = s.dataset
         return (
             f"{s.algorithm.name}, {self.topology.num_workers} workers, {s.steps} steps, "
-            f"data {ds.name} ({ds.task}, {len(ds.x_train)} train samples), "
+            f"data {ds.name} ({ds.describe_task()}, {len(ds.x_train)} train samples), "
             f"{self.partition.numel} parameters in {self.partition.describe()}; "
             f"uplink {s.uplink.describe()}; downlink {s.downlink.describe()}{self.recipe()}"
         )

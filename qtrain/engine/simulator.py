@@ -31,6 +31,22 @@ from qtrain.kernels import set_threads as set_kernel_threads
 from qtrain.memory import require_fits
 
 
+def _simulator_device(cfg) -> torch.device:
+    """The CPU: the simulator runs the servers and every virtual worker there (``auto`` means the
+    CPU here). A config that names a GPU is refused, not run on the CPU under a config.yaml that
+    says it ran on the GPU."""
+    for key, setting in (
+        ("runtime.device", cfg.runtime.device),
+        ("runtime.server_device", cfg.runtime.server_device),
+    ):
+        if setting not in ("auto", "cpu"):
+            raise ValueError(
+                f"{key}={setting}: qtrain simulate runs every virtual worker and the server on the CPU; "
+                f"set {key}=cpu, or train on GPUs with mpiexec ... qtrain train"
+            )
+    return torch.device("cpu")
+
+
 def simulate(
     cfg,
     workers: int,
@@ -39,17 +55,20 @@ def simulate(
     observe=None,
     overwrite: bool = False,
     phase=lambda name: None,
+    stop=lambda: None,
 ) -> dict:
     """Run ``cfg`` with ``workers`` virtual workers; write ``OUT/config.yaml``, the trace, the
     checkpoints and ``OUT/summary.json`` when ``out`` is given; return the summary.
     ``observe(step, params, dataset)``, when given, sees the server's weights after every step
     (step 0: before training), read-only: how reproductions follow a quantity over training.
     ``phase(name)`` is told what the run does next (``qtrain simulate``'s watchdog holds each
-    phase to ``runtime.timeout_s``, as MPI runs do)."""
+    phase to ``runtime.timeout_s``, as MPI runs do). ``stop()`` returns a reason to stop (a
+    Ctrl-C) or None, asked at each step's server part: a stop ends the run after that step as an
+    MPI run's agreed stop does (evaluation, checkpoint, summary with ``stopped_early``)."""
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
         set_kernel_threads(cfg.runtime.threads)
-    device = torch.device("cpu")
+    device = _simulator_device(cfg)
     servers = cfg.runtime.servers  # K in-process serving ranks, each with its shard's engine
     topology = Topology.parameter_server(workers + servers, servers=servers)
     plan, server_model = RunPlan.build(cfg, topology, device)
@@ -87,6 +106,7 @@ def simulate(
         part,
         rec,
         wants_buffers=lambda step, stopping: sync_buffers and rec.eval_due(stopping),
+        decide_stop=lambda records: stop(),
     )
     checkpointer = Checkpointer(out_dir, plan, "none (simulator)", ["simulator"]) if out_dir else None
     log(f"simulate: {plan.describe()}; {describe_estimate(setup, part, workers)}")
@@ -95,6 +115,7 @@ def simulate(
         w.receive_initial()
     if observe is not None:
         observe(0, server_model.params, ds)
+    stop_reason = None
     for step in range(1, setup.steps + 1):
         for i, (w, sampler) in enumerate(zip(workers_, samplers, strict=True)):
             phase(f"step {step}: worker {i}'s forward and backward")
@@ -102,6 +123,7 @@ def simulate(
             w.compute(step, ds.x_train[idx], ds.y_train[idx], ds.task)
         phase(f"step {step}: the server")
         result = server_step.run(step)
+        stopping = result.stop_reason is not None
         for w in workers_:
             w.exchange(step)
         if result.buffers:  # the server evaluates now: every replica adopts the combination
@@ -109,13 +131,13 @@ def simulate(
                 combined = combine(cfg.model.buffers, [buffer_state(r.module) for r in replicas])
                 for model in (*replicas, server_model):
                     load_buffers(model.module, combined)
-        if rec.eval_due():
+        if rec.eval_due(stopping):
             phase(f"step {step}: evaluation")
             rec.evaluate(server_model, ds)
         rec.end_step(worker_report(result.records), server.last_stats)
         if observe is not None:
             observe(step, server_model.params, ds)
-        if checkpointer is not None and is_checkpoint_step(cfg, step, setup.steps, False):
+        if checkpointer is not None and is_checkpoint_step(cfg, step, setup.steps, stopping):
             phase(f"step {step}: checkpoint")
             own = [buffer_state(r.module) if sync_buffers else None for r in replicas]
             snaps = [
@@ -130,9 +152,20 @@ def simulate(
             )  # a resumed run finds this step's rows
             rec.flush()
             checkpointer.write(step, server, snaps, rec, replicas[0].params, buffers)
+        if stopping:
+            stop_reason = result.stop_reason
+            log(f"stop after step {step}: {stop_reason}")
+            break
     phase("the final evaluation, trace and summary")
     rec.close([w.comm_s for w in workers_], [w.decode_s for w in workers_])
-    summary = rec.summary(server_model, ds, params_sha256(server_model.params), runner="simulate")
+    summary = rec.summary(
+        server_model,
+        ds,
+        params_sha256(server_model.params),
+        runner="simulate",
+        stopped_early=stop_reason is not None,
+        stop_reason=stop_reason,
+    )
     if out_dir is not None:
         write_summary(out_dir, summary)
     return summary

@@ -24,7 +24,7 @@ import numpy as np
 
 from qtrain.io import abandoned_files, strict_json
 from qtrain.io.disk_errors import write_error
-from qtrain.io.guarded_hdf5 import UntrustedItem, catalogue
+from qtrain.io.guarded_hdf5 import UntrustedItem, catalogue, open_swmr
 from qtrain.memory import MemoryBoundError
 
 TRACE_DTYPE = np.dtype(
@@ -137,7 +137,8 @@ class TraceWriter:
         """A trace at ``path``; with ``resume_step`` an existing one keeps its rows up to that step,
         unless other ranks wrote them (a resume with another world size or other serving ranks):
         that file is kept whole beside as ``trace-before-resume-at-step-N.h5`` and a new trace
-        begins (``echo`` says so)."""
+        begins (``echo`` says so). An existing trace that does not read is refused
+        (``read_for_resume``), never begun anew over its rows."""
         self.path = Path(path)
         self.flush_every = flush_every
         self._rows: list[np.ndarray] = []
@@ -147,26 +148,22 @@ class TraceWriter:
         kept_steps = kept_evals = None
         kept_timeline: dict = {}
         if resume_step is not None and self.path.exists():
-            try:
-                s, e, old = read_trace(self.path)
-                if _same(old, attrs, ("world_size", "server_ranks")):
-                    kept_steps, kept_evals = s[s["step"] <= resume_step], e[e["step"] <= resume_step]
-                    if _same(old, attrs, ("segments", "segment_owners")):  # else rows of another cut
-                        for name, rows in read_timeline(self.path).items():
-                            kept_timeline[name] = rows[rows["step"] <= resume_step]
-                    m = read_metrics(self.path)
-                    kept_timeline["metrics"] = m[m["step"] <= resume_step]
-                else:
-                    aside = _aside_name(self.path, resume_step)
-                    os.replace(self.path, aside)
-                    echo(
-                        f"qtrain: {self.path.name} was written by {old['world_size']} ranks, ranks "
-                        f"{_value(old, 'server_ranks')} serving; this run has {attrs['world_size']}, ranks "
-                        f"{_value(attrs, 'server_ranks')} serving: kept as {aside.name}, a new trace begins"
-                    )
-            except ValueError:
-                kept_steps = kept_evals = None  # unreadable: start a fresh trace
-                kept_timeline = {}
+            s, e, old = read_for_resume(self.path, resume_step)
+            if _same(old, attrs, ("world_size", "server_ranks")):
+                kept_steps, kept_evals = s[s["step"] <= resume_step], e[e["step"] <= resume_step]
+                if _same(old, attrs, ("segments", "segment_owners")):  # else rows of another cut
+                    for name, rows in read_timeline(self.path).items():
+                        kept_timeline[name] = rows[rows["step"] <= resume_step]
+                m = read_metrics(self.path)
+                kept_timeline["metrics"] = m[m["step"] <= resume_step]
+            else:
+                aside = _aside_name(self.path, resume_step)
+                os.replace(self.path, aside)
+                echo(
+                    f"qtrain: {self.path.name} was written by {old['world_size']} ranks, ranks "
+                    f"{_value(old, 'server_ranks')} serving; this run has {attrs['world_size']}, ranks "
+                    f"{_value(attrs, 'server_ranks')} serving: kept as {aside.name}, a new trace begins"
+                )
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self._create(tmp, attrs, kept_steps, kept_evals, kept_timeline)
@@ -476,11 +473,11 @@ def _read_checked(path: Path, read):
     if not path.is_file():
         raise TraceError(f"trace {str(path)!r} does not exist")
     try:
-        with h5py.File(path, "r", swmr=True) as f:
+        with open_swmr(path) as f:
             return read(f, _checked(f, path))
     except TraceError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, RecursionError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, RecursionError) as exc:
         raise TraceError(f"{path}: not a readable qtrain trace ({exc})") from None
 
 
@@ -541,6 +538,20 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         return rows, f["evals"][()], attrs
 
     return _read_checked(path, read)
+
+
+def read_for_resume(path: Path, resume_step: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``read_trace`` of the trace a run resumed at ``resume_step`` continues. One that does not
+    read (truncated, damaged, not a trace) is refused with what to do: a resumed run once began a
+    new trace over it, its rows lost without a word, and read a truncated one's missing evaluations
+    as zeros. Checked before training (``runtime.resume``) and again by ``TraceWriter``."""
+    try:
+        return read_trace(path)
+    except TraceError as exc:
+        raise TraceError(
+            f"{exc}; resuming at step {resume_step} continues this trace: move {Path(path).name} aside "
+            "to begin a new one"
+        ) from None
 
 
 def read_timeline(path: Path) -> dict[str, np.ndarray]:

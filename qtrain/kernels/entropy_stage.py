@@ -28,4 +28,4 @@ class EntropyKernelCodec:
         return self.codec.compress(raw, out), sums
 
     def decode_combine(self, messages: list[torch.Tensor], out: torch.Tensor, mode: str) -> torch.Tensor:
-        return self.inner.decode_combine([self.codec.expand(m) for m in messages], out, mode)
+        return self.inner.decode_combine([self.codec.expand(m, out.numel()) for m in messages], out, mode)

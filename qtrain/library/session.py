@@ -143,7 +143,9 @@ class Session:
         self._worker = None
         self._builtin_model = None  # qtrain train's: the config's model, built at start-up
         self._shards: list = []
-        self._pending_shards: list | None = None
+        self._pending_shards: list | None = None  # a resume's data positions not yet given to a shard
+        self._resumed_from = None  # the checkpoint a resume read (its shards' positions)
+        self._resumed_shards = 0  # how many shards' positions that checkpoint holds
         self._resumed_extra = None
         self._finished = False
 
@@ -364,10 +366,10 @@ class Session:
         if self._pending_shards:
             loader.load_state_dict(self._pending_shards.pop(0))
         elif self._pending_shards is not None:  # resumed, and the checkpoint has no position for it
-            raise ValueError(
-                f"session.shard(): the checkpoint holds the data positions of {len(self._shards)} "
-                f"shard(s), and this is shard {len(self._shards) + 1} (a resumed loop makes the same "
-                "shards in the same order)"
+            raise UsageError(
+                f"session.shard(): the checkpoint {self._resumed_from} holds the data positions of "
+                f"{self._resumed_shards} shard(s), and this is shard {len(self._shards) + 1}: a resumed loop "
+                "makes the same shards in the same order"
             )
         self._shards.append(loader)
         return loader
@@ -506,11 +508,28 @@ class Session:
             self.config.runtime.timeout_s,
         )
 
-    def _resume_shards(self, states: list) -> None:
-        """A resumed worker's data positions: for the loaders made already, and the next ones."""
+    def _resume_shards(self, states: list, path) -> None:
+        """A resumed worker's data positions (read from the checkpoint ``path``): for the loaders
+        made already, and the next ones. A loader made beyond them is refused (:meth:`shard`),
+        and so is a checkpoint while some are still unclaimed (:meth:`_shard_positions`)."""
+        self._resumed_from, self._resumed_shards = path, len(states)
         for loader, state in zip(self._shards, states, strict=False):
             loader.load_state_dict(state)
         self._pending_shards = states[len(self._shards) :]
+
+    def _shard_positions(self) -> list:
+        """Every shard's position, for a checkpoint. After a resume, a loop that has made fewer
+        shards than the checkpoint held would drop the others' positions from this checkpoint
+        (and a later resume would start them over): refused, naming the first one missing."""
+        if self._pending_shards:
+            first = len(self._shards) + 1
+            raise UsageError(
+                f"session.checkpoint(): the run resumed from {self._resumed_from}, which holds the data "
+                f"positions of {self._resumed_shards} shard(s), and this loop has made {len(self._shards)}: "
+                f"the position of shard {first} would be lost (a resumed loop makes the same shards in the "
+                "same order, before its first checkpoint)"
+            )
+        return [s.state_dict() for s in self._shards]
 
     def _excepthook(self, kind, exc, tb) -> None:
         _fail_rank(self._comm, self._svc, exc, tb)

@@ -48,7 +48,8 @@ class LibraryWorker:
         self.stopping = False
         self.metrics: list[tuple[int, str, float]] = []
         trace = plan.cfg.trace  # session.log numbers also go to this rank's live files at once
-        self.live = LiveMetrics(session.out_dir, self.topology.rank, trace.csv, trace.tensorboard)
+        resumed_at = resume.step if resume is not None else None  # its files keep the rows up to it
+        self.live = LiveMetrics(session.out_dir, self.topology.rank, trace.csv, trace.tensorboard, resumed_at)
         self.closed = False
         if resume is not None:
             self._restore(resume)
@@ -165,8 +166,9 @@ class LibraryWorker:
         why = self.flat.changed_parameter()
         if why:
             raise UsageError(
-                f"step {step}: {why} after session.optimizer(model); its flat buffers keep the parameters of "
-                "that call (change the model and move it to session.device before creating the optimizer)"
+                f"step {step}: {why} after session.optimizer(model), which fixed the parameters qtrain "
+                "trains and keeps them in its flat buffers: replace, reshape, freeze or unfreeze parameters "
+                "(requires_grad_) and move the model to session.device before creating the optimizer"
             )
         if not self.backward_seen:
             raise UsageError(
@@ -325,7 +327,7 @@ class LibraryWorker:
     # ------------------------------------------------------------------ checkpoints
     def _snapshot(self, packed_extra) -> dict:
         own = buffer_state(self.flat.module) if has_buffers(self.flat.module) else None  # kept, not combined
-        positions = [s.state_dict() for s in self.session._shards]
+        positions = self.session._shard_positions()
         groups = self.optimizer.param_groups if self.optimizer is not None else []
         initial = [g.get("initial_lr") for g in groups]
         initial_lrs = initial if initial and None not in initial else None
@@ -356,6 +358,6 @@ class LibraryWorker:
                 lrs = [lr * now / then for lr in lrs]
             self.lrs, self.pending_lrs = list(lrs), list(lrs)
         self.initial_lrs = snapshot_lrs(w, "initial_lr")
-        self.session._resume_shards(worker_positions(w))
+        self.session._resume_shards(worker_positions(w), resume.path)
         self.session._resumed_extra = extra_state.unpack(w["extra"]) if "extra" in w else None
         self.svc.log.info("resumed at step %d", resume.step)

@@ -125,9 +125,11 @@ def load_for_resume(
 
 
 def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> ResumePoint:
-    """The serving rank loads and verifies the checkpoint; workers get the replica parameters and
-    their own state (numpy over MPI). Raises ``Refused`` on every rank when it does not fit."""
+    """The serving rank loads and verifies the checkpoint, and the trace the run continues;
+    workers get the replica parameters and their own state (numpy over MPI). Raises ``Refused``
+    on every rank when either does not fit."""
     from qtrain.engine.snapshots import to_numpy, to_torch
+    from qtrain.io.trace import read_for_resume
     from qtrain.runtime.startup import Refused
 
     comm, server = topology.comm, topology.server
@@ -145,6 +147,9 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
                 steps=plan.setup.steps or None,  # 0: a library run, whose loop decides
                 layout=plan.layout,
             )
+            trace = out_dir / "trace.h5" if out_dir is not None and plan.cfg.trace.enabled else None
+            if trace is not None and trace.exists():  # refused now, on every rank, rather than lost
+                read_for_resume(trace, loaded[0]["step"])
         except (ValueError, OSError) as exc:
             error = str(exc)
     error = comm.bcast(error, root=server)
@@ -168,6 +173,7 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
                 "replica_params": tree["replica_params"],
                 "buffers": tree.get("buffers"),
                 "saved_lr": saved_lr,
+                "path": str(path),  # the workers name it (session.shard's count of positions)
             }
         )
     mine = comm.scatter(parts, root=server)
@@ -185,7 +191,7 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
     worker = to_torch(mine) if mine is not None else None
     return ResumePoint(
         c["step"],
-        None,
+        Path(c["path"]),
         replica_params=c["replica_params"],
         worker=worker,
         worker_state_reset=reset,

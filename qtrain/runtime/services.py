@@ -70,10 +70,10 @@ class RankServices:
     @classmethod
     def start(cls, rank: int, echo) -> RankServices:
         """Signals become stop requests, and a watchdog (default deadline until the config is
-        read) aborts the job when a phase hangs."""
-        from mpi4py import MPI
-
+        read) aborts the job when a phase hangs, naming the script's line when the rank is in
+        the user's own code rather than in qtrain's."""
         from qtrain.config import RuntimeConfig
+        from qtrain.runtime.own_code import own_code
         from qtrain.runtime.signals import StopRequest
         from qtrain.runtime.watchdog import Watchdog
 
@@ -82,11 +82,13 @@ class RankServices:
         svc = cls(rank, echo, None, stop)
 
         def on_timeout(message: str) -> None:
+            from mpi4py import MPI  # started by then (imported here, the services start without it)
+
             if svc.log is not None:
                 svc.log.error(message)
             abort(MPI.COMM_WORLD)
 
-        svc.watchdog = Watchdog(rank, RuntimeConfig().timeout_s, on_timeout).start()
+        svc.watchdog = Watchdog(rank, RuntimeConfig().timeout_s, on_timeout, where=own_code).start()
         return svc
 
     def open_log(self, out_dir, world) -> None:

@@ -56,7 +56,7 @@ class WorldInfo:
         if getattr(ds, "x_train", None) is not None:  # the built-in data (a library run's is the user's)
             what = f"{ds.outputs} classes" if ds.task != "regression" else f"{ds.outputs} target(s)"
             sizes = f"{len(ds.x_train)} train / {len(ds.x_test)} test samples"
-            echo(f"  data {ds.name}: {ds.task}, {what}, {sizes}")
+            echo(f"  data {ds.name}: {ds.describe_task()}, {what}, {sizes}")
         if config_workers and s.cfg.workers != topo.num_workers:
             echo(
                 f"  note: the config says workers: {s.cfg.workers}, but {topo.world_size} ranks make "
@@ -171,7 +171,7 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
             set_kernel_threads(cfg.runtime.threads)
         svc.fault = faults.parse()
         device = (
-            torch.device(cfg.runtime.server_device)
+            choose_device(cfg.runtime.server_device, 0, "runtime.server_device")
             if topology.is_server
             else choose_device(cfg.runtime.device, local)
         )

@@ -1,7 +1,9 @@
 """A thread that aborts the whole job when the current phase runs longer than ``runtime.timeout_s``.
 
 Communication waits have their own deadlines (``waiting.py``, which name the silent ranks); the
-watchdog also catches a rank stuck outside MPI (a hung data loader, a deadlocked kernel)."""
+watchdog also catches a rank stuck outside MPI (a hung data loader, a deadlocked kernel). A rank
+that is in its own script's code, not in qtrain's (``own_code``), is named by the line it is at,
+not by qtrain's last phase: a worker blocked in ``input()`` was reported as phase 'set-up'."""
 
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ import time
 
 
 class Watchdog:
-    def __init__(self, rank: int, timeout_s: float, on_timeout, who: str | None = None):
+    def __init__(self, rank: int, timeout_s: float, on_timeout, who: str | None = None, where=None):
         """``who`` names the process in the message (default ``rank R``; the simulator's is
-        ``simulate``)."""
+        ``simulate``). ``where()``: where this process is in its own code, or None while qtrain
+        is at work (``runtime/own_code.py``, for the ranks that run a user's script)."""
         self.rank, self.timeout_s, self.on_timeout = rank, timeout_s, on_timeout
         self.who = who or f"rank {rank}"
+        self.where = where
         self.phase, self.since = "start-up", time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qtrain-watchdog", daemon=True)
@@ -42,9 +46,15 @@ class Watchdog:
         round), so a deadline that has just changed is never paired with the previous start."""
         timeout_s = self.timeout_s
         elapsed = time.monotonic() - self.since
-        if elapsed > timeout_s * 1.5:
-            return f"qtrain: {self.who} watchdog: phase '{self.phase}' has run {elapsed:.0f} s"
-        return None
+        if elapsed <= timeout_s * 1.5:
+            return None
+        place = self.where() if self.where is not None else None
+        if place is not None:
+            return (
+                f"qtrain: {self.who} watchdog: the script has run {elapsed:.0f} s without calling qtrain, "
+                f"and is at {place}"
+            )
+        return f"qtrain: {self.who} watchdog: phase '{self.phase}' has run {elapsed:.0f} s"
 
     def stop(self) -> None:
         self._stop.set()
