@@ -82,6 +82,7 @@ def main():
     if rank == 0 and args.out_json:
         with open(args.out_json, "w") as f:
             json.dump(losses, f)
+    dist.barrier()  # tear gloo down together: a rank that leaves while rank 0 evaluates can abort
     dist.destroy_process_group()
 
 
