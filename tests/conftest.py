@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,35 @@ def real_checkpoint(tmp_path_factory):
     assert p.returncode == 0, p.stderr
     (path,) = (out / "checkpoints").glob("step-*.h5")
     return path
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """``mount(name, options)``: a tmpfs (e.g. ``size=64k``, a full disk) at ``tmp_path/name``,
+    unmounted afterwards; skips where mounting is not allowed (not root)."""
+    mounted = []
+
+    def make(name: str, options: str):
+        d = tmp_path / name
+        d.mkdir()
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)], capture_output=True)
+        if p.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({p.stderr.decode().strip()})")
+        mounted.append(d)
+        return d
+
+    yield make
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+@pytest.fixture
+def handlers():
+    """Restore the stop signals' handlers a test installed (``StopRequest.install``)."""
+    saved = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)

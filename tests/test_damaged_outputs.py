@@ -170,24 +170,6 @@ def test_a_live_csv_on_a_full_device_names_the_file(tmp_path):
     )
 
 
-@pytest.fixture
-def mount(tmp_path):
-    mounted = []
-
-    def make(name: str, options: str):
-        d = tmp_path / name
-        d.mkdir()
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)], capture_output=True)
-        if p.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({p.stderr.decode().strip()})")
-        mounted.append(d)
-        return d
-
-    yield make
-    for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
 @pytest.mark.parametrize(
     "switch, line",
     [

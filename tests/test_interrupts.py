@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import mpiexec_command
+from conftest import STOP_SIGNALS, mpiexec_command
 from mpi_helpers import QTRAIN, mpi_train, train_command
 
 import qtrain as qtrain_package
@@ -32,15 +32,6 @@ from qtrain.runtime.signals import REPEAT_GRACE_S, StopRequest
 from qtrain.runtime.watchdog import Watchdog
 
 TESTS = Path(__file__).parent
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-
-
-@pytest.fixture
-def handlers():
-    saved = {s: signal.getsignal(s) for s in SIGNALS}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 def test_copies_of_one_signal_are_one_request_and_a_later_one_ends_the_rank(handlers, monkeypatch):
@@ -59,7 +50,7 @@ def test_copies_of_one_signal_are_one_request_and_a_later_one_ends_the_rank(hand
     now[0] += REPEAT_GRACE_S - 0.02
     handler(signal.SIGTERM, None)  # Open MPI's SIGTERM after the SIGINT, still within the grace
     assert raised == [] and stop.reason == "SIGINT on rank 2"
-    assert all(signal.getsignal(s) is handler for s in SIGNALS)  # still qtrain's handler
+    assert all(signal.getsignal(s) is handler for s in STOP_SIGNALS)  # still qtrain's handler
     now[0] += 0.02  # past the grace since the first
     handler(signal.SIGINT, None)
     assert raised == [signal.SIGINT] and signal.getsignal(signal.SIGINT) == signal.SIG_DFL

@@ -12,24 +12,6 @@ from mpi_helpers import mpi_train
 QTRAIN = [sys.executable, "-m", "qtrain"]
 
 
-@pytest.fixture
-def mount(tmp_path):
-    mounted = []
-
-    def make(name: str, options: str):
-        d = tmp_path / name
-        d.mkdir()
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)], capture_output=True)
-        if p.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({p.stderr.decode().strip()})")
-        mounted.append(d)
-        return d
-
-    yield make
-    for d in mounted:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
 def one_line(stderr: str) -> str:
     lines = [x for x in stderr.strip().splitlines() if x.startswith("qtrain:")]
     assert "Traceback" not in stderr, stderr[-3000:]

@@ -3,19 +3,7 @@ a second ends the rank; a request the lead adopted from another serving rank is 
 
 import signal
 
-import pytest
-
 from qtrain.runtime.signals import REPEAT_GRACE_S, StopRequest
-
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-
-
-@pytest.fixture
-def handlers():
-    saved = {s: signal.getsignal(s) for s in SIGNALS}
-    yield
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 def test_an_adopted_request_leaves_the_ranks_own_first_signal_a_request(handlers):
