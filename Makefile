@@ -32,7 +32,7 @@ else
 endif
 export QTRAIN_MPIEXEC := $(MPIEXEC)
 
-.PHONY: venv install sysdeps run test test-gpu test-fast test-lowest bench bench-network bench-gpt reproduce soak lint format clean info
+.PHONY: venv install sysdeps run test test-gpu test-fast test-lowest bench bench-network bench-gpt reproduce soak lint typecheck format clean info
 
 # Debian tools the test suite uses: h5dump/h5clear (hdf5-tools) read the HDF5 files qtrain writes;
 # slurm-wlm + munge run the one-node Slurm cluster of the `slurm` tests (slurm/local-cluster.sh);
@@ -142,9 +142,17 @@ bench-gpt: install sysdeps
 reproduce: install sysdeps
 	$(BIN)/qtrain reproduce all --jobs 2 --out runs/reproduce
 
+# ruff, then the type check of the seams between engine/, runtime/ and library/: the backend
+# protocol and its implementations, the step channels, the reports between ranks (pyproject.toml's
+# [tool.mypy] lists the modules; CI runs `make typecheck` before the tests, .ci/run).
 lint: install
 	$(BIN)/ruff check qtrain tests benchmarks examples
 	$(BIN)/ruff format --check qtrain tests benchmarks examples
+	$(BIN)/mypy
+
+# about 16 s with an empty cache (.mypy_cache), under 1 s after
+typecheck: install
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format qtrain tests benchmarks examples
@@ -154,5 +162,5 @@ info: install
 	$(BIN)/qtrain info
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

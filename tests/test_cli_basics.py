@@ -60,7 +60,7 @@ def test_cuda_aware_environment_override(monkeypatch, value, answer):
 
 
 def test_cuda_aware_config_setting_wins(monkeypatch):
-    from qtrain.runtime.mpi_info import decide_cuda_aware
+    from qtrain.runtime.backends.mpi import device_buffers as decide_cuda_aware
 
     monkeypatch.setenv("QTRAIN_CUDA_AWARE", "1")
     assert decide_cuda_aware("off").answer == "no"

@@ -75,3 +75,59 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from qtrain.runtime.watchdog import Watchdog\n")
     assert imports(bad) == [(2, "qtrain.runtime.watchdog")]
+
+
+# ---- one backend (engine/backend.py): only the backends talk to a communication library
+BACKENDS = PACKAGE / "runtime" / "backends"
+# the calls of mpi4py's API that carry or route messages, and its world
+MPI_CALLS = {
+    "Isend", "Irecv", "Ibcast", "Send", "Recv", "Bcast", "Gather", "Allgather", "Scatter", "Reduce",
+    "Allreduce", "Split", "Split_type", "Abort", "Get_rank", "Get_size", "Test", "Testsome", "Wait",
+    "Waitall", "COMM_WORLD", "Query_thread", "Get_library_version", "Finalize",
+}  # fmt: skip
+# torch.distributed outside the backends: the DDP baselines the benchmarks compare against
+DDP_BASELINES = {"bench/ddp_peer.py", "bench/ddp_twin.py", "bench/script_bench.py"}
+
+
+def library_uses(path: Path) -> list[str]:
+    """Where a module imports mpi4py or torch.distributed, or calls mpi4py's API by name (or names
+    its world), in line order."""
+    found = []
+    tree = ast.parse(path.read_text())
+    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        found += [f"line {node.lineno}: import {n}" for n in names if n.split(".")[0] == "mpi4py"]
+        found += [f"line {node.lineno}: import {n}" for n in names if n.startswith("torch.distributed")]
+        if isinstance(node, ast.Attribute) and node.attr in MPI_CALLS:
+            if id(node) in called or node.attr == "COMM_WORLD":  # not e.g. ``except typer.Abort``
+                found.append(f"line {node.lineno}: .{node.attr}")
+    return sorted(found, key=lambda f: int(f.split(":")[0].removeprefix("line ")))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [m for m in MODULES if BACKENDS not in m.parents and str(m.relative_to(PACKAGE)) not in DDP_BASELINES],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_only_the_backends_talk_to_a_communication_library(path):
+    assert not library_uses(path), f"{path.relative_to(PACKAGE)}: {library_uses(path)}"
+
+
+def test_the_backend_checker_sees_mpi_and_torch_distributed(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "def f(comm):\n    from mpi4py import MPI\n    import torch.distributed as dist\n"
+        "    comm.Isend(b, dest=0)\n    return MPI.COMM_WORLD\n"
+    )
+    assert library_uses(bad) == [
+        "line 2: import mpi4py",
+        "line 2: import mpi4py.MPI",
+        "line 3: import torch.distributed",
+        "line 4: .Isend",
+        "line 5: .COMM_WORLD",
+    ]

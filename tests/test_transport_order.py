@@ -1,4 +1,4 @@
-"""The server's pipeline order, with a scripted communicator: segments are taken in the order their
+"""The server's pipeline order, with a scripted backend: segments are taken in the order their
 uplinks complete, downlink broadcasts are posted in segment order whatever order they are queued
 in, and a stalled gather names the lowest incomplete segment and its silent workers."""
 
@@ -18,7 +18,7 @@ class ScriptedRequest:
     def __init__(self, comm, key, fill):
         self.comm, self.key, self.fill, self.done = comm, key, fill, False
 
-    def Test(self):
+    def test(self):
         # a receive completes only when it is the next one in the script: several may complete in
         # one sweep, but never out of the scripted order
         if not self.done and self.comm.script and self.comm.script[0] == self.key:
@@ -29,25 +29,25 @@ class ScriptedRequest:
 
 
 class ScriptedComm:
-    """Irecv completes in the order of ``script`` (a list of (source, tag)); Ibcast completes at
-    once and is logged with the segment its record names."""
+    """The backend's irecv completes in the order of ``script`` (a list of (source, tag)); ibcast
+    completes at once and is logged with the segment its record names."""
 
     def __init__(self, script, payload):
         self.script, self.payload, self.bcasts = list(script), payload, []
 
-    def Irecv(self, buf, source, tag):
+    def irecv(self, buf, source, tag):
         def fill():
             data = self.payload(source, tag)
-            buf[: len(data)] = data
+            buf[: len(data)] = torch.from_numpy(data)
 
         return ScriptedRequest(self, (source, tag), fill)
 
-    def Ibcast(self, buf, root):
-        head = np.frombuffer(bytes(buf[: DOWNLINK_RECORD.itemsize]), dtype=DOWNLINK_RECORD)[0]
+    def ibcast(self, buf, root):
+        head = np.frombuffer(bytes(buf[: DOWNLINK_RECORD.itemsize].numpy()), dtype=DOWNLINK_RECORD)[0]
         self.bcasts.append(int(head["segment"]))
 
         class Done:
-            def Test(self):
+            def test(self):
                 return True
 
         return Done()
@@ -143,7 +143,7 @@ def test_wait_some_returns_what_completed_and_names_the_stall():
         def __init__(self, done):
             self.done = done
 
-        def Test(self):
+        def test(self):
             return self.done
 
     assert wait_some([None, Flag(False), Flag(True)], 1.0, "x", lambda: "") == [2]

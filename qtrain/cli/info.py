@@ -11,25 +11,25 @@ from qtrain.io import strict_json
 
 def collect() -> dict:
     import h5py
-    import mpi4py
     import numpy
     import torch
 
     import qtrain
-    from qtrain.runtime import mpi_info
+    from qtrain.engine.backend import DeviceBuffers
+    from qtrain.runtime.backends import mpi
 
-    missing = mpi_info.missing_mpi()
+    missing = mpi.unavailable()
     if missing is None:
-        library, cuda = mpi_info.library_version(), mpi_info.decide_cuda_aware("auto")
+        library, cuda = mpi.library_version(), mpi.device_buffers("auto")
     else:
-        library, cuda = f"none: {missing}", mpi_info.CudaAwareness("no", "no MPI library")
+        library, cuda = f"none: {missing}", DeviceBuffers("no", "no MPI library")
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
         "qtrain": qtrain.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
-        "mpi4py": mpi4py.__version__,
+        "mpi4py": mpi.mpi4py_version(),
         "h5py": h5py.__version__,
         "hdf5": h5py.version.hdf5_version,
         "mpi_library": library,

@@ -86,7 +86,7 @@ def run(
         sess.close()
         return
     deferred = _Deferred(comm, script)
-    if comm.Get_rank() == 0:  # the serving rank learns from the script's first call what to do
+    if comm.rank == 0:  # the serving rank learns from the script's first call what to do
         decision = comm.bcast(None, root=deferred.root)
         if decision == ENDED:
             fail(
@@ -101,7 +101,7 @@ def run(
             deferred.fail(RuntimeError(f"{script} ended on the serving rank without calling qtrain.init()"))
         return
     library._JOIN = deferred.join
-    _run_script(path, list(args or []), deferred, comm.Get_rank())
+    _run_script(path, list(args or []), deferred, comm.rank)
     if deferred.decision is None:
         deferred.end()
     if library._SESSION is not None:
@@ -128,15 +128,17 @@ def _options_given(config, overrides, out, resume, reset_worker_state, overwrite
 
 
 def _world():
-    """COMM_WORLD when MPI loads and the world has a serving rank and a worker; else None (the
-    session's start-up then refuses in one line, as it always has)."""
-    from qtrain.runtime.mpi_info import missing_mpi
+    """The job's backend when it starts and the job has a serving rank and a worker; else None
+    (the session's start-up then refuses in one line, as it always has)."""
+    from qtrain.runtime import backends
 
-    if missing_mpi() is not None:
+    try:
+        if backends.unavailable() is not None:
+            return None
+    except ValueError:  # a bad QTRAIN_BACKEND: the session's start-up says so
         return None
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() >= 2 else None
+    world = backends.world()
+    return world if world.size >= 2 else None
 
 
 def _serve(sess) -> None:
@@ -184,7 +186,7 @@ class _Deferred:
 
     def fail(self, exc: BaseException, tb=None) -> None:
         """A failure before this rank has a session: its line (the script's traceback first),
-        then the whole job ends (MPI_Abort), as ``session._fail_rank`` does with one."""
+        then the whole job ends (the backend's abort), as ``session._fail_rank`` does with one."""
         import traceback
 
         from qtrain.io.disk_errors import describe
@@ -193,7 +195,7 @@ class _Deferred:
         if tb is not None:
             text = "".join(traceback.format_exception(type(exc), exc, tb))
             print(text, file=sys.stderr, end="", flush=True)
-        print(f"qtrain: rank {self.comm.Get_rank()} failed: {describe(exc)}", file=sys.stderr, flush=True)
+        print(f"qtrain: rank {self.comm.rank} failed: {describe(exc)}", file=sys.stderr, flush=True)
         abort(self.comm)
 
 
@@ -213,7 +215,7 @@ def _run_script(path, args: list[str], deferred: _Deferred | None, rank: int) ->
         if sess is None and deferred is not None:
             deferred.fail(exc, tb)
             return  # abort() ends the job; nothing of a session to report
-        library._fail_rank(sess._comm, sess._svc, exc, tb)
+        library._fail_rank(sess._backend, sess._svc, exc, tb)
 
     user_code_ran()
     give_stdin_to_rank_0(rank)

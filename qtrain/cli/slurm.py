@@ -22,7 +22,16 @@ shares. The script exports each task's node index (``QTRAIN_TASK_NODES``, rank o
 template turns it into a host file for ``srun --distribution=arbitrary`` (``SLURM_HOSTFILE``); it
 refuses the ``mpirun`` launcher, which would place the ranks its own way. A job's nodes all get
 the same ``--gres``, so with GPU workers the serving nodes' GPUs stay idle (the script says so):
-a heterogeneous job would avoid that, which this does not render."""
+a heterogeneous job would avoid that, which this does not render.
+
+Backend (``--backend``): ``mpi`` (the default) leaves the launcher to the template
+(``QTRAIN_LAUNCHER``, ``srun --mpi=pmi2`` unless set at submission). ``torch`` renders a job of the
+torch backend (``torch.distributed`` with gloo): the script sets ``QTRAIN_LAUNCHER=srun-torch``,
+the template's one launcher for it (``srun`` without MPI, exporting ``QTRAIN_BACKEND=torch``,
+``MASTER_ADDR`` and ``MASTER_PORT`` to every task), and passes ``--set runtime.backend=torch``
+so that the config agrees (to ``qtrain train``, or to ``qtrain run`` with ``-c``/``--set``; a
+script that configures itself must leave ``runtime.backend`` at ``auto`` or ``torch``). Placement
+is the same: srun lays out the tasks either way, and rank 0 (the rendezvous) is on node 0."""
 
 from __future__ import annotations
 
@@ -39,6 +48,7 @@ from qtrain.shipped import SLURM_TEMPLATE as TEMPLATE
 app = typer.Typer(help="Slurm helpers.", no_args_is_help=True)
 TIME = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
 MEM = re.compile(r"^\d+[KMGT]?$")
+BACKENDS = ("mpi", "torch")
 
 
 @dataclass
@@ -53,10 +63,13 @@ class JobShape:
     setup: str | None = None  # shell lines the batch script runs before qtrain (module load, ...)
     servers: int = 1  # serving ranks (runtime.servers): tasks 0..servers-1
     server_nodes: int = 0  # > 0: the serving ranks on this many nodes of their own (the first ones)
+    backend: str = "mpi"  # runtime.backend of the job: mpi (the template's launcher) or torch (srun-torch)
 
     def __post_init__(self) -> None:
         """A shape that leaves a node empty (or has none of something) is refused: ValueError
         with the reason, which ``render`` prints as the one-line error."""
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend {self.backend!r}: it must be mpi or torch")
         if self.workers < 1 or self.nodes < 1 or self.servers < 1:
             raise ValueError("--workers, --servers and --nodes must be at least 1")
         s = self.server_nodes
@@ -147,6 +160,7 @@ def render_script(
     options = f"--nodes {shape.nodes} --workers {shape.workers}"
     options += f" --servers {shape.servers}" if shape.servers > 1 else ""
     options += f" --server-nodes {shape.server_nodes}" if shape.server_nodes else ""
+    options += f" --backend {shape.backend}" if shape.backend != "mpi" else ""
     if script is None:
         command, submit = f"{shell_word(config)} {options}", "sbatch THIS_FILE [--set key=value ...]"
     else:  # the options before --script ... -- ARGS, as they were typed
@@ -211,20 +225,28 @@ def render_script(
     if shape.placement == "dedicated":
         nodes = " ".join(map(str, shape.task_nodes()))
         preset.append(f"export QTRAIN_TASK_NODES='{nodes}'  # each task's node in the allocation, rank order")
-    servers = f" --set runtime.servers={shape.servers}" if shape.servers > 1 else ""
+    if shape.backend == "torch":
+        preset.append(
+            "export QTRAIN_LAUNCHER=srun-torch  # --backend torch: srun exports QTRAIN_BACKEND=torch, "
+            "MASTER_ADDR, MASTER_PORT"
+        )
+    sets = " --set runtime.backend=torch" if shape.backend == "torch" else ""
+    sets += f" --set runtime.servers={shape.servers}" if shape.servers > 1 else ""
     if script is None:
-        preset.append(f'set -- {shell_word(config)}{servers} "$@"')
+        preset.append(f'set -- {shell_word(config)}{sets} "$@"')
     else:
         preset.append(f"export QTRAIN_SCRIPT={shell_word(script.path)}")
         if script.run_options is not None:
-            options = [*script.run_options, *servers.split()]
+            options = [*script.run_options, *sets.split()]
             preset.append("export QTRAIN_SCRIPT_OPTIONS=qtrain  # --out and --resume go to qtrain run")
             preset.append(f"export QTRAIN_RUN_OPTIONS={shell_word(' '.join(options))}")
         else:
             preset.append(
                 "export QTRAIN_SCRIPT_OPTIONS=script  # the script takes --out and --resume (for qtrain.init)"
             )
-            if servers:
+            if shape.backend == "torch":
+                preset.append("# the script's config must leave runtime.backend at auto (or set torch)")
+            if shape.servers > 1:
                 preset.append(f"# the script's config must set runtime.servers={shape.servers}")
         args = " ".join(map(shell_word, script.args))
         preset.append(f'set -- {args} "$@"'.replace("set --  ", "set -- "))
@@ -285,6 +307,12 @@ def render(
     python: str = typer.Option(
         None, "--python", help="The python of the environment to run (its qtrain; default: this one)."
     ),
+    backend: str = typer.Option(
+        "mpi",
+        "--backend",
+        help="runtime.backend of the job: mpi (the template's MPI launcher, QTRAIN_LAUNCHER) or torch "
+        "(torch.distributed with gloo, launched by srun: QTRAIN_LAUNCHER=srun-torch).",
+    ),
 ) -> None:
     """Print an sbatch script for this shape (save it and submit it with sbatch): `qtrain train
     CONFIG`, or `qtrain run SCRIPT -- ARGS` with --script."""
@@ -310,7 +338,13 @@ def render(
         )
     try:
         shape = JobShape(
-            nodes, workers, gpus_per_worker == 1, time, servers=servers, server_nodes=server_nodes
+            nodes,
+            workers,
+            gpus_per_worker == 1,
+            time,
+            servers=servers,
+            server_nodes=server_nodes,
+            backend=backend,
         )
     except ValueError as exc:
         fail(str(exc))

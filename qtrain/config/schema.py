@@ -118,6 +118,7 @@ class RuntimeConfig:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES  # with segments 0: segments of about this many fp32 bytes
     servers: int = 1  # serving ranks: ranks 0..servers-1 serve, each owning a shard of the segments
     overlap: str = "auto"  # workers send each segment during backward: auto (CPU workers) | on | off
+    backend: str = "auto"  # what carries the messages: auto (the launcher's) | mpi | torch (gloo)
 
     @property
     def segment_count(self) -> int:

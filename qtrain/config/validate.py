@@ -96,6 +96,8 @@ def _validate(cfg) -> None:
         )
     if r.overlap not in ("auto", "on", "off"):
         raise ConfigError(f"runtime.overlap must be auto, on or off, got {r.overlap!r}")
+    if r.backend not in ("auto", "mpi", "torch"):
+        raise ConfigError(f"runtime.backend must be auto, mpi or torch, got {r.backend!r}")
     if r.kernels not in KERNEL_CHOICES:
         raise ConfigError(f"runtime.kernels must be one of {', '.join(KERNEL_CHOICES)}, got {r.kernels!r}")
     _positive(r.timeout_s, "runtime.timeout_s")

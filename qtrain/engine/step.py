@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import math
 import time
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
+from qtrain.engine.channel import ServerChannel, WorkerChannel
 from qtrain.engine.divergence import check_loss
+from qtrain.engine.flat import FlatModel
+from qtrain.engine.partition import Partition, Segment
 from qtrain.engine.readiness import SegmentReadiness
 from qtrain.engine.recorder import WorkerReport
 from qtrain.engine.records import (
@@ -44,6 +49,11 @@ from qtrain.engine.records import (
     UPLINK_RECORD,
 )
 
+if TYPE_CHECKING:
+    from qtrain.engine.server import ServerEngine
+    from qtrain.engine.shards import InProcessShards
+    from qtrain.engine.worker import WorkerEngine
+
 
 def _nothing(_what: str) -> None:
     return None
@@ -53,25 +63,63 @@ def _nothing_at(_step: int) -> None:
     return None
 
 
+class StepRecorder(Protocol):
+    """What the server step tells its recorder: ``engine/recorder.Recorder`` on the lead and in the
+    simulator, ``runtime/shard_serving.ShardRecorder`` on the other serving ranks."""
+
+    def enter(self, what: str) -> None: ...
+
+    def begin_step(self, step: int) -> None: ...
+
+    def add_time(self, name: str, seconds: float) -> None: ...
+
+    def phase(self, name: str, seg: Segment | None = None) -> AbstractContextManager[Any]: ...
+
+    def uplinks(self, sizes: list[int], seg: Segment) -> None: ...
+
+    def downlink(self, size: int, seg: Segment) -> None: ...
+
+
+class StepTimeline(Protocol):
+    """The per-segment instants the server step marks: ``runtime/timeline.TimelineRecorder`` (the
+    lead), ``ShardTimeline`` (another serving rank), or none (:class:`_NoTimeline`)."""
+
+    def begin_step(self, step: int, t0: float) -> None: ...
+
+    def mark(self, seg: Segment, column: str) -> None: ...
+
+    def end_step(self, records: list[np.ndarray], posted_at: np.ndarray, done_at: np.ndarray) -> None: ...
+
+
 class WorkerStep:
     """One worker's side of every step, against its channel. ``enter(what)`` tells the watchdog
     (MPI) what is running. The previous step's communication and decode times and instants travel
     in this step's records, as the trace and the timeline expect them."""
 
-    def __init__(self, engine, model, channel, partition, overlap: bool = False, enter=_nothing):
-        self.engine, self.model, self.channel = engine, model, channel
+    def __init__(
+        self,
+        engine: WorkerEngine,
+        model: FlatModel,
+        channel: WorkerChannel,
+        partition: Partition,
+        overlap: bool = False,
+        enter: Callable[[str], None] = _nothing,
+    ):
+        self.engine, self.model = engine, model
+        self.channel: WorkerChannel = channel
         self.partition, self.overlap, self.enter = partition, overlap, enter
         self.readiness = SegmentReadiness(model.layout, partition)
         self.record = np.zeros(1, dtype=UPLINK_RECORD)
         self.comm_s = self.decode_s = self.compute_s = 0.0  # of the last step
-        self.arrived = np.zeros(len(partition))  # when the last downlink of each segment arrived
-        self.applied = np.zeros(len(partition))  # ... and was applied (perf_counter instants)
+        self.arrived: np.ndarray = np.zeros(len(partition))  # when each segment's last downlink arrived
+        self.applied: np.ndarray = np.zeros(len(partition))  # ... and was applied (perf_counter instants)
         self.backward_end = 0.0
         self._busy = self._t0 = 0.0
         self._step, self._first_send = 0, True
         self.groups = engine.groups
         self.base_lrs = list(self.groups.base_lrs)
-        self.lr_source = None  # callable -> this step's learning rate of every param group (None: the base)
+        # this step's learning rate of every param group (None: the base ones)
+        self.lr_source: Callable[[], Sequence[float]] | None = None
         self.max_norm = 0.0  # clip this step's mean gradient to this norm (0: no clipping)
         self.grad_norm: float | None = None  # the last step's mean-gradient norm, when it clipped
         self.buffers_asked = False  # the last downlink asked for the model buffers
@@ -110,7 +158,9 @@ class WorkerStep:
         self.compute_s = self.backward_end - self._busy - self._t0  # forward + backward, without encodes
         self._send(self.readiness.rest() if self.overlap else list(self.partition))
 
-    def compute(self, step: int, x, y, task: str, stop_requested: bool = False) -> float:
+    def compute(
+        self, step: int, x: torch.Tensor, y: torch.Tensor, task: str, stop_requested: bool = False
+    ) -> float:
         """Forward, backward and every segment's uplink posted; the batch loss. Raises
         ``Diverged`` for a non-finite loss (after the segments backward already sent)."""
         self.begin(step, stop_requested)
@@ -177,7 +227,7 @@ class WorkerStep:
             self.enter(f"step {self._step}: compute (backward)")
         return bool(done)
 
-    def _send(self, segments) -> None:
+    def _send(self, segments: Sequence[Segment]) -> None:
         """Encode each segment into its send frame and post it, keeping the record current (the
         compute time up to this segment, its encode time and statistics)."""
         engine, model, channel, rec = self.engine, self.model, self.channel, self.record
@@ -208,28 +258,31 @@ class ServerStep:
 
     def __init__(
         self,
-        engine,
-        channel,
-        partition,
-        recorder,
-        timeline=None,
-        decide_stop=None,
-        names=None,
-        wants_buffers=None,
-        segments=None,
+        engine: ServerEngine | InProcessShards,
+        channel: ServerChannel,
+        partition: Partition,
+        recorder: StepRecorder,
+        timeline: StepTimeline | None = None,
+        decide_stop: Callable[[list[np.ndarray]], str | None] | None = None,
+        names: list[str] | None = None,
+        wants_buffers: Callable[[int, bool], bool] | None = None,
+        segments: Iterable[Segment] | None = None,
     ):
-        self.engine, self.channel, self.partition, self.rec = engine, channel, partition, recorder
+        self.engine, self.partition = engine, partition
+        self.channel: ServerChannel = channel
+        self.rec: StepRecorder = recorder
         self.segments = tuple(partition) if segments is None else tuple(segments)
-        self.timeline = timeline if timeline is not None else _NoTimeline()
-        self.decide_stop = decide_stop or (lambda records: None)
+        self.timeline: StepTimeline = timeline if timeline is not None else _NoTimeline()
+        self.decide_stop: Callable[[list[np.ndarray]], str | None] = decide_stop or (lambda records: None)
         # (step, stopping) -> whether the workers combine their buffers after the step (the
         # server evaluates then): the step's downlink says so
-        self.wants_buffers = wants_buffers or (lambda step, stopping: False)
-        self.before_step = _nothing_at  # called with the step once its first uplinks are in
+        self.wants_buffers: Callable[[int, bool], bool] = wants_buffers or (lambda step, stopping: False)
+        # called with the step once its first uplinks are in
+        self.before_step: Callable[[int], None] = _nothing_at
         self.names = names  # how messages name each worker ("rank 1", "worker 0"), in worker order
         # {segment index: sum of squares of its mean} of this rank's segments -> the sum over every
         # segment of the step, in segment order (several serving ranks exchange their parts)
-        self.total_square = _sum_in_order
+        self.total_square: Callable[[dict[int, float]], float] = _sum_in_order
 
     def send_initial(self) -> None:
         """Weights mode: broadcast the starting weights every worker adopts before step 1."""
@@ -238,6 +291,8 @@ class ServerStep:
         self.channel.use_codecs(*self.engine.links.codecs(0))
         for seg in self.segments:
             initial = self.engine.initial_message(seg)
+            if initial is None:  # the engine serves weights (checked above), so it has a message
+                raise RuntimeError(f"segment {seg.index}: no initial weights to send")
             self.channel.post_downlink(seg, 0, 0, initial)
             self.rec.downlink(initial.numel(), seg)
         self.channel.finish_downlinks(0)
@@ -250,7 +305,7 @@ class ServerStep:
         t0 = time.perf_counter()
         channel.use_codecs(*engine.links.codecs(step))  # the step's frames (warm-up: codec none)
         channel.post_uplinks()
-        records: list = [None] * len(self.partition)
+        records: list[np.ndarray | None] = [None] * len(self.partition)
         arrivals = channel.uplinks(step)
         rec.enter(f"step {step}: gather")
         first = next(arrivals)
@@ -267,7 +322,9 @@ class ServerStep:
         engine.begin_step()
         engine.groups.set_lrs(lrs_of(first[1], step, len(engine.groups), self.names))
         max_norm = clip_of(first[1], step, self.names)
-        stop_reason, held, grad_norm = None, [], None
+        stop_reason: str | None = None
+        held: list[tuple[Segment, torch.Tensor]] = []
+        grad_norm: float | None = None
         for n in range(1, len(self.segments) + 1):  # segments in the order their uplinks complete
             if n == 1:
                 seg, recs, messages = first
@@ -310,9 +367,9 @@ class ServerStep:
                 rec.downlink(down.numel(), seg)
         with rec.phase("broadcast"):
             channel.finish_downlinks(step)
-        records = [r for r in records if r is not None]  # this rank's segments, in index order
-        timeline.end_step(records, channel.down_posted_at, channel.down_done_at)
-        return StepResult(records, stop_reason, 0, buffers)
+        mine = [r for r in records if r is not None]  # this rank's segments, in index order
+        timeline.end_step(mine, channel.down_posted_at, channel.down_done_at)
+        return StepResult(mine, stop_reason, 0, buffers)
 
 
 class WorkersDisagree(RuntimeError):
@@ -320,7 +377,9 @@ class WorkersDisagree(RuntimeError):
 
 
 class StepResult(NamedTuple):
-    records: list | None  # the uplink records of each segment served here (arrays in worker order)
+    records: (
+        list[np.ndarray] | None
+    )  # the uplink records of each segment served here (arrays in worker order)
     stop_reason: str | None  # the agreed stop, or None
     control: int  # the control flag the workers sent instead of uplinks (0: a step ran)
     buffers: bool = False  # the downlink asked every worker to combine its buffers after the step
@@ -330,7 +389,11 @@ def _sum_in_order(parts: dict[int, float]) -> float:
     return sum(parts[k] for k in sorted(parts))
 
 
-def clip_coefficient(total_square, held: list, max_norm: float) -> tuple[float, float]:
+def clip_coefficient(
+    total_square: Callable[[dict[int, float]], float],
+    held: list[tuple[Segment, torch.Tensor]],
+    max_norm: float,
+) -> tuple[float, float]:
     """``torch.nn.utils.clip_grad_norm_`` of the step's mean gradient (what DDP's workers clip):
     its norm over every segment (sums of squares in float64, added in segment order by
     ``total_square``, so the result does not depend on which rank serves which segment) and the
@@ -348,7 +411,7 @@ _INTENT = {
 }
 
 
-def control_of(records: np.ndarray, step: int, names: list[str]) -> int:
+def control_of(records: np.ndarray, step: int, names: list[str] | None) -> int:
     """The control flag every worker sent in place of step ``step``'s uplinks (0: none did).
     Workers that disagree (one checkpoints or ends while another goes on) stop the run with one
     line that says what each did."""
@@ -366,7 +429,7 @@ def control_of(records: np.ndarray, step: int, names: list[str]) -> int:
     )
 
 
-def lrs_of(records: np.ndarray, step: int, groups: int, names: list[str]) -> list[float]:
+def lrs_of(records: np.ndarray, step: int, groups: int, names: list[str] | None) -> list[float]:
     """Step ``step``'s learning rate of every param group from its first segment's records;
     workers that disagree stop the run."""
     lrs = records["lr"][:, :groups]
@@ -379,7 +442,7 @@ def lrs_of(records: np.ndarray, step: int, groups: int, names: list[str]) -> lis
     return [float(v) for v in lrs[0]]
 
 
-def clip_of(records: np.ndarray, step: int, names: list[str]) -> float:
+def clip_of(records: np.ndarray, step: int, names: list[str] | None) -> float:
     """The norm step ``step`` clips its mean gradient to (0: none); workers that disagree stop the run."""
     norms = records["max_norm"]
     if (norms != norms[0]).any():
@@ -395,14 +458,14 @@ class _NoTimeline:
     def begin_step(self, step: int, t0: float) -> None:
         pass
 
-    def mark(self, seg, column: str) -> None:
+    def mark(self, seg: Segment, column: str) -> None:
         pass
 
-    def end_step(self, records, posted_at, done_at) -> None:
+    def end_step(self, records: list[np.ndarray], posted_at: np.ndarray, done_at: np.ndarray) -> None:
         pass
 
 
-def worker_report(records: list) -> WorkerReport:
+def worker_report(records: list[np.ndarray]) -> WorkerReport:
     """One step's worker measurements from its records (one array of workers per segment): the
     per-step fields from the last segment, the per-segment ones summed."""
     last = records[-1]

@@ -1,19 +1,22 @@
-"""Who does what in a run: which ranks serve, which work, each worker's index, the communicator.
+"""Who does what in a run: which ranks serve, which work, each worker's index, this rank's backend.
 
-Every place that needs "the servers", "the workers", "worker i's rank" or "how many workers" asks
-a :class:`Topology`; nothing else assumes that rank 0 serves. ``runtime.servers`` = K ranks serve
-(the parameter servers of DESIGN.md section 8, ranks 0..K-1 by default), each owning a contiguous
-shard of the parameters (:class:`~qtrain.engine.partition.Partition`, whose segments name their
-owner as an index into ``servers``). ``servers[0]``, the **lead**, also owns the run: it keeps the
-recorder, the trace, the evaluation and the checkpoints.
+Every place that needs "the servers", "the workers", "worker i's rank" or "how many workers" asks a
+:class:`Topology`, which also holds this rank's end of the job's backend (``engine/backend.py``);
+nothing else assumes that rank 0 serves. ``runtime.servers`` = K ranks serve (the parameter servers
+of DESIGN.md section 8, ranks 0..K-1 by default), each owning a contiguous shard of the parameters
+(:class:`~qtrain.engine.partition.Partition`, whose segments name their owner as an index into
+``servers``). ``servers[0]``, the **lead**, also owns the run: it keeps the recorder, the trace,
+the evaluation and the checkpoints.
 
-The simulator uses the same value with no communicator: its virtual workers have the ranks they
-would have under ``mpiexec``, so traces and checkpoints look the same.
+The simulator uses the same value with no backend: its virtual workers have the ranks they would
+have under ``mpiexec``, so traces and checkpoints look the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from qtrain.engine.backend import Backend
 
 
 @dataclass(frozen=True)
@@ -21,11 +24,11 @@ class Topology:
     world_size: int
     rank: int  # this process (the simulator acts as the server)
     servers: tuple[int, ...]
-    comm: object | None = None  # the MPI communicator of the world (None in the simulator)
+    backend: Backend | None = None  # this rank's end of the whole job (None in the simulator)
 
     @classmethod
     def parameter_server(
-        cls, world_size: int, rank: int = 0, comm: object | None = None, servers: int = 1
+        cls, world_size: int, rank: int = 0, backend: Backend | None = None, servers: int = 1
     ) -> Topology:
         """The first ``servers`` ranks serve (rank 0 alone by default), the others work."""
         if servers < 1:
@@ -35,9 +38,9 @@ class Topology:
                 f"a parameter server run with {servers} serving rank(s) needs at least {servers + 1} "
                 f"ranks, got {world_size}"
             )
-        return cls(world_size, rank, tuple(range(servers)), comm)
+        return cls(world_size, rank, tuple(range(servers)), backend)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.servers or len(set(self.servers)) != len(self.servers):
             raise ValueError(f"serving ranks {self.servers}: at least one, each once")
         if not all(0 <= r < self.world_size for r in (self.rank, *self.servers)):

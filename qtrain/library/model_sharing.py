@@ -6,11 +6,10 @@ module state: the serving rank's (rank 0) when it serves with a model of its own
 its own the serving rank never sees the user's class: it builds a :class:`LayoutModule` with the
 same names and shapes. Every rank also adopts the source's record of tied parameters' other
 ``state_dict`` names (``FlatModel.layout.aliases``, which checkpoints keep for ``checkpoint
-export``). Collective over every rank; pickled lower-case mpi4py calls (start-up only)."""
+export``). Collective over every rank; the backend's pickled object collectives (start-up only)."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from qtrain.engine.buffers import buffer_state, has_buffers, load_buffers
@@ -38,9 +37,9 @@ def share_model(
     gets its own ``server_module`` flattened, or a stand-in, holding worker 0's initial state
     (``serving=False``: the serving rank's script ended without serving). Raises
     :class:`ModelsDiffer` on every rank when the models do not agree or a worker refused."""
-    comm, root = topology.comm, topology.server
+    backend, root = topology.backend, topology.server
     payload = refusal or (None if topology.is_server or ended else model_signature(flat))
-    parts = comm.gather(payload, root=root)
+    parts = backend.gather(payload, root=root)
     problem = None
     if topology.is_server and server_module is not None:
         flat = FlatModel(server_module, device)
@@ -52,14 +51,14 @@ def share_model(
             "(if session.is_server: session.serve())"
         )
     source = root if server_module is not None else topology.workers[0]
-    problem, source = comm.bcast((problem, source), root=root)
+    problem, source = backend.bcast((problem, source), root=root)
     if problem:
         raise ModelsDiffer(problem)
-    mine = comm.Get_rank() == source
+    mine = backend.rank == source
     # the source's model: its signature and class name (for the serving rank's stand-in), buffers,
     # frozen parameters and the other state_dict names of tied parameters in one pickled
     # broadcast, then the flat parameters
-    signature, kind, buffers, frozen, aliases = comm.bcast(
+    signature, kind, buffers, frozen, aliases = backend.bcast(
         (
             model_signature(flat),
             type(flat.module).__name__,
@@ -85,9 +84,9 @@ def share_model(
             for name, p in flat.module.named_parameters():
                 if not p.requires_grad:
                     p.copy_(to_torch(frozen[name]))
-    flat_init = flat.params.detach().cpu().numpy().copy() if mine else np.empty(flat.numel, np.float32)
-    comm.Bcast(flat_init, root=source)
-    flat.params.copy_(torch.from_numpy(flat_init))
+    flat_init = flat.params.detach().cpu().clone() if mine else torch.empty(flat.numel, dtype=torch.float32)
+    backend.bcast_tensor(flat_init, root=source)
+    flat.params.copy_(flat_init)
     if has_buffers(flat.module):
         load_buffers(flat.module, buffers)
     return flat

@@ -18,18 +18,30 @@ land in the trace's ``metrics`` table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from qtrain.engine.buffers import checkpoint_buffers, has_buffers
+from qtrain.engine.flat import FlatModel
+from qtrain.engine.recorder import Recorder
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
+from qtrain.engine.reports import CheckpointReport, FinalReport
+from qtrain.engine.run_plan import RunPlan
 from qtrain.engine.step import worker_report
 from qtrain.io.run_dir import params_sha256
 from qtrain.library.errors import UsageError
 from qtrain.runtime.buffer_sync import server_sync
 from qtrain.runtime.faults import maybe_fail
+from qtrain.runtime.resume import ResumePoint
 from qtrain.runtime.server_role import final_report, gather_snapshots, run_facts, start_serving
-from qtrain.runtime.shard_serving import down_stats, with_parts
+from qtrain.runtime.shard_serving import StepPart, down_stats, with_parts
+from qtrain.runtime.transport import ServerTransport
+
+if TYPE_CHECKING:
+    from qtrain.library.session import Session
 
 NO_EVALUATION = {"loss": None}
 
@@ -40,12 +52,19 @@ class Evaluation:
     ``train(module)`` once at the end (either may be None); ``own_model``: the server has the
     user's model, not a stand-in."""
 
-    test: Callable | None = None
-    train: Callable | None = None
+    test: Callable[[torch.nn.Module], dict] | None = None
+    train: Callable[[torch.nn.Module], dict] | None = None
     own_model: bool = False
 
 
-def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | None = None) -> dict:
+def serve_run(
+    session: Session,
+    plan: RunPlan,
+    model: FlatModel,
+    transport: ServerTransport,
+    resume: ResumePoint | None,
+    evaluation: Evaluation | None = None,
+) -> dict[str, Any]:
     evaluation = evaluation or Evaluation()
     svc, world, out_dir = session._svc, session._world, session.out_dir
     topo, cfg, setup = plan.topology, plan.cfg, plan.setup
@@ -53,8 +72,12 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
     server, rec, server_step, start = serving.server, serving.rec, serving.step, serving.start
     link = serving.link  # the other serving ranks (runtime.servers > 1), or None
     buffered = has_buffers(model.module)
-    evaluates = evaluation.test is not None
-    metrics = lambda reports: _metrics(rec, topo.workers, reports)  # noqa: E731 - the workers' log rows
+    test = evaluation.test
+    evaluates = test is not None
+
+    def metrics(reports: Sequence[CheckpointReport | FinalReport]) -> None:  # the workers' log rows
+        _metrics(rec, topo.workers, reports)
+
     server_step.wants_buffers = lambda step, stopping: buffered and evaluates and rec.eval_due(stopping)
     server_step.before_step = lambda step: maybe_fail(svc.fault, topo.rank, step)
     step, stop_reason = start + 1, None
@@ -80,7 +103,7 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
                 continue
             if link:
                 rec.enter(f"step {step}: the other serving ranks' reports (ranks {list(topo.servers[1:])})")
-            parts = link.collect() if link else []  # the other owners' part of the step
+            parts: list[StepPart] = link.collect() if link else []  # the other owners' part of the step
             evaluating = evaluates and rec.eval_due(result.stop_reason is not None)
             if link:
                 link.tell(evaluating)
@@ -95,9 +118,9 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
             if result.buffers:  # the downlink asked for them: the server evaluates after this step
                 with rec.phase("buffers"):
                     server_sync(transport, model.module, cfg.model.buffers)
-            if evaluating:
-                svc.log.info("step %d eval %s", step, _evaluate(rec, evaluation.test, model.module))
-            report = with_parts(worker_report(result.records), parts)
+            if evaluating and test is not None:
+                svc.log.info("step %d eval %s", step, _evaluate(rec, test, model.module))
+            report = with_parts(worker_report(result.records or []), parts)
             rec.end_step(report, down_stats(server.stats, parts) if parts else server.last_stats)
             if result.stop_reason is not None and stop_reason is None:
                 stop_reason = result.stop_reason
@@ -118,7 +141,7 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
     svc.watchdog.enter("final evaluation")
     final = rec.last_eval_at(rec.step)
     if final is None:
-        final = _evaluate(rec, evaluation.test, model.module) if evaluates else NO_EVALUATION
+        final = _evaluate(rec, test, model.module) if test is not None else NO_EVALUATION
     train = _checked(evaluation.train, model.module, "evaluate_train") if evaluation.train else NO_EVALUATION
     label = {} if evaluation.own_model else {"model": f"{model.module.kind} (the workers' own)"}
     builtin = session._builtin_model is not None
@@ -136,7 +159,7 @@ def serve_run(session, plan, model, transport, resume, evaluation: Evaluation | 
     )
 
 
-def _evaluate(rec, evaluate, module) -> dict:
+def _evaluate(rec: Recorder, evaluate: Callable[[torch.nn.Module], dict], module: torch.nn.Module) -> dict:
     """One evaluation, recorded (summary history, the trace's evaluations; keys other than loss
     and accuracy go to its metrics table as the serving rank's)."""
     ev = rec.evaluate_with(lambda: _checked(evaluate, module, "evaluate"))
@@ -146,7 +169,7 @@ def _evaluate(rec, evaluate, module) -> dict:
     return ev
 
 
-def _checked(evaluate, module, name: str) -> dict:
+def _checked(evaluate: Callable[[torch.nn.Module], dict], module: torch.nn.Module, name: str) -> dict:
     ev = evaluate(module)
     if not isinstance(ev, dict) or "loss" not in ev:
         raise UsageError(
@@ -158,9 +181,9 @@ def _checked(evaluate, module, name: str) -> dict:
         raise UsageError(f"session.serve({name}=...) returned a value that is not a number: {ev!r}") from None
 
 
-def _metrics(rec, ranks, reports) -> None:
-    """The ``session.log`` rows each worker (``ranks``) sent last in its checkpoint or final report."""
+def _metrics(rec: Recorder, ranks: Sequence[int], reports: Sequence[CheckpointReport | FinalReport]) -> None:
+    """The ``session.log`` rows each worker (``ranks``) sent in its checkpoint or final report."""
     if rec.trace is None:
         return
     for r, report in zip(ranks, reports, strict=True):
-        rec.trace.add_metrics(r, report[-1])
+        rec.trace.add_metrics(r, report.metrics)

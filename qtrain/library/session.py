@@ -131,7 +131,7 @@ class Session:
     ``config`` (the resolved config); ``out_dir``."""
 
     def __init__(self, request, comm, svc, topology, setup, world, out_dir):
-        self._request, self._comm, self._svc = request, comm, svc
+        self._request, self._backend, self._svc = request, comm, svc
         self._topology, self._setup, self._world = topology, setup, world
         self.rank: int = topology.rank
         self.is_server: bool = topology.is_server
@@ -154,13 +154,15 @@ class Session:
     def _start(cls, request: _Request, builtin: bool = False) -> Session:
         """Start-up on every rank. ``builtin``: ``qtrain train``'s, which also loads the config's
         data and builds its model on every rank and agrees on both (``_builtin_model``)."""
-        from qtrain.runtime.mpi_info import missing_mpi
+        from qtrain.runtime import backends
 
-        missing = missing_mpi()
+        try:
+            missing = backends.unavailable()
+        except ValueError as exc:  # a bad QTRAIN_BACKEND
+            missing = str(exc)
         if missing is not None:  # every rank finds the same, and none can tell the others
             print(f"qtrain: error: {missing}", file=sys.stderr, flush=True)
             raise SystemExit(2)
-        from mpi4py import MPI
 
         from qtrain.config import dump_yaml
         from qtrain.engine.setup import resolved_config
@@ -168,8 +170,8 @@ class Session:
         from qtrain.runtime.services import RankServices
         from qtrain.runtime.startup import Refused, agree_on_builtin, agree_on_config, prepare_outputs
 
-        comm = MPI.COMM_WORLD
-        rank = comm.Get_rank()
+        comm = backends.world()
+        rank = comm.rank
         svc = RankServices.start(rank, lambda line: print(line, flush=True))
         try:
             # the resolved config is compared as text, so node-local copies of a file may differ in path
@@ -311,7 +313,7 @@ class Session:
         from qtrain.library.model_sharing import share_model
         from qtrain.library.optimizer import DistributedOptimizer
         from qtrain.library.worker import LibraryWorker
-        from qtrain.runtime.overlap import thread_multiple, uses_overlap
+        from qtrain.runtime.overlap import uses_overlap
 
         odd = [
             (n, p.dtype) for n, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32
@@ -337,7 +339,7 @@ class Session:
         plan = self._plan(flat, specs)
         resume = self._resume_point(plan)
         setting = self.config.runtime.overlap if overlap is None else ("on" if overlap else "off")
-        use, why = uses_overlap(setting, self.device, thread_multiple())
+        use, why = uses_overlap(setting, self.device, self._backend.threads_may_communicate())
         engine = plan.worker_engine(self.worker_index, self.device)
         worker = LibraryWorker(self, flat, plan, engine, self._transport(plan), use, resume)
         self._worker = worker
@@ -532,7 +534,7 @@ class Session:
         return [s.state_dict() for s in self._shards]
 
     def _excepthook(self, kind, exc, tb) -> None:
-        _fail_rank(self._comm, self._svc, exc, tb)
+        _fail_rank(self._backend, self._svc, exc, tb)
 
     def _at_exit(self) -> None:
         try:
@@ -544,14 +546,12 @@ class Session:
                 return
             self.close()
         except SystemExit as exc:  # a refusal at exit: its status, without "Exception ignored in atexit"
-            from mpi4py import MPI
-
-            MPI.Finalize()
+            self._backend.finalize()
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             os._exit(exc.code if isinstance(exc.code, int) else 1)
         except BaseException as exc:  # noqa: BLE001
-            _fail_rank(self._comm, self._svc, exc, exc.__traceback__)
+            _fail_rank(self._backend, self._svc, exc, exc.__traceback__)
 
 
 def _fail_rank(comm, svc, exc: BaseException, tb=None, expected: tuple = ()):
@@ -576,5 +576,5 @@ def _fail_rank(comm, svc, exc: BaseException, tb=None, expected: tuple = ()):
             pass
     if not ours:
         print(text, file=sys.stderr, end="", flush=True)
-    print(f"qtrain: rank {comm.Get_rank()} failed: {describe(exc)}", file=sys.stderr, flush=True)
+    print(f"qtrain: rank {comm.rank} failed: {describe(exc)}", file=sys.stderr, flush=True)
     abort(comm)

@@ -31,7 +31,7 @@ def train(config: str, overrides, out=None, resume=None, reset_worker_state=Fals
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - a failure on any rank ends the whole job
-        _fail_rank(session._comm, session._svc, exc, exc.__traceback__, expected=(ValueError,))
+        _fail_rank(session._backend, session._svc, exc, exc.__traceback__, expected=(ValueError,))
 
 
 def serve(session, model, data) -> dict:

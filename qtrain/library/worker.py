@@ -14,13 +14,19 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qtrain.engine.buffers import buffer_state, has_buffers, load_buffers
+from qtrain.engine.flat import FlatModel
 from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
+from qtrain.engine.reports import CheckpointReport, FinalReport, Metric
+from qtrain.engine.run_plan import RunPlan
 from qtrain.engine.snapshots import rng_restore, snapshot_lrs, to_numpy, worker_positions, worker_snapshot
 from qtrain.engine.step import WorkerStep
+from qtrain.engine.worker import WorkerEngine
 from qtrain.io.live_metrics import LiveMetrics
 from qtrain.io.trace import METRIC_NAME_BYTES
 from qtrain.library import extra_state
@@ -28,17 +34,32 @@ from qtrain.library.errors import UsageError
 from qtrain.runtime.buffer_sync import worker_sync
 from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
 from qtrain.runtime.faults import maybe_fail
+from qtrain.runtime.resume import ResumePoint
+from qtrain.runtime.transport import WorkerTransport
+
+if TYPE_CHECKING:
+    from qtrain.library.session import Session
 
 
 class LibraryWorker:
-    def __init__(self, session, flat, plan, engine, transport, overlap: bool, resume):
+    def __init__(
+        self,
+        session: Session,
+        flat: FlatModel,
+        plan: RunPlan,
+        engine: WorkerEngine,
+        transport: WorkerTransport,
+        overlap: bool,
+        resume: ResumePoint | None,
+    ):
         self.session, self.flat, self.plan, self.engine = session, flat, plan, engine
         self.svc, self.topology = session._svc, plan.topology
         self.overlap, self.transport = overlap, transport
         self.driver = WorkerStep(engine, flat, transport, plan.partition, overlap, self.svc.watchdog.enter)
         self.lrs = list(engine.groups.base_lrs)  # every group's starting rate (a resume restores them)
-        self.lr_of = None  # the optimizer's param groups, once it exists: each step's learning rates
-        self.optimizer = None
+        # the optimizer's param groups, once it exists: each step's learning rates
+        self.lr_of: Callable[[], list[float]] | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
         self.pending_lrs: list | None = None  # a resume's learning rates, for the first step's rule
         self.initial_lrs: list | None = None  # a resume's ``initial_lr`` (torch schedulers read it)
         self.driver.lr_source = self.current_lrs
@@ -46,11 +67,17 @@ class LibraryWorker:
         self.steps_done = 0
         self.begun = self.backward_seen = self.accumulating = self.warned_loss = False
         self.stopping = False
-        self.metrics: list[tuple[int, str, float]] = []
+        self.metrics: list[Metric] = []
         trace = plan.cfg.trace  # session.log numbers also go to this rank's live files at once
         resumed_at = resume.step if resume is not None else None  # its files keep the rows up to it
         self.live = LiveMetrics(session.out_dir, self.topology.rank, trace.csv, trace.tensorboard, resumed_at)
         self.closed = False
+        # the step in progress (begin() sets them anew every step)
+        self.loss_given = False
+        self.loss_scale: float | None = None
+        self.clip_out: torch.Tensor | None = None  # what clip_grad_norm_ returned: the mean's norm, later
+        self.clip_error = False
+        self.hook_lr: list[float] = []  # the step's learning rates when backward's hooks sent it
         if resume is not None:
             self._restore(resume)
         elif plan.setup.algorithm.downlink_mode == "weights":
@@ -59,7 +86,9 @@ class LibraryWorker:
         if timeline_wanted(plan.cfg):
             clock_offsets(self.topology, plan.cfg.runtime.timeout_s)
         self.t_end = time.perf_counter()
-        flat._on_param_ready = self._on_param_ready  # the hooks report every parameter, every backward
+        # the hooks report every parameter, every backward (FlatModel declares the attribute None:
+        # engine/flat.py sets it for its own backward only)
+        flat._on_param_ready = self._on_param_ready  # type: ignore[assignment]
         self._enter_loop()
 
     # ------------------------------------------------------------------ the step
@@ -104,7 +133,7 @@ class LibraryWorker:
                 self.hook_sent, self.hook_lr = True, self.current_lrs()  # the step's rates are fixed now
         self.hook_version = self.flat.grads._version
 
-    def set_loss(self, loss, scale: float | None = None) -> None:
+    def set_loss(self, loss: float | torch.Tensor, scale: float | None = None) -> None:
         """The step's loss; ``scale``: the GradScaler factor it may carry (``optimizer.backward``
         of ``scaler.scale(loss)``), divided out at ``step()`` when a GradScaler drove the step."""
         self.begin()
@@ -112,7 +141,7 @@ class LibraryWorker:
         self.loss_scale = scale
         self.driver.record["loss"] = float(loss)
 
-    def clip(self, max_norm: float, norm_type: float, error_if_nonfinite: bool):
+    def clip(self, max_norm: float, norm_type: float, error_if_nonfinite: bool) -> torch.Tensor:
         """``optimizer.clip_grad_norm_``: the serving ranks clip the step's mean gradient (rules
         that run on the serving ranks), or this worker clips its own (local Adam rules)."""
         step = self.steps_done + 1
@@ -155,10 +184,17 @@ class LibraryWorker:
         self.clip_out = torch.tensor(float("nan"))
         return self.clip_out
 
-    def optimizer_params(self) -> list:
+    def optimizer_params(self) -> list[torch.Tensor]:
+        if self.optimizer is None:
+            raise UsageError("optimizer.clip_grad_norm_ before session.optimizer(model)")
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def step(self, loss=None, found_inf=None, grad_scale=None) -> bool:
+    def step(
+        self,
+        loss: float | torch.Tensor | None = None,
+        found_inf: torch.Tensor | None = None,
+        grad_scale: torch.Tensor | None = None,
+    ) -> bool:
         """Exchange this step with the server; whether every rank agreed to stop."""
         step = self.steps_done + 1
         if self.closed:
@@ -222,7 +258,13 @@ class LibraryWorker:
         self._enter_loop()
         return self.stopping
 
-    def _check_after_hooks(self, step: int, found_inf, grad_scale, loss) -> None:
+    def _check_after_hooks(
+        self,
+        step: int,
+        found_inf: torch.Tensor | None,
+        grad_scale: torch.Tensor | None,
+        loss: float | torch.Tensor | None,
+    ) -> None:
         """With overlap, backward's hooks sent segments: nothing may have changed the gradient or
         the learning rate since, and a GradScaler cannot work (its scale went out with them)."""
         if self.flat.grads._version != self.hook_version:
@@ -260,7 +302,7 @@ class LibraryWorker:
             )
         return self.steps_done
 
-    def checkpoint(self, extra) -> None:
+    def checkpoint(self, extra: Any) -> None:
         step = self._between_steps("session.checkpoint()")
         if step == 0:
             raise UsageError(
@@ -270,7 +312,8 @@ class LibraryWorker:
         snapshot = to_numpy(self._snapshot(packed))
         self.svc.watchdog.enter(f"step {step}: checkpoint")
         self.driver.send_control(step + 1, FLAG_CHECKPOINT)
-        self.transport.report((snapshot, self.driver.comm_s, self.driver.decode_s, self._take_metrics()))
+        d = self.driver
+        self.transport.report(CheckpointReport(snapshot, d.comm_s, d.decode_s, self._take_metrics()))
         self._enter_loop()
 
     def sync_buffers(self) -> None:
@@ -295,15 +338,16 @@ class LibraryWorker:
         self._sync_buffers()
         self.svc.watchdog.enter("final timing report")
         d = self.driver
-        final = (d.comm_s, d.decode_s, d.backward_end, d.arrived, d.applied, self._take_metrics())
-        self.transport.report(final)
+        self.transport.report(
+            FinalReport(d.comm_s, d.decode_s, d.backward_end, d.arrived, d.applied, self._take_metrics())
+        )
         self.live.close()
 
     def _sync_buffers(self) -> None:
         if has_buffers(self.flat.module):
             worker_sync(self.transport, self.flat.module)
 
-    def log(self, metrics: dict) -> None:
+    def log(self, metrics: dict[str, Any]) -> None:
         step = self.steps_done
         if (
             "loss" in metrics and self.begun and not self.loss_given
@@ -320,12 +364,12 @@ class LibraryWorker:
             self.metrics.append((step, name, number))
             self.live.scalars(step, {name: number})
 
-    def _take_metrics(self) -> list:
+    def _take_metrics(self) -> list[Metric]:
         rows, self.metrics = self.metrics, []
         return rows
 
     # ------------------------------------------------------------------ checkpoints
-    def _snapshot(self, packed_extra) -> dict:
+    def _snapshot(self, packed_extra: Any) -> dict[str, Any]:
         own = buffer_state(self.flat.module) if has_buffers(self.flat.module) else None  # kept, not combined
         positions = self.session._shard_positions()
         groups = self.optimizer.param_groups if self.optimizer is not None else []
@@ -333,8 +377,11 @@ class LibraryWorker:
         initial_lrs = initial if initial and None not in initial else None
         return worker_snapshot(self.engine, positions, self.current_lrs(), own, packed_extra, initial_lrs)
 
-    def _restore(self, resume) -> None:
-        self.flat.params.copy_(resume.replica_params)
+    def _restore(self, resume: ResumePoint) -> None:
+        replica = resume.replica_params  # runtime/resume.py gives every worker the replica's tensor
+        if not isinstance(replica, torch.Tensor):
+            raise RuntimeError(f"rank {self.topology.rank}: the resume point holds no replica parameters")
+        self.flat.params.copy_(replica)
         if resume.buffers is not None:
             load_buffers(self.flat.module, resume.buffers)
         self.steps_done = resume.step

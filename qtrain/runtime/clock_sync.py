@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
 from qtrain.runtime.waiting import wait_all
 
@@ -31,26 +32,25 @@ def clock_offsets(topology, timeout_s: float) -> np.ndarray | None:
     """On the lead serving rank: the offset (its clock - the lead's clock, seconds) of each other
     serving rank, then of each worker (``topology.servers[1:] + topology.workers``); on every
     other rank None. Collective over the topology's ranks."""
-    comm = topology.comm
+    backend = topology.backend
+    ping, stamp = torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
     if not topology.is_lead:
-        ping, stamp = np.zeros(1), np.zeros(1)
         for _ in range(ROUNDS):
-            wait_all([comm.Irecv(ping, source=topology.server, tag=CLOCK_TAG)], timeout_s, "clock sync")
+            wait_all([backend.irecv(ping, source=topology.server, tag=CLOCK_TAG)], timeout_s, "clock sync")
             stamp[0] = time.perf_counter()
-            wait_all([comm.Isend(stamp, dest=topology.server, tag=CLOCK_TAG)], timeout_s, "clock sync")
+            wait_all([backend.isend(stamp, dest=topology.server, tag=CLOCK_TAG)], timeout_s, "clock sync")
         return None
     others = [*topology.servers[1:], *topology.workers]
     offsets = np.zeros(len(others))
-    ping, stamp = np.zeros(1), np.zeros(1)
     for i, rank in enumerate(others):
         best = np.inf
         for _ in range(ROUNDS):
             t0 = time.perf_counter()
-            answer = comm.Irecv(stamp, source=rank, tag=CLOCK_TAG)
+            answer = backend.irecv(stamp, source=rank, tag=CLOCK_TAG)
             wait_all(
-                [comm.Isend(ping, dest=rank, tag=CLOCK_TAG), answer], timeout_s, "clock sync", [rank, rank]
+                [backend.isend(ping, dest=rank, tag=CLOCK_TAG), answer], timeout_s, "clock sync", [rank, rank]
             )
             t1 = time.perf_counter()
             if t1 - t0 < best:
-                best, offsets[i] = t1 - t0, stamp[0] - (t0 + t1) / 2
+                best, offsets[i] = t1 - t0, float(stamp[0]) - (t0 + t1) / 2
     return offsets

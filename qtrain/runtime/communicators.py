@@ -1,4 +1,5 @@
-"""The communicators of a run with K serving ranks (DESIGN.md section 8).
+"""The groups of a run with K serving ranks (DESIGN.md section 8), each a backend of its own
+(``Backend.split``).
 
 - **down[k]**: serving rank k (``Topology.servers[k]``) and every worker. Owner k broadcasts the
   downlinks of its segments on it, so the broadcasts of different owners never queue behind each
@@ -14,25 +15,35 @@
 - **servers**: the serving ranks alone: what the other owners report to the lead after each step
   (``runtime/shard_serving.py``) and their shards at evaluations, checkpoints and the end.
 
-With one serving rank every one of them is the world communicator itself, so a K = 1 run makes
-the MPI calls it made before serving ranks became several. ``MPI_Comm_split`` is collective over
-the world: every rank calls :func:`split` at the same point (when it opens its transport)."""
+With one serving rank every one of them is the whole job's backend itself, so a K = 1 run makes
+the calls it made before serving ranks became several. A split is collective over the job:
+every rank calls :func:`split` at the same point (when it opens its transport)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qtrain.engine.backend import Backend
+from qtrain.engine.topology import Topology
+
 
 @dataclass(frozen=True)
 class Group:
-    """A communicator and the world ranks in it (``ranks[i]`` is its rank i)."""
+    """A group's backend and the job's ranks in it (``ranks[i]`` is its rank i)."""
 
-    comm: object | None  # None on a rank outside it
+    backend: Backend | None  # None on a rank outside it
     ranks: tuple[int, ...]
 
     def local(self, world_rank: int) -> int:
         """A world rank's rank in this communicator (e.g. a broadcast's root)."""
         return self.ranks.index(world_rank)
+
+    @property
+    def member(self) -> Backend:
+        """This rank's backend of the group; a RuntimeError on a rank outside it."""
+        if self.backend is None:
+            raise RuntimeError(f"this rank is not in the group of ranks {list(self.ranks)}")
+        return self.backend
 
 
 @dataclass(frozen=True)
@@ -42,18 +53,18 @@ class Communicators:
     servers: Group | None = None  # the serving ranks (None with one)
 
 
-def split(topology) -> Communicators:
-    """Every rank's view of the run's communicators (collective over the world)."""
-    world, size, rank = topology.comm, topology.world_size, topology.rank
+def split(topology: Topology) -> Communicators:
+    """Every rank's view of the run's groups (collective over the job)."""
+    world, size = topology.backend, topology.world_size
     workers = topology.workers
     if len(topology.servers) == 1:
         everyone = Group(world, tuple(range(size)))
         return Communicators((everyone,), everyone)
-    down = tuple(
-        _group(world, rank, (server, *rotated(workers, k))) for k, server in enumerate(topology.servers)
-    )
-    control = _group(world, rank, tuple(sorted((topology.server, *workers))))
-    return Communicators(down, control, _group(world, rank, tuple(sorted(topology.servers))))
+    if world is None:
+        raise ValueError("several serving ranks need the job's backend (Topology.backend) to split")
+    down = tuple(_group(world, (server, *rotated(workers, k))) for k, server in enumerate(topology.servers))
+    control = _group(world, tuple(sorted((topology.server, *workers))))
+    return Communicators(down, control, _group(world, tuple(sorted(topology.servers))))
 
 
 def rotated(workers: tuple[int, ...], k: int) -> tuple[int, ...]:
@@ -63,10 +74,6 @@ def rotated(workers: tuple[int, ...], k: int) -> tuple[int, ...]:
     return (*workers[k:], *workers[:k])
 
 
-def _group(world, rank: int, ranks: tuple[int, ...]) -> Group:
-    """A communicator of ``ranks``, in that order (``ranks[i]`` its rank i)."""
-    from mpi4py import MPI
-
-    member = rank in ranks
-    comm = world.Split(0 if member else MPI.UNDEFINED, ranks.index(rank) if member else 0)
-    return Group(comm if member else None, ranks)
+def _group(world: Backend, ranks: tuple[int, ...]) -> Group:
+    """A group of ``ranks``, in that order (``ranks[i]`` its rank i)."""
+    return Group(world.split(ranks), ranks)

@@ -19,9 +19,3 @@ def uses_overlap(setting: str, device, thread_multiple: bool) -> tuple[bool, str
     if not thread_multiple:
         return False, "runtime.overlap=on needs MPI_THREAD_MULTIPLE for a CUDA backward, not granted"
     return True, "runtime.overlap=on with MPI_THREAD_MULTIPLE"
-
-
-def thread_multiple() -> bool:
-    from mpi4py import MPI
-
-    return MPI.Query_thread() == MPI.THREAD_MULTIPLE

@@ -8,17 +8,6 @@ import socket
 import torch
 
 
-def local_rank(comm) -> int:
-    """Rank among the processes on this node (MPI_COMM_TYPE_SHARED)."""
-    from mpi4py import MPI
-
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        return node.Get_rank()
-    finally:
-        node.Free()
-
-
 def oversubscribed(ranks_here: int, threads: int) -> bool:
     """More threads of ranks on this node than cores this process may run on."""
     return ranks_here * threads > len(os.sched_getaffinity(0))

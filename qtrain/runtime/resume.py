@@ -132,7 +132,7 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
     from qtrain.io.trace import read_for_resume
     from qtrain.runtime.startup import Refused
 
-    comm, server = topology.comm, topology.server
+    backend, server = topology.backend, topology.server
     loaded = error = None
     if topology.is_lead:
         try:
@@ -152,7 +152,7 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
                 read_for_resume(trace, loaded[0]["step"])
         except (ValueError, OSError) as exc:
             error = str(exc)
-    error = comm.bcast(error, root=server)
+    error = backend.bcast(error, root=server)
     if error:
         raise Refused(error)
     reset = request.reset_worker_state
@@ -176,8 +176,8 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
                 "path": str(path),  # the workers name it (session.shard's count of positions)
             }
         )
-    mine = comm.scatter(parts, root=server)
-    common = comm.bcast(common, root=server)
+    mine = backend.scatter(parts, root=server)
+    common = backend.bcast(common, root=server)
     if topology.is_server and not topology.is_lead:
         return ResumePoint(common["step"], None, tree=to_torch(mine), worker_state_reset=reset)
     if topology.is_server:

@@ -41,16 +41,22 @@ def _kill_local_peers() -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def abort(comm) -> NoReturn:
-    """MPI_Abort, after a pause that lets the launcher forward the message we just printed (MPICH's
+def abort(backend=None) -> NoReturn:
+    """The backend's abort (MPI_Abort; torch: the process ends and its launcher ends the rest),
+    after a pause that lets the launcher forward the message we just printed (MPICH's
     hydra tears the job down on the first abort and drops output still in its pipes). Never
     returns: when another rank's abort is already tearing the job down, MPI_Abort can return (or
     raise), and the rank then went on into the CLI, which printed an ``AttributeError`` traceback
-    after its one-line error (3 of 45 failing MPI runs, issue #22); the process ends here instead."""
+    after its one-line error (3 of 45 failing MPI runs, issue #22); the process ends here instead.
+    ``backend``: the job's (default: the one this process started, if any)."""
+    from qtrain.runtime import backends
+
+    backend = backend if backend is not None else backends.started()
     time.sleep(ABORT_GRACE_S)
     _kill_local_peers()
     try:
-        comm.Abort(1)
+        if backend is not None:
+            backend.abort()
     finally:
         for stream in (sys.stdout, sys.stderr):  # a closed pipe or a full disk must not skip the exit
             with contextlib.suppress(BaseException):
@@ -82,11 +88,9 @@ class RankServices:
         svc = cls(rank, echo, None, stop)
 
         def on_timeout(message: str) -> None:
-            from mpi4py import MPI  # started by then (imported here, the services start without it)
-
             if svc.log is not None:
                 svc.log.error(message)
-            abort(MPI.COMM_WORLD)
+            abort()
 
         svc.watchdog = Watchdog(rank, RuntimeConfig().timeout_s, on_timeout, where=own_code).start()
         return svc

@@ -16,45 +16,47 @@ are those of one server. At checkpoints the lead gathers the shards' state
 (``engine/shards.join_states``: the file does not depend on K); at the end, the master shards.
 
 These exchanges are pickled collectives on the servers' communicator, after the step's
-downlinks are posted: the workers never wait for them.
+downlinks are posted: the workers never wait for them. What travels is a dataclass of
+``engine/reports.py``: a :class:`~qtrain.engine.reports.StepPart` after each step, a
+:class:`~qtrain.engine.reports.ShardState` at a checkpoint, the master shard (an array) at
+evaluations and at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from qtrain.engine.engine_state import SegmentStats
+from qtrain.engine.partition import Partition, Segment
 from qtrain.engine.recorder import WorkerReport, timed
+from qtrain.engine.reports import ShardState, StepPart
+from qtrain.engine.run_plan import RunPlan
+from qtrain.engine.server import ServerEngine
 from qtrain.engine.shards import join_states, join_stats
 from qtrain.engine.snapshots import to_numpy, to_torch
+from qtrain.engine.topology import Topology
 from qtrain.io.net_counters import NetCounters
+from qtrain.runtime.communicators import Group
+
+if TYPE_CHECKING:
+    from qtrain.engine.flat import FlatModel
+    from qtrain.runtime.resume import ResumePoint
+    from qtrain.runtime.transport import ServerTransport
 
 WORKER_SUMS = ("encode_s", "err_sq", "ref_sq", "ef_sq")  # per worker, summed over segments
-
-
-@dataclass
-class StepPart:
-    """One serving rank's part of a step (not the lead's)."""
-
-    up: list = field(default_factory=list)  # (sizes in worker order, numel) per segment
-    down: list = field(default_factory=list)  # (size, numel) per segment
-    times: dict = field(default_factory=dict)  # phase -> seconds
-    workers: dict = field(default_factory=dict)  # WORKER_SUMS -> per-worker sums over its segments
-    stats: tuple = ({}, False)  # its engine's SegmentStats (parts, has_ef)
-    wire: tuple = (0, 0)  # bytes its own link received and sent (QTRAIN_WIRE_DEVICE), or zeros
-    timeline: tuple | None = None  # its segments' instants (runtime/timeline.ShardTimeline.take)
-    stop: str | None = None  # the stop a signal on this serving rank asked for (the lead agrees it)
 
 
 class ShardRecorder:
     """What the server step needs of a recorder on a serving rank that is not the lead: phase
     times (the watchdog is told each phase) and bytes, gathered into the step's :class:`StepPart`."""
 
-    def __init__(self, watchdog=None, counters=None):
+    def __init__(self, watchdog: Any = None, counters: NetCounters | None = None):
         self.watchdog, self.step, self.part = watchdog, 0, StepPart()
         self.counters = counters  # io.net_counters.NetCounters of this rank's link, or None
 
@@ -69,23 +71,23 @@ class ShardRecorder:
         self.part.times[name] = self.part.times.get(name, 0.0) + seconds
 
     @contextlib.contextmanager
-    def phase(self, name: str, seg=None):
+    def phase(self, name: str, seg: Segment | None = None) -> Iterator[None]:
         where = f" (segment {seg.index})" if seg is not None else ""
         self.enter(f"step {self.step}: {name}{where}")
         with timed(self.add_time, name):
             yield
 
-    def uplinks(self, sizes: list[int], seg) -> None:
+    def uplinks(self, sizes: list[int], seg: Segment) -> None:
         self.part.up.append((list(sizes), seg.numel))
 
-    def downlink(self, size: int, seg) -> None:
+    def downlink(self, size: int, seg: Segment) -> None:
         self.part.down.append((int(size), seg.numel))
 
-    def finish(self, records: list, stats: SegmentStats) -> StepPart:
+    def finish(self, records: list[np.ndarray], stats: SegmentStats) -> StepPart:
         """The step's part, with the workers' sums over this rank's segments."""
         part = self.part
         part.workers = {k: np.sum([r[k] for r in records], axis=0) for k in WORKER_SUMS}
-        part.stats = (dict(stats.parts), stats.has_ef)
+        part.stats, part.has_ef = dict(stats.parts), stats.has_ef
         if self.counters is not None:
             part.wire = self.counters.delta()
         return part
@@ -109,80 +111,95 @@ def with_parts(report: WorkerReport, parts: list[StepPart]) -> WorkerReport:
     )
 
 
-def down_stats(lead: SegmentStats, parts: list[StepPart]) -> dict:
+def down_stats(lead: SegmentStats, parts: list[StepPart]) -> dict[str, float]:
     """The downlink statistics of every owner's segments, as one server's."""
     others = []
     for p in parts:
         s = SegmentStats()
-        s.parts, s.has_ef = dict(p.stats[0]), p.stats[1]
+        s.parts, s.has_ef = dict(p.stats), p.has_ef
         others.append(s)
     return join_stats([lead, *others]).summary("down")
 
 
 class ServersLink:
-    """The servers' communicator from either side (``group``: ``Communicators.servers``; the lead
-    is its rank 0)."""
+    """The servers' group from either side (``group``: ``Communicators.servers``; the lead is its
+    rank 0)."""
 
-    def __init__(self, group, topology, partition):
+    def __init__(self, group: Group, topology: Topology, partition: Partition):
         self.group, self.topology, self.partition = group, topology, partition
-        self.comm = group.comm
+        self.backend = group.member
         self.root = group.local(topology.server)
 
     # ------------------------------------------------------------------ the lead
+    def _others(self, kind: type[Any]) -> list[Any]:
+        """What every other owner sent with its ``gather``, in owner order: each a ``kind``."""
+        parts = self.backend.gather(None, root=self.root)
+        if parts is None:
+            raise RuntimeError(
+                f"rank {self.topology.rank} gathered the serving ranks' parts but is not the lead"
+            )
+        others = parts[1:]
+        for rank, part in zip(self.topology.servers[1:], others, strict=True):
+            if not isinstance(part, kind):
+                raise RuntimeError(
+                    f"serving rank {rank} sent a {type(part).__name__} where a {kind.__name__} was expected"
+                )
+        return others
+
     def collect(self) -> list[StepPart]:
         """Every other owner's part of the step that just ended, in owner order."""
-        return self.comm.gather(None, root=self.root)[1:]
+        return self._others(StepPart)
 
     def tell(self, evaluating: bool) -> None:
-        self.comm.bcast(bool(evaluating), root=self.root)
+        self.backend.bcast(bool(evaluating), root=self.root)
 
     def gather_master(self, params: torch.Tensor) -> None:
         """Every other owner's master shard into ``params`` (the lead's model, whose own shard is
         the lead engine's master already)."""
-        for owner, shard in enumerate(self.comm.gather(None, root=self.root)[1:], start=1):
+        for owner, shard in enumerate(self._others(np.ndarray), start=1):
             params[self.partition.shard(owner)].copy_(torch.from_numpy(shard))
 
-    def gather_state(self, lead_engine, params: torch.Tensor) -> JoinedServer:
+    def gather_state(self, lead_engine: ServerEngine, params: torch.Tensor) -> JoinedServer:
         """Every owner's state, master and replica joined: what one server would checkpoint."""
-        parts = self.comm.gather(None, root=self.root)[1:]
+        parts: list[ShardState] = self._others(ShardState)
         for owner, part in enumerate(parts, start=1):
-            params[self.partition.shard(owner)].copy_(torch.from_numpy(part["master"]))
-        state = join_states([lead_engine.state_dict(), *(to_torch(p["state"]) for p in parts)])
+            params[self.partition.shard(owner)].copy_(torch.from_numpy(part.master))
+        state = join_states([lead_engine.state_dict(), *(to_torch(p.state) for p in parts)])
         if lead_engine.mode == "weights":
-            replica = torch.cat([lead_engine.replica, *(torch.from_numpy(p["replica"]) for p in parts)])
+            replica = torch.cat([lead_engine.replica, *(torch.from_numpy(p.replica) for p in parts)])
         else:
             replica = params
         return JoinedServer(params, replica, state)
 
     # ------------------------------------------------------------------ another owner
     def report(self, part: StepPart) -> None:
-        self.comm.gather(part, root=self.root)
+        self.backend.gather(part, root=self.root)
 
     def evaluating(self) -> bool:
-        return self.comm.bcast(None, root=self.root)
+        return bool(self.backend.bcast(None, root=self.root))
 
-    def send_master(self, engine) -> None:
-        self.comm.gather(engine.master.detach().cpu().numpy(), root=self.root)
+    def send_master(self, engine: ServerEngine) -> None:
+        self.backend.gather(engine.master.detach().cpu().numpy(), root=self.root)
 
-    def send_state(self, engine) -> None:
-        self.comm.gather(
-            {
-                "master": engine.master.detach().cpu().numpy(),
-                "replica": engine.replica.detach().cpu().numpy(),
-                "state": to_numpy(engine.state_dict()),
-            },
-            root=self.root,
+    def send_state(self, engine: ServerEngine) -> None:
+        state = ShardState(
+            master=engine.master.detach().cpu().numpy(),
+            replica=engine.replica.detach().cpu().numpy(),
+            state=to_numpy(engine.state_dict()),
         )
+        self.backend.gather(state, root=self.root)
 
 
-def total_square_over(group):
+def total_square_over(group: Group) -> Callable[[dict[int, float]], float]:
     """The step driver's ``total_square`` with several serving ranks: every owner's per-segment
     sums of squares of its means, exchanged on the servers' communicator, added in segment order
     (what one server adds: clipping's norm does not depend on K)."""
 
+    backend = group.member
+
     def total(parts: dict[int, float]) -> float:
         merged: dict[int, float] = {}
-        for p in group.comm.allgather(parts):
+        for p in backend.allgather(parts):
             merged.update(p)
         return sum(merged[k] for k in sorted(merged))
 
@@ -195,13 +212,19 @@ class JoinedServer:
 
     master: torch.Tensor
     replica: torch.Tensor
-    state: dict
+    state: dict[str, Any]
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return self.state
 
 
-def serve_shard(plan, model, transport, svc, resume) -> None:
+def serve_shard(
+    plan: RunPlan,
+    model: FlatModel,
+    transport: ServerTransport,
+    svc: Any,  # runtime/services.RankServices
+    resume: ResumePoint | None,
+) -> None:
     """A serving rank other than the lead: serve its shard until the workers end, answering the
     lead after every step, at evaluations, checkpoints and the end. ``model``: its copy of the
     model, whose shard the engine serves (restored from ``resume``, a cut the lead scattered)."""
@@ -212,17 +235,22 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
     from qtrain.runtime.timeline import ShardTimeline
 
     topo, part = plan.topology, plan.partition
-    shard = part.shard(topo.owner)
-    engine = plan.server_engine(model.params[shard], owner=topo.owner)
+    owner, servers = topo.owner, transport.comms.servers
+    if owner is None or servers is None:
+        raise ValueError(f"rank {topo.rank} is not one of several serving ranks: {topo.describe()}")
+    shard = part.shard(owner)
+    engine: ServerEngine = plan.server_engine(model.params[shard], owner=owner)
     rec = ShardRecorder(svc.watchdog, NetCounters.from_env())
     step_driver = ServerStep(
         engine, transport, part, rec, names=[f"rank {r}" for r in topo.workers], segments=transport.mine
     )
     step_driver.before_step = lambda step: maybe_fail(svc.fault, topo.rank, step)
-    step_driver.total_square = total_square_over(transport.comms.servers)
+    step_driver.total_square = total_square_over(servers)
     start = 0
     if resume is not None:
         t = resume.tree
+        if t is None:
+            raise ValueError(f"rank {topo.rank}: a serving rank resumes from its cut of the checkpoint")
         engine.master.copy_(t["params"])
         engine.replica.copy_(t["replica_params"])
         engine.load_state_dict(t["server"])
@@ -230,12 +258,12 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
     elif plan.setup.algorithm.downlink_mode == "weights":
         svc.watchdog.enter("initial weights broadcast")
         step_driver.send_initial()
-    timeline = timeline_wanted(plan.cfg)
-    if timeline:
+    timeline = ShardTimeline(transport.mine) if timeline_wanted(plan.cfg) else None
+    if timeline is not None:
         svc.watchdog.enter("clock sync")
         clock_offsets(topo, plan.cfg.runtime.timeout_s)
-        step_driver.timeline = ShardTimeline(transport.mine)
-    link = ServersLink(transport.comms.servers, topo, part)
+        step_driver.timeline = timeline
+    link = ServersLink(servers, topo, part)
     step, stop_logged = start + 1, False
     while True:
         result = step_driver.run(step)
@@ -250,8 +278,8 @@ def serve_shard(plan, model, transport, svc, resume) -> None:
             link.send_state(engine)
             continue
         svc.watchdog.enter(f"step {step}: report to the lead")
-        report = rec.finish(result.records, engine.stats)
-        report.timeline = step_driver.timeline.take() if timeline else None
+        report = rec.finish(result.records or [], engine.stats)
+        report.timeline = timeline.take() if timeline is not None else None
         if svc.stop.requested and not stop_logged:
             svc.log.info("step %d: %s; the lead agrees the stop with the next step", step, svc.stop.reason)
             stop_logged = True

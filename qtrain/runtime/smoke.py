@@ -1,9 +1,11 @@
-"""MPI smoke check of every codec over the product's own transport (``runtime/transport.py``):
-the frames, tags, ``Isend``/``Irecv`` uplinks and ``Ibcast`` downlinks a training step uses.
+"""Smoke check of every codec over the product's own transport (``runtime/transport.py``) and
+the job's backend: the frames, tags, ``isend``/``irecv`` uplinks and ``ibcast`` downlinks a
+training step uses.
 
 ``mpiexec -n K python -m qtrain.runtime.smoke [SERVERS]`` (K > SERVERS; one serving rank by
-default). Each codec case is one step: every worker encodes its own vector (drawn from its rank)
-segment by segment and sends it with ``WorkerTransport.send_uplink``; each serving rank takes the
+default), or ``torchrun --nproc-per-node K -m qtrain.runtime.smoke`` for the torch backend. Each
+codec case is one step: every worker encodes its own vector (drawn from its rank) segment by
+segment and sends it with ``WorkerTransport.send_uplink``; each serving rank takes the
 segments it owns with ``ServerTransport.uplinks`` and answers each with its own vector's encoding
 (``post_downlink``); every worker receives every segment with ``downlinks``. Between cases the
 frames are resized with ``use_codecs``, as after an uncompressed warm-up.
@@ -111,17 +113,16 @@ def work_case(transport, codec, label: str, step: int, rank: int) -> tuple[int, 
 
 
 def main(argv: list[str]) -> int:
-    from mpi4py import MPI
-
+    from qtrain.runtime.backends import world
     from qtrain.runtime.transport import open_transport
 
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
+    backend = world()
+    rank, size = backend.rank, backend.size
     servers = int(argv[0]) if argv else 1
     if size <= servers:
         print(f"smoke: {servers} serving rank(s) need at least {servers + 1} ranks", file=sys.stderr)
         return 1
-    topo = Topology.parameter_server(size, rank, comm, servers=servers)
+    topo = Topology.parameter_server(size, rank, backend, servers=servers)
     codecs = [(get_codec(name, **params), f"{name}{params or ''}") for name, params in CASES]
     part = Partition.build(NUMEL, tuple(c.bucket for c, _ in codecs), max(SEGMENTS, servers), servers=servers)
     first = codecs[0][0]
@@ -135,7 +136,7 @@ def main(argv: list[str]) -> int:
             n, bad = work_case(transport, codec, label, step, rank)
         counts[0 if topo.is_server else 1] += n
         failures += bad
-    everyone = comm.gather((counts, failures), root=0)
+    everyone = backend.gather((counts, failures), root=0)
     if rank == 0:
         up = sum(c[0] for c, _ in everyone)
         down = sum(c[1] for c, _ in everyone)
@@ -146,7 +147,8 @@ def main(argv: list[str]) -> int:
             f"smoke: {len(CASES)} codecs x {len(part)} segments: {up} uplink and {down} downlink messages "
             f"checked, {len(found)} failures"
         )
-    ok = comm.bcast(not found if rank == 0 else None, root=0)
+    ok = backend.bcast(not found if rank == 0 else None, root=0)
+    backend.finalize()
     return 0 if ok else 1
 
 

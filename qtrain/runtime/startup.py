@@ -1,6 +1,6 @@
 """Start-up agreement: every rank builds its view of the run; all agree, or all refuse (exit 2)
-with one line from rank 0. Pickled lower-case mpi4py collectives are fine here (never on the hot
-path)."""
+with one line from rank 0. The backend's pickled object collectives are fine here (never on the
+hot path)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import qtrain
+from qtrain.engine.backend import Backend, DeviceBuffers
 
 LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "MPI_LOCALNRANKS")
 
@@ -28,10 +29,11 @@ class WorldInfo:
 
     devices: list[str]
     hosts: list[str]
-    cuda: object  # mpi_info.CudaAwareness
-    mpi_library: str
+    cuda: DeviceBuffers  # whether device buffers go to the backend directly
+    mpi_library: str  # the backend's library in one line (Backend.library)
     version: str = field(default=qtrain.__version__)
-    waits: str = ""  # how this node's ranks wait for MPI (runtime/waiting.py), said at start-up
+    waits: str = ""  # how this node's ranks wait for messages (runtime/waiting.py), said at start-up
+    backend: str = "mpi"  # what carries the messages (Backend.name)
 
     def announce(self, plan, echo, resume, title: str = "qtrain train", config_workers: bool = True) -> None:
         """What the serving rank prints before training: plan, wire cost, CUDA-aware decision, ranks;
@@ -60,7 +62,7 @@ class WorldInfo:
         if config_workers and s.cfg.workers != topo.num_workers:
             echo(
                 f"  note: the config says workers: {s.cfg.workers}, but {topo.world_size} ranks make "
-                f"{topo.num_workers} workers; under MPI the launched world decides (workers is "
+                f"{topo.num_workers} workers; the launched world decides (workers is "
                 "`qtrain simulate`'s default)"
             )
         for name, link, extra in (
@@ -73,8 +75,11 @@ class WorldInfo:
                 f"  {name} {link.describe()}{extra}: {8 * b / n:.3f} bits/element,{note} {b} B/worker/step "
                 f"vs {fp32} B fp32 ({fp32 / b:.1f}x less)"
             )
-        how = "device buffers go to MPI directly" if self.cuda.enabled else "host-staged buffers"
-        echo(f"  CUDA-aware MPI: {self.cuda.answer} ({self.cuda.how}); {how}")
+        how = "device buffers go to it directly" if self.cuda.enabled else "host-staged buffers"
+        if self.backend == "mpi":
+            echo(f"  CUDA-aware MPI: {self.cuda.answer} ({self.cuda.how}); {how}")
+        else:
+            echo(f"  backend: {self.mpi_library} (runtime.backend {self.backend}); {how} ({self.cuda.how})")
         echo(f"  rank 0's node: {self.waits}")
         echo(
             "  ranks: "
@@ -110,7 +115,7 @@ def _world_too_small_message(usage: str | None = None) -> str:
     )
 
 
-def agree_on_builtin(comm, config: str, overrides: list[str], svc, arguments: str = ""):
+def agree_on_builtin(backend: Backend, config: str, overrides: list[str], svc, arguments: str = ""):
     """``qtrain train``'s start-up: every rank loads the config, its data and its model (the
     config's, seeded, not yet flattened) and the ranks agree on all three. (Topology, RunSetup,
     this rank's nn.Module, WorldInfo), or Refused on every rank."""
@@ -126,10 +131,10 @@ def agree_on_builtin(comm, config: str, overrides: list[str], svc, arguments: st
         require_rank_fits(setup, partition, topology.num_workers, topology.is_server, topology.rank)
         return setup, module
 
-    return _agree(comm, config, overrides, svc, build, arguments, None)
+    return _agree(backend, config, overrides, svc, build, arguments, None)
 
 
-def agree_on_config(comm, config: str | None, overrides: list[str], svc, arguments: str = ""):
+def agree_on_config(backend: Backend, config: str | None, overrides: list[str], svc, arguments: str = ""):
     """The library's start-up (``qtrain.init``): every rank loads the config and the ranks agree on
     it and on ``arguments`` (the rest of the request: output directory, resume, ...), before any
     model exists (the workers bring theirs later). (Topology, RunSetup, None, WorldInfo)."""
@@ -138,34 +143,35 @@ def agree_on_config(comm, config: str | None, overrides: list[str], svc, argumen
     def build(cfg, topology, device):
         return build_library_setup(cfg, topology.num_workers), None
 
-    return _agree(comm, config, overrides, svc, build, arguments, LIBRARY_USAGE)
+    return _agree(backend, config, overrides, svc, build, arguments, LIBRARY_USAGE)
 
 
-def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | None):
+def _agree(backend: Backend, config, overrides, svc, build, arguments: str, usage: str | None):
     """Load the config on every rank, build what ``build(cfg, topology, device)`` returns (a plan
     or setup, and this rank's model or None), and agree: on success everywhere, on the resolved
     config, the versions and ``arguments``, and on the models' names and shapes."""
     from qtrain.config import ConfigError, load_config
     from qtrain.engine.topology import Topology
     from qtrain.kernels import set_threads as set_kernel_threads
-    from qtrain.runtime import faults, mpi_info
+    from qtrain.runtime import faults
     from qtrain.runtime.model_agreement import first_difference, model_signature
-    from qtrain.runtime.placement import choose_device, local_rank, oversubscribed
+    from qtrain.runtime.placement import choose_device, oversubscribed
     from qtrain.runtime.services import process_start, set_local_peers
     from qtrain.runtime.waiting import set_spin
 
-    rank, size = comm.Get_rank(), comm.Get_size()
+    rank, size = backend.rank, backend.size
     if size < 2:
         raise Refused(_world_too_small_message(usage))
-    local = local_rank(comm)  # collective: every rank calls it
-    topology = Topology.parameter_server(size, rank, comm)  # until the config says how many serve
+    local = backend.node_rank()  # collective: every rank calls it
+    topology = Topology.parameter_server(size, rank, backend)  # until the config says how many serve
     error = fingerprint = plan = model = cuda = signature = None
     device = "?"
     try:
         cfg = load_config(config, overrides)
         # ranks 0..K-1 serve (runtime.servers); every rank has the same config or is refused below
-        topology = Topology.parameter_server(size, rank, comm, servers=cfg.runtime.servers)
+        topology = Topology.parameter_server(size, rank, backend, servers=cfg.runtime.servers)
         svc.watchdog.set_timeout(cfg.runtime.timeout_s, "set-up: data and model")
+        _check_backend(cfg.runtime.backend, backend.name)
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
             set_kernel_threads(cfg.runtime.threads)
@@ -176,7 +182,7 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
             else choose_device(cfg.runtime.device, local)
         )
         plan, model = build(cfg, topology, device)
-        cuda = mpi_info.decide_cuda_aware(cfg.runtime.cuda_aware)
+        cuda = backend.device_buffers(cfg.runtime.cuda_aware)
         text = _config_text(plan) + qtrain.__version__ + torch.__version__ + arguments
         fingerprint = hashlib.sha256(text.encode()).hexdigest()
         signature = model_signature(model) if model is not None else None
@@ -187,7 +193,7 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
         traceback.print_exc()
     host = f"{socket.gethostname()} pid {os.getpid()}"
     start = process_start(os.getpid())
-    reports = comm.allgather((error, fingerprint, str(device), host, signature, start))
+    reports = backend.allgather((error, fingerprint, str(device), host, signature, start))
     me = socket.gethostname()
     set_local_peers([(int(r[3].rsplit(" ", 1)[1]), r[5]) for r in reports if r[3].split(" pid ")[0] == me])
     failed = [(r, e) for r, (e, *_rest) in enumerate(reports) if e]
@@ -208,7 +214,9 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
                 raise Refused(
                     f"rank {r}'s model differs from rank 0's: it {why} (model.name {cfg.model.name!r})"
                 )
-    world = WorldInfo([r[2] for r in reports], [r[3] for r in reports], cuda, mpi_info.library_version())
+    world = WorldInfo(
+        [r[2] for r in reports], [r[3] for r in reports], cuda, backend.library(), backend=backend.name
+    )
     # ranks on this host share its cores whatever MPI's shared-memory view says (network
     # namespaces, MPIR_CVAR_NOLOCAL): count them by host name
     ranks_here = sum(r[3].split(" pid ")[0] == socket.gethostname() for r in reports)
@@ -219,6 +227,22 @@ def _agree(comm, config, overrides, svc, build, arguments: str, usage: str | Non
         + ("oversubscribed, waits sleep between tests" if crowded else "waits yield for 2 ms, then sleep")
     )
     return topology, plan, model, world
+
+
+LAUNCH = {
+    "mpi": "launch it with mpiexec/mpirun or srun (or set QTRAIN_BACKEND=mpi)",
+    "torch": "launch it with torchrun, or with srun and QTRAIN_BACKEND=torch, MASTER_ADDR and MASTER_PORT "
+    "(qtrain slurm render --backend torch)",
+}
+
+
+def _check_backend(setting: str, running: str) -> None:
+    """``runtime.backend`` must name the backend this job was launched with (or ``auto``)."""
+    if setting not in ("auto", running):
+        raise ValueError(
+            f"runtime.backend={setting} but this job runs on the {running} backend: {LAUNCH[setting]} "
+            "(docs/configuration.md, runtime.backend)"
+        )
 
 
 def _count(n: int, what: str) -> str:
@@ -236,7 +260,7 @@ def _config_text(plan_or_setup) -> str:
 
 
 def prepare_outputs(
-    comm,
+    backend: Backend,
     server: int,
     algorithm: str,
     out: str | None,
@@ -254,22 +278,22 @@ def prepare_outputs(
     from qtrain.io.run_dir import prepare_out_dir
 
     default = f"runs/{kind}-{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out_dir = Path(comm.bcast(out or default, root=server))
+    out_dir = Path(backend.bcast(out or default, root=server))
     error = None
-    if comm.Get_rank() == server:
+    if backend.rank == server:
         try:
             _, removed = prepare_out_dir(out_dir, resume, overwrite)
             if removed and echo is not None:
                 echo(f"qtrain: --overwrite: removed {removed} from {out_dir}")
         except ValueError as exc:
             error = str(exc)
-    error = comm.bcast(error, root=server)
+    error = backend.bcast(error, root=server)
     if error is None:
         try:
             prepare_out_dir(out_dir, resume=True)  # every rank (other nodes) creates it
         except ValueError as exc:
             error = str(exc)
-    errors = [e for e in comm.allgather(error) if e]
+    errors = [e for e in backend.allgather(error) if e]
     if errors:
         raise Refused(errors[0])
     return out_dir

@@ -1,6 +1,7 @@
-"""Packed uint8 messages between workers and the server, segment by segment, over mpi4py's buffer
-API (no pickles). Which rank serves a segment, and which ranks work, comes from the Topology; the
-segments and their MPI tags from the Partition.
+"""Packed uint8 messages between workers and the server, segment by segment, over the job's
+backend (``engine/backend.py``: MPI's buffer API or torch.distributed, no pickles). Which rank
+serves a segment, and which ranks work, comes from the Topology; the segments and their tags from
+the Partition.
 
 Uplink (worker -> the segment's server), per step and segment:
   fixed-size codecs:    one frame = uplink record + the message (size known from the config), sent
@@ -23,26 +24,40 @@ step's fixed-size broadcasts at once and apply the segments as they complete (``
 Point-to-point receives (not ``Gather``) let the deadline name exactly which worker is silent;
 ``Ibcast`` lets workers wait with a deadline too. See docs/architecture.md.
 
-CUDA-aware MPI: device tensors go to MPI directly after the producing stream is synchronized;
-otherwise frames are staged through preallocated host buffers (pinned when CUDA is present).
+CUDA-aware MPI: device tensors go to the backend directly after the producing stream is
+synchronized (``Backend.device_buffers``); otherwise frames are staged through preallocated host
+buffers (pinned when CUDA is present).
 
 Each role has its own class (``open_transport`` picks it): :class:`WorkerTransport`, the worker
 channel of the step driver, and :class:`ServerTransport`, the server channel
-(``engine/channel.py``). Both also carry what travels between steps (checkpoint snapshots, model
-buffers, the final report): ``report``/``shared`` on a worker, ``reports``/``share`` on the
-serving rank, pickled collectives that never run on the per-step hot path.
+(``engine/channel.py``: the type checker checks that each is one). Both also carry the reports
+between steps (``engine/reports.py``: checkpoint snapshots, model buffers, the final report):
+``report``/``shared`` on a worker, ``reports``/``share`` on the serving rank, pickled collectives
+that never run on the per-step hot path; the receiving side names the kind of report it expects,
+and a rank that sent another is named.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 
+from qtrain.codecs.base import Codec
+from qtrain.engine.backend import Backend, Request
+from qtrain.engine.channel import Downlink, Uplinks
+from qtrain.engine.partition import Partition, Segment
 from qtrain.engine.records import DOWNLINK_RECORD, UPLINK_RECORD
+from qtrain.engine.reports import BufferReport, ControlReport
+from qtrain.engine.topology import Topology
 from qtrain.runtime.communicators import Communicators, Group, split
 from qtrain.runtime.waiting import wait_all, wait_some
+
+if TYPE_CHECKING:
+    from qtrain.engine.channel import ServerChannel, WorkerChannel
 
 UP = UPLINK_RECORD.itemsize
 DOWN = DOWNLINK_RECORD.itemsize
@@ -53,7 +68,10 @@ def _host_buffer(nbytes: int, device: torch.device) -> torch.Tensor:
     return buf.pin_memory() if device.type == "cuda" else buf
 
 
-def _check_record(rec, kind: str, rank: int, max_bytes: int, seg, step: int) -> None:
+R = TypeVar("R", bound=ControlReport)
+
+
+def _check_record(rec: np.void, kind: str, rank: int, max_bytes: int, seg: Segment, step: int) -> None:
     """A record must be for this step and segment and announce at most ``max_bytes``."""
     n, got_step, got_seg = int(rec["length"]), int(rec["step"]), int(rec["segment"])
     if n > max_bytes or got_step != step or got_seg != seg.index:
@@ -63,30 +81,32 @@ def _check_record(rec, kind: str, rank: int, max_bytes: int, seg, step: int) -> 
         )
 
 
-def _mpi_buffer(t: torch.Tensor):
-    """What mpi4py accepts for a contiguous uint8 tensor: a numpy view on CPU, the tensor itself
-    (``__cuda_array_interface__``) on a CUDA device."""
-    return t.numpy() if t.device.type == "cpu" else t
-
-
 class _Transport:
     """What both sides know: the segments, each one's largest uplink and downlink message, its
     serving rank, and the deadline of every wait."""
 
     def __init__(
-        self, topology, partition, uplink_codec, downlink_codec, timeout_s: float, comms: Communicators = None
+        self,
+        topology: Topology,
+        partition: Partition,
+        uplink_codec: Codec,
+        downlink_codec: Codec,
+        timeout_s: float,
+        comms: Communicators | None = None,
     ):
         self.topology, self.partition = topology, partition
-        self.comm = topology.comm
-        if comms is None:  # one serving rank: the world for everything (``split`` needs no call)
-            world = Group(topology.comm, tuple(range(topology.world_size)))
+        if topology.backend is None:
+            raise ValueError("a transport needs the job's backend (Topology.backend)")
+        self.backend: Backend = topology.backend
+        if comms is None:  # one serving rank: the whole job for everything (``split`` needs no call)
+            world = Group(topology.backend, tuple(range(topology.world_size)))
             comms = Communicators((world,), world) if len(topology.servers) == 1 else split(topology)
         self.comms = comms
         self.control = comms.control
         self.timeout_s = timeout_s
         self._size(uplink_codec, downlink_codec)
 
-    def _size(self, uplink_codec, downlink_codec) -> None:
+    def _size(self, uplink_codec: Codec, downlink_codec: Codec) -> None:
         """Every segment's largest message and frame each way with these codecs."""
         self.codecs = (uplink_codec, downlink_codec)
         partition = self.partition
@@ -96,7 +116,7 @@ class _Transport:
         self.up_frame = [UP + (m if self.up_fixed else 0) for m in self.up_max]
         self.down_frame = [DOWN + (m if self.down_fixed else 0) for m in self.down_max]
 
-    def use_codecs(self, uplink_codec, downlink_codec) -> None:
+    def use_codecs(self, uplink_codec: Codec, downlink_codec: Codec) -> None:
         """Size the frames for a step sent with these codecs (``engine/link_plan.py``: an
         uncompressed warm-up's ``none``, then the configured ones). Every rank switches at the
         same step, between two steps, so no message is in flight in the old frames."""
@@ -105,22 +125,32 @@ class _Transport:
         self._size(uplink_codec, downlink_codec)
         self._allocate()
 
-    def _server_of(self, seg) -> int:
+    def _allocate(self) -> None:
+        """Allocate the frames of the current codecs (each side its own)."""
+        raise NotImplementedError
+
+    def _server_of(self, seg: Segment) -> int:
         return self.topology.servers[seg.owner]
 
-    def _broadcast(self, seg, buf):
-        """``Ibcast`` of ``buf`` from segment ``seg``'s owner, on the owner's communicator."""
+    def _broadcast(self, seg: Segment, buf: torch.Tensor) -> Request:
+        """The broadcast of ``buf`` from segment ``seg``'s owner, on the owner's group."""
         group = self.comms.down[seg.owner]
-        return group.comm.Ibcast(buf, root=group.local(self._server_of(seg)))
+        return group.member.ibcast(buf, root=group.local(self._server_of(seg)))
 
     @staticmethod
-    def _where(step: int, seg) -> str:
+    def _where(step: int, seg: Segment) -> str:
         return f" (step {step}, segment {seg.index})"
 
 
 def open_transport(
-    topology, partition, uplink_codec, downlink_codec, device, cuda_aware: bool, timeout_s: float
-):
+    topology: Topology,
+    partition: Partition,
+    uplink_codec: Codec,
+    downlink_codec: Codec,
+    device: torch.device,
+    cuda_aware: bool,
+    timeout_s: float,
+) -> WorkerTransport | ServerTransport:
     """This rank's side: a :class:`ServerTransport` on a serving rank, else a :class:`WorkerTransport`
     (collective: with several serving ranks every rank splits the world here)."""
     comms = split(topology)
@@ -137,49 +167,52 @@ class WorkerTransport(_Transport):
 
     def __init__(
         self,
-        topology,
-        partition,
-        uplink_codec,
-        downlink_codec,
-        device,
+        topology: Topology,
+        partition: Partition,
+        uplink_codec: Codec,
+        downlink_codec: Codec,
+        device: torch.device,
         cuda_aware: bool,
         timeout_s: float,
-        comms: Communicators = None,
+        comms: Communicators | None = None,
     ):
         super().__init__(topology, partition, uplink_codec, downlink_codec, timeout_s, comms)
         self.device = device
         self.cuda_aware = cuda_aware and device.type == "cuda"
         self._allocate()
         self._frames_on_device = (device if self.cuda_aware else torch.device("cpu")) == device
-        self._pending_send: list = []
+        self._pending_send: list[tuple[Request, int]] = []  # (request, peer rank)
+        self._down_reqs: list[Request | None] = []
 
     def _allocate(self) -> None:
-        def buffer(n):
+        def buffer(n: int) -> torch.Tensor:
             if self.cuda_aware:
                 return torch.empty(n, dtype=torch.uint8, device=self.device)
             return _host_buffer(n, self.device)
 
         self._send = [buffer(n) for n in self.up_frame]
-        self._send_msgs = None if self.up_fixed else [buffer(m) for m in self.up_max]
+        # the messages of variable-size codecs, apart from their records (none when fixed-size)
+        self._send_msgs = [] if self.up_fixed else [buffer(m) for m in self.up_max]
         self._down_t = [buffer(n) for n in self.down_frame]
-        self._down_msgs = None if self.down_fixed else [buffer(m) for m in self.down_max]
+        self._down_msgs = [] if self.down_fixed else [buffer(m) for m in self.down_max]
 
-    def report(self, obj) -> None:
-        """Send ``obj`` to the lead serving rank, with every worker (:meth:`ServerTransport.reports`)."""
-        self.control.comm.gather(obj, root=self.control.local(self.topology.server))
+    def report(self, report: ControlReport) -> None:
+        """Send ``report`` to the lead serving rank, with every worker (:meth:`ServerTransport.reports`)."""
+        self.control.member.gather(report, root=self.control.local(self.topology.server))
 
-    def shared(self):
-        """What the lead serving rank sends every worker (:meth:`ServerTransport.share`)."""
-        return self.control.comm.bcast(None, root=self.control.local(self.topology.server))
+    def shared(self, kind: type[R]) -> R:
+        """What the lead serving rank sends every worker (:meth:`ServerTransport.share`), a ``kind``."""
+        got = self.control.member.bcast(None, root=self.control.local(self.topology.server))
+        return _expect(kind, [got], [self.topology.server])[0]
 
-    def message_buffer(self, seg) -> torch.Tensor | None:
+    def message_buffer(self, seg: Segment) -> torch.Tensor | None:
         """Where this worker may encode segment ``seg``'s message in place (its slot of the send
         frame), or None when the frames live on another device than the data."""
         if not self._frames_on_device:
             return None
         return self._send[seg.index][UP:] if self.up_fixed else self._send_msgs[seg.index]
 
-    def send_uplink(self, seg, record: np.ndarray, packed: torch.Tensor) -> None:
+    def send_uplink(self, seg: Segment, record: np.ndarray, packed: torch.Tensor) -> None:
         """Post this worker's record + message of one segment (completed after the downlink)."""
         n = packed.numel()
         record["length"], record["segment"] = n, seg.index
@@ -194,17 +227,15 @@ class WorkerTransport(_Transport):
         if self.cuda_aware:
             torch.cuda.current_stream(self.device).synchronize()
         dest = self._server_of(seg)
-        self._pending_send.append((self.comm.Isend(_mpi_buffer(frame), dest=dest, tag=seg.tag), dest))
+        self._pending_send.append((self.backend.isend(frame, dest=dest, tag=seg.tag), dest))
         if not self.up_fixed:
-            self._pending_send.append(
-                (self.comm.Isend(_mpi_buffer(target), dest=dest, tag=seg.tag + 1), dest)
-            )
+            self._pending_send.append((self.backend.isend(target, dest=dest, tag=seg.tag + 1), dest))
 
     def progress(self) -> None:
         """Let the posted uplinks move (MPI progresses a large send only inside MPI calls): a
         non-blocking test, called after each segment posted during backward."""
         for request, _ in self._pending_send:
-            request.Test()
+            request.test()
 
     def finish_sends(self, step: int) -> None:
         """Complete this step's uplink sends (their frames are reused next step)."""
@@ -220,12 +251,10 @@ class WorkerTransport(_Transport):
         on its owner's communicator, where the owner posts its own in the same order."""
         self._down_step = step
         self._down_reqs = (
-            [self._broadcast(s, _mpi_buffer(self._down_t[s.index])) for s in self.partition]
-            if self.down_fixed
-            else []
+            [self._broadcast(s, self._down_t[s.index]) for s in self.partition] if self.down_fixed else []
         )
 
-    def downlinks(self, step: int):
+    def downlinks(self, step: int) -> Iterator[Downlink]:
         """Yield ``(segment, record, message)`` for every segment of this step's downlink: in the
         order they complete (fixed-size), or in segment order (variable-size). The message is on
         this worker's device."""
@@ -249,18 +278,18 @@ class WorkerTransport(_Transport):
         seg = self.partition.segments[pending[0]]
         return f"{self._where(step, seg)} from rank(s) {self._server_of(seg)}"
 
-    def _recv_variable(self, seg, step: int) -> tuple[np.void, torch.Tensor]:
+    def _recv_variable(self, seg: Segment, step: int) -> tuple[np.void, torch.Tensor]:
         root = self._server_of(seg)
         frame = self._down_t[seg.index]
-        req = self._broadcast(seg, _mpi_buffer(frame))
+        req = self._broadcast(seg, frame)
         wait_all([req], self.timeout_s, "downlink broadcast", [root], self._where(step, seg))
         head = self._check_downlink(frame[:DOWN], seg, step)
         msg = self._down_msgs[seg.index][: int(head["length"])]
-        req = self._broadcast(seg, _mpi_buffer(msg))
+        req = self._broadcast(seg, msg)
         wait_all([req], self.timeout_s, "downlink broadcast (message)", [root], self._where(step, seg))
         return head, self._on_device(msg)
 
-    def _check_downlink(self, head_bytes: torch.Tensor, seg, step: int) -> np.void:
+    def _check_downlink(self, head_bytes: torch.Tensor, seg: Segment, step: int) -> np.void:
         head = head_bytes.cpu().numpy().view(DOWNLINK_RECORD)[0].copy()
         _check_record(head, "downlink", self._server_of(seg), self.down_max[seg.index], seg, step)
         return head
@@ -274,42 +303,62 @@ class ServerTransport(_Transport):
     row per (segment, worker), and the downlink frames."""
 
     def __init__(
-        self, topology, partition, uplink_codec, downlink_codec, timeout_s: float, comms: Communicators = None
+        self,
+        topology: Topology,
+        partition: Partition,
+        uplink_codec: Codec,
+        downlink_codec: Codec,
+        timeout_s: float,
+        comms: Communicators | None = None,
     ):
         super().__init__(topology, partition, uplink_codec, downlink_codec, timeout_s, comms)
+        if topology.owner is None:
+            raise ValueError(f"rank {topology.rank} serves no segment: {topology.describe()}")
         self.mine = partition.owned_by(topology.owner)
         self._allocate()
-        self._queued: list = [None] * len(partition)  # per segment: the buffers to broadcast
-        self._down_reqs: list = []
+        # per segment: the buffers to broadcast, once queued
+        self._queued: list[list[torch.Tensor] | None] = [None] * len(partition)
+        self._down_reqs: list[Request | None] = []
         self._down_of: list[int] = []  # the segment of each posted broadcast
-        self.down_posted_at = np.zeros(len(partition))  # perf_counter instants, this step
-        self.down_done_at = np.zeros(len(partition))
+        self.down_posted_at: np.ndarray = np.zeros(len(partition))  # perf_counter instants, this step
+        self.down_done_at: np.ndarray = np.zeros(len(partition))
         self._next_down = 0  # the first of ``mine`` whose broadcast is not posted yet
+        self._up_reqs: list[Request | None] = []
+        self._up_of: list[tuple[int, int]] = []  # (segment, worker index) of each posted receive
+        self._missing: list[int] = []  # per segment: the receives of this step still pending
 
     def _allocate(self) -> None:
         workers = self.topology.num_workers
         owned = {s.index for s in self.mine}
-
-        def rows(shape, k):
-            return np.empty(shape, dtype=np.uint8) if k in owned else None
-
-        self._recv = [rows((workers, n), k) for k, n in enumerate(self.up_frame)]
-        if not self.up_fixed:  # fixed-size messages arrive inside their frames
-            self._recv_msgs = [
-                [np.empty(m, dtype=np.uint8) for _ in range(workers)] if k in owned else None
+        # per owned segment: a receive row per worker, its downlink frame
+        self._recv = {
+            k: torch.empty((workers, n), dtype=torch.uint8) for k, n in enumerate(self.up_frame) if k in owned
+        }
+        # variable-size messages, apart from their records (fixed-size ones arrive inside their frames)
+        self._recv_msgs: dict[int, list[torch.Tensor]] = {}
+        if not self.up_fixed:
+            self._recv_msgs = {
+                k: [torch.empty(m, dtype=torch.uint8) for _ in range(workers)]
                 for k, m in enumerate(self.up_max)
-            ]
-        self._down = [rows(n, k) for k, n in enumerate(self.down_frame)]
+                if k in owned
+            }
+        self._down = {
+            k: torch.empty(n, dtype=torch.uint8) for k, n in enumerate(self.down_frame) if k in owned
+        }
 
-    def reports(self) -> list:
-        """Every worker's :meth:`WorkerTransport.report`, in worker order (the lead only)."""
+    def reports(self, kind: type[R]) -> list[R]:
+        """Every worker's :meth:`WorkerTransport.report`, in worker order (the lead only): each a
+        ``kind``, or a RuntimeError names the rank that sent something else."""
         control = self.control
-        parts = control.comm.gather(None, root=control.local(self.topology.server))
-        return [parts[control.local(r)] for r in self.topology.workers]
+        parts = control.member.gather(None, root=control.local(self.topology.server))
+        if parts is None:  # gather gives the list on its root, and the lead is the root
+            raise RuntimeError(f"rank {self.topology.rank} gathered the workers' reports but is not the lead")
+        workers = self.topology.workers
+        return _expect(kind, [parts[control.local(r)] for r in workers], workers)
 
-    def share(self, obj) -> None:
-        """Send ``obj`` to every worker (:meth:`WorkerTransport.shared`; the lead only)."""
-        self.control.comm.bcast(obj, root=self.control.local(self.topology.server))
+    def share(self, report: BufferReport) -> None:
+        """Send ``report`` to every worker (:meth:`WorkerTransport.shared`; the lead only)."""
+        self.control.member.bcast(report, root=self.control.local(self.topology.server))
 
     def post_uplinks(self) -> None:
         """Post the receives of every segment of this step, from every worker (the messages of
@@ -319,16 +368,16 @@ class ServerTransport(_Transport):
         for seg in self.mine:
             rows = self._recv[seg.index]
             for i, r in enumerate(workers):
-                self._up_reqs.append(self.comm.Irecv(rows[i], source=r, tag=seg.tag))
+                self._up_reqs.append(self.backend.irecv(rows[i], source=r, tag=seg.tag))
                 self._up_of.append((seg.index, i))
         self._missing = [len(workers)] * len(self.partition)
 
-    def uplinks(self, step: int):
+    def uplinks(self, step: int) -> Iterator[Uplinks]:
         """Yield ``(segment, records, messages)`` for each segment as soon as every worker's copy
         of it is in (``Testsome`` over all of the step's receives: segments in the order they
         complete); records and messages in worker order."""
         workers, reqs = list(self.topology.workers), self._up_reqs
-        records: list = [None] * len(self.partition)
+        records: dict[int, np.ndarray] = {}  # per segment, once every worker's record is in
         left = len(self.mine)
         while left:
             done = wait_some(reqs, self.timeout_s, "uplink gather", lambda: self._silent_up(step))
@@ -340,7 +389,7 @@ class ServerTransport(_Transport):
                 if self._missing[k]:
                     continue
                 seg = self.partition.segments[k]
-                if records[k] is None:
+                if k not in records:
                     records[k] = self._check_uplinks(seg, step, workers)
                     if not self.up_fixed:  # the records are in: now the messages, of known length
                         self._post_messages(seg, records[k]["length"], workers)
@@ -351,9 +400,9 @@ class ServerTransport(_Transport):
                 seg, lengths = self.partition.segments[k], [int(n) for n in records[k]["length"]]
                 if self.up_fixed:
                     rows = self._recv[k]
-                    messages = [torch.from_numpy(rows[i, UP : UP + n]) for i, n in enumerate(lengths)]
+                    messages = [rows[i, UP : UP + n] for i, n in enumerate(lengths)]
                 else:
-                    messages = [torch.from_numpy(self._recv_msgs[k][i][:n]) for i, n in enumerate(lengths)]
+                    messages = [self._recv_msgs[k][i][:n] for i, n in enumerate(lengths)]
                 yield seg, records[k], messages
 
     def _silent_up(self, step: int) -> str:
@@ -363,42 +412,45 @@ class ServerTransport(_Transport):
         ranks = sorted({self.topology.workers[i] for kk, i in pending if kk == k})
         return f"{self._where(step, self.partition.segments[k])} from rank(s) {', '.join(map(str, ranks))}"
 
-    def _check_uplinks(self, seg, step: int, workers: list[int]) -> np.ndarray:
-        records = self._recv[seg.index][:, :UP].copy().view(UPLINK_RECORD).reshape(-1)
+    def _check_uplinks(self, seg: Segment, step: int, workers: list[int]) -> np.ndarray:
+        records = self._recv[seg.index][:, :UP].numpy().copy().view(UPLINK_RECORD).reshape(-1)
         for rank, rec in zip(workers, records, strict=True):
             _check_record(rec, "uplink", rank, self.up_max[seg.index], seg, step)
         return records
 
-    def _post_messages(self, seg, lengths, workers: list[int]) -> None:
+    def _post_messages(self, seg: Segment, lengths: np.ndarray, workers: list[int]) -> None:
         bufs = self._recv_msgs[seg.index]
         for i, (r, n) in enumerate(zip(workers, lengths, strict=True)):
-            self._up_reqs.append(self.comm.Irecv(bufs[i][: int(n)], source=r, tag=seg.tag + 1))
+            self._up_reqs.append(self.backend.irecv(bufs[i][: int(n)], source=r, tag=seg.tag + 1))
             self._up_of.append((seg.index, i))
         self._missing[seg.index] = len(workers)
 
     def post_downlink(
-        self, seg, step: int, flags: int, packed: torch.Tensor, grad_norm: float | None = None
+        self, seg: Segment, step: int, flags: int, packed: torch.Tensor, grad_norm: float | None = None
     ) -> None:
         """Queue segment ``seg``'s downlink. Its broadcast is posted as soon as it and every lower
         segment this rank owns are queued: MPI matches non-blocking collectives in the order each
         rank posts them, and the workers post theirs in segment order. :meth:`finish_downlinks`
         completes them."""
-        packed = packed.cpu()
+        packed = packed.cpu().contiguous()
         n = packed.numel()
         head = np.zeros(1, dtype=DOWNLINK_RECORD)
         head["step"], head["flags"], head["length"], head["segment"] = step, flags, n, seg.index
         head["grad_norm"] = grad_norm or 0.0
         frame = self._down[seg.index]
-        frame[:DOWN] = head.view(np.uint8)
+        frame[:DOWN].copy_(torch.from_numpy(head.view(np.uint8)))
         if self.down_fixed:
-            frame[DOWN : DOWN + n] = packed.numpy()
+            frame[DOWN : DOWN + n].copy_(packed)
             self._queued[seg.index] = [frame]
         else:
-            self._queued[seg.index] = [frame[:DOWN], packed.numpy()]
+            self._queued[seg.index] = [frame[:DOWN], packed]
         mine = self.mine
-        while self._next_down < len(mine) and self._queued[mine[self._next_down].index] is not None:
+        while self._next_down < len(mine):
             nxt = mine[self._next_down]
-            for buf in self._queued[nxt.index]:
+            queued = self._queued[nxt.index]
+            if queued is None:
+                break
+            for buf in queued:
                 self._down_reqs.append(self._broadcast(nxt, buf))
                 self._down_of.append(nxt.index)
             self.down_posted_at[nxt.index] = time.perf_counter()
@@ -417,3 +469,25 @@ class ServerTransport(_Transport):
                 self.down_done_at[self._down_of[j]] = time.perf_counter()
         self._down_reqs, self._down_of, self._next_down = [], [], 0
         self._queued = [None] * len(self.partition)
+
+
+def _expect(kind: type[R], reports: Sequence[object], ranks: Sequence[int]) -> list[R]:
+    """``reports`` (from ``ranks``, in that order), each a ``kind``; else a RuntimeError naming the
+    first rank that sent something else (the ranks disagree on what happens between steps)."""
+    out: list[R] = []
+    for rank, report in zip(ranks, reports, strict=True):
+        if not isinstance(report, kind):
+            raise RuntimeError(
+                f"rank {rank} sent a {type(report).__name__} where a {kind.__name__} was expected"
+            )
+        out.append(report)
+    return out
+
+
+if TYPE_CHECKING:  # the type checker verifies that each side is the step driver's channel
+
+    def _worker_channel(transport: WorkerTransport) -> WorkerChannel:
+        return transport
+
+    def _server_channel(transport: ServerTransport) -> ServerChannel:
+        return transport

@@ -1,7 +1,7 @@
-"""Waiting on MPI requests with a deadline, so a rank that stops answering is named, not waited
-for forever.
+"""Waiting on the backend's requests (``engine/backend.py``) with a deadline, so a rank that stops
+answering is named, not waited for forever.
 
-The wait calls ``Test`` (which also drives the MPI progress engine) in a loop that yields the
+The wait calls ``test`` (which also drives the library's progress engine) in a loop that yields the
 CPU between tests (``sched_yield``) for the first ``SPIN_S`` seconds, then sleeps with a back-off
 up to 1 ms. Yielding keeps latency low on dedicated cores; the sleeps leave the CPU alone during
 long waits (MPICH's blocking waits spin). When the node's ranks have fewer cores than threads
@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qtrain.engine.backend import Request
 
 SPIN_S = 0.002
 
@@ -28,11 +33,17 @@ class Stalled(RuntimeError):
     """A communication phase did not complete within ``runtime.timeout_s``."""
 
 
-def wait_all(requests, timeout_s: float, phase: str, peers: list[int] | None = None, where: str = "") -> None:
+def wait_all(
+    requests: Sequence[Request | None],
+    timeout_s: float,
+    phase: str,
+    peers: Sequence[int] | None = None,
+    where: str = "",
+) -> None:
     """Wait for every request; after ``timeout_s`` without progress raise :class:`Stalled` naming
     the phase, where in the run it is (e.g. " (step 5, segment 0)") and the peers (ranks, parallel
     to ``requests``) that have not completed."""
-    pending = list(requests)
+    pending: list[Request | None] = list(requests)
 
     def who() -> str:
         silent = [str(peers[i]) for i, r in enumerate(pending) if r is not None] if peers else []
@@ -43,14 +54,16 @@ def wait_all(requests, timeout_s: float, phase: str, peers: list[int] | None = N
             pending[i] = None
 
 
-def wait_some(requests, timeout_s: float, phase: str, who) -> list[int]:
+def wait_some(
+    requests: Sequence[Request | None], timeout_s: float, phase: str, who: Callable[[], str]
+) -> list[int]:
     """Wait until at least one of ``requests`` (None entries are done already) completes; return
     the indices that completed. After ``timeout_s`` without any, raise :class:`Stalled`; ``who()``
     then says where and from whom (e.g. " (step 5, segment 2) from rank(s) 3")."""
     start = time.monotonic()
     pause = 0.0
     while True:
-        done = [i for i, r in enumerate(requests) if r is not None and r.Test()]
+        done = [i for i, r in enumerate(requests) if r is not None and r.test()]
         if done or all(r is None for r in requests):
             return done
         if time.monotonic() - start > timeout_s:

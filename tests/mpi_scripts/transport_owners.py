@@ -7,17 +7,17 @@ import sys
 
 import numpy as np
 import torch
-from mpi4py import MPI
 
 from qtrain.codecs import get_codec
 from qtrain.engine.partition import Partition
 from qtrain.engine.records import UPLINK_RECORD
 from qtrain.engine.topology import Topology
+from qtrain.runtime.backends.mpi import MpiBackend
 from qtrain.runtime.transport import open_transport
 
 K, CODEC = int(sys.argv[1]), sys.argv[2]
-comm = MPI.COMM_WORLD
-topo = Topology.parameter_server(comm.Get_size(), comm.Get_rank(), comm, servers=K)
+backend = MpiBackend()
+topo = Topology.parameter_server(backend.size, backend.rank, backend, servers=K)
 codec = get_codec(CODEC, bucket=64)
 part = Partition.build(64 * 10, (64,), count=5, servers=K)
 t = open_transport(topo, part, codec, codec, torch.device("cpu"), False, 30.0)
@@ -56,8 +56,8 @@ for step in (1, 2):
         t.finish_sends(step)
         assert sorted(seen) == list(range(len(part))), seen
 for k, group in enumerate(t.comms.down):  # each owner's communicator in its broadcast order
-    if group.comm is not None:
-        assert group.comm.Get_rank() == group.local(topo.rank), (topo.rank, k, group.ranks)
+    if group.backend is not None:
+        assert group.backend.rank == group.local(topo.rank), (topo.rank, k, group.ranks)
         if K > 1:
             assert group.ranks[1] == topo.workers[k % topo.num_workers], (k, group.ranks)
 owners = sorted({s.owner for s in part})
