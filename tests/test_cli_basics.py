@@ -43,12 +43,14 @@ def test_info_json_reports_versions_mpi_and_cuda_awareness(monkeypatch):
         "mpi_library",
         "cuda_aware_mpi",
         "cuda_aware_how",
+        "torch_backend",
         "gpus",
         "torch_threads",
     ):
         assert key in data
     assert data["cuda_aware_mpi"] in ("yes", "no", "unknown")
     assert "MPI" in data["mpi_library"] or "Open MPI" in data["mpi_library"]
+    assert data["torch_backend"].startswith("gloo") or data["torch_backend"].startswith("none: ")
 
 
 @pytest.mark.parametrize("value, answer", [("1", "yes"), ("0", "no")])

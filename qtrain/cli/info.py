@@ -24,6 +24,9 @@ def collect() -> dict:
     else:
         library, cuda = f"none: {missing}", DeviceBuffers("no", "no MPI library")
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    from qtrain.runtime.backends import torch_dist
+
+    torch_missing = torch_dist.missing_library()
     return {
         "qtrain": qtrain.__version__,
         "python": platform.python_version(),
@@ -35,6 +38,9 @@ def collect() -> dict:
         "mpi_library": library,
         "cuda_aware_mpi": cuda.answer,
         "cuda_aware_how": cuda.how,
+        "torch_backend": f"none: {torch_missing}"
+        if torch_missing
+        else "gloo (runtime.backend: torch, torchrun)",
         "torch_cuda": torch.version.cuda,
         "gpus": gpus,
         "torch_threads": torch.get_num_threads(),

@@ -22,7 +22,9 @@ from qtrain.engine.channel import InProcessChannel
 from qtrain.engine.checkpointer import Checkpointer
 from qtrain.engine.memory_estimate import describe_estimate, estimate
 from qtrain.engine.recorder import Recorder
+from qtrain.engine.records import FLAG_CHECKPOINT, FLAG_END
 from qtrain.engine.run_plan import RunPlan
+from qtrain.engine.serving_loop import serve_steps
 from qtrain.engine.snapshots import is_checkpoint_step, worker_snapshot
 from qtrain.engine.step import ServerStep, WorkerStep, worker_report
 from qtrain.engine.topology import Topology
@@ -115,47 +117,9 @@ def simulate(
         w.receive_initial()
     if observe is not None:
         observe(0, server_model.params, ds)
-    stop_reason = None
-    for step in range(1, setup.steps + 1):
-        for i, (w, sampler) in enumerate(zip(workers_, samplers, strict=True)):
-            phase(f"step {step}: worker {i}'s forward and backward")
-            idx = sampler.next_batch()
-            w.compute(step, ds.x_train[idx], ds.y_train[idx], ds.task)
-        phase(f"step {step}: the server")
-        result = server_step.run(step)
-        stopping = result.stop_reason is not None
-        for w in workers_:
-            w.exchange(step)
-        if result.buffers:  # the server evaluates now: every replica adopts the combination
-            with rec.phase("buffers"):
-                combined = combine(cfg.model.buffers, [buffer_state(r.module) for r in replicas])
-                for model in (*replicas, server_model):
-                    load_buffers(model.module, combined)
-        if rec.eval_due(stopping):
-            phase(f"step {step}: evaluation")
-            rec.evaluate(server_model, ds)
-        rec.end_step(worker_report(result.records), server.last_stats)
-        if observe is not None:
-            observe(step, server_model.params, ds)
-        if checkpointer is not None and is_checkpoint_step(cfg, step, setup.steps, stopping):
-            phase(f"step {step}: checkpoint")
-            own = [buffer_state(r.module) if sync_buffers else None for r in replicas]
-            snaps = [
-                worker_snapshot(w.engine, [s.state_dict()], w.base_lrs, b)
-                for w, s, b in zip(workers_, samplers, own, strict=True)
-            ]
-            buffers = (
-                checkpoint_buffers(cfg.model.buffers, own, server_model.module) if sync_buffers else None
-            )
-            rec.complete_held_rows(
-                [w.comm_s for w in workers_], [w.decode_s for w in workers_]
-            )  # a resumed run finds this step's rows
-            rec.flush()
-            checkpointer.write(step, server, snaps, rec, replicas[0].params, buffers)
-        if stopping:
-            stop_reason = result.stop_reason
-            log(f"stop after step {step}: {stop_reason}")
-            break
+    peers = _VirtualWorkers(workers_, samplers, ds, cfg, setup.steps, checkpointer is not None, phase)
+    role = _Simulated(server, server_model, replicas, peers, rec, checkpointer, cfg, ds, phase, log, observe)
+    served = serve_steps(server_step, role, 0, peers)
     phase("the final evaluation, trace and summary")
     rec.close([w.comm_s for w in workers_], [w.decode_s for w in workers_])
     summary = rec.summary(
@@ -163,9 +127,95 @@ def simulate(
         ds,
         params_sha256(server_model.params),
         runner="simulate",
-        stopped_early=stop_reason is not None,
-        stop_reason=stop_reason,
+        stopped_early=served.stop_reason is not None,
+        stop_reason=served.stop_reason,
     )
     if out_dir is not None:
         write_summary(out_dir, summary)
     return summary
+
+
+class _VirtualWorkers:
+    """The simulator's workers, one after another in this process (the loop's ``Peers``): each
+    step every one computes and posts its uplinks, or every one sends the control frame an MPI
+    worker's loop sends in their place (a checkpoint where ``checkpoint.every``, the last step or
+    an agreed stop asks for one; the end after the last step or an agreed stop)."""
+
+    def __init__(self, workers: list, samplers: list, ds, cfg, steps: int, checkpoints: bool, phase):
+        self.workers, self.samplers, self.ds, self.cfg = workers, samplers, ds, cfg
+        self.steps, self.checkpoints, self.phase = steps, checkpoints, phase
+        self.done, self.stopping, self.checkpoint_due = 0, False, False
+
+    def produce(self, step: int) -> None:
+        if self.checkpoint_due:
+            self.checkpoint_due = False
+            self._control(step, FLAG_CHECKPOINT)
+        elif self.done == self.steps or self.stopping:
+            self._control(step, FLAG_END)
+        else:
+            for i, (w, sampler) in enumerate(zip(self.workers, self.samplers, strict=True)):
+                self.phase(f"step {step}: worker {i}'s forward and backward")
+                idx = sampler.next_batch()
+                w.compute(step, self.ds.x_train[idx], self.ds.y_train[idx], self.ds.task)
+            self.phase(f"step {step}: the server")
+
+    def consume(self, step: int) -> None:
+        for w in self.workers:
+            self.stopping = w.exchange(step)
+        self.done = step
+        self.checkpoint_due = self.checkpoints and is_checkpoint_step(
+            self.cfg, step, self.steps, self.stopping
+        )
+
+    def _control(self, step: int, flag: int) -> None:
+        for w in self.workers:
+            w.send_control(step, flag)
+
+
+class _Simulated:
+    """The simulator's server between steps (``engine/serving_loop.BetweenSteps``): the replicas'
+    buffers, evaluation, the step's trace rows, ``observe``, checkpoints of every virtual worker."""
+
+    def __init__(
+        self, server, server_model, replicas, peers, rec, checkpointer, cfg, ds, phase, log, observe
+    ):
+        self.server, self.server_model, self.replicas, self.peers = server, server_model, replicas, peers
+        self.rec, self.checkpointer, self.cfg, self.ds = rec, checkpointer, cfg, ds
+        self.phase, self.log, self.observe = phase, log, observe
+        self.buffered = has_buffers(server_model.module)
+
+    def sync_buffers(self, step: int) -> None:
+        with self.rec.phase("buffers"):  # every replica and the server adopt the combination
+            combined = combine(self.cfg.model.buffers, [buffer_state(r.module) for r in self.replicas])
+            for model in (*self.replicas, self.server_model):
+                load_buffers(model.module, combined)
+
+    def after_step(self, step: int, result) -> None:
+        rec = self.rec
+        if result.buffers:  # the server evaluates now: every replica adopts the combination
+            self.sync_buffers(step)
+        if rec.eval_due(result.stop_reason is not None):
+            self.phase(f"step {step}: evaluation")
+            rec.evaluate(self.server_model, self.ds)
+        rec.end_step(worker_report(result.records), self.server.last_stats)
+        if self.observe is not None:
+            self.observe(step, self.server_model.params, self.ds)
+
+    def checkpoint(self, step: int) -> None:
+        self.phase(f"step {step}: checkpoint")
+        workers, samplers = self.peers.workers, self.peers.samplers
+        own = [buffer_state(r.module) if self.buffered else None for r in self.replicas]
+        snaps = [
+            worker_snapshot(w.engine, [s.state_dict()], w.base_lrs, b)
+            for w, s, b in zip(workers, samplers, own, strict=True)
+        ]
+        buffers = None
+        if self.buffered:
+            buffers = checkpoint_buffers(self.cfg.model.buffers, own, self.server_model.module)
+        # a resumed run finds this step's rows
+        self.rec.complete_held_rows([w.comm_s for w in workers], [w.decode_s for w in workers])
+        self.rec.flush()
+        self.checkpointer.write(step, self.server, snaps, self.rec, self.replicas[0].params, buffers)
+
+    def stop_agreed(self, step: int, reason: str) -> None:
+        self.log(f"stop after step {step}: {reason}")

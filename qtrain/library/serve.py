@@ -27,16 +27,16 @@ import torch
 from qtrain.engine.buffers import checkpoint_buffers, has_buffers
 from qtrain.engine.flat import FlatModel
 from qtrain.engine.recorder import Recorder
-from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
 from qtrain.engine.reports import CheckpointReport, FinalReport
 from qtrain.engine.run_plan import RunPlan
-from qtrain.engine.step import worker_report
+from qtrain.engine.serving_loop import serve_steps
+from qtrain.engine.step import StepResult, worker_report
 from qtrain.io.run_dir import params_sha256
 from qtrain.library.errors import UsageError
 from qtrain.runtime.buffer_sync import server_sync
 from qtrain.runtime.faults import maybe_fail
 from qtrain.runtime.resume import ResumePoint
-from qtrain.runtime.server_role import final_report, gather_snapshots, run_facts, start_serving
+from qtrain.runtime.server_role import Serving, final_report, gather_snapshots, run_facts, start_serving
 from qtrain.runtime.shard_serving import StepPart, down_stats, with_parts
 from qtrain.runtime.transport import ServerTransport
 
@@ -69,71 +69,25 @@ def serve_run(
     svc, world, out_dir = session._svc, session._world, session.out_dir
     topo, cfg, setup = plan.topology, plan.cfg, plan.setup
     serving = start_serving(plan, model, transport, svc, world, out_dir, resume)
-    server, rec, server_step, start = serving.server, serving.rec, serving.step, serving.start
+    rec, server_step, start = serving.rec, serving.step, serving.start
     link = serving.link  # the other serving ranks (runtime.servers > 1), or None
     buffered = has_buffers(model.module)
     test = evaluation.test
     evaluates = test is not None
 
-    def metrics(reports: Sequence[CheckpointReport | FinalReport]) -> None:  # the workers' log rows
-        _metrics(rec, topo.workers, reports)
-
     server_step.wants_buffers = lambda step, stopping: buffered and evaluates and rec.eval_due(stopping)
     server_step.before_step = lambda step: maybe_fail(svc.fault, topo.rank, step)
-    step, stop_reason = start + 1, None
+    lead = _Lead(serving, transport, model, plan, svc, evaluation)
     try:
-        while True:
-            result = server_step.run(step)
-            if result.control == FLAG_END:
-                break
-            if result.control == FLAG_BUFFERS:
-                with rec.phase("buffers"):
-                    server_sync(transport, model.module, cfg.model.buffers)
-                continue
-            if result.control == FLAG_CHECKPOINT:
-                with rec.phase("checkpoint"):
-                    snaps = gather_snapshots(transport, rec, on_report=metrics)
-                    buffers = None
-                    if buffered:  # the file's /buffers combine the replicas, which keep their own
-                        buffers = checkpoint_buffers(
-                            cfg.model.buffers, [s["buffers"] for s in snaps], model.module
-                        )
-                    whole = link.gather_state(server, model.params) if link else server
-                    serving.checkpointer.write(step - 1, whole, snaps, rec, whole.replica, buffers)
-                continue
-            if link:
-                rec.enter(f"step {step}: the other serving ranks' reports (ranks {list(topo.servers[1:])})")
-            parts: list[StepPart] = link.collect() if link else []  # the other owners' part of the step
-            evaluating = evaluates and rec.eval_due(result.stop_reason is not None)
-            if link:
-                link.tell(evaluating)
-                if evaluating:  # evaluate the whole master copy
-                    link.gather_master(model.params)
-                for rank, part in zip(topo.servers[1:], parts, strict=True):
-                    rec.add_shard(rank, part.up, part.down, part.times, part.wire)
-                serving.timeline.add_parts([p.timeline for p in parts])
-                asked = next((p.stop for p in parts if p.stop), None)
-                if asked:  # a signal on another owner: agreed with the next step
-                    svc.stop.adopt(asked)
-            if result.buffers:  # the downlink asked for them: the server evaluates after this step
-                with rec.phase("buffers"):
-                    server_sync(transport, model.module, cfg.model.buffers)
-            if evaluating and test is not None:
-                svc.log.info("step %d eval %s", step, _evaluate(rec, test, model.module))
-            report = with_parts(worker_report(result.records or []), parts)
-            rec.end_step(report, down_stats(server.stats, parts) if parts else server.last_stats)
-            if result.stop_reason is not None and stop_reason is None:
-                stop_reason = result.stop_reason
-                svc.log.info("stop agreed after step %d: %s", step, stop_reason)
-            step += 1
+        served = serve_steps(server_step, lead, start)
     finally:
         rec.progress.close()
     if link:  # the final parameters: every owner's master shard
         link.gather_master(model.params)
     if buffered:
         server_sync(transport, model.module, cfg.model.buffers)
-    final_report(transport, serving, svc, on_report=metrics)
-    if step - 1 == start == 0:
+    final_report(transport, serving, svc, on_report=lead.metrics)
+    if served.last_step == start == 0:
         raise UsageError(
             "every worker's loop ended before its first optimizer.step(): nothing was trained "
             "(does the script's loop run? is its data empty?)"
@@ -147,16 +101,83 @@ def serve_run(
     builtin = session._builtin_model is not None
     return rec.stats.summary(
         setup,
-        step - 1,
+        served.last_step,
         final,
         train,
         params_sha256(model.params),
         runner="mpi" if builtin else "library",
-        stopped_early=stop_reason is not None,
-        stop_reason=stop_reason,
+        stopped_early=served.stop_reason is not None,
+        stop_reason=served.stop_reason,
         **label,
         **run_facts(topo, world, rec, resume),
     )
+
+
+class _Lead:
+    """The lead serving rank between steps (``engine/serving_loop.BetweenSteps``): the buffers,
+    checkpoints (the workers' snapshots, every owner's state), the other owners' parts of each
+    step, evaluation and the step's trace rows."""
+
+    def __init__(
+        self,
+        serving: Serving,
+        transport: ServerTransport,
+        model: FlatModel,
+        plan: RunPlan,
+        svc: Any,  # runtime/services.RankServices
+        evaluation: Evaluation,
+    ):
+        self.serving, self.transport, self.model, self.svc = serving, transport, model, svc
+        self.rec, self.link, self.topo, self.cfg = serving.rec, serving.link, plan.topology, plan.cfg
+        self.test = evaluation.test
+        self.buffered = has_buffers(model.module)
+
+    def metrics(self, reports: Sequence[CheckpointReport | FinalReport]) -> None:
+        """The workers' ``session.log`` rows, from their checkpoint or final reports."""
+        _metrics(self.rec, self.topo.workers, reports)
+
+    def sync_buffers(self, step: int) -> None:
+        with self.rec.phase("buffers"):
+            server_sync(self.transport, self.model.module, self.cfg.model.buffers)
+
+    def checkpoint(self, step: int) -> None:
+        rec, link, model, server = self.rec, self.link, self.model, self.serving.server
+        with rec.phase("checkpoint"):
+            snaps = gather_snapshots(self.transport, rec, on_report=self.metrics)
+            buffers = None
+            if self.buffered:  # the file's /buffers combine the replicas, which keep their own
+                buffers = checkpoint_buffers(
+                    self.cfg.model.buffers, [s["buffers"] for s in snaps], model.module
+                )
+            whole = link.gather_state(server, model.params) if link else server
+            self.serving.checkpointer.write(step, whole, snaps, rec, whole.replica, buffers)
+
+    def after_step(self, step: int, result: StepResult) -> None:
+        rec, link, topo = self.rec, self.link, self.topo
+        if link:
+            rec.enter(f"step {step}: the other serving ranks' reports (ranks {list(topo.servers[1:])})")
+        parts: list[StepPart] = link.collect() if link else []  # the other owners' part of the step
+        evaluating = self.test is not None and rec.eval_due(result.stop_reason is not None)
+        if link:
+            link.tell(evaluating)
+            if evaluating:  # evaluate the whole master copy
+                link.gather_master(self.model.params)
+            for rank, part in zip(topo.servers[1:], parts, strict=True):
+                rec.add_shard(rank, part.up, part.down, part.times, part.wire)
+            self.serving.timeline.add_parts([p.timeline for p in parts])
+            asked = next((p.stop for p in parts if p.stop), None)
+            if asked:  # a signal on another owner: agreed with the next step
+                self.svc.stop.adopt(asked)
+        if result.buffers:  # the downlink asked for them: the server evaluates after this step
+            self.sync_buffers(step)
+        if evaluating and self.test is not None:
+            self.svc.log.info("step %d eval %s", step, _evaluate(rec, self.test, self.model.module))
+        report = with_parts(worker_report(result.records or []), parts)
+        server = self.serving.server
+        rec.end_step(report, down_stats(server.stats, parts) if parts else server.last_stats)
+
+    def stop_agreed(self, step: int, reason: str) -> None:
+        self.svc.log.info("stop agreed after step %d: %s", step, reason)
 
 
 def _evaluate(rec: Recorder, evaluate: Callable[[torch.nn.Module], dict], module: torch.nn.Module) -> dict:

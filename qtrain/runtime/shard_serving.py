@@ -40,6 +40,7 @@ from qtrain.engine.run_plan import RunPlan
 from qtrain.engine.server import ServerEngine
 from qtrain.engine.shards import join_states, join_stats
 from qtrain.engine.snapshots import to_numpy, to_torch
+from qtrain.engine.step import StepResult
 from qtrain.engine.topology import Topology
 from qtrain.io.net_counters import NetCounters
 from qtrain.runtime.communicators import Group
@@ -47,6 +48,7 @@ from qtrain.runtime.communicators import Group
 if TYPE_CHECKING:
     from qtrain.engine.flat import FlatModel
     from qtrain.runtime.resume import ResumePoint
+    from qtrain.runtime.timeline import ShardTimeline
     from qtrain.runtime.transport import ServerTransport
 
 WORKER_SUMS = ("encode_s", "err_sq", "ref_sq", "ef_sq")  # per worker, summed over segments
@@ -228,7 +230,7 @@ def serve_shard(
     """A serving rank other than the lead: serve its shard until the workers end, answering the
     lead after every step, at evaluations, checkpoints and the end. ``model``: its copy of the
     model, whose shard the engine serves (restored from ``resume``, a cut the lead scattered)."""
-    from qtrain.engine.records import FLAG_BUFFERS, FLAG_CHECKPOINT, FLAG_END
+    from qtrain.engine.serving_loop import serve_steps
     from qtrain.engine.step import ServerStep
     from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
     from qtrain.runtime.faults import maybe_fail
@@ -264,27 +266,46 @@ def serve_shard(
         clock_offsets(topo, plan.cfg.runtime.timeout_s)
         step_driver.timeline = timeline
     link = ServersLink(servers, topo, part)
-    step, stop_logged = start + 1, False
-    while True:
-        result = step_driver.run(step)
-        if result.control == FLAG_END:
-            svc.watchdog.enter("the end: the master shard to the lead")
-            link.send_master(engine)
-            return
-        if result.control == FLAG_BUFFERS:  # between the lead and the workers
-            continue
-        if result.control == FLAG_CHECKPOINT:
-            svc.watchdog.enter(f"step {step - 1}: checkpoint (the shard to the lead)")
-            link.send_state(engine)
-            continue
+    serve_steps(step_driver, _Owner(engine, rec, link, timeline, svc), start)
+    svc.watchdog.enter("the end: the master shard to the lead")
+    link.send_master(engine)
+
+
+class _Owner:
+    """A serving rank other than the lead between steps (``engine/serving_loop.BetweenSteps``):
+    its part of each step to the lead, its master shard when the lead evaluates, its state at
+    checkpoints. The buffers are the lead's and the workers' alone."""
+
+    def __init__(
+        self,
+        engine: ServerEngine,
+        rec: ShardRecorder,
+        link: ServersLink,
+        timeline: ShardTimeline | None,
+        svc: Any,  # runtime/services.RankServices
+    ):
+        self.engine, self.rec, self.link, self.timeline, self.svc = engine, rec, link, timeline, svc
+        self.stop_logged = False
+
+    def sync_buffers(self, step: int) -> None:
+        pass
+
+    def checkpoint(self, step: int) -> None:
+        self.svc.watchdog.enter(f"step {step}: checkpoint (the shard to the lead)")
+        self.link.send_state(self.engine)
+
+    def after_step(self, step: int, result: StepResult) -> None:
+        svc = self.svc
         svc.watchdog.enter(f"step {step}: report to the lead")
-        report = rec.finish(result.records or [], engine.stats)
-        report.timeline = timeline.take() if timeline is not None else None
-        if svc.stop.requested and not stop_logged:
+        report = self.rec.finish(result.records or [], self.engine.stats)
+        report.timeline = self.timeline.take() if self.timeline is not None else None
+        if svc.stop.requested and not self.stop_logged:
             svc.log.info("step %d: %s; the lead agrees the stop with the next step", step, svc.stop.reason)
-            stop_logged = True
+            self.stop_logged = True
         report.stop = svc.stop.reason
-        link.report(report)
-        if link.evaluating():
-            link.send_master(engine)
-        step += 1
+        self.link.report(report)
+        if self.link.evaluating():
+            self.link.send_master(self.engine)
+
+    def stop_agreed(self, step: int, reason: str) -> None:
+        pass

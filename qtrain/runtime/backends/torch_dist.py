@@ -90,14 +90,23 @@ def _launch_env() -> tuple[dict[str, int], str | None]:
     return values, None
 
 
-def unavailable() -> str | None:
-    """None when ``torch.distributed`` with gloo can start here from the launcher's environment;
-    else one line saying what is missing and how to launch (``qtrain info`` prints it, ``qtrain
-    train`` and ``qtrain run`` exit 2 with it)."""
+def missing_library() -> str | None:
+    """None when this torch has ``torch.distributed`` with gloo; else one line saying what it lacks
+    (``qtrain info`` prints it)."""
     if not dist.is_available():
         return f"this torch ({torch.__version__}) was built without torch.distributed: use the MPI backend"
     if not dist.is_gloo_available():
         return f"this torch ({torch.__version__}) was built without gloo: use the MPI backend"
+    return None
+
+
+def unavailable() -> str | None:
+    """None when ``torch.distributed`` with gloo can start here from the launcher's environment;
+    else one line saying what is missing and how to launch (``qtrain train`` and ``qtrain run``
+    exit 2 with it)."""
+    missing = missing_library()
+    if missing is not None:
+        return missing
     if dist.is_initialized():
         return None
     return _launch_env()[1]
