@@ -106,7 +106,9 @@ def abort_ends_the_whole_job(backend: str) -> None:
     assert "outlived the abort" not in p.stdout, p.stdout
 
 
+# make soak: MPI's abort from a failing rank is what every failure test of test_mpi_train.py ends with
 @pytest.mark.mpi
+@pytest.mark.soak
 def test_mpi_abort_from_one_rank_ends_the_whole_job():
     abort_ends_the_whole_job("mpi")
 

@@ -23,13 +23,13 @@ from qtrain.io.trace import read_timeline, read_trace
 
 pytestmark = pytest.mark.mpi
 
-# make test resumes two algorithms here (a fused local Adam worker, a weights-mode downlink) and
-# efficient-adam (a stateful server rule, two-way error feedback) in test_mpi_servers.py's resume
-# with another K and cut; make soak all seven here; every algorithm's state survives a checkpoint
-# file in test_resume_in_process.py, and test_mpi_train.py compares every algorithm's MPI run with
-# the simulator
+# make test resumes qrda-adagrad here (a weights-mode downlink), qadam (a fused local Adam worker)
+# in the learning-rate-drop resume below and efficient-adam (a stateful server rule, two-way error
+# feedback) in test_mpi_servers.py's resume with another K and cut; make soak all seven here;
+# every algorithm's state survives a checkpoint file in test_resume_in_process.py, and
+# test_mpi_train.py compares every algorithm's MPI run with the simulator
 ALGORITHMS = [
-    pytest.param(name, marks=[] if name in ("qadam", "qrda-adagrad") else [pytest.mark.soak])
+    pytest.param(name, marks=[] if name == "qrda-adagrad" else [pytest.mark.soak])
     for name in ("sgd", "adam", "ecq-sgd", "qadam", "efficient-adam", "qcmd-adagrad", "qrda-adagrad")
 ]
 N = 8

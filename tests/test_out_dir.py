@@ -116,7 +116,7 @@ def test_a_failed_start_is_not_offered_a_resume(tmp_path):
     )
 
 
-def test_mpi_train_refuses_a_used_directory_unless_resuming_or_overwriting(tmp_path):
+def test_mpi_train_refuses_a_used_directory_unless_resuming(tmp_path):
     out = tmp_path / "mpi"
     sets = ["train.steps=20", "checkpoint.every=10"]
     assert mpi_train(3, "configs/sgd.yaml", out, *sets).returncode == 0
@@ -127,10 +127,4 @@ def test_mpi_train_refuses_a_used_directory_unless_resuming_or_overwriting(tmp_p
         3, "configs/sgd.yaml", out, "train.steps=30", "checkpoint.every=10", extra=["--resume", "auto"]
     )
     assert p.returncode == 0, p.stderr
-    foreign = tmp_path / "elsewhere.h5"  # another run's checkpoint, as far as OUT can tell
-    foreign.write_bytes((out / "checkpoints" / "step-0000020.h5").read_bytes())
-    p = mpi_train(3, "configs/sgd.yaml", out, "train.steps=40", extra=["--resume", str(foreign)])
-    assert p.returncode == 2 and f"--resume '{foreign}' is not one of its checkpoints" in p.stderr
-    p = mpi_train(3, "configs/sgd.yaml", out, *sets, extra=["--overwrite"])
-    assert p.returncode == 0, p.stderr
-    assert "--overwrite: removed config.yaml, summary.json, trace.h5, 3 checkpoints" in p.stdout
+    # a checkpoint from elsewhere and --overwrite: the same functions, tested in process above

@@ -250,7 +250,10 @@ def test_the_warning_signal_requeues_a_torch_job_and_the_restart_resumes(tmp_pat
     assert args[-4:] == ["--out", str(out), "--resume", "auto"] and env["QTRAIN_BACKEND"] == "torch"
 
 
+# make soak: srun-torch's command line and environment are checked above with stand-ins, and the
+# torch backend's parameters against MPI's in tests/test_torch_backend_runs.py (make test's budget)
 @pytest.mark.slurm
+@pytest.mark.soak
 def test_a_rendered_torch_job_on_slurm_equals_the_simulator(cluster, tmp_path, monkeypatch):  # noqa: F811
     """`slurm render --backend torch` (1 server + 2 workers) submitted with sbatch: srun starts the
     ranks over torch.distributed (gloo) and they end with the simulator's parameters."""

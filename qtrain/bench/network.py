@@ -6,6 +6,14 @@ Every run uses the same EmulatedNetwork (one namespace and shaped link per rank,
 workers over TCP; DDP peers are W gloo ranks (no server) with the first config's model, data and
 learning rate and ``torch.optim.Adam``.
 
+Backends (``BenchPlan.backends``): each config runs once per backend named, the same ``qtrain
+train`` command over MPI (``mpiexec``) and over ``torch.distributed`` with gloo (one process per
+rank in its namespace, started the way the DDP peers are, with a torchrun-like environment:
+``QTRAIN_BACKEND=torch``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` = rank 0's
+address, ``MASTER_PORT``). A run records its ``backend`` and ``params_sha256``; with both, the
+results' ``backend_comparison`` gives each config's torch/MPI step-time ratio and whether the two
+ended with the same parameters.
+
 Per run: seconds per step (the lead serving rank's step ends, median after ``warmup`` steps, with
 min and max), bytes per step each way as the serving ranks' links counted them, summed over them
 and on the busiest one (qtrain: received = uplinks, sent = downlinks, headers included; DDP: rank
@@ -32,6 +40,10 @@ from qtrain.io import strict_json
 
 QTRAIN = [sys.executable, "-m", "qtrain"]
 MASTER_PORT = 29517
+BACKENDS = ("mpi", "torch")
+# the line of the start-up plan that each backend prints (runtime/startup.py): the run's own word
+# for the backend it used
+PLAN_LINE = {"mpi": "  CUDA-aware MPI: ", "torch": "  backend: torch "}
 
 
 @dataclass
@@ -47,6 +59,7 @@ class BenchPlan:
     eval_every: int = 10
     timeout_s: float = 900.0
     servers: int = 1  # qtrain's serving ranks (runtime.servers), each on its own link
+    backends: list[str] = field(default_factory=lambda: ["mpi"])  # each config runs under each
 
     @property
     def ranks(self) -> int:
@@ -83,10 +96,21 @@ def time_to_accuracy(evals: list[dict], target: float | None) -> float | None:
     return min(hits) if hits else None
 
 
-def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mpiexec: list[str]) -> dict:
+def run_name(config: str, backend: str) -> str:
+    """A qtrain run's name: the config's stem, with ``-torch`` for the torch backend."""
+    return Path(config).stem + ("-torch" if backend == "torch" else "")
+
+
+def run_qtrain(
+    net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mpiexec: list[str], backend: str = "mpi"
+) -> dict:
+    """``qtrain train CONFIG`` on the network over ``backend``: one ``mpiexec`` job (mpi), or one
+    process per rank with a torchrun-like environment (torch); the same arguments either way."""
     from qtrain.io.trace import read_trace
 
-    name = Path(config).stem
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: choose {' or '.join(BACKENDS)}")
+    name = run_name(config, backend)
     run_dir = out / "runs" / name
     sets = [
         f"train.steps={plan.steps}",
@@ -99,19 +123,32 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
     argv = [*QTRAIN, "train", config, "--out", str(run_dir), "--overwrite"]  # this benchmark's own runs
     argv += [a for s in sets for a in ("--set", s)]
     serving = Topology.parameter_server(plan.ranks, servers=plan.servers).servers
-    # every serving rank counts the bytes on its own link
-    cmd = net.mpi_command(mpiexec, argv, {r: {"QTRAIN_WIRE_DEVICE": net.device(r)} for r in serving})
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=plan.timeout_s)
-    (run_dir / "bench-output.txt").write_text(p.stdout + p.stderr)
-    if p.returncode != 0:
+    output = run_dir / "bench-output.txt"
+    if backend == "mpi":
+        # every serving rank counts the bytes on its own link
+        rank_env = {r: {"QTRAIN_BACKEND": "mpi"} for r in range(plan.ranks)}
+        for r in serving:
+            rank_env[r]["QTRAIN_WIRE_DEVICE"] = net.device(r)
+        cmd = net.mpi_command(mpiexec, argv, rank_env)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=plan.timeout_s)
+        text, failed = p.stdout + p.stderr, f"rc {p.returncode}" if p.returncode else ""
+    else:
+        codes, text = run_torch_ranks(net, plan, argv, serving, out / "runs" / f"{name}.rank")
+        killed = "; -9: stopped after another rank failed" if -9 in codes else ""
+        failed = f"exit codes {codes}{killed}" if any(codes) else ""
+    run_dir.mkdir(parents=True, exist_ok=True)  # a rank that failed early may have made none
+    output.write_text(text)
+    if failed:
+        raise RuntimeError(f"qtrain run {name} failed ({failed}); see {output}")
+    if not any(line.startswith(PLAN_LINE[backend]) for line in text.splitlines()):
         raise RuntimeError(
-            f"qtrain run {name} failed (rc {p.returncode}); see {run_dir / 'bench-output.txt'}"
+            f"qtrain run {name} did not say it ran over {backend} (no {PLAN_LINE[backend].strip()!r} line "
+            f"in its plan); see {output}"
         )
     summary = json.loads((run_dir / "summary.json").read_text())
     if summary["steps"] < plan.steps:  # an agreed stop (a signal reached the ranks): no comparison
         raise RuntimeError(
-            f"qtrain run {name} stopped after {summary['steps']} of {plan.steps} steps; "
-            f"see {run_dir / 'bench-output.txt'}"
+            f"qtrain run {name} stopped after {summary['steps']} of {plan.steps} steps; see {output}"
         )
     steps, evals, _ = read_trace(run_dir / "trace.h5")
     by_rank = {r: np.sort(steps[steps["rank"] == r], order="step")[plan.warmup :] for r in serving}
@@ -139,6 +176,8 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
     return {
         "name": name,
         "kind": "qtrain",
+        "config": config,
+        "backend": backend,
         "algorithm": summary["algorithm"],
         "uplink": summary["uplink"]["codec"],
         "downlink": summary["downlink"]["codec"],
@@ -152,7 +191,67 @@ def run_qtrain(net: EmulatedNetwork, plan: BenchPlan, config: str, out: Path, mp
         "final_test_accuracy": summary.get("final_test_accuracy"),
         "evals": ev,
         "time_to_target_s": time_to_accuracy(ev, plan.target_accuracy),
+        "params_sha256": summary["params_sha256"],
     }
+
+
+def run_torch_ranks(
+    net: EmulatedNetwork, plan: BenchPlan, argv: list[str], serving, log_prefix: Path
+) -> tuple[list[int], str]:
+    """``argv`` as every rank of a torch.distributed (gloo) job, rank r in its namespace with what
+    torchrun would set (rank 0's address as the master; ``LOCAL_RANK`` = r: one host, as under
+    mpiexec) and gloo bound to the rank's link. When one rank fails the others are stopped, as
+    torchrun's agent does. Returns the exit codes and the ranks' output, rank by rank."""
+
+    def env_of(r: int) -> dict:
+        env = {
+            "QTRAIN_BACKEND": "torch",
+            "RANK": r,
+            "WORLD_SIZE": plan.ranks,
+            "LOCAL_RANK": r,
+            "MASTER_ADDR": net.address(0),
+            "MASTER_PORT": MASTER_PORT,
+            "GLOO_SOCKET_IFNAME": net.device(r),
+        }
+        return env | ({"QTRAIN_WIRE_DEVICE": net.device(r)} if r in serving else {})
+
+    argvs = [argv for _ in range(plan.ranks)]
+    log_prefix.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        codes = run_per_rank(net, argvs, env_of, log_prefix, plan.timeout_s, fail_fast=True)
+    finally:  # the ranks' logs become the run's one output file (its directory is wiped by --overwrite)
+        text = ""
+        for r in range(plan.ranks):
+            log = Path(f"{log_prefix}-{r}.txt")
+            if log.exists():
+                body = log.read_text(errors="replace")
+                text += body if r == 0 else "".join(f"[rank {r}] {line}\n" for line in body.splitlines())
+                log.unlink()
+    return codes, text
+
+
+def backend_comparison(runs: list[dict]) -> list[dict]:
+    """Per config run under both backends: the median step times, torch/MPI, and whether the two
+    runs ended with the same parameters (``params_sha256``)."""
+    by = {(r.get("config"), r.get("backend")): r for r in runs if r["kind"] == "qtrain"}
+    rows = []
+    for (config, backend), m in by.items():
+        t = by.get((config, "torch"))
+        if backend != "mpi" or t is None:
+            continue
+        ms, ts = m["seconds_per_step"]["median_s"], t["seconds_per_step"]["median_s"]
+        rows.append(
+            {
+                "config": config,
+                "mpi": m["name"],
+                "torch": t["name"],
+                "mpi_median_s": ms,
+                "torch_median_s": ts,
+                "torch_over_mpi": ts / ms,
+                "params_equal": m["params_sha256"] == t["params_sha256"],
+            }
+        )
+    return rows
 
 
 def run_peer(net: EmulatedNetwork, plan: BenchPlan, peer: str, out: Path) -> dict:
@@ -216,17 +315,34 @@ def run_peer(net: EmulatedNetwork, plan: BenchPlan, peer: str, out: Path) -> dic
     }
 
 
-def run_per_rank(net: EmulatedNetwork, argvs: list[list[str]], env_of, log_prefix: Path, timeout: float):
+def run_per_rank(
+    net: EmulatedNetwork, argvs: list[list[str]], env_of, log_prefix: Path, timeout: float, fail_fast=False
+):
     """Run ``argvs[r]`` as rank r inside its namespace, with the environment ``env_of(r)`` and its
-    output in ``LOG_PREFIX-r.txt``; wait for all (a timeout raises subprocess.TimeoutExpired),
-    kill what still runs, return the exit codes."""
+    output in ``LOG_PREFIX-r.txt``; wait for all (past ``timeout`` seconds in all,
+    subprocess.TimeoutExpired is raised), kill what still runs, return the exit codes.
+    ``fail_fast``: once one rank exits nonzero the others get 10 s, then are killed (exit code
+    -9); a rank the others wait for never comes back, and no launcher stops them here."""
+    import time
+
     procs = []
     try:
         for r, argv in enumerate(argvs):
             log = open(f"{log_prefix}-{r}.txt", "w")  # noqa: SIM115 - closed with the process
             cmd = net.wrap(r, argv, env_of(r))
             procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-        return [p.wait(timeout=timeout) for p, _ in procs]
+        deadline = time.monotonic() + timeout
+        grace: float | None = None
+        while any(p.poll() is None for p, _ in procs):
+            now = time.monotonic()
+            if now > deadline:
+                raise subprocess.TimeoutExpired(procs[0][0].args, timeout)
+            if fail_fast and grace is None and any(p.poll() for p, _ in procs):
+                grace = now + 10.0
+            if grace is not None and now > grace:
+                break
+            time.sleep(0.05)
+        return [p.returncode if p.poll() is not None else -9 for p, _ in procs]
     finally:
         for p, log in procs:
             if p.poll() is None:
@@ -267,14 +383,17 @@ def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) ->
         plan.warmup,
         steps=plan.steps,
         target_accuracy=plan.target_accuracy,
+        backends=list(plan.backends),
     )
     with EmulatedNetwork(plan.ranks, plan.link) as net:
         check_link(net, results, echo)
         rate = plan.link.rate_bps
         try:
             for config in plan.configs:
-                echo(f"running qtrain {config} ...")
-                results["runs"].append(with_link_time(run_qtrain(net, plan, config, out, mpiexec), rate))
+                for backend in plan.backends:
+                    echo(f"running qtrain {config} over {backend} ...")
+                    run = run_qtrain(net, plan, config, out, mpiexec, backend)
+                    results["runs"].append(with_link_time(run, rate))
             for peer in plan.peers:
                 echo(f"running {peer} ...")
                 results["runs"].append(with_link_time(run_peer(net, plan, peer, out), rate))
@@ -282,6 +401,8 @@ def bench_network(plan: BenchPlan, out: Path, mpiexec: list[str], echo=print) ->
             raise RuntimeError(
                 f"a run did not finish within {exc.timeout:g} s: {' '.join(exc.cmd[-8:])}"
             ) from exc
+    if len(plan.backends) > 1:
+        results["backend_comparison"] = backend_comparison(results["runs"])
     (out / "results.json").write_text(strict_json.dumps(results, indent=2) + "\n")
     from qtrain.analysis.plots import plot_bench_network
 
@@ -319,4 +440,13 @@ def table(results: dict) -> list[str]:
             f"{(f'{acc:.4f}' if acc is not None else '-'):>10}"
             f"{(f'{tt:.1f}' if tt is not None else '-'):>12}"
         )
+    if results.get("backend_comparison"):
+        lines.append("torch.distributed (gloo) against MPI, the same config and steps:")
+        for c in results["backend_comparison"]:
+            same = "equal" if c["params_equal"] else "DIFFERENT"
+            lines.append(
+                f"  {Path(c['config']).stem}: s/step median {c['mpi_median_s']:.3f} (mpi), "
+                f"{c['torch_median_s']:.3f} (torch): torch/MPI {c['torch_over_mpi']:.2f}x; "
+                f"params_sha256 {same}"
+            )
     return lines

@@ -42,6 +42,14 @@ def network(
         None, "--eval-every", help="Evaluate every N steps (and at the end; config files; default 10)."
     ),
     shared_link: bool = typer.Option(False, "--shared-link", help="All ranks share one shaped link."),
+    backend: str = typer.Option(
+        "mpi",
+        "--backend",
+        help="What carries qtrain's messages (config files): mpi (an mpiexec job), torch "
+        "(torch.distributed with gloo: one process per rank with a torchrun-like environment) or "
+        "both (each config under MPI, then torch: the results give torch/MPI and whether the "
+        "parameters agree).",
+    ),
     overrides: list[str] = typer.Option([], "--set", help="Config override for every run (repeatable)."),
     out: str = typer.Option("runs/bench-network", "--out", help="Output directory (results.json, runs/)."),
     script: str = typer.Option(
@@ -82,6 +90,10 @@ def network(
             fail(
                 "--steps and --eval-every go with config files; with --script the script's arguments set them"
             )
+        if backend != "mpi":
+            from qtrain.cli.errors import fail
+
+            fail(f"--backend {backend} goes with config files; --script runs the script under MPI")
         return _script_mode(
             script,
             configs or [],
@@ -108,11 +120,16 @@ def network(
         from qtrain.cli.errors import fail
 
         fail("--run, --twin, --target and --pattern go with --script")
+    backends = {"mpi": ["mpi"], "torch": ["torch"], "both": ["mpi", "torch"]}.get(backend)
+    if backends is None:
+        from qtrain.cli.errors import fail
+
+        fail(f"--backend {backend!r}: choose mpi, torch or both")
     peers = "ddp,ddp-fp16,ddp-powersgd:4" if peers is None else peers
     steps = 30 if steps is None else steps
     eval_every = 10 if eval_every is None else eval_every
     from qtrain.bench.netem import LinkSpec, NetworkError, check_privileges
-    from qtrain.bench.network import BenchPlan, bench_network, peer_hook, table
+    from qtrain.bench.network import BenchPlan, bench_network, peer_hook, run_name, table
     from qtrain.cli.errors import fail
     from qtrain.config import ConfigError, load_config
     from qtrain.units import parse_latency, parse_rate
@@ -125,9 +142,23 @@ def network(
         for p in peer_list:
             peer_hook(p)
         for c in configs:
-            load_config(c, overrides)
+            said = load_config(c, overrides).runtime.backend
+            if said != "auto" and backends != [said]:
+                raise ValueError(
+                    f"{c}: runtime.backend is {said}, but --backend {backend} runs it over "
+                    f"{' and '.join(backends)}: give --set runtime.backend=auto"
+                )
+        if "torch" in backends:
+            from qtrain.runtime.backends.torch_dist import missing_library
+
+            missing = missing_library()
+            if missing is not None:
+                raise ValueError(f"--backend {backend}: {missing}")
     except (NetworkError, ValueError, ConfigError) as exc:
         fail(str(exc))
+    names = [run_name(c, b) for c in configs for b in backends]
+    if len(set(names)) < len(names):
+        fail(f"every qtrain run needs its own name, the config's file name (got {', '.join(names)})")
     if workers < 1 or servers < 1 or eval_every < 1 or steps < warmup + 2:
         fail(
             "--workers, --servers and --eval-every must be >= 1 and --steps >= --warmup + 2, "
@@ -137,6 +168,7 @@ def network(
         fail("--set runtime.servers: use --servers, which also gives each serving rank its link")
     plan = BenchPlan(configs, link, workers, steps, warmup, peer_list, target_accuracy, overrides, eval_every)
     plan.servers = servers
+    plan.backends = backends
     _run(bench_network, plan, out, table, (NetworkError, RuntimeError))
 
 
