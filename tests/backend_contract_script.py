@@ -185,7 +185,8 @@ def main() -> None:
             if b.rank == 1:
                 say(f"rank {b.rank} aborts")
                 b.abort()
-            b.bcast(None, root=1)  # never answered: the abort must end this rank
+            # no communication that the dead rank's absence could end: only the abort (MPI_Abort,
+            # or the launcher ending the job's other processes) may end this rank
             time.sleep(60)
             say(f"rank {b.rank} outlived the abort")
             return

@@ -50,7 +50,13 @@ def test_info_json_reports_versions_mpi_and_cuda_awareness(monkeypatch):
         assert key in data
     assert data["cuda_aware_mpi"] in ("yes", "no", "unknown")
     assert "MPI" in data["mpi_library"] or "Open MPI" in data["mpi_library"]
-    assert data["torch_backend"].startswith("gloo") or data["torch_backend"].startswith("none: ")
+    import torch.distributed as dist
+
+    gloo = dist.is_available() and dist.is_gloo_available()
+    if gloo:
+        assert data["torch_backend"] == "gloo (runtime.backend: torch, torchrun)"
+    else:
+        assert data["torch_backend"].startswith("none: this torch")
 
 
 @pytest.mark.parametrize("value, answer", [("1", "yes"), ("0", "no")])

@@ -53,6 +53,7 @@ def test_every_algorithm_resumed_under_mpiexec_equals_the_uninterrupted_simulato
     for key in SUMMARY_KEYS:
         assert key in got
     assert got["algorithm"] == name and got["workers"] == 2 and got["runner"] == "mpi"
+    assert got["backend"] == "mpi"
     ref = simulate(cfg, 2, tmp_path / "sim", f"train.steps={2 * N}", *sets)
     assert got["params_sha256"] == ref["params_sha256"]
     assert (got["bytes_up"], got["bytes_down"], got["steps"]) == (ref["bytes_up"], ref["bytes_down"], 2 * N)

@@ -23,16 +23,19 @@ LAUNCH_VARIABLES = (
 )  # fmt: skip
 
 
-def torchrun(nproc: int, *args: str, timeout: int = 180) -> subprocess.CompletedProcess[str]:
-    """``torchrun --standalone --nproc-per-node NPROC -m qtrain ARGS``."""
+def torchrun(
+    nproc: int, *args: str, timeout: int = 180, module: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc-per-node NPROC -m qtrain ARGS`` (``module=False``: ARGS alone)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("this torch has no torch.distributed with gloo")
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    target = ["-m", "qtrain"] if module else []
     return subprocess.run(
-        [*cmd, "-m", "qtrain", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [*cmd, *target, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -50,6 +53,7 @@ def test_torch_backend_with_two_serving_ranks_equals_mpi_and_resumes_on_one(tmp_
     assert "backend: torch " in p.stdout and "gloo (runtime.backend torch)" in p.stdout, p.stdout
     ref = simulate("configs/efficient-adam.yaml", 2, tmp_path / "sim", *SETS)
     k2 = summary(tmp_path / "k2")
+    assert k2["backend"] == "torch"
     assert k2["params_sha256"] == ref["params_sha256"]
     assert k2["final_test_loss"] == ref["final_test_loss"]
     checkpoint = tmp_path / "k2" / "checkpoints" / "step-0000006.h5"
@@ -81,7 +85,33 @@ def test_a_library_script_over_torchrun_trains_what_ddp_trains(tmp_path):
     assert summary(tmp_path)["world_size"] == 3
 
 
-def test_a_config_that_names_the_other_backend_is_refused_in_one_line():
+def test_every_codec_crosses_the_transport_both_ways_intact_over_gloo():
+    """``python -m qtrain.runtime.smoke`` (tests/test_mpi_smoke.py under MPI) under torchrun with two
+    serving ranks: the variable-size codecs' record-then-message uplinks and two-broadcast
+    downlinks included, every message checked byte for byte and by its decoded values."""
+    from qtrain.runtime.smoke import CASES
+
+    p = torchrun(4, "-m", "qtrain.runtime.smoke", "2", module=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    messages = len(CASES) * 2 * 2  # 2 segments, each of the 2 workers' each way
+    assert p.stdout.splitlines() == [
+        f"smoke: {len(CASES)} codecs x 2 segments: {messages} uplink and {messages} downlink messages "
+        "checked, 0 failures"
+    ], p.stdout + p.stderr
+
+
+def test_a_torchrun_job_whose_config_names_mpi_is_refused_by_rank_0_in_one_line(tmp_path):
+    p = torchrun(3, "train", "configs/sgd.yaml", "--set", "runtime.backend=mpi", "--out", str(tmp_path / "o"))
+    assert p.returncode != 0
+    lines = [line for line in p.stderr.splitlines() if line.startswith("qtrain:")]
+    assert lines == [
+        "qtrain: error: runtime.backend=mpi but this job runs on the torch backend: launch it with "
+        "mpiexec/mpirun or srun --mpi=... (docs/configuration.md, runtime.backend)"
+    ], p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_config_that_names_the_other_backend_is_refused_in_one_line(monkeypatch):
     from qtrain.runtime.startup import _check_backend
 
     _check_backend("auto", "torch")
@@ -96,3 +126,9 @@ def test_a_config_that_names_the_other_backend_is_refused_in_one_line():
     wanted = "runtime.backend=torch but this job runs on the mpi backend: launch it with torchrun"
     with pytest.raises(ValueError, match=wanted):
         _check_backend("torch", "mpi")
+    # under torch, qtrain's deadline must end before gloo's timeout (which bounds every wait)
+    monkeypatch.setenv("QTRAIN_GLOO_TIMEOUT_S", "600")
+    _check_backend("auto", "torch", 599.0)
+    with pytest.raises(ValueError, match=r"^runtime.timeout_s=600 but gloo ends every wait after 600 s "):
+        _check_backend("auto", "torch", 600.0)
+    _check_backend("auto", "mpi", 10_000.0)

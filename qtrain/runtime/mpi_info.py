@@ -12,14 +12,14 @@ RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID
 
 
 def launch_rank() -> str | None:
-    """This process's rank as its launcher set it (MPICH/Intel MPI, Open MPI, PMIx, srun, and
-    torchrun's ``RANK`` when ``TORCHELASTIC_RUN_ID`` says torchrun started it), read before any
-    backend starts; None when no launcher started it."""
+    """This process's rank as its launcher set it (torchrun's ``RANK`` when ``TORCHELASTIC_RUN_ID``
+    says torchrun started it, also under ``srun torchrun``; else MPICH/Intel MPI, Open MPI, PMIx,
+    srun), read before any backend starts; None when no launcher started it."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        return os.environ.get("RANK")
     for var in RANK_VARIABLES:
         if var in os.environ:
             return os.environ[var]
-    if os.environ.get("TORCHELASTIC_RUN_ID"):
-        return os.environ.get("RANK")
     return None
 
 

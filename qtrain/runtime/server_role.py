@@ -145,6 +145,7 @@ def run_facts(topo: Topology, world: WorldInfo, rec: Recorder, resume: ResumePoi
     """What a run's summary says of where and how it ran, for ``qtrain train`` and the library."""
     return {
         "world_size": topo.world_size,
+        "backend": world.backend,
         "seconds_per_step": rec.seconds_per_step(),
         "cuda_aware": world.cuda.answer,
         "devices": world.devices,

@@ -98,7 +98,12 @@ LIBRARY_USAGE = (
 )
 
 
-def _world_too_small_message(usage: str | None = None) -> str:
+def _world_too_small_message(usage: str | None = None, backend: str = "mpi") -> str:
+    if backend == "torch":
+        return (
+            "a qtrain job needs at least 2 ranks (rank 0 serves, ranks 1.. train): "
+            "run `torchrun --nproc-per-node 3 ...`"
+        )
     for var in LAUNCHER_SIZE_VARS:
         value = os.environ.get(var, "")
         if value.isdigit() and int(value) > 1:
@@ -161,7 +166,7 @@ def _agree(backend: Backend, config, overrides, svc, build, arguments: str, usag
 
     rank, size = backend.rank, backend.size
     if size < 2:
-        raise Refused(_world_too_small_message(usage))
+        raise Refused(_world_too_small_message(usage, backend.name))
     local = backend.node_rank()  # collective: every rank calls it
     topology = Topology.parameter_server(size, rank, backend)  # until the config says how many serve
     error = fingerprint = plan = model = cuda = signature = None
@@ -171,7 +176,7 @@ def _agree(backend: Backend, config, overrides, svc, build, arguments: str, usag
         # ranks 0..K-1 serve (runtime.servers); every rank has the same config or is refused below
         topology = Topology.parameter_server(size, rank, backend, servers=cfg.runtime.servers)
         svc.watchdog.set_timeout(cfg.runtime.timeout_s, "set-up: data and model")
-        _check_backend(cfg.runtime.backend, backend.name)
+        _check_backend(cfg.runtime.backend, backend.name, cfg.runtime.timeout_s)
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
             set_kernel_threads(cfg.runtime.threads)
@@ -230,19 +235,30 @@ def _agree(backend: Backend, config, overrides, svc, build, arguments: str, usag
 
 
 LAUNCH = {
-    "mpi": "launch it with mpiexec/mpirun or srun (or set QTRAIN_BACKEND=mpi)",
+    "mpi": "launch it with mpiexec/mpirun or srun --mpi=...",
     "torch": "launch it with torchrun, or with srun and QTRAIN_BACKEND=torch, MASTER_ADDR and MASTER_PORT "
     "(qtrain slurm render --backend torch)",
 }
 
 
-def _check_backend(setting: str, running: str) -> None:
-    """``runtime.backend`` must name the backend this job was launched with (or ``auto``)."""
+def _check_backend(setting: str, running: str, timeout_s: float = 0.0) -> None:
+    """``runtime.backend`` must name the backend this job was launched with (or ``auto``); under
+    the torch backend, qtrain's deadline must end before gloo's own timeout, which bounds every
+    wait too (``runtime/backends/torch_dist.py``)."""
     if setting not in ("auto", running):
         raise ValueError(
             f"runtime.backend={setting} but this job runs on the {running} backend: {LAUNCH[setting]} "
             "(docs/configuration.md, runtime.backend)"
         )
+    if running == "torch":
+        from qtrain.runtime.backends.torch_dist import TIMEOUT_ENV, timeout
+
+        gloo_s = timeout().total_seconds()
+        if timeout_s >= gloo_s:
+            raise ValueError(
+                f"runtime.timeout_s={timeout_s:g} but gloo ends every wait after {gloo_s:g} s "
+                f"({TIMEOUT_ENV}): set runtime.timeout_s below it, or raise {TIMEOUT_ENV}"
+            )
 
 
 def _count(n: int, what: str) -> str:

@@ -9,10 +9,11 @@ Start-up (:meth:`TorchBackend.from_env`) reads the launcher's environment and jo
   port) must be exported by the job script.
 
 :func:`unavailable` says in one line what is missing. The process group's timeout is
-:data:`TIMEOUT` (30 minutes): qtrain's own deadlines (``runtime.timeout_s``, the waits of
-``runtime/waiting.py``) name a silent rank long before; gloo's timeout is only the backstop of the
-blocking calls (object collectives, ``bcast_tensor``, ``finalize``'s barrier), so it must not be
-shorter than the slowest legitimate phase (loading a model, writing a checkpoint on rank 0).
+:func:`timeout` (``QTRAIN_GLOO_TIMEOUT_S``, default 1800 s). It bounds every gloo operation, the
+posted sends, receives and broadcasts of a step included, and the rendezvous with rank 0: a
+phase that waits longer ends with gloo's own error instead of qtrain's named deadline. So start-up
+refuses a ``runtime.timeout_s`` that is not below it (``runtime/startup.py``), and qtrain's
+deadlines always name the silent rank first.
 
 Objects between steps go through torch's pickling collectives (``all_gather_object``,
 ``gather_object``, ``broadcast_object_list``, ``scatter_object_list``); buffers through
@@ -52,7 +53,21 @@ from qtrain.engine.backend import DeviceBuffers
 if TYPE_CHECKING:
     from qtrain.engine.backend import Backend
 
-TIMEOUT = timedelta(minutes=30)
+TIMEOUT_ENV = "QTRAIN_GLOO_TIMEOUT_S"
+
+
+def timeout() -> timedelta:
+    """gloo's timeout (``QTRAIN_GLOO_TIMEOUT_S``, default 1800 s); a ValueError names a bad value."""
+    text = os.environ.get(TIMEOUT_ENV, "1800")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{TIMEOUT_ENV}={text!r}: it must be a number of seconds above 0")
+    return timedelta(seconds=seconds)
+
+
 LAUNCH = (
     "launch with `torchrun --nproc-per-node N -m qtrain ...` (or `python -m torch.distributed.run`), "
     "or with srun and MASTER_ADDR/MASTER_PORT exported by the job script"
@@ -107,6 +122,10 @@ def unavailable() -> str | None:
     missing = missing_library()
     if missing is not None:
         return missing
+    try:
+        timeout()
+    except ValueError as exc:
+        return str(exc)
     if dist.is_initialized():
         return None
     return _launch_env()[1]
@@ -212,14 +231,24 @@ class TorchBackend:
 
     @classmethod
     def from_env(cls) -> TorchBackend:
-        """Join the job (the module's docstring); a process group started already is reused."""
+        """Join the job (the module's docstring); a gloo process group started already is reused."""
+        if dist.is_initialized() and "gloo" not in str(dist.get_backend()):
+            raise RuntimeError(
+                f"a torch.distributed process group with backend {dist.get_backend()} exists already (the "
+                "script's own init_process_group?): qtrain's torch backend carries CPU tensors over gloo; "
+                "call qtrain.init() before it, or do not start one"
+            )
         if not dist.is_initialized():
             why = unavailable()
             if why is not None:
                 raise RuntimeError(why)
             values, _ = _launch_env()
             dist.init_process_group(
-                "gloo", init_method="env://", rank=values["rank"], world_size=values["size"], timeout=TIMEOUT
+                "gloo",
+                init_method="env://",
+                rank=values["rank"],
+                world_size=values["size"],
+                timeout=timeout(),
             )
         return cls()
 
@@ -294,7 +323,7 @@ class TorchBackend:
         if not ranks or len(set(ranks)) != len(ranks) or not all(0 <= r < self.size for r in ranks):
             raise ValueError(f"split needs distinct ranks of 0..{self.size - 1}, got {ranks}")
         members = [self._ranks[r] for r in ranks]
-        group = dist.new_group(members, timeout=TIMEOUT, backend="gloo")
+        group = dist.new_group(members, timeout=timeout(), backend="gloo")
         if self.rank not in ranks:
             return None
         return TorchBackend(group, members)
