@@ -156,7 +156,7 @@ def test_torch_unavailable_says_how_to_launch_without_a_rank(bare_env):
 
 
 def test_chosen_backend_is_torch_under_torchrun_and_refuses_an_unknown_name(bare_env):
-    from qtrain.runtime.backends import chosen
+    from qtrain.runtime.backends import chosen, unavailable
 
     assert chosen() == "mpi"
     bare_env.setenv("TORCHELASTIC_RUN_ID", "job-7")
@@ -167,3 +167,4 @@ def test_chosen_backend_is_torch_under_torchrun_and_refuses_an_unknown_name(bare
     with pytest.raises(ValueError) as refused:
         chosen()
     assert "banana" in str(refused.value) and "\n" not in str(refused.value)
+    assert unavailable() == str(refused.value)  # the line qtrain.init and qtrain run exit 2 with

@@ -132,10 +132,7 @@ def _world():
     (the session's start-up then refuses in one line, as it always has)."""
     from qtrain.runtime import backends
 
-    try:
-        if backends.unavailable() is not None:
-            return None
-    except ValueError:  # a bad QTRAIN_BACKEND: the session's start-up says so
+    if backends.unavailable() is not None:  # the session's start-up says why
         return None
     world = backends.world()
     return world if world.size >= 2 else None

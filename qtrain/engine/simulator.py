@@ -118,7 +118,9 @@ def simulate(
     if observe is not None:
         observe(0, server_model.params, ds)
     peers = _VirtualWorkers(workers_, samplers, ds, cfg, setup.steps, checkpointer is not None, phase)
-    role = _Simulated(server, server_model, replicas, peers, rec, checkpointer, cfg, ds, phase, log, observe)
+    role = _Simulated(
+        server, server_model, sync_buffers, replicas, peers, rec, checkpointer, cfg, ds, phase, log, observe
+    )
     served = serve_steps(server_step, role, 0, peers)
     phase("the final evaluation, trace and summary")
     rec.close([w.comm_s for w in workers_], [w.decode_s for w in workers_])
@@ -177,12 +179,12 @@ class _Simulated:
     buffers, evaluation, the step's trace rows, ``observe``, checkpoints of every virtual worker."""
 
     def __init__(
-        self, server, server_model, replicas, peers, rec, checkpointer, cfg, ds, phase, log, observe
+        self, server, server_model, buffered, replicas, peers, rec, checkpointer, cfg, ds, phase, log, observe
     ):
         self.server, self.server_model, self.replicas, self.peers = server, server_model, replicas, peers
         self.rec, self.checkpointer, self.cfg, self.ds = rec, checkpointer, cfg, ds
         self.phase, self.log, self.observe = phase, log, observe
-        self.buffered = has_buffers(server_model.module)
+        self.buffered = buffered  # the model has buffers to combine (engine/buffers.py)
 
     def sync_buffers(self, step: int) -> None:
         with self.rec.phase("buffers"):  # every replica and the server adopt the combination

@@ -71,13 +71,12 @@ def serve_run(
     serving = start_serving(plan, model, transport, svc, world, out_dir, resume)
     rec, server_step, start = serving.rec, serving.step, serving.start
     link = serving.link  # the other serving ranks (runtime.servers > 1), or None
-    buffered = has_buffers(model.module)
     test = evaluation.test
-    evaluates = test is not None
+    lead = _Lead(serving, transport, model, plan, svc, evaluation)
+    evaluates, buffered = test is not None, lead.buffered
 
     server_step.wants_buffers = lambda step, stopping: buffered and evaluates and rec.eval_due(stopping)
     server_step.before_step = lambda step: maybe_fail(svc.fault, topo.rank, step)
-    lead = _Lead(serving, transport, model, plan, svc, evaluation)
     try:
         served = serve_steps(server_step, lead, start)
     finally:

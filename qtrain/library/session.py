@@ -156,10 +156,7 @@ class Session:
         data and builds its model on every rank and agrees on both (``_builtin_model``)."""
         from qtrain.runtime import backends
 
-        try:
-            missing = backends.unavailable()
-        except ValueError as exc:  # a bad QTRAIN_BACKEND
-            missing = str(exc)
+        missing = backends.unavailable()
         if missing is not None:  # every rank finds the same, and none can tell the others
             print(f"qtrain: error: {missing}", file=sys.stderr, flush=True)
             raise SystemExit(2)

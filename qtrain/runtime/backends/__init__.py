@@ -35,8 +35,12 @@ def chosen() -> str:
 
 def unavailable(name: str | None = None) -> str | None:
     """None when backend ``name`` (default: the chosen one) can start in this process; else one
-    line saying why not and what to do."""
-    name = name or chosen()
+    line saying why not and what to do (a bad ``QTRAIN_BACKEND`` included)."""
+    if name is None:
+        try:
+            name = chosen()
+        except ValueError as exc:
+            return str(exc)
     if name == "mpi":
         from qtrain.runtime.backends.mpi import unavailable as mpi_unavailable
 
