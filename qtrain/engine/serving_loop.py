@@ -19,6 +19,7 @@ stop (a stop agreed after step s ends the run once the workers' loops end; their
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,25 +69,48 @@ class Served:
     stop_reason: str | None
 
 
+class ServingTurns:
+    """The loop one turn at a time: a serving rank of its own runs :func:`serve_steps` over it; a
+    co-located rank (``runtime/colocated.py``) takes one turn inside its worker's step, between
+    posting its uplinks (or control frame) and taking the downlinks."""
+
+    def __init__(self, driver: ServerStep, role: BetweenSteps, start: int):
+        self.driver, self.role = driver, role
+        self.step, self.ended = start + 1, False
+        self.stop_reason: str | None = None  # the first agreed stop
+
+    def turn(self, consume: Callable[[int], None] | None = None) -> StepResult:
+        """Serve step ``self.step``, or the control frame the workers sent in its place.
+        ``consume(step)``: what runs once a step's downlinks are posted, before the role's
+        ``after_step`` (the simulator's workers apply them)."""
+        step = self.step
+        result = self.driver.run(step)
+        if result.control == FLAG_END:
+            self.ended = True
+        elif result.control == FLAG_BUFFERS:
+            self.role.sync_buffers(step - 1)
+        elif result.control == FLAG_CHECKPOINT:
+            self.role.checkpoint(step - 1)
+        else:
+            if consume is not None:
+                consume(step)
+            self.role.after_step(step, result)
+            if result.stop_reason is not None and self.stop_reason is None:
+                self.stop_reason = result.stop_reason
+                self.role.stop_agreed(step, result.stop_reason)
+            self.step += 1
+        return result
+
+    @property
+    def served(self) -> Served:
+        return Served(self.step - 1, self.stop_reason)
+
+
 def serve_steps(driver: ServerStep, role: BetweenSteps, start: int, peers: Peers | None = None) -> Served:
     """Serve steps ``start + 1, ...`` until the workers send ``FLAG_END``."""
-    step, stop_reason = start + 1, None
-    while True:
+    turns = ServingTurns(driver, role, start)
+    while not turns.ended:
         if peers is not None:
-            peers.produce(step)
-        result = driver.run(step)
-        if result.control == FLAG_END:
-            return Served(step - 1, stop_reason)
-        if result.control == FLAG_BUFFERS:
-            role.sync_buffers(step - 1)
-            continue
-        if result.control == FLAG_CHECKPOINT:
-            role.checkpoint(step - 1)
-            continue
-        if peers is not None:
-            peers.consume(step)
-        role.after_step(step, result)
-        if result.stop_reason is not None and stop_reason is None:
-            stop_reason = result.stop_reason
-            role.stop_agreed(step, stop_reason)
-        step += 1
+            peers.produce(turns.step)
+        turns.turn(peers.consume if peers is not None else None)
+    return turns.served

@@ -123,6 +123,10 @@ class WorkerStep:
         self.max_norm = 0.0  # clip this step's mean gradient to this norm (0: no clipping)
         self.grad_norm: float | None = None  # the last step's mean-gradient norm, when it clipped
         self.buffers_asked = False  # the last downlink asked for the model buffers
+        # a co-located rank's own server turn (``runtime/colocated.py``): taken once this rank's
+        # uplinks (or control frame) are posted and its downlink receives are, before it waits
+        # for either to complete
+        self.serve: Callable[[], object] | None = None
 
     def receive_initial(self) -> None:
         """Weights mode: adopt the server's starting weights (the step-0 downlink)."""
@@ -182,6 +186,8 @@ class WorkerStep:
         empty = torch.empty(0, dtype=torch.uint8)
         for seg in self.partition:
             self.channel.send_uplink(seg, rec, empty)
+        if self.serve is not None:
+            self.serve()
         self.channel.finish_sends(step)
 
     def exchange(self, step: int) -> bool:
@@ -192,6 +198,8 @@ class WorkerStep:
         self.grad_norm = None
         self.enter(f"step {step}: downlink")
         self.channel.post_downlinks(step)
+        if self.serve is not None:
+            self.serve()
         for seg, head, msg in self.channel.downlinks(step):  # as they complete
             td = self.arrived[seg.index] = time.perf_counter()
             self.engine.apply_downlink(seg, msg, self.model.params)

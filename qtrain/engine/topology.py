@@ -10,6 +10,13 @@ the evaluation and the checkpoints.
 
 The simulator uses the same value with no backend: its virtual workers have the ranks they would
 have under ``mpiexec``, so traces and checkpoints look the same.
+
+**Co-located** (``colocated=True``, issue 38's ``runtime.servers: colocated``): every rank both
+works and serves, as in DeepSpeed's 1-bit Adam or BytePS's co-located servers. Rank r is worker r
+and owner r of 1/N of the segments; ``servers`` and ``workers`` are both every rank, and the roles
+are capabilities (``is_server`` and ``is_worker``), not disjoint rank sets. A rank's messages to
+itself never reach the backend (gloo refuses a send to oneself, and a rank cannot be both the root
+and a receiver of one broadcast): ``runtime/colocated.py`` hands them over in-process.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ class Topology:
     rank: int  # this process (the simulator acts as the server)
     servers: tuple[int, ...]
     backend: Backend | None = None  # this rank's end of the whole job (None in the simulator)
+    colocated: bool = False  # every rank works and serves (``servers`` is every rank)
 
     @classmethod
     def parameter_server(
@@ -40,7 +48,16 @@ class Topology:
             )
         return cls(world_size, rank, tuple(range(servers)), backend)
 
+    @classmethod
+    def colocated_ranks(cls, world_size: int, rank: int = 0, backend: Backend | None = None) -> Topology:
+        """Every rank works and serves 1/``world_size`` of the segments (at least 2 ranks)."""
+        if world_size < 2:
+            raise ValueError(f"a co-located run needs at least 2 ranks, got {world_size}")
+        return cls(world_size, rank, tuple(range(world_size)), backend, colocated=True)
+
     def __post_init__(self) -> None:
+        if self.colocated and self.servers != tuple(range(self.world_size)):
+            raise ValueError(f"a co-located run's serving ranks are every rank, not {self.servers}")
         if not self.servers or len(set(self.servers)) != len(self.servers):
             raise ValueError(f"serving ranks {self.servers}: at least one, each once")
         if not all(0 <= r < self.world_size for r in (self.rank, *self.servers)):
@@ -49,11 +66,17 @@ class Topology:
     @property
     def workers(self) -> tuple[int, ...]:
         """The working ranks, in worker order (worker i is ``workers[i]``)."""
+        if self.colocated:
+            return tuple(range(self.world_size))
         return tuple(r for r in range(self.world_size) if r not in self.servers)
 
     @property
     def num_workers(self) -> int:
-        return self.world_size - len(self.servers)
+        return len(self.workers)
+
+    @property
+    def is_worker(self) -> bool:
+        return self.colocated or not self.is_server
 
     @property
     def server(self) -> int:
@@ -84,6 +107,9 @@ class Topology:
         return self.workers[index]
 
     def describe(self) -> str:
+        if self.colocated:
+            share = f"1/{self.world_size}"
+            return f"{_ranks(self.workers, 'worker')}, each serving {share} of the model (co-located)"
         return f"{_ranks(self.servers, 'server')}, {_ranks(self.workers, 'worker')}"
 
 

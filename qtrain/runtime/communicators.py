@@ -15,6 +15,11 @@
 - **servers**: the serving ranks alone: what the other owners report to the lead after each step
   (``runtime/shard_serving.py``) and their shards at evaluations, checkpoints and the end.
 
+Co-located (``Topology.colocated``: every rank works and serves): down[k] is every rank with
+rank k first and the others after it in turn (the same rotation), and control and servers are two
+groups of every rank, apart so that the lead's gathers of workers' reports and of owners' parts
+never match each other's calls.
+
 With one serving rank every one of them is the whole job's backend itself, so a K = 1 run makes
 the calls it made before serving ranks became several. A split is collective over the job:
 every rank calls :func:`split` at the same point (when it opens its transport)."""
@@ -62,6 +67,10 @@ def split(topology: Topology) -> Communicators:
         return Communicators((everyone,), everyone)
     if world is None:
         raise ValueError("several serving ranks need the job's backend (Topology.backend) to split")
+    if topology.colocated:
+        every = tuple(range(size))
+        down = tuple(_group(world, rotated(every, k)) for k in range(size))
+        return Communicators(down, _group(world, every), _group(world, every))
     down = tuple(_group(world, (server, *rotated(workers, k))) for k, server in enumerate(topology.servers))
     control = _group(world, tuple(sorted((topology.server, *workers))))
     return Communicators(down, control, _group(world, tuple(sorted(topology.servers))))

@@ -226,10 +226,14 @@ class WorkerTransport(_Transport):
             target.copy_(packed)
         if self.cuda_aware:
             torch.cuda.current_stream(self.device).synchronize()
+        self._post_send(seg, frame, None if self.up_fixed else target)
+
+    def _post_send(self, seg: Segment, frame: torch.Tensor, message: torch.Tensor | None) -> None:
+        """Send a filled frame (and a variable-size codec's message after it) to the segment's server."""
         dest = self._server_of(seg)
         self._pending_send.append((self.backend.isend(frame, dest=dest, tag=seg.tag), dest))
-        if not self.up_fixed:
-            self._pending_send.append((self.backend.isend(target, dest=dest, tag=seg.tag + 1), dest))
+        if message is not None:
+            self._pending_send.append((self.backend.isend(message, dest=dest, tag=seg.tag + 1), dest))
 
     def progress(self) -> None:
         """Let the posted uplinks move (MPI progresses a large send only inside MPI calls): a
@@ -251,8 +255,14 @@ class WorkerTransport(_Transport):
         on its owner's communicator, where the owner posts its own in the same order."""
         self._down_step = step
         self._down_reqs = (
-            [self._broadcast(s, self._down_t[s.index]) for s in self.partition] if self.down_fixed else []
+            [self._broadcast(s, self._down_t[s.index]) if self._remote(s) else None for s in self.partition]
+            if self.down_fixed
+            else []
         )
+
+    def _remote(self, seg: Segment) -> bool:
+        """Whether segment ``seg``'s downlink comes over the backend (a co-located rank's own do not)."""
+        return True
 
     def downlinks(self, step: int) -> Iterator[Downlink]:
         """Yield ``(segment, record, message)`` for every segment of this step's downlink: in the
@@ -260,9 +270,11 @@ class WorkerTransport(_Transport):
         this worker's device."""
         if not self.down_fixed:
             for seg in self.partition:
-                yield (seg, *self._recv_variable(seg, step))
+                if self._remote(seg):
+                    yield (seg, *self._recv_variable(seg, step))
             return
-        reqs, left = self._down_reqs, len(self.partition)
+        reqs = self._down_reqs
+        left = sum(r is not None for r in reqs)
         while left:
             done = wait_some(reqs, self.timeout_s, "downlink broadcast", lambda: self._silent_down(step))
             for k in done:
@@ -368,7 +380,7 @@ class ServerTransport(_Transport):
         for seg in self.mine:
             rows = self._recv[seg.index]
             for i, r in enumerate(workers):
-                self._up_reqs.append(self.backend.irecv(rows[i], source=r, tag=seg.tag))
+                self._up_reqs.append(self._receive(rows[i], r, seg, seg.tag))
                 self._up_of.append((seg.index, i))
         self._missing = [len(workers)] * len(self.partition)
 
@@ -421,9 +433,14 @@ class ServerTransport(_Transport):
     def _post_messages(self, seg: Segment, lengths: np.ndarray, workers: list[int]) -> None:
         bufs = self._recv_msgs[seg.index]
         for i, (r, n) in enumerate(zip(workers, lengths, strict=True)):
-            self._up_reqs.append(self.backend.irecv(bufs[i][: int(n)], source=r, tag=seg.tag + 1))
+            self._up_reqs.append(self._receive(bufs[i][: int(n)], r, seg, seg.tag + 1))
             self._up_of.append((seg.index, i))
         self._missing[seg.index] = len(workers)
+
+    def _receive(self, buf: torch.Tensor, source: int, seg: Segment, tag: int) -> Request:
+        """Post the receive of worker rank ``source``'s frame (``tag``: the segment's) or
+        message (its second tag) of segment ``seg`` into ``buf``."""
+        return self.backend.irecv(buf, source=source, tag=tag)
 
     def post_downlink(
         self, seg: Segment, step: int, flags: int, packed: torch.Tensor, grad_norm: float | None = None
