@@ -1,18 +1,28 @@
-"""Co-located shards (issue 38, ``runtime/colocated.py``): N ranks that each train and serve 1/N
-of the segments end with the parameters of one separate server, bit for bit, under MPI and over
-torch.distributed (gloo), for fixed- and variable-size codecs both ways, an uncompressed warm-up
-and messages large enough to need MPI's rendezvous protocol."""
+"""Co-located shards (issue 38, ``runtime.servers: colocated``, ``runtime/colocated.py``): N ranks
+that each train and serve 1/N of the segments end with the parameters of one separate server,
+bit for bit: the step driver's two sides alone (fixed- and variable-size codecs both ways, an
+uncompressed warm-up, messages large enough for MPI's rendezvous protocol) under MPI and over
+gloo; ``qtrain train`` (evaluations, checkpoints, traces) and a library script (buffers, a
+schedule, extra state) against the simulator and separate serving ranks, with checkpoints that
+resume across layouts both ways."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import mpiexec_command
+from mpi_helpers import mpi_train, summary
+from test_library_mpi import SCRIPTS, qtrain_run
 from test_torch_backend_runs import torchrun
 
+from qtrain.config import ConfigError, load_config
+from qtrain.engine.simulator import simulate
 from qtrain.engine.topology import Topology
+from qtrain.io.trace import read_trace
 
 SCRIPT = str(Path(__file__).parent / "mpi_scripts" / "colocated_steps.py")
 CASES = [
@@ -28,13 +38,13 @@ CASES = [
 
 
 def _check(output: str) -> None:
-    lines = [line.split() for line in output.splitlines() if " colocated " in line and " simulator " in line]
-    assert [line[0] for line in lines] == CASES, output
-    for case, _, ours, _, ref in lines:
+    """Rank 0's line per case and every rank's last line (read with patterns: the launcher may
+    interleave the ranks' lines)."""
+    lines = re.findall(r"(\S+) colocated ([0-9a-f]{64}) simulator ([0-9a-f]{64})", output)
+    assert [case for case, _, _ in lines] == CASES, output
+    for case, ours, ref in lines:
         assert ours == ref, f"{case}: co-located {ours} != the simulator's {ref}"
-    assert sorted(line for line in output.splitlines() if line.startswith("colocated done")) == [
-        f"colocated done rank {r}" for r in range(3)
-    ], output
+    assert sorted(re.findall(r"colocated done rank (\d+)", output)) == ["0", "1", "2"], output
 
 
 def test_colocated_ranks_under_mpi_equal_one_separate_server_bit_for_bit():
@@ -67,3 +77,77 @@ def test_a_colocated_rank_is_both_a_worker_and_an_owner():
         Topology.colocated_ranks(1)
     with pytest.raises(ValueError, match="serving ranks are every rank"):
         Topology(3, 0, (0, 1), colocated=True)
+
+
+def test_runtime_servers_takes_a_count_or_colocated():
+    assert load_config("configs/sgd.yaml", ["runtime.servers=colocated"]).runtime.colocated
+    assert not load_config("configs/sgd.yaml", ["runtime.servers=2"]).runtime.colocated
+    with pytest.raises(
+        ConfigError, match="runtime.servers must be a count of serving ranks or colocated, got 'co'"
+    ):
+        load_config("configs/sgd.yaml", ["runtime.servers=co"])
+    with pytest.raises(ConfigError, match="runtime.servers must be > 0"):
+        load_config("configs/sgd.yaml", ["runtime.servers=0"])
+
+
+TRAIN = ["train.steps=12", "train.eval_every=6", "checkpoint.every=6"]
+COMPARED = ["params_sha256", "final_test_loss", "final_train_loss", "final_test_accuracy", "evals"]
+
+
+def test_qtrain_train_colocated_equals_one_server_and_its_checkpoints_resume_in_any_layout(tmp_path):
+    """``mpiexec -n 3 qtrain train`` co-located (1-bit Efficient-Adam both ways) gives the
+    simulator's one-server run: parameters, evaluations and losses; the simulator's co-located
+    run gives the MPI one's bytes too. The trace has a worker row and a server row per rank and
+    step. Its step-6 checkpoint, resumed by 2 separate serving ranks under MPI and co-located over
+    gloo, ends with the uninterrupted parameters."""
+    config = "configs/efficient-adam.yaml"
+    co = tmp_path / "co"
+    p = mpi_train(3, config, co, *TRAIN, "runtime.servers=colocated")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "3 workers, each serving 1/3 (co-located)" in p.stdout
+    ours = summary(co)
+    one = simulate(load_config(config, TRAIN), 3, None, log=lambda _: None)
+    assert {k: ours[k] for k in COMPARED} == {k: one[k] for k in COMPARED}
+    sim = simulate(load_config(config, [*TRAIN, "runtime.servers=colocated"]), 3, None, log=lambda _: None)
+    assert (sim["bytes_up"], sim["bytes_down"]) == (ours["bytes_up"], ours["bytes_down"])
+    rows = read_trace(co / "trace.h5")[0]
+    for role in (0, 1):  # every rank serves and works, every step
+        mine = rows[rows["role"] == role]
+        assert sorted(zip(mine["step"].tolist(), mine["rank"].tolist(), strict=True)) == [
+            (s, r) for s in range(1, 13) for r in range(3)
+        ]
+    ckpt = str(co / "checkpoints" / "step-0000006.h5")
+    k2 = tmp_path / "k2"
+    p = mpi_train(5, config, k2, *TRAIN, "runtime.servers=2", extra=["--resume", ckpt])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert summary(k2)["params_sha256"] == ours["params_sha256"]
+    gloo = tmp_path / "gloo"
+    sets = [a for s in [*TRAIN, "runtime.servers=colocated"] for a in ("--set", s)]
+    p = torchrun(3, "train", config, *sets, "--out", str(gloo), "--resume", ckpt)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert summary(gloo)["params_sha256"] == ours["params_sha256"]
+    assert summary(gloo)["backend"] == "torch"
+
+
+def test_a_library_script_colocated_resumes_separate_servers_checkpoint_bit_exactly(tmp_path):
+    """tests/library_scripts/resumable.py (dropout, BatchNorm buffers, a warm-up + cosine schedule,
+    extra state, a mid-epoch shard) under one separate server for 8 steps, then co-located on 3
+    ranks resumed from its step-4 checkpoint: every worker's report and the parameters equal the
+    uninterrupted run's; rank 0 prints the summary, no rank serves alone."""
+    ref, co = tmp_path / "ref", tmp_path / "co"
+    for d in (ref, co):
+        d.mkdir()
+    opts = ["--set", "checkpoint.every=4"]
+    p = qtrain_run(SCRIPTS / "resumable.py", *opts, "--out", str(ref), np_=4,
+                   args=["--steps", "8", "--report", str(ref)])  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    resume = ["--resume", str(ref / "checkpoints" / "step-0000004.h5"), "--set", "runtime.servers=colocated"]
+    p = qtrain_run(SCRIPTS / "resumable.py", *opts, *resume, "--out", str(co), np_=3,
+                   args=["--steps", "8", "--report", str(co)])  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "params sha256    " in p.stdout  # rank 0's summary table
+    assert summary(co)["params_sha256"] == summary(ref)["params_sha256"]
+    assert summary(co)["resumed_from"] == str(ref / "checkpoints" / "step-0000004.h5")
+    for w in range(3):
+        theirs = json.loads((ref / f"worker-{w}.json").read_text())
+        assert json.loads((co / f"worker-{w}.json").read_text()) == theirs, w

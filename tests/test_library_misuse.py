@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 from qtrain.config import load_config
 from qtrain.engine.flat import FlatModel
+from qtrain.engine.topology import Topology
 from qtrain.library.errors import UsageError
 from qtrain.library.session import Session
 from qtrain.library.worker import LibraryWorker
@@ -64,8 +65,8 @@ def test_freezing_or_adding_a_layer_after_the_optimizer_is_refused_naming_it():
 
 def _worker_session(tmp_path) -> Session:
     """Worker 0 of 2's session, without MPI: what ``session.shard`` and its checkpoint read."""
-    topology = SimpleNamespace(rank=1, is_server=False, worker_index=0, num_workers=2)
-    world = SimpleNamespace(devices=["cpu", "cpu"])
+    topology = Topology.parameter_server(3, rank=1)
+    world = SimpleNamespace(devices=["cpu", "cpu", "cpu"])
     setup = SimpleNamespace(cfg=load_config(None))
     return Session(None, None, None, topology, setup, world, tmp_path)
 

@@ -137,6 +137,22 @@ def test_k_servers_divide_the_servers_parts_but_not_a_workers_link():
     assert parse_project("bandwidth=1gbit,servers=8")["servers"] == 8
 
 
+def test_colocated_ranks_carry_the_other_owners_shares_and_serve_one_nth():
+    """Co-located, each of N ranks sends and receives (N-1)/N of a message each way, decodes one
+    whole uplink's worth (N uplinks of 1/N) and runs 1/N of the rule, beside its own work."""
+    p = MODEL.predict(8e8, workers=4, latency_s=1e-4, servers="colocated")
+    parts = p["parts"]
+    assert p["servers"] == "colocated"
+    assert parts["uplink_s"] == pytest.approx(3 / 4 * 1e6 / 1e8 + 1e-4)
+    assert parts["downlink_s"] == pytest.approx(3 / 4 * 2e6 / 1e8 + 2 * 1e-4)  # h(3) = 2 hops
+    assert parts["server_decode_s"] == pytest.approx(0.005)
+    assert parts["server_encode_s"] == pytest.approx(0.03 / 4)
+    assert p["step_s"] == pytest.approx(sum(parts.values()))
+    assert parse_project("bandwidth=1gbit,servers=colocated")["servers"] == "colocated"
+    with pytest.raises(ValueError, match="servers=K or colocated"):
+        parse_project("bandwidth=1gbit,servers=colo")
+
+
 SUMMED = ("decode_s", "encode_s", "bytes_recv", "bytes_sent", "wire_recv_bytes", "wire_sent_bytes")
 
 

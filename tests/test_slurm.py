@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mpi_helpers import mpi_train, summary
+from mpi_helpers import mpi_train, simulate, summary
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
@@ -141,6 +141,7 @@ def test_preemption_checkpoints_requeues_resumes_and_matches(cluster, tmp_path):
         ["--nodes", "1", "--workers", "2"],
         ["--nodes", "1", "--workers", "5", "--time", "0-00:30:00", "--partition", "debug"],
         ["--nodes", "1", "--workers", "2", "--servers", "2"],
+        ["--nodes", "1", "--workers", "3", "--servers", "colocated"],
     ],
 )
 def test_rendered_scripts_pass_sbatch_test_only(cluster, tmp_path, shape):
@@ -263,6 +264,44 @@ def test_several_serving_ranks_are_placed_one_per_node():
     assert "2 on a node: fewer nodes (1) than serving ranks" in crowded
     one = render_script(JobShape(2, 3), "c.yaml", Path("/h"), "#!/bin/bash\n")
     assert "distribution" not in one and 'set -- c.yaml "$@"' in one and "1 server + 3 workers" in one
+
+
+def test_a_colocated_job_has_one_task_per_worker_and_none_that_only_serves():
+    """--servers colocated: every task a worker that also serves, packed; one GPU per task; the
+    script passes runtime.servers=colocated; --server-nodes and a single worker are refused."""
+    from qtrain.cli.slurm import JobShape, render_script
+
+    shape = JobShape(2, 4, gpus=True, colocated=True)
+    assert shape.tasks == 4 and shape.task_nodes() == [0, 0, 1, 1]
+    assert shape.servers_per_node() == [0, 0] and shape.workers_per_node() == [2, 2]
+    text = render_script(shape, "c.yaml", Path("/h"), "#!/bin/bash\necho run\n")
+    assert "#SBATCH --ntasks=4" in text and "#SBATCH --gres=gpu:2" in text and "distribution" not in text
+    assert "4 workers, each also serving 1/4 (co-located, no serving task), on 2 node(s)" in text
+    assert 'set -- c.yaml --set runtime.servers=colocated "$@"' in text
+    with pytest.raises(ValueError, match="takes no --server-nodes"):
+        JobShape(2, 4, server_nodes=1, colocated=True)
+    with pytest.raises(ValueError, match="needs at least 2 workers"):
+        JobShape(1, 1, colocated=True)
+
+
+def test_a_rendered_colocated_job_runs_and_equals_the_simulator(cluster, tmp_path):
+    """``slurm render --servers colocated`` for 2 workers, submitted: 2 tasks, both training and
+    serving, ending with the simulator's parameters (runtime.servers changes no bit)."""
+    r = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "qtrain"), "slurm", "render", "configs/ecq-sgd.yaml", "--workers", "2",
+         "--servers", "colocated"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "job.sh"
+    script.write_text(r.stdout)
+    out = tmp_path / "co"
+    jid = sbatch(str(script), "--set", "train.steps=20", "--out", str(out))
+    log = REPO / f"slurm-qtrain-{jid}.out"
+    assert wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}) == "COMPLETED", _text(log)
+    ref = simulate("configs/ecq-sgd.yaml", 2, tmp_path / "sim", "train.steps=20")
+    assert summary(out)["params_sha256"] == ref["params_sha256"]
+    assert summary(out)["world_size"] == 2 and summary(out)["workers"] == 2
 
 
 def test_serving_ranks_on_nodes_of_their_own():

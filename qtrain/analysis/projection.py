@@ -31,6 +31,19 @@ an evaluation also gathers the master copy over the serving ranks' links (the ot
 it in the next step's rows), traffic that is not the step's (the measured step time, a median,
 leaves those steps out too). Validated against emulated K = 1, 2 and 4 runs in docs/benchmarks.md.
 
+Co-located (``servers=colocated``, ``runtime.servers: colocated``): every one of the N ranks
+works and owns 1/N of the vector, and its one link carries the other owners' shares of its uplink
+out and the other workers' uplinks of its shard in, (N-1)/N of a whole uplink each way, and the
+same of the downlink (the owners' broadcast trees relay evenly over the ranks); its own share
+never travels. The rank also runs its owner's part, the decode of N uplinks of 1/N of the vector
+(one whole uplink's) and 1/N of the rule:
+
+    T_co = C + E_w + (N-1)/N * b_up / B + L + d + E_s / N
+                   + (N-1)/N * b_down / B + h(N-1) * L + D_w
+
+A co-located trace's link counters mix each rank's working and serving traffic, so its bytes are
+the packed messages (every owner counts every worker's uplink of its shard, its own included).
+
 The timings come from the machine the trace was taken on: a projection answers "this code, this
 compute, another network", as the ECQ-SGD paper's performance model does (Wu et al., ICML 2018,
 Sec. 5). All times are means over the steps after ``warmup``.
@@ -65,7 +78,8 @@ class PerfModel:
     workers: int  # N of the measured run
     measured_step_s: float  # median step time of the measured run
     bytes_source: str  # "interface counters" or "packed messages + framing"
-    servers: int = 1  # K of the measured run
+    servers: int = 1  # K of the measured run (its N when co-located)
+    colocated: bool = False  # the measured run's ranks worked and served
 
     @classmethod
     def from_trace(cls, steps: np.ndarray, attrs: dict, warmup: int = 5, evals=None) -> PerfModel:
@@ -88,7 +102,8 @@ class PerfModel:
             near = np.concatenate([evals["step"], evals["step"] + 1])
             plain = s[~np.isin(s["step"], near)]
             b = plain if len(plain) else s
-        if b["wire_recv_bytes"].any():
+        colocated = bool(attrs.get("colocated", 0))
+        if b["wire_recv_bytes"].any() and not colocated:
             up = float(b["wire_recv_bytes"].mean()) / n
             down = float(b["wire_sent_bytes"].mean()) / tree_depth(n)
             source = "interface counters"
@@ -110,6 +125,7 @@ class PerfModel:
             measured_step_s=measured,
             bytes_source=source,
             servers=len(attrs.get("server_ranks", [0])),
+            colocated=colocated,
         )
 
     def predict(
@@ -117,12 +133,35 @@ class PerfModel:
         bandwidth_bps: float,
         workers: int | None = None,
         latency_s: float = 0.0,
-        servers: int | None = None,
+        servers: int | str | None = None,
     ) -> dict:
         """The step time and its parts at ``bandwidth_bps`` (bits/s), ``workers``, ``latency_s``
-        and ``servers`` serving ranks, each on its own link (default: the measured run's)."""
-        n, k = workers or self.workers, servers or self.servers
+        and ``servers`` serving ranks, each on its own link, or ``"colocated"`` (default: the
+        measured run's layout)."""
+        n = workers or self.workers
+        if servers is None:
+            servers = "colocated" if self.colocated else self.servers
         bytes_per_s = bandwidth_bps / 8
+        if servers == "colocated":
+            share = (n - 1) / n  # of a whole message, each way on every rank's link
+            parts = {
+                "worker_compute_s": self.compute_s,
+                "worker_encode_s": self.worker_encode_s,
+                "uplink_s": share * self.up_bytes / bytes_per_s + latency_s,
+                "server_decode_s": self.server_decode_per_uplink_s,
+                "server_encode_s": self.server_encode_s / n,
+                "downlink_s": share * self.down_bytes / bytes_per_s + tree_depth(n - 1) * latency_s,
+                "worker_decode_s": self.worker_decode_s,
+            }
+            return {
+                "bandwidth_bps": bandwidth_bps,
+                "workers": n,
+                "servers": "colocated",
+                "latency_s": latency_s,
+                "step_s": sum(parts.values()),
+                "parts": parts,
+            }
+        k = int(servers)
         depth = tree_depth(n)
         parts = {
             "worker_compute_s": self.compute_s,
@@ -158,12 +197,14 @@ def parse_project(text: str) -> dict:
             out["workers"] = int(value)
         elif key == "servers" and re.fullmatch(r"[1-9][0-9]*", value):
             out["servers"] = int(value)
+        elif key == "servers" and value == "colocated":
+            out["servers"] = "colocated"
         elif key == "latency":
             out["latency_s"] = parse_latency(value)
         else:
             raise ValueError(
-                f"--project: unknown or bad item {item!r} (bandwidth=RATE, workers=N, servers=K, "
-                "latency=TIME)"
+                f"--project: unknown or bad item {item!r} (bandwidth=RATE, workers=N, servers=K or "
+                "colocated, latency=TIME)"
             )
     if "bandwidth_bps" not in out:
         raise ValueError(f"--project {text!r}: bandwidth= is required (e.g. bandwidth=10gbit)")
@@ -176,12 +217,16 @@ def format_projection(projection: dict) -> str:
         f"projection (measured: {m['workers']} workers, {m['measured_step_s']:.4f} s/step; bytes from "
         f"{m['bytes_source']}: {m['up_bytes'] / 1e6:.3f} MB up per worker, {m['down_bytes'] / 1e6:.3f} MB "
         "per downlink copy)",
-        f"  at {p['bandwidth_bps'] / 1e9:g} Gbit/s, {p['workers']} workers, {p['servers']} server(s), "
+        f"  at {p['bandwidth_bps'] / 1e9:g} Gbit/s, {p['workers']} workers, {_layout(p['servers'])}, "
         f"{p['latency_s'] * 1e6:g} us: "
         f"{p['step_s']:.4f} s/step",
     ]
     lines += [f"    {k:<18}{v:.4f} s" for k, v in p["parts"].items()]
     return "\n".join(lines)
+
+
+def _layout(servers: int | str) -> str:
+    return "co-located shards" if servers == "colocated" else f"{servers} server(s)"
 
 
 def _per_step(rows: np.ndarray) -> np.ndarray:

@@ -58,13 +58,22 @@ class BenchPlan:
     overrides: list[str] = field(default_factory=list)
     eval_every: int = 10
     timeout_s: float = 900.0
-    servers: int = 1  # qtrain's serving ranks (runtime.servers), each on its own link
+    # qtrain's serving ranks (runtime.servers), each on its own link; or "colocated": the workers
+    # serve (no rank of its own)
+    servers: int | str = 1
     backends: list[str] = field(default_factory=lambda: ["mpi"])  # each config runs under each
 
     @property
     def ranks(self) -> int:
         """The emulated network's ranks: qtrain's servers and workers (DDP uses the first W)."""
-        return self.servers + self.workers
+        return self.workers if self.servers == "colocated" else int(self.servers) + self.workers
+
+    @property
+    def serving(self) -> tuple[int, ...]:
+        """qtrain's serving ranks: each counts the bytes on its own link."""
+        if self.servers == "colocated":
+            return Topology.colocated_ranks(self.workers).servers
+        return Topology.parameter_server(self.ranks, servers=int(self.servers)).servers
 
 
 def peer_hook(name: str) -> str:
@@ -122,7 +131,7 @@ def run_qtrain(
     ]
     argv = [*QTRAIN, "train", config, "--out", str(run_dir), "--overwrite"]  # this benchmark's own runs
     argv += [a for s in sets for a in ("--set", s)]
-    serving = Topology.parameter_server(plan.ranks, servers=plan.servers).servers
+    serving = plan.serving
     output = run_dir / "bench-output.txt"
     if backend == "mpi":
         # every serving rank counts the bytes on its own link
@@ -151,8 +160,9 @@ def run_qtrain(
             f"qtrain run {name} stopped after {summary['steps']} of {plan.steps} steps; see {output}"
         )
     steps, evals, _ = read_trace(run_dir / "trace.h5")
-    by_rank = {r: np.sort(steps[steps["rank"] == r], order="step")[plan.warmup :] for r in serving}
-    server = np.sort(steps[steps["rank"] == serving[0]], order="step")  # the lead's row ends the step
+    served = steps[steps["role"] == 0]  # the serving rows (co-located ranks also have worker rows)
+    by_rank = {r: np.sort(served[served["rank"] == r], order="step")[plan.warmup :] for r in serving}
+    server = np.sort(served[served["rank"] == serving[0]], order="step")  # the lead's row ends the step
     workers = steps[steps["role"] == 1]
     wall = {int(s): float(w) for s, w in zip(server["step"], server["wall_s"], strict=True)}
 
@@ -351,7 +361,7 @@ def run_per_rank(
             log.close()
 
 
-def results_head(link: LinkSpec, workers: int, servers: int, warmup: int, **more) -> dict:
+def results_head(link: LinkSpec, workers: int, servers: int | str, warmup: int, **more) -> dict:
     """What every results.json starts with: the link, the host, the job's shape and ``more``."""
     return {
         "link": {"rate_bps": link.rate_bps, "latency_s": link.latency_s, "shared": link.shared},
@@ -419,13 +429,17 @@ def with_link_time(run: dict, rate_bps: float | None) -> dict:
     return run
 
 
+def _servers(servers: int | str) -> str:
+    return "qtrain's shards co-located" if servers == "colocated" else f"{servers} qtrain server(s)"
+
+
 def table(results: dict) -> list[str]:
     """The terminal table: one line per run."""
     link = results["link"]
     rate = "unshaped links" if link["rate_bps"] is None else f"{link['rate_bps'] / 1e9:g} Gbit/s"
     lines = [
         f"{rate} ({link.get('measured_bps', 0) / 1e6:.0f} Mbit/s measured), "
-        f"{results['workers']} workers, {results.get('servers', 1)} qtrain server(s), "
+        f"{results['workers']} workers, {_servers(results.get('servers', 1))}, "
         f"{results['cores']} cores, {results['steps']} steps (median after {results['warmup']})",
         *([host_line(results["host"])] if "host" in results else []),
         f"{'run':<22}{'s/step':>8}{'min':>8}{'max':>8}{'up MB':>9}{'down MB':>9}{'link s':>8}"

@@ -21,8 +21,11 @@ def network(
     ),
     latency: str = typer.Option("0", "--latency", help="One-way rank-to-rank latency (needs tc netem)."),
     workers: int = typer.Option(4, "--workers", help="Workers (qtrain adds its serving ranks)."),
-    servers: int = typer.Option(
-        1, "--servers", help="qtrain's serving ranks (runtime.servers), each on its own shaped link."
+    servers: str = typer.Option(
+        "1",
+        "--servers",
+        help="qtrain's serving ranks (runtime.servers), each on its own shaped link; 'colocated': "
+        "every worker also serves its shard (no serving rank apart; config files only).",
     ),
     steps: int = typer.Option(
         None, "--steps", help="Training steps of every run (config files; default 30)."
@@ -159,15 +162,18 @@ def network(
     names = [run_name(c, b) for c in configs for b in backends]
     if len(set(names)) < len(names):
         fail(f"every qtrain run needs its own name, the config's file name (got {', '.join(names)})")
-    if workers < 1 or servers < 1 or eval_every < 1 or steps < warmup + 2:
+    count = _server_count(servers, fail, colocated=True)
+    if workers < 1 or eval_every < 1 or steps < warmup + 2:
         fail(
-            "--workers, --servers and --eval-every must be >= 1 and --steps >= --warmup + 2, "
-            f"got {workers}, {servers}, {eval_every}, {steps}"
+            "--workers and --eval-every must be >= 1 and --steps >= --warmup + 2, "
+            f"got {workers}, {eval_every}, {steps}"
         )
+    if count == "colocated" and workers < 2:
+        fail(f"--servers colocated needs at least 2 workers, got {workers}")
     if any(s.split("=", 1)[0].strip() == "runtime.servers" for s in overrides):
         fail("--set runtime.servers: use --servers, which also gives each serving rank its link")
     plan = BenchPlan(configs, link, workers, steps, warmup, peer_list, target_accuracy, overrides, eval_every)
-    plan.servers = servers
+    plan.servers = count
     plan.backends = backends
     _run(bench_network, plan, out, table, (NetworkError, RuntimeError))
 
@@ -236,8 +242,9 @@ def _script_mode(
     names = [r.name for r in plan_runs if r.name] + peer_list
     if len(set(names)) < len(names):
         fail(f"--run/--peers: every run needs its own name (got {', '.join(names)})")
-    if workers < 1 or servers < 1 or warmup < 1:
-        fail(f"--workers, --servers and --warmup must be >= 1, got {workers}, {servers}, {warmup}")
+    if workers < 1 or warmup < 1:
+        fail(f"--workers and --warmup must be >= 1, got {workers}, {warmup}")
+    servers = _server_count(servers, fail, colocated=False)
     try:  # after the arguments: their mistakes are named without root too
         check_privileges()
     except NetworkError as exc:
@@ -271,3 +278,15 @@ def _run(bench, plan, out: str, table, failures: tuple) -> None:
 
 def _interrupted(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def _server_count(servers: str, fail, colocated: bool) -> int | str:
+    """``--servers``: a count >= 1, or ``colocated`` where ``colocated`` allows it (config files)."""
+    word = servers.strip().lower()
+    if word == "colocated" and colocated:
+        return word
+    if word.isdigit() and int(word) >= 1:
+        return int(word)
+    also = " or colocated" if colocated else " (--servers colocated goes with config files for now)"
+    fail(f"--servers {servers!r}: a count of serving ranks >= 1{also}")
+    raise AssertionError  # fail() exits

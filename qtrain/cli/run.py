@@ -83,7 +83,7 @@ def run(
             _serve(sess)
             return
         _run_script(path, list(args or []), None, sess.rank)
-        sess.close()
+        _print_summary(sess, sess.close())  # a co-located rank 0's summary (it leads), else None
         return
     deferred = _Deferred(comm, script)
     if comm.rank == 0:  # the serving rank learns from the script's first call what to do
@@ -105,7 +105,7 @@ def run(
     if deferred.decision is None:
         deferred.end()
     if library._SESSION is not None:
-        library._SESSION.close()
+        _print_summary(library._SESSION, library._SESSION.close())
 
 
 def _library():
@@ -139,9 +139,12 @@ def _world():
 
 
 def _serve(sess) -> None:
+    _print_summary(sess, sess.serve())  # None on serving ranks other than the lead (runtime.servers > 1)
+
+
+def _print_summary(sess, summary: dict | None) -> None:
     from qtrain.cli.report import print_summary
 
-    summary = sess.serve()  # None on serving ranks other than the lead (runtime.servers > 1)
     if summary is not None:
         print_summary(summary, str(sess.out_dir))
 

@@ -31,7 +31,11 @@ the template's one launcher for it (``srun`` without MPI, exporting ``QTRAIN_BAC
 ``MASTER_ADDR`` and ``MASTER_PORT`` to every task), and passes ``--set runtime.backend=torch``
 so that the config agrees (to ``qtrain train``, or to ``qtrain run`` with ``-c``/``--set``; a
 script that configures itself must leave ``runtime.backend`` at ``auto`` or ``torch``). Placement
-is the same: srun lays out the tasks either way, and rank 0 (the rendezvous) is on node 0."""
+is the same: srun lays out the tasks either way, and rank 0 (the rendezvous) is on node 0.
+
+With ``--servers colocated`` (``runtime.servers: colocated``) every task is a worker that also
+serves its shard: one task per worker (per GPU), no serving task, packed in rank order; the script
+passes ``--set runtime.servers=colocated``."""
 
 from __future__ import annotations
 
@@ -64,6 +68,7 @@ class JobShape:
     servers: int = 1  # serving ranks (runtime.servers): tasks 0..servers-1
     server_nodes: int = 0  # > 0: the serving ranks on this many nodes of their own (the first ones)
     backend: str = "mpi"  # runtime.backend of the job: mpi (the template's launcher) or torch (srun-torch)
+    colocated: bool = False  # every worker also serves its shard: no serving task (servers is 1, unused)
 
     def __post_init__(self) -> None:
         """A shape that leaves a node empty (or has none of something) is refused: ValueError
@@ -72,6 +77,10 @@ class JobShape:
             raise ValueError(f"--backend {self.backend!r}: it must be mpi or torch")
         if self.workers < 1 or self.nodes < 1 or self.servers < 1:
             raise ValueError("--workers, --servers and --nodes must be at least 1")
+        if self.colocated and (self.server_nodes or self.servers != 1):
+            raise ValueError("--servers colocated puts no serving rank apart: it takes no --server-nodes")
+        if self.colocated and self.workers < 2:
+            raise ValueError(f"--servers colocated needs at least 2 workers, got {self.workers}")
         s = self.server_nodes
         if s < 0:
             raise ValueError("--server-nodes must be 0 (serving ranks beside the workers) or more")
@@ -89,8 +98,13 @@ class JobShape:
             raise ValueError(f"{self.nodes} nodes for {self.tasks} tasks: some nodes would be empty")
 
     @property
+    def serving_tasks(self) -> int:
+        """The tasks that only serve (ranks 0..): none when co-located."""
+        return 0 if self.colocated else self.servers
+
+    @property
     def tasks(self) -> int:
-        return self.workers + self.servers
+        return self.workers + self.serving_tasks
 
     @property
     def per_node(self) -> int:
@@ -103,7 +117,7 @@ class JobShape:
         workers) or dedicated (the serving ranks on nodes of their own)."""
         if self.server_nodes:
             return "dedicated"
-        return "cyclic" if self.servers > 1 else "packed"
+        return "cyclic" if self.servers > 1 and not self.colocated else "packed"
 
     def task_nodes(self) -> list[int]:
         """The node index of every task, in rank order (tasks 0..servers-1 serve)."""
@@ -115,11 +129,11 @@ class JobShape:
         return _blocks(self.tasks, self.nodes)
 
     def servers_per_node(self) -> list[int]:
-        return self._count(self.task_nodes()[: self.servers])
+        return self._count(self.task_nodes()[: self.serving_tasks])
 
     def workers_per_node(self) -> list[int]:
         """Workers on each node, in node order."""
-        return self._count(self.task_nodes()[self.servers :])
+        return self._count(self.task_nodes()[self.serving_tasks :])
 
     def _count(self, nodes: list[int]) -> list[int]:
         held = Counter(nodes)
@@ -158,6 +172,7 @@ def render_script(
     place (a shell word, an #SBATCH value, a comment): a value no #SBATCH line can hold is a
     ValueError naming its option."""
     options = f"--nodes {shape.nodes} --workers {shape.workers}"
+    options += " --servers colocated" if shape.colocated else ""
     options += f" --servers {shape.servers}" if shape.servers > 1 else ""
     options += f" --server-nodes {shape.server_nodes}" if shape.server_nodes else ""
     options += f" --backend {shape.backend}" if shape.backend != "mpi" else ""
@@ -168,10 +183,14 @@ def render_script(
         command = " ".join(map(shell_word, words))
         command += " -- " + " ".join(map(shell_word, script.args)) if script.args else ""
         submit = "sbatch THIS_FILE [MORE SCRIPT ARGUMENTS ...]"
+    ranks = (
+        f"{shape.workers} workers, each also serving 1/{shape.workers} (co-located, no serving task),"
+        if shape.colocated
+        else f"{shape.servers} server{'s' if shape.servers > 1 else ''} + {shape.workers} workers"
+    )
     header = [
         "#!/usr/bin/env bash",
-        f"# Rendered by `qtrain slurm render {comment_text(command)}`: "
-        f"{shape.servers} server{'s' if shape.servers > 1 else ''} + {shape.workers} workers on "
+        f"# Rendered by `qtrain slurm render {comment_text(command)}`: {ranks} on "
         f"{shape.nodes} node(s). Submit with: " + submit,
         "#SBATCH --job-name=qtrain",
         f"#SBATCH --nodes={shape.nodes}",
@@ -212,9 +231,8 @@ def render_script(
             if shape.placement == "dedicated"
             else ""
         )
-        header.append(
-            f"# GPUs: one per worker; workers per node {per_node}; the serving ranks take none{idle}"
-        )
+        serving = "each worker also serves its shard" if shape.colocated else "the serving ranks take none"
+        header.append(f"# GPUs: one per worker; workers per node {per_node}; {serving}{idle}")
         header.append(f"#SBATCH --gres=gpu:{max(per_node)}")
     body = [line for line in template.splitlines()[1:] if not line.startswith("#SBATCH")]
     preset = [f"export QTRAIN_HOME=${{QTRAIN_HOME:-{shell_word(str(home))}}}"]
@@ -232,6 +250,7 @@ def render_script(
         )
     sets = " --set runtime.backend=torch" if shape.backend == "torch" else ""
     sets += f" --set runtime.servers={shape.servers}" if shape.servers > 1 else ""
+    sets += " --set runtime.servers=colocated" if shape.colocated else ""
     if script is None:
         preset.append(f'set -- {shell_word(config)}{sets} "$@"')
     else:
@@ -246,8 +265,9 @@ def render_script(
             )
             if shape.backend == "torch":
                 preset.append("# the script's config must leave runtime.backend at auto (or set torch)")
-            if shape.servers > 1:
-                preset.append(f"# the script's config must set runtime.servers={shape.servers}")
+            if shape.servers > 1 or shape.colocated:
+                value = "colocated" if shape.colocated else shape.servers
+                preset.append(f"# the script's config must set runtime.servers={value}")
         args = " ".join(map(shell_word, script.args))
         preset.append(f'set -- {args} "$@"'.replace("set --  ", "set -- "))
     return "\n".join(header + preset + body) + "\n"
@@ -276,11 +296,11 @@ def render(
     ),
     nodes: int = typer.Option(1, "--nodes", help="Nodes."),
     workers: int = typer.Option(..., "--workers", help="Worker tasks (the job has workers + servers tasks)."),
-    servers: int = typer.Option(
-        1,
+    servers: str = typer.Option(
+        "1",
         "--servers",
         help="Serving ranks (runtime.servers): K > 1 places them one per node, cyclic, beside the "
-        "workers (see --server-nodes).",
+        "workers (see --server-nodes); 'colocated': every worker also serves its shard, no serving task.",
     ),
     server_nodes: int = typer.Option(
         0,
@@ -336,15 +356,20 @@ def render(
             f"--gpus-per-worker {gpus_per_worker}: each worker computes on one GPU (0: CPU workers, 1: GPU "
             "workers); to use more GPUs, run more workers"
         )
+    colocated = servers.strip().lower() == "colocated"
+    if not colocated and not (servers.strip().isdigit() and int(servers) >= 1):
+        fail(f"--servers {servers!r}: a count of serving ranks >= 1, or colocated")
+    count = 1 if colocated else int(servers)
     try:
         shape = JobShape(
             nodes,
             workers,
             gpus_per_worker == 1,
             time,
-            servers=servers,
+            servers=count,
             server_nodes=server_nodes,
             backend=backend,
+            colocated=colocated,
         )
     except ValueError as exc:
         fail(str(exc))
@@ -383,10 +408,11 @@ def render(
     qtrain_bin = _this_qtrain() if python is None else Path(python).parent / "qtrain"
     if python is not None and not Path(python).exists():
         fail(f"--python {python!r} does not exist")
-    if job is not None and job.run_options is None and servers > 1:
+    if job is not None and job.run_options is None and (count > 1 or colocated):
+        value = "colocated" if colocated else count
         typer.echo(
-            f"qtrain slurm render: warning: the job places {servers} serving ranks; the script's own "
-            f"config must set runtime.servers={servers} (or give it -c/--set, and qtrain run sets it)",
+            f"qtrain slurm render: warning: the job's shape is runtime.servers={value}; the script's own "
+            f"config must set runtime.servers={value} (or give it -c/--set, and qtrain run sets it)",
             err=True,
         )
     try:

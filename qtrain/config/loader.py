@@ -33,6 +33,8 @@ def _coerce(value: Any, tp, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if inner == [int, str]:  # a count or a word (runtime.servers: 2 or colocated)
+            return value if isinstance(value, str) else _coerce(value, int, where)
         return _coerce(value, inner[0], where)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)

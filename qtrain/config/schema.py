@@ -116,9 +116,16 @@ class RuntimeConfig:
     timeout_s: float = 300.0  # watchdog: a phase that takes longer aborts the job
     segments: int = 0  # messages per direction per step: the flat vector cut into this many (0: by size)
     segment_bytes: int = DEFAULT_SEGMENT_BYTES  # with segments 0: segments of about this many fp32 bytes
-    servers: int = 1  # serving ranks: ranks 0..servers-1 serve, each owning a shard of the segments
+    # serving ranks: ranks 0..servers-1 serve, each owning a shard of the segments; or "colocated":
+    # every rank trains and serves 1/N of them (no rank only serves)
+    servers: int | str = 1
     overlap: str = "auto"  # workers send each segment during backward: auto (CPU workers) | on | off
     backend: str = "auto"  # what carries the messages: auto (the launcher's) | mpi | torch (gloo)
+
+    @property
+    def colocated(self) -> bool:
+        """Every rank trains and serves its shard (``servers: colocated``)."""
+        return self.servers == "colocated"
 
     @property
     def segment_count(self) -> int:

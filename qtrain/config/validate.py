@@ -102,7 +102,13 @@ def _validate(cfg) -> None:
         raise ConfigError(f"runtime.kernels must be one of {', '.join(KERNEL_CHOICES)}, got {r.kernels!r}")
     _positive(r.timeout_s, "runtime.timeout_s")
     _positive(r.segments, "runtime.segments", allow_zero=True)
-    _positive(r.servers, "runtime.servers")
+    if isinstance(r.servers, str):
+        if r.servers != "colocated":
+            raise ConfigError(
+                f"runtime.servers must be a count of serving ranks or colocated, got {r.servers!r}"
+            )
+    else:
+        _positive(r.servers, "runtime.servers")
     _positive(r.segment_bytes, "runtime.segment_bytes", allow_zero=True)
     if r.segments > 1 and r.segment_bytes not in (0, DEFAULT_SEGMENT_BYTES):
         raise ConfigError(
@@ -167,7 +173,9 @@ def _validate(cfg) -> None:
         _positive(h, f"model.hidden[{key}]")
         _at_most(h, f"model.hidden[{key}]", 1 << 20, "units in a layer")
     for key, (limit, why) in SIZE_LIMITS.items():
-        _at_most(_value(cfg, key), key, limit, why)
+        value = _value(cfg, key)
+        if not isinstance(value, str):  # runtime.servers: colocated is a word
+            _at_most(value, key, limit, why)
     _positive(cfg.uplink.bucket, "uplink.bucket")
     _positive(cfg.downlink.bucket, "downlink.bucket")
     try:

@@ -133,6 +133,7 @@ def trace_attrs(setup, topology, partition) -> dict:
         "world_size": topology.world_size,
         "workers": topology.num_workers,
         "server_ranks": json.dumps(list(topology.servers)),
+        "colocated": int(topology.colocated),  # every rank works and serves: both roles' rows
         "segment_owners": json.dumps([topology.servers[s.owner] for s in partition]),
         "steps_planned": setup.steps,
         "qtrain_version": qtrain.__version__,

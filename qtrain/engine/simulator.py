@@ -71,8 +71,13 @@ def simulate(
         torch.set_num_threads(cfg.runtime.threads)
         set_kernel_threads(cfg.runtime.threads)
     device = _simulator_device(cfg)
-    servers = cfg.runtime.servers  # K in-process serving ranks, each with its shard's engine
-    topology = Topology.parameter_server(workers + servers, servers=servers)
+    if cfg.runtime.colocated:  # every virtual worker also owns 1/N of the segments
+        topology = Topology.colocated_ranks(workers)
+    else:  # K in-process serving ranks, each with its shard's engine
+        topology = Topology.parameter_server(
+            workers + int(cfg.runtime.servers), servers=int(cfg.runtime.servers)
+        )
+    servers = len(topology.servers)
     plan, server_model = RunPlan.build(cfg, topology, device)
     setup, part, ds = plan.setup, plan.partition, plan.setup.dataset
     worker_need, server_need = estimate(setup, part, workers)

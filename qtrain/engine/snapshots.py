@@ -170,4 +170,6 @@ def checkpoint_contents(
         "mpi_library": mpi_library,
         "hosts": json.dumps(hosts),
     }
+    if topology.colocated:  # every rank worked and served (the file's contents do not depend on it)
+        meta["colocated"] = 1
     return tree, meta

@@ -177,9 +177,12 @@ class WorkerStep:
         self.end_backward(loss)
         return loss
 
-    def send_control(self, step: int, flags: int) -> None:
+    def send_control(self, step: int, flags: int, report: Callable[[], None] | None = None) -> None:
         """A control frame for every segment in place of step ``step``'s uplinks (length 0): the
-        server learns what this worker does between steps ``step - 1`` and ``step``."""
+        server learns what this worker does between steps ``step - 1`` and ``step``. ``report()``:
+        what the worker sends the lead with it (a checkpoint's snapshot), once the frames are
+        posted: before this rank's own server turn when it has one (co-located: its lead side
+        gathers the reports in that turn), else once they are sent."""
         rec = np.zeros(1, dtype=UPLINK_RECORD)
         rec["step"], rec["flags"] = step, flags
         self.channel.use_codecs(*self.engine.links.codecs(step))  # the frames of the step it stands for
@@ -187,8 +190,14 @@ class WorkerStep:
         for seg in self.partition:
             self.channel.send_uplink(seg, rec, empty)
         if self.serve is not None:
+            if report is not None:
+                report()
             self.serve()
+            self.channel.finish_sends(step)
+            return
         self.channel.finish_sends(step)
+        if report is not None:
+            report()
 
     def exchange(self, step: int) -> bool:
         """Apply this step's downlink segments as they arrive, complete the sends; whether the

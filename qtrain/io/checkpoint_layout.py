@@ -351,10 +351,12 @@ def _check_meta(c: _Check, meta: dict, step: int, workers: int, top_rank: int, e
             f"holds {workers} workers' state, and the attribute workers says {int(meta['workers'])}",
         )
     world = integer("world_size", 2)
-    if world <= top_rank or world < workers + 1:
+    colocated = bool(meta.get("colocated", 0))  # every rank worked and served: no serving rank apart
+    if world <= top_rank or world < workers + (0 if colocated else 1):
         c.fail(
             "attribute world_size",
-            f"{world} cannot hold {workers} workers up to rank {top_rank} and a server",
+            f"{world} cannot hold {workers} workers up to rank {top_rank}"
+            + ("" if colocated else " and a server"),
         )
     integer("segments", 1)
     if meta.get("algorithm") != expect.algorithm:

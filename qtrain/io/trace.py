@@ -482,13 +482,15 @@ def _read_checked(path: Path, read):
 
 
 def _check_rows(rows: np.ndarray, attrs: dict, path: Path) -> None:
-    """Every row's role and rank as the run's attributes say: role 0 exactly on the serving ranks,
+    """Every row's role and rank as the run's attributes say: role 0 exactly on the serving ranks
+    (on every rank when co-located),
     ranks below world_size, and a server row for every step that has worker rows."""
     servers = np.asarray(attrs["server_ranks"])
     if len(rows) == 0:
         return
     bad = (rows["role"] > 1) | (rows["rank"] >= attrs["world_size"])
-    bad |= (rows["role"] == 0) != np.isin(rows["rank"], servers)
+    if not attrs.get("colocated", 0):  # co-located: every rank has a worker row and a server row
+        bad |= (rows["role"] == 0) != np.isin(rows["rank"], servers)
     if bad.any():
         i = int(np.argmax(bad))
         r = rows[i]

@@ -94,7 +94,7 @@ def share_groups(topology, specs: list[GroupSpec] | None) -> list[GroupSpec]:
     """Collective over every rank, after the model is agreed: the workers' groups (the serving
     ranks pass None), compared; every rank returns worker 0's. Raises GroupError on every rank
     when two workers' groups differ."""
-    parts = topology.backend.allgather(None if topology.is_server else list(specs or ()))
+    parts = topology.backend.allgather(None if not topology.is_worker else list(specs or ()))
     workers = [(r, parts[r]) for r in topology.workers]
     first_rank, first = workers[0]
     for rank, theirs in workers[1:]:

@@ -38,10 +38,10 @@ def share_model(
     (``serving=False``: the serving rank's script ended without serving). Raises
     :class:`ModelsDiffer` on every rank when the models do not agree or a worker refused."""
     backend, root = topology.backend, topology.server
-    payload = refusal or (None if topology.is_server or ended else model_signature(flat))
+    payload = refusal or (None if not topology.is_worker or ended else model_signature(flat))
     parts = backend.gather(payload, root=root)
     problem = None
-    if topology.is_server and server_module is not None:
+    if not topology.is_worker and server_module is not None:
         flat = FlatModel(server_module, device)
     if topology.is_lead:  # the gathered signatures are the lead's
         problem = (
@@ -71,7 +71,7 @@ def share_model(
         root=source,
     )
     buffers = to_torch(buffers)
-    if topology.is_server and flat is None:
+    if not topology.is_worker and flat is None:
         params = [
             (what.split(" ", 1)[1], shape) for what, shape, _ in signature if what.startswith("parameter ")
         ]

@@ -29,7 +29,7 @@ from qtrain.engine.flat import FlatModel
 from qtrain.engine.recorder import Recorder
 from qtrain.engine.reports import CheckpointReport, FinalReport
 from qtrain.engine.run_plan import RunPlan
-from qtrain.engine.serving_loop import serve_steps
+from qtrain.engine.serving_loop import Served, serve_steps
 from qtrain.engine.step import StepResult, worker_report
 from qtrain.io.run_dir import params_sha256
 from qtrain.library.errors import UsageError
@@ -65,27 +65,46 @@ def serve_run(
     resume: ResumePoint | None,
     evaluation: Evaluation | None = None,
 ) -> dict[str, Any]:
+    lead = start_lead(session, plan, model, transport, resume, evaluation)
+    try:
+        served = serve_steps(lead.serving.step, lead, lead.serving.start)
+    finally:
+        lead.rec.progress.close()
+    if lead.link:  # the final parameters: every owner's master shard
+        lead.link.gather_master(model.params)
+    if lead.buffered:
+        server_sync(transport, model.module, plan.cfg.model.buffers)
+    return end_lead(session, lead, served)
+
+
+def start_lead(
+    session: Session,
+    plan: RunPlan,
+    model: FlatModel,
+    transport: ServerTransport,
+    resume: ResumePoint | None,
+    evaluation: Evaluation | None = None,
+) -> _Lead:
+    """The lead serving rank started (``server_role.start_serving``), with what it does between
+    steps: a separate serving rank loops over it (:func:`serve_run`), a co-located rank 0 takes
+    its turns inside its worker's steps (``library/colocated.py``)."""
     evaluation = evaluation or Evaluation()
     svc, world, out_dir = session._svc, session._world, session.out_dir
-    topo, cfg, setup = plan.topology, plan.cfg, plan.setup
     serving = start_serving(plan, model, transport, svc, world, out_dir, resume)
-    rec, server_step, start = serving.rec, serving.step, serving.start
-    link = serving.link  # the other serving ranks (runtime.servers > 1), or None
-    test = evaluation.test
-    lead = _Lead(serving, transport, model, plan, svc, evaluation)
-    evaluates, buffered = test is not None, lead.buffered
+    lead = _Lead(serving, transport, model, plan, svc, evaluation, resume)
+    rec, topo = serving.rec, plan.topology
+    evaluates, buffered = evaluation.test is not None, lead.buffered
+    serving.step.wants_buffers = lambda step, stopping: buffered and evaluates and rec.eval_due(stopping)
+    serving.step.before_step = lambda step: maybe_fail(svc.fault, topo.rank, step)
+    return lead
 
-    server_step.wants_buffers = lambda step, stopping: buffered and evaluates and rec.eval_due(stopping)
-    server_step.before_step = lambda step: maybe_fail(svc.fault, topo.rank, step)
-    try:
-        served = serve_steps(server_step, lead, start)
-    finally:
-        rec.progress.close()
-    if link:  # the final parameters: every owner's master shard
-        link.gather_master(model.params)
-    if buffered:
-        server_sync(transport, model.module, cfg.model.buffers)
-    final_report(transport, serving, svc, on_report=lead.metrics)
+
+def end_lead(session: Session, lead: _Lead, served: Served) -> dict[str, Any]:
+    """The run's end on the lead, once the master copy and the buffers are whole: the workers'
+    final reports, the final evaluation and the summary."""
+    svc, rec, model, evaluation = lead.svc, lead.rec, lead.model, lead.evaluation
+    start, test = lead.serving.start, evaluation.test
+    final_report(lead.transport, lead.serving, svc, on_report=lead.metrics)
     if served.last_step == start == 0:
         raise UsageError(
             "every worker's loop ended before its first optimizer.step(): nothing was trained "
@@ -99,7 +118,7 @@ def serve_run(
     label = {} if evaluation.own_model else {"model": f"{model.module.kind} (the workers' own)"}
     builtin = session._builtin_model is not None
     return rec.stats.summary(
-        setup,
+        lead.plan.setup,
         served.last_step,
         final,
         train,
@@ -108,7 +127,7 @@ def serve_run(
         stopped_early=served.stop_reason is not None,
         stop_reason=served.stop_reason,
         **label,
-        **run_facts(topo, world, rec, resume),
+        **run_facts(lead.topo, session._world, rec, lead.resume),
     )
 
 
@@ -125,11 +144,18 @@ class _Lead:
         plan: RunPlan,
         svc: Any,  # runtime/services.RankServices
         evaluation: Evaluation,
+        resume: ResumePoint | None,
     ):
         self.serving, self.transport, self.model, self.svc = serving, transport, model, svc
         self.rec, self.link, self.topo, self.cfg = serving.rec, serving.link, plan.topology, plan.cfg
+        self.plan, self.evaluation, self.resume = plan, evaluation, resume
         self.test = evaluation.test
         self.buffered = has_buffers(model.module)
+        # combine the workers' buffers into the lead's model and every replica (co-located: every
+        # rank combines them, ``library/colocated.py``)
+        self.combine_buffers: Callable[[], object] = lambda: server_sync(
+            transport, model.module, plan.cfg.model.buffers
+        )
 
     def metrics(self, reports: Sequence[CheckpointReport | FinalReport]) -> None:
         """The workers' ``session.log`` rows, from their checkpoint or final reports."""
@@ -137,7 +163,7 @@ class _Lead:
 
     def sync_buffers(self, step: int) -> None:
         with self.rec.phase("buffers"):
-            server_sync(self.transport, self.model.module, self.cfg.model.buffers)
+            self.combine_buffers()
 
     def checkpoint(self, step: int) -> None:
         rec, link, model, server = self.rec, self.link, self.model, self.serving.server

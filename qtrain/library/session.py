@@ -134,8 +134,8 @@ class Session:
         self._request, self._backend, self._svc = request, comm, svc
         self._topology, self._setup, self._world = topology, setup, world
         self.rank: int = topology.rank
-        self.is_server: bool = topology.is_server
-        self.worker_index: int | None = None if topology.is_server else topology.worker_index
+        self.is_server: bool = not topology.is_worker  # serves only (a co-located rank trains)
+        self.worker_index: int | None = topology.worker_index if topology.is_worker else None
         self.num_workers: int = topology.num_workers
         self.device: torch.device = torch.device(world.devices[topology.rank])
         self.config = setup.cfg
@@ -148,6 +148,10 @@ class Session:
         self._resumed_shards = 0  # how many shards' positions that checkpoint holds
         self._resumed_extra = None
         self._finished = False
+        # a co-located run (runtime.servers: colocated): this rank's serving side, and what its
+        # lead evaluates (qtrain train's test split; None: the script evaluates in its own loop)
+        self._colocated = None
+        self._colocated_evaluation = None
 
     # ------------------------------------------------------------------ start-up
     @classmethod
@@ -223,6 +227,12 @@ class Session:
         the workers' buffers are combined (the summary's ``final_test_*``, the trace's
         evaluations, other keys in its ``metrics``). ``evaluate_train(model)``: once at the end,
         the summary's ``final_train_*``."""
+        if self._topology.colocated:
+            raise UsageError(
+                "session.serve() in a co-located run (runtime.servers: colocated): every rank trains and "
+                "serves its shard inside optimizer.step(), and no rank serves alone (session.is_server "
+                "is False on every rank)"
+            )
         if not self.is_server:
             raise UsageError(
                 f"session.serve() on a worker (rank {self.rank}): only the serving rank serves "
@@ -338,7 +348,10 @@ class Session:
         setting = self.config.runtime.overlap if overlap is None else ("on" if overlap else "off")
         use, why = uses_overlap(setting, self.device, self._backend.threads_may_communicate())
         engine = plan.worker_engine(self.worker_index, self.device)
-        worker = LibraryWorker(self, flat, plan, engine, self._transport(plan), use, resume)
+        if self._topology.colocated:
+            worker = self._colocated_worker(flat, plan, engine, use, resume)
+        else:
+            worker = LibraryWorker(self, flat, plan, engine, self._transport(plan), use, resume)
         self._worker = worker
         self._svc.log.info("overlap %s (%s), %d segment(s)", "on" if use else "off", why, len(plan.partition))
         return DistributedOptimizer(worker, shown, GROUP_KEYS[algorithm_name])
@@ -417,18 +430,21 @@ class Session:
         e.g. before evaluating BatchNorm models. Checkpoints and the end do it themselves."""
         self._need_worker("session.sync_buffers()").sync_buffers()
 
-    def close(self) -> None:
-        """End this worker's part (at exit by itself): the server ends once every worker closed."""
+    def close(self) -> dict | None:
+        """End this worker's part (at exit by itself): the server ends once every worker closed.
+        Returns the run's summary on rank 0 of a co-located run (``runtime.servers: colocated``,
+        whose rank 0 also leads), None elsewhere."""
         if self.is_server or self._finished:
-            return
+            return None
         self._finished = True
         if self._worker is None:  # the server waits for our model: tell it there is none
             from qtrain.library.model_sharing import share_model
 
             self._agreed(lambda: share_model(self._topology, None, self.device, ended=True))
-            return
+            return None
         self._worker.close()
         self._svc.watchdog.stop()
+        return self._colocated.summary if self._colocated is not None else None
 
     # ------------------------------------------------------------------ internals
     def _need_worker(self, what: str):
@@ -485,6 +501,7 @@ class Session:
     def _resume_point(self, plan):
         if not self._request.resume:
             return None
+
         from qtrain.runtime.resume import distribute_checkpoint
         from qtrain.runtime.startup import Refused
 
@@ -492,6 +509,33 @@ class Session:
             return distribute_checkpoint(self._topology, plan, self._request, self.out_dir, self._svc.echo)
         except Refused as exc:
             self._refuse(str(exc))
+
+    def _colocated_worker(self, flat, plan, engine, overlap: bool, resume):
+        """This co-located rank's worker, whose steps take its serving turns (``library/colocated.py``)."""
+        from qtrain.library.colocated import ColocatedLibraryWorker, ColocatedServing
+        from qtrain.runtime.colocated import open_colocated
+
+        if self._topology.is_lead:
+            builtin = self._builtin_model is not None
+            title = "qtrain train" if builtin else "qtrain library run"
+            self._world.announce(plan, self._svc.echo, resume, title=title, config_workers=builtin)
+        s = plan.setup
+        worker_channel, server_channel = open_colocated(
+            self._topology,
+            plan.partition,
+            s.uplink.codec,
+            s.downlink.codec,
+            self.device,
+            self._world.cuda.enabled,
+            self.config.runtime.timeout_s,
+        )
+        serving = resume.serving if resume is not None else None
+        self._colocated = ColocatedServing(
+            self, plan, flat, server_channel, self._colocated_evaluation, serving
+        )
+        return ColocatedLibraryWorker(
+            self, flat, plan, engine, worker_channel, overlap, self._colocated, resume
+        )
 
     def _transport(self, plan):
         from qtrain.runtime.transport import open_transport

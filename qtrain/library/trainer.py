@@ -25,9 +25,10 @@ def train(config: str, overrides, out=None, resume=None, reset_worker_state=Fals
     try:
         if session.is_server:
             return serve(session, model, data)
+        if session._topology.colocated:  # rank 0 leads: it evaluates its copy of the master model
+            session._colocated_evaluation = evaluation(session, data)
         work(session, model, data, session._setup.steps)
-        session.close()
-        return None
+        return session.close()  # a co-located rank 0's summary, else None
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - a failure on any rank ends the whole job
@@ -35,13 +36,26 @@ def train(config: str, overrides, out=None, resume=None, reset_worker_state=Fals
 
 
 def serve(session, model, data) -> dict:
+    ev = evaluation(session, data)
+    return session.serve(model, evaluate=ev.test, evaluate_train=ev.train)
+
+
+def evaluation(session, data):
+    """What the lead evaluates: the test split at the run's cadence, the training split at the end."""
+    from qtrain.library.serve import Evaluation
+
     def test(module):
-        return evaluate_module(module, data.x_test, data.y_test, data.task, session.device)
+        return evaluate_module(module, data.x_test, data.y_test, data.task, _device_of(module))
 
     def train_split(module):
-        return evaluate_module(module, data.x_train, data.y_train, data.task, session.device)
+        return evaluate_module(module, data.x_train, data.y_train, data.task, _device_of(module))
 
-    return session.serve(model, evaluate=test, evaluate_train=train_split)
+    return Evaluation(test, train_split, own_model=True)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    """Where the lead's model lives (the serving rank's device, or a co-located rank 0's)."""
+    return next(module.parameters()).device
 
 
 def work(session, model, data, steps: int) -> None:

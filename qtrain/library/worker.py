@@ -311,9 +311,9 @@ class LibraryWorker:
         packed = extra_state.pack(extra) if extra is not None else None  # refused before anything is sent
         snapshot = to_numpy(self._snapshot(packed))
         self.svc.watchdog.enter(f"step {step}: checkpoint")
-        self.driver.send_control(step + 1, FLAG_CHECKPOINT)
         d = self.driver
-        self.transport.report(CheckpointReport(snapshot, d.comm_s, d.decode_s, self._take_metrics()))
+        report = CheckpointReport(snapshot, d.comm_s, d.decode_s, self._take_metrics())
+        d.send_control(step + 1, FLAG_CHECKPOINT, report=lambda: self.transport.report(report))
         self._enter_loop()
 
     def sync_buffers(self) -> None:
@@ -335,6 +335,7 @@ class LibraryWorker:
         self.svc.watchdog.enter(f"end after step {step}")
         self.flat._on_param_ready = None
         self.driver.send_control(step + 1, FLAG_END)
+        self._ended()
         self._sync_buffers()
         self.svc.watchdog.enter("final timing report")
         d = self.driver
@@ -342,6 +343,13 @@ class LibraryWorker:
             FinalReport(d.comm_s, d.decode_s, d.backward_end, d.arrived, d.applied, self._take_metrics())
         )
         self.live.close()
+        self._reported()
+
+    def _ended(self) -> None:
+        """Every worker ended its loop (the server took the end): before the buffers are combined."""
+
+    def _reported(self) -> None:
+        """This worker sent its final report: the last thing it does."""
 
     def _sync_buffers(self) -> None:
         if has_buffers(self.flat.module):

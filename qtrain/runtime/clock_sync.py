@@ -24,8 +24,10 @@ ROUNDS = 8
 
 
 def timeline_wanted(cfg) -> bool:
-    """Whether the run records a timeline, the only user of the offsets (every rank agrees)."""
-    return cfg.trace.enabled and cfg.trace.timeline_every > 0
+    """Whether the run records a timeline, the only user of the offsets (every rank agrees). A
+    co-located run records none yet: its ranks' instants of serving and of working interleave in
+    one process, which the timeline's columns do not tell apart."""
+    return cfg.trace.enabled and cfg.trace.timeline_every > 0 and not cfg.runtime.colocated
 
 
 def clock_offsets(topology, timeout_s: float) -> np.ndarray | None:

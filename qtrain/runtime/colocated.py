@@ -31,6 +31,12 @@ they posted before waiting themselves):
 
 A control frame (checkpoint, buffers, end) takes the same turn between its sends and their
 completion. :func:`open_colocated` gives a rank both of its channels.
+
+Between steps, what a worker reports to the lead (checkpoint snapshots, the final report) goes
+with the same ``gather`` on the control group as with separate servers; rank 0's own is handed
+to its lead side, which gathers it as the root's part. The model buffers are combined by every
+rank alike (:func:`combine_buffers_everywhere`: one ``allgather``), since rank 0's worker and
+lead would otherwise have to answer each other inside one call.
 """
 
 from __future__ import annotations
@@ -41,12 +47,15 @@ import torch
 
 from qtrain.codecs.base import Codec
 from qtrain.engine.backend import Request
+from qtrain.engine.buffers import buffer_state, combine, load_buffers
 from qtrain.engine.channel import Downlink
 from qtrain.engine.partition import Partition, Segment
 from qtrain.engine.records import DOWNLINK_RECORD
+from qtrain.engine.reports import BufferReport, ControlReport
+from qtrain.engine.snapshots import to_numpy, to_torch
 from qtrain.engine.topology import Topology
-from qtrain.runtime.communicators import Communicators, split
-from qtrain.runtime.transport import DOWN, ServerTransport, WorkerTransport
+from qtrain.runtime.communicators import Communicators, Group, split
+from qtrain.runtime.transport import DOWN, R, ServerTransport, WorkerTransport, expect_reports
 
 
 class _HandedOver:
@@ -74,6 +83,7 @@ class ColocatedServer(ServerTransport):
         # per segment: this rank's own worker's (frame, variable-size message) of the step
         self.local: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * len(self.partition)
         self._deferred: int | None = None  # the step whose broadcasts wait for complete_downlinks
+        self.own_report: ControlReport | None = None  # rank 0's worker's, for the lead's next gather
 
     def _receive(self, buf: torch.Tensor, source: int, seg: Segment, tag: int) -> Request:
         if source != self.topology.rank:
@@ -89,6 +99,18 @@ class ColocatedServer(ServerTransport):
         if tag != seg.tag or message is None:  # the segment is taken: the next step hands over anew
             self.local[seg.index] = None
         return _HandedOver()
+
+    def reports(self, kind: type[R]) -> list[R]:
+        """Every worker's report in worker order (the lead only), its own worker's handed over."""
+        own, self.own_report = self.own_report, None
+        if own is None:
+            raise RuntimeError(f"rank {self.topology.rank}: its own worker sent no {kind.__name__}")
+        control = self.control
+        parts = control.member.gather(own, root=control.local(self.topology.server))
+        if parts is None:
+            raise RuntimeError(f"rank {self.topology.rank} gathered the workers' reports but is not the lead")
+        workers = self.topology.workers
+        return expect_reports(kind, [parts[control.local(r)] for r in workers], workers)
 
     def finish_downlinks(self, step: int) -> None:
         """Deferred: the broadcasts complete once this rank's worker side has read its own
@@ -136,6 +158,13 @@ class ColocatedWorker(WorkerTransport):
     def _remote(self, seg: Segment) -> bool:
         return self._server_of(seg) != self.topology.rank
 
+    def report(self, report: ControlReport) -> None:
+        """To the lead's next gather: rank 0's is handed to its own lead side."""
+        if self.topology.is_lead:
+            self.server.own_report = report
+        else:
+            super().report(report)
+
     def _post_send(self, seg: Segment, frame: torch.Tensor, message: torch.Tensor | None) -> None:
         if self._remote(seg):
             super()._post_send(seg, frame, message)
@@ -171,3 +200,17 @@ def open_colocated(
         topology, partition, uplink_codec, downlink_codec, device, cuda_aware, timeout_s, comms, server
     )
     return worker, server
+
+
+def combine_buffers_everywhere(group: Group, modules: list[torch.nn.Module], policy: str) -> dict:
+    """Every rank's model buffers (``modules[0]``'s, its worker replica) combined by ``policy`` in
+    worker order (``engine/buffers.combine``, what one server combines) on every rank of
+    ``group`` (every rank, in rank order), and adopted by each of ``modules`` (rank 0's lead
+    model too): the combined buffers."""
+    parts = group.member.allgather(BufferReport(to_numpy(buffer_state(modules[0]))))
+    combined = combine(
+        policy, [to_torch(expect_reports(BufferReport, [p], [r])[0].buffers) for r, p in enumerate(parts)]
+    )
+    for module in modules:
+        load_buffers(module, combined)
+    return combined

@@ -32,6 +32,7 @@ class ResumePoint:
     buffers: dict | None = None  # the model buffers every worker continues from (working ranks)
     saved_lr: float | None = None  # algorithm.lr of the checkpoint's run (every rank)
     changes: dict | None = None  # key -> [checkpoint's value, this run's] (serving rank)
+    serving: ResumePoint | None = None  # a co-located rank's serving side (the worker's is this one)
 
 
 def _diff(a, b, prefix="") -> list[str]:
@@ -165,7 +166,8 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
         for i, r in enumerate(topology.workers):
             parts[r] = to_numpy(tree["workers"][saved[i]]) if same else None
         for owner, r in enumerate(topology.servers[1:], start=1):  # the other serving ranks' shards
-            parts[r] = to_numpy(shard_of(tree, plan.partition.shard(owner)))
+            cut = to_numpy(shard_of(tree, plan.partition.shard(owner)))
+            parts[r] = {"worker": parts[r], "shard": cut} if topology.colocated else cut
         saved_lr = float(from_yaml_text(tree["config"]).algorithm.lr)
         common = to_numpy(
             {
@@ -178,25 +180,43 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
         )
     mine = backend.scatter(parts, root=server)
     common = backend.bcast(common, root=server)
+    if topology.colocated:  # this rank's worker state, and its serving side's cut (the lead: all)
+        if topology.is_lead:
+            lead = _lead_point(tree, path, plan, reset, saved_lr, echo)
+            return _worker_point(to_numpy(common), parts[topology.rank], reset, lead)
+        owner = ResumePoint(common["step"], None, tree=to_torch(mine["shard"]), worker_state_reset=reset)
+        return _worker_point(common, mine["worker"], reset, owner)
     if topology.is_server and not topology.is_lead:
         return ResumePoint(common["step"], None, tree=to_torch(mine), worker_state_reset=reset)
     if topology.is_server:
-        changes = resume_changes(tree["config"], plan.config_text)
-        for key, (then, now) in changes.items():
-            echo(f"qtrain: resume changes {key}: {then} -> {now}")
-        return ResumePoint(
-            tree["step"], path, tree=tree, worker_state_reset=reset, saved_lr=saved_lr, changes=changes
-        )
+        return _lead_point(tree, path, plan, reset, saved_lr, echo)
+    return _worker_point(common, mine, reset)
+
+
+def _lead_point(tree: dict, path: Path, plan, reset: bool, saved_lr: float, echo) -> ResumePoint:
+    """The lead serving rank's: the whole checkpoint, and what the resume changes (said here)."""
+    changes = resume_changes(tree["config"], plan.config_text)
+    for key, (then, now) in changes.items():
+        echo(f"qtrain: resume changes {key}: {then} -> {now}")
+    return ResumePoint(
+        tree["step"], path, tree=tree, worker_state_reset=reset, saved_lr=saved_lr, changes=changes
+    )
+
+
+def _worker_point(common: dict, mine, reset: bool, serving: ResumePoint | None = None) -> ResumePoint:
+    """A worker's: the replica every worker holds and its own state (None: reset or refitted)."""
+    from qtrain.engine.snapshots import to_torch
+
     c = to_torch(common)
-    worker = to_torch(mine) if mine is not None else None
     return ResumePoint(
         c["step"],
         Path(c["path"]),
         replica_params=c["replica_params"],
-        worker=worker,
+        worker=to_torch(mine) if mine is not None else None,
         worker_state_reset=reset,
         buffers=c["buffers"],
         saved_lr=float(c["saved_lr"]),
+        serving=serving,
     )
 
 

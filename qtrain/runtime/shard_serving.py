@@ -47,6 +47,7 @@ from qtrain.runtime.communicators import Group
 
 if TYPE_CHECKING:
     from qtrain.engine.flat import FlatModel
+    from qtrain.engine.step import ServerStep
     from qtrain.runtime.resume import ResumePoint
     from qtrain.runtime.timeline import ShardTimeline
     from qtrain.runtime.transport import ServerTransport
@@ -231,6 +232,23 @@ def serve_shard(
     lead after every step, at evaluations, checkpoints and the end. ``model``: its copy of the
     model, whose shard the engine serves (restored from ``resume``, a cut the lead scattered)."""
     from qtrain.engine.serving_loop import serve_steps
+
+    owner = start_shard(plan, model.params, transport, svc, resume)
+    serve_steps(owner.driver, owner, owner.start)
+    owner.end()
+
+
+def start_shard(
+    plan: RunPlan,
+    params: torch.Tensor,
+    transport: ServerTransport,
+    svc: Any,  # runtime/services.RankServices
+    resume: ResumePoint | None,
+) -> _Owner:
+    """Another owner started: its engine over its shard of ``params`` (restored from ``resume``,
+    or its initial weights sent), its step driver and what it does between steps. A separate
+    serving rank loops over it (:func:`serve_shard`); a co-located rank takes its turns inside its
+    worker's steps (``library/colocated.py``)."""
     from qtrain.engine.step import ServerStep
     from qtrain.runtime.clock_sync import clock_offsets, timeline_wanted
     from qtrain.runtime.faults import maybe_fail
@@ -241,7 +259,7 @@ def serve_shard(
     if owner is None or servers is None:
         raise ValueError(f"rank {topo.rank} is not one of several serving ranks: {topo.describe()}")
     shard = part.shard(owner)
-    engine: ServerEngine = plan.server_engine(model.params[shard], owner=owner)
+    engine: ServerEngine = plan.server_engine(params[shard], owner=owner)
     rec = ShardRecorder(svc.watchdog, NetCounters.from_env())
     step_driver = ServerStep(
         engine, transport, part, rec, names=[f"rank {r}" for r in topo.workers], segments=transport.mine
@@ -266,9 +284,7 @@ def serve_shard(
         clock_offsets(topo, plan.cfg.runtime.timeout_s)
         step_driver.timeline = timeline
     link = ServersLink(servers, topo, part)
-    serve_steps(step_driver, _Owner(engine, rec, link, timeline, svc), start)
-    svc.watchdog.enter("the end: the master shard to the lead")
-    link.send_master(engine)
+    return _Owner(engine, rec, link, timeline, svc, step_driver, start)
 
 
 class _Owner:
@@ -283,9 +299,17 @@ class _Owner:
         link: ServersLink,
         timeline: ShardTimeline | None,
         svc: Any,  # runtime/services.RankServices
+        driver: ServerStep,
+        start: int,
     ):
         self.engine, self.rec, self.link, self.timeline, self.svc = engine, rec, link, timeline, svc
+        self.driver, self.start = driver, start  # its step driver; the step it continues after
         self.stop_logged = False
+
+    def end(self) -> None:
+        """The workers ended: this owner's master shard to the lead."""
+        self.svc.watchdog.enter("the end: the master shard to the lead")
+        self.link.send_master(self.engine)
 
     def sync_buffers(self, step: int) -> None:
         pass

@@ -46,10 +46,12 @@ class WorldInfo:
         fp32 = part.wire_bytes(get_codec("none"))
         steps = f"{s.steps} steps" if s.steps else "steps decided by the workers' loop"
         servers = _count(len(topo.servers), "server")
-        echo(
-            f"{title}: {s.algorithm.name}, {servers} + {topo.num_workers} workers, "
-            f"{steps}, {n} parameters in {part.describe()}"
+        ranks = (
+            f"{topo.num_workers} workers, each serving 1/{topo.num_workers} (co-located)"
+            if topo.colocated
+            else f"{servers} + {topo.num_workers} workers"
         )
+        echo(f"{title}: {s.algorithm.name}, {ranks}, {steps}, {n} parameters in {part.describe()}")
         echo(f"  {describe_estimate(s, part, topo.num_workers)}")
         recipe = plan.recipe()
         if recipe:
@@ -133,7 +135,8 @@ def agree_on_builtin(backend: Backend, config: str, overrides: list[str], svc, a
         module = build_module(setup)
         numel = sum(p.numel() for p in module.parameters() if p.requires_grad)
         partition = Partition.for_setup(setup, numel, len(topology.servers))
-        require_rank_fits(setup, partition, topology.num_workers, topology.is_server, topology.rank)
+        serves_only = not topology.is_worker
+        require_rank_fits(setup, partition, topology.num_workers, serves_only, topology.rank)
         return setup, module
 
     return _agree(backend, config, overrides, svc, build, arguments, None)
@@ -173,8 +176,12 @@ def _agree(backend: Backend, config, overrides, svc, build, arguments: str, usag
     device = "?"
     try:
         cfg = load_config(config, overrides)
-        # ranks 0..K-1 serve (runtime.servers); every rank has the same config or is refused below
-        topology = Topology.parameter_server(size, rank, backend, servers=cfg.runtime.servers)
+        # ranks 0..K-1 serve (runtime.servers), or every rank (colocated); every rank has the same
+        # config or is refused below
+        if cfg.runtime.colocated:
+            topology = Topology.colocated_ranks(size, rank, backend)
+        else:
+            topology = Topology.parameter_server(size, rank, backend, servers=int(cfg.runtime.servers))
         svc.watchdog.set_timeout(cfg.runtime.timeout_s, "set-up: data and model")
         _check_backend(cfg.runtime.backend, backend.name, cfg.runtime.timeout_s)
         if cfg.runtime.threads:
@@ -182,9 +189,9 @@ def _agree(backend: Backend, config, overrides, svc, build, arguments: str, usag
             set_kernel_threads(cfg.runtime.threads)
         svc.fault = faults.parse()
         device = (
-            choose_device(cfg.runtime.server_device, 0, "runtime.server_device")
-            if topology.is_server
-            else choose_device(cfg.runtime.device, local)
+            choose_device(cfg.runtime.device, local)
+            if topology.is_worker
+            else choose_device(cfg.runtime.server_device, 0, "runtime.server_device")
         )
         plan, model = build(cfg, topology, device)
         cuda = backend.device_buffers(cfg.runtime.cuda_aware)

@@ -203,7 +203,7 @@ class WorkerTransport(_Transport):
     def shared(self, kind: type[R]) -> R:
         """What the lead serving rank sends every worker (:meth:`ServerTransport.share`), a ``kind``."""
         got = self.control.member.bcast(None, root=self.control.local(self.topology.server))
-        return _expect(kind, [got], [self.topology.server])[0]
+        return expect_reports(kind, [got], [self.topology.server])[0]
 
     def message_buffer(self, seg: Segment) -> torch.Tensor | None:
         """Where this worker may encode segment ``seg``'s message in place (its slot of the send
@@ -366,7 +366,7 @@ class ServerTransport(_Transport):
         if parts is None:  # gather gives the list on its root, and the lead is the root
             raise RuntimeError(f"rank {self.topology.rank} gathered the workers' reports but is not the lead")
         workers = self.topology.workers
-        return _expect(kind, [parts[control.local(r)] for r in workers], workers)
+        return expect_reports(kind, [parts[control.local(r)] for r in workers], workers)
 
     def share(self, report: BufferReport) -> None:
         """Send ``report`` to every worker (:meth:`WorkerTransport.shared`; the lead only)."""
@@ -488,7 +488,7 @@ class ServerTransport(_Transport):
         self._queued = [None] * len(self.partition)
 
 
-def _expect(kind: type[R], reports: Sequence[object], ranks: Sequence[int]) -> list[R]:
+def expect_reports(kind: type[R], reports: Sequence[object], ranks: Sequence[int]) -> list[R]:
     """``reports`` (from ``ranks``, in that order), each a ``kind``; else a RuntimeError naming the
     first rank that sent something else (the ranks disagree on what happens between steps)."""
     out: list[R] = []

@@ -1,0 +1,133 @@
+"""A co-located library run (``runtime.servers: colocated``, ``runtime/colocated.py``): every rank
+is a worker of the user's loop and also serves 1/N of the segments, so the job has N ranks, all
+training, and no ``session.serve()``.
+
+Each rank's serving side is what a separate serving rank runs, started the same way: rank 0 is
+the lead (``library/serve.start_lead``: recorder, trace, evaluation, checkpoints, summary), every
+other rank an owner (``runtime/shard_serving.start_shard``). Instead of looping, it takes one
+turn of the serving loop (``engine/serving_loop.ServingTurns``) inside each of its worker's
+steps and control frames (``WorkerStep.serve``). At the end rank 0's lead side gathers the
+master shards, combines the buffers with every rank, takes the final reports and writes
+``summary.json``; :attr:`ColocatedServing.summary` holds it (``session.close()`` returns it).
+
+The lead evaluates a copy of rank 0's model that holds the master parameters (``qtrain train``
+evaluates it on the config's test split; a library script evaluates in its own loop)."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from qtrain.engine.buffers import has_buffers
+from qtrain.engine.flat import FlatModel
+from qtrain.engine.run_plan import RunPlan
+from qtrain.engine.serving_loop import ServingTurns
+from qtrain.engine.worker import WorkerEngine
+from qtrain.io.run_dir import write_summary
+from qtrain.library.serve import Evaluation, end_lead, start_lead
+from qtrain.library.worker import LibraryWorker
+from qtrain.runtime.colocated import ColocatedServer, ColocatedWorker, combine_buffers_everywhere
+from qtrain.runtime.resume import ResumePoint
+from qtrain.runtime.shard_serving import start_shard
+
+if TYPE_CHECKING:
+    from qtrain.library.session import Session
+
+
+class ColocatedServing:
+    """This rank's serving side: the lead's on rank 0, an owner's elsewhere, and its turns."""
+
+    def __init__(
+        self,
+        session: Session,
+        plan: RunPlan,
+        flat: FlatModel,
+        transport: ColocatedServer,
+        evaluation: Evaluation | None,
+        resume: ResumePoint | None,
+    ):
+        cfg, topo = plan.cfg, plan.topology
+        device = torch.device("cpu") if cfg.runtime.server_device == "cpu" else session.device
+        self.session, self.plan, self.flat, self.transport = session, plan, flat, transport
+        self.group = transport.control  # every rank, in rank order
+        self.summary: dict[str, Any] | None = None
+        self.buffers_combined = False  # the lead combined them in its turn: the worker has them
+        if topo.is_lead:
+            # the lead's own model: a copy of this rank's, holding the master copy
+            self.lead_model = FlatModel(copy.deepcopy(flat.module), device)
+            evaluation = evaluation or Evaluation(own_model=True)  # the lead's model is the user's
+            self.lead = start_lead(session, plan, self.lead_model, transport, resume, evaluation)
+            self.lead.combine_buffers = self._lead_combines
+            self.turns = ServingTurns(self.lead.serving.step, self.lead, self.lead.serving.start)
+        else:
+            master = flat.params.detach().to(device).clone()
+            self.owner = start_shard(plan, master, transport, session._svc, resume)
+            self.turns = ServingTurns(self.owner.driver, self.owner, self.owner.start)
+
+    def _modules(self) -> list[torch.nn.Module]:
+        own = [self.lead_model.module] if self.plan.topology.is_lead else []
+        return [self.flat.module, *own]
+
+    def _lead_combines(self) -> None:
+        """The lead asks for the buffers (to evaluate, or for a buffers frame) in its turn: every
+        rank combines them, rank 0's worker now, the others once their step's downlinks are in."""
+        combine_buffers_everywhere(self.group, self._modules(), self.plan.cfg.model.buffers)
+        self.buffers_combined = True
+
+    def worker_combines(self) -> None:
+        """The worker's part of combining the buffers (after a step whose downlink asked for them,
+        a ``session.sync_buffers()`` or the end): done already on rank 0 when its lead asked."""
+        if self.buffers_combined:
+            self.buffers_combined = False
+            return
+        combine_buffers_everywhere(self.group, self._modules(), self.plan.cfg.model.buffers)
+
+    def ended(self) -> None:
+        """Every worker ended: the master shards go to the lead."""
+        if self.plan.topology.is_lead:
+            if self.lead.link is not None:
+                self.lead.link.gather_master(self.lead_model.params)
+        else:
+            self.owner.end()
+
+    def finish(self) -> None:
+        """After the final reports: the lead's summary, written."""
+        if not self.plan.topology.is_lead:
+            return
+        try:
+            self.summary = end_lead(self.session, self.lead, self.turns.served)
+        finally:
+            self.lead.rec.progress.close()
+        write_summary(self.session.out_dir, self.summary)
+
+
+class ColocatedLibraryWorker(LibraryWorker):
+    """The user's loop on a co-located rank: a library worker whose steps and control frames take
+    this rank's serving turn, and whose buffers every rank combines."""
+
+    def __init__(
+        self,
+        session: Session,
+        flat: FlatModel,
+        plan: RunPlan,
+        engine: WorkerEngine,
+        transport: ColocatedWorker,
+        overlap: bool,
+        serving: ColocatedServing,
+        resume: ResumePoint | None,
+    ):
+        self.serving = serving
+        super().__init__(session, flat, plan, engine, transport, overlap, resume)
+        self.driver.serve = serving.turns.turn
+
+    def _sync_buffers(self) -> None:
+        if has_buffers(self.flat.module):  # the same answer on every rank: one model
+            self.serving.worker_combines()
+
+    def _ended(self) -> None:
+        self.serving.ended()
+
+    def _reported(self) -> None:
+        self.serving.finish()
