@@ -139,6 +139,48 @@ def test_two_serving_ranks_each_count_their_own_link(root, tmp_path):  # noqa: F
 
 @pytest.mark.netns
 @pytest.mark.mpi
+def test_colocated_shards_run_on_as_many_links_as_workers(root, tmp_path):  # noqa: F811
+    """--servers colocated: 2 ranks that train and serve, each counting its own link (the run's
+    server rows), the table says so; a bad --servers value and --script with colocated are one
+    line each."""
+    from qtrain.io.trace import read_trace
+
+    out = tmp_path / "bench"
+    p, _ = run_bench(small_comparison(out, 6, "", "--warmup", "2", "--servers", "colocated"), timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "2 workers, qtrain's shards co-located" in p.stdout
+    res = json.loads((out / "results.json").read_text())
+    (qt,) = res["runs"]
+    assert res["servers"] == "colocated" and qt["servers"] == 2
+    steps, _, _ = read_trace(out / "runs" / "efficient-adam" / "trace.h5")
+    late = steps[(steps["role"] == 0) & (steps["step"] > 2)]
+    for rank in (0, 1):
+        mine = late[late["rank"] == rank]
+        assert len(mine) == 4 and (mine["wire_recv_bytes"] > 0).all() and (mine["wire_sent_bytes"] > 0).all()
+    for bad, line in [
+        (
+            ["--servers", "many"],
+            "qtrain: error: --servers 'many': a count of serving ranks >= 1 or colocated",
+        ),
+        (
+            ["--servers", "colocated", "--workers", "1"],
+            "qtrain: error: --servers colocated needs at least 2 workers, got 1",
+        ),
+    ]:
+        refused = subprocess.run(
+            small_comparison(out, 8, "", *bad), capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [line], refused.stderr
+    script = [*QTRAIN, "bench", "network", "--script", "examples/gpt/train.py", "--servers", "colocated"]
+    refused = subprocess.run([*script, "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "qtrain: error: --servers 'colocated': a count of serving ranks >= 1 (--servers colocated goes "
+        "with config files for now)"
+    ], refused.stderr
+
+
+@pytest.mark.netns
+@pytest.mark.mpi
 def test_a_failing_run_is_one_line_and_the_network_is_torn_down(root, tmp_path):  # noqa: F811
     p, mine = run_bench(
         small_comparison(tmp_path / "b", steps=8),

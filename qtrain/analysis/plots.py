@@ -288,7 +288,9 @@ def plot_bench_network(results: dict, path: str) -> list[str]:
     curves.set_title(BENCH_PANELS[1])
     fig.suptitle(
         ("unshaped links" if link["rate_bps"] is None else f"{link['rate_bps'] / 1e9:g} Gbit/s links")
-        + f", {results['workers']} workers, {results['cores']} cores"
+        + f", {results['workers']} workers"
+        + (", qtrain's shards co-located" if results.get("servers") == "colocated" else "")
+        + f", {results['cores']} cores"
     )
     fig.savefig(path, dpi=110)
     titles = [ax.get_title() for ax in axes]
