@@ -151,3 +151,34 @@ def test_a_library_script_colocated_resumes_separate_servers_checkpoint_bit_exac
     for w in range(3):
         theirs = json.loads((ref / f"worker-{w}.json").read_text())
         assert json.loads((co / f"worker-{w}.json").read_text()) == theirs, w
+    # with --reset-worker-state every worker keeps its own fresh generators (the script's dropout
+    # draws from them): rank 0's lead side, which restores the server's, must not hand them to it
+    for d, np_, layout in ((ref / "reset", 4, []), (co / "reset", 3, ["--set", "runtime.servers=colocated"])):
+        d.mkdir()
+        p = qtrain_run(SCRIPTS / "resumable.py", *opts, *layout, "--out", str(d), "--reset-worker-state",
+                       "--resume", str(ref / "checkpoints" / "step-0000004.h5"), np_=np_,
+                       args=["--steps", "8", "--report", str(d)])  # fmt: skip
+        assert p.returncode == 0, p.stdout + p.stderr
+    assert summary(co / "reset")["params_sha256"] == summary(ref / "reset")["params_sha256"]
+
+
+def test_qtrain_simulate_takes_servers_colocated(tmp_path):
+    """``qtrain simulate --servers colocated``: every virtual worker also serves; one server's
+    parameters, and a bad value is one line."""
+    args = [sys.executable, "-m", "qtrain", "simulate", "configs/sgd.yaml", "--workers", "3", "-q"]
+    sets = ["--set", "train.steps=4"]
+    p = subprocess.run(
+        [*args, *sets, "--servers", "colocated", "--out", str(tmp_path / "co")],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    one = simulate(load_config("configs/sgd.yaml", ["train.steps=4"]), 3, None, log=lambda _: None)
+    assert summary(tmp_path / "co")["params_sha256"] == one["params_sha256"]
+    p = subprocess.run(
+        [*args, *sets, "--servers", "some", "--out", str(tmp_path / "x")], capture_output=True, text=True
+    )
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "qtrain: error: --set runtime.servers=some: runtime.servers must be a count of serving ranks "
+        "or colocated, got 'some'"
+    ], p.stderr

@@ -116,10 +116,12 @@ def plot_trace(
     ax.bar([str(r) for r in ranks], busy, color=colors)
     ax.set(title=PANEL_TITLES[5], xlabel="rank", ylabel="compute + encode, ms")
     serving = len(attrs.get("server_ranks") or [0])
-    fig.suptitle(
-        f"{attrs.get('algorithm')}: {attrs.get('workers')} workers, "
-        f"{serving} serving rank{'s' if serving != 1 else ''}"
+    layout = (
+        "each also serving its shard (co-located)"
+        if attrs.get("colocated")
+        else f"{serving} serving rank{'s' if serving != 1 else ''}"
     )
+    fig.suptitle(f"{attrs.get('algorithm')}: {attrs.get('workers')} workers, {layout}")
     fig.savefig(path, dpi=110)
     titles = [a.get_title() for a in fig.get_axes() if a.has_data()]
     plt.close(fig)

@@ -16,10 +16,11 @@ ended with the same parameters.
 
 Per run: seconds per step (the lead serving rank's step ends, median after ``warmup`` steps, with
 min and max), bytes per step each way as the serving ranks' links counted them, summed over them
-and on the busiest one (qtrain: received = uplinks, sent = downlinks, headers included; DDP: rank
-0's link, whose traffic is symmetric in a ring), qtrain's time per phase (from its trace; server
-phases are the busiest serving rank's per step), the final test accuracy, and the wall time to
-reach ``target_accuracy``.
+and on the busiest one (qtrain: received = uplinks, sent = downlinks, headers included; with
+co-located shards every rank's link, whose received and sent bytes each mix its uplinks and
+downlinks; DDP: rank 0's link, whose traffic is symmetric in a ring), qtrain's time per phase
+(from its trace; server phases are the busiest serving rank's per step), the final test accuracy,
+and the wall time to reach ``target_accuracy``.
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def run_qtrain(
         "uplink": summary["uplink"]["codec"],
         "downlink": summary["downlink"]["codec"],
         "numel": summary["numel"],
-        "servers": len(serving),
+        "servers": "colocated" if plan.servers == "colocated" else len(serving),
         "seconds_per_step": step_stats(list(server["wall_s"]), plan.warmup),
         "wire_bytes_per_step": {"up": summed("wire_recv_bytes"), "down": summed("wire_sent_bytes")},
         "wire_bytes_busiest_link": {"up": busiest("wire_recv_bytes"), "down": busiest("wire_sent_bytes")},
@@ -445,6 +446,11 @@ def table(results: dict) -> list[str]:
         f"{'run':<22}{'s/step':>8}{'min':>8}{'max':>8}{'up MB':>9}{'down MB':>9}{'link s':>8}"
         f"{'accuracy':>10}{'to target s':>12}",
     ]
+    if any(r.get("servers") == "colocated" for r in results["runs"]):
+        lines.append(
+            "  (co-located runs: up MB = bytes every rank's link received, down MB = bytes it sent; each "
+            "link carries its rank's uplinks and downlinks both)"
+        )
     for r in results["runs"]:
         s, w = r["seconds_per_step"], r["wire_bytes_per_step"]
         acc, tt, link_s = r["final_test_accuracy"], r["time_to_target_s"], r.get("link_s")

@@ -9,7 +9,8 @@ How settings reach the script, in one of two ways:
   (``session.serve()``) and prints the run's table; every other rank runs the script, in which
   ``qtrain.session()`` (or ``qtrain.init()`` with no arguments) returns that session. A script
   that calls ``qtrain.init`` with other arguments is refused (one line, exit 2): the run is
-  configured in one place.
+  configured in one place. With ``runtime.servers: colocated`` no rank serves alone: every rank
+  runs the script, and rank 0, which also leads, prints the table when its session closes.
 - Without those options, torchrun's way: the launcher only starts the ranks and the script
   configures itself. The script's first ``qtrain.init(...)`` or ``qtrain.session()`` decides.
   With no arguments (``qtrain.session()``, ``qtrain.init()``) it is the case above with the
@@ -51,7 +52,8 @@ def run(
         False, "--overwrite", help="OUT holds another run: remove its files first."
     ),
 ) -> None:
-    """Run SCRIPT under MPI the way torchrun runs one; rank 0 serves.
+    """Run SCRIPT under MPI the way torchrun runs one; rank 0 serves (with runtime.servers=colocated
+    every rank runs SCRIPT and also serves its shard).
 
     How settings reach the script: with -c/--set/--out/--resume/--reset-worker-state/--overwrite,
     qtrain run configures the session, rank 0 serves it, and every other rank runs SCRIPT, in

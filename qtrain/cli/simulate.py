@@ -12,10 +12,11 @@ def simulate(
     workers: int = typer.Option(
         None, "--workers", "-w", help="Virtual workers (default: the config's `workers`)."
     ),
-    servers: int = typer.Option(
+    servers: str = typer.Option(
         None,
         "--servers",
-        help="Serving ranks, each owning a shard of the segments (default: the config's runtime.servers).",
+        help="Serving ranks, each owning a shard of the segments, or 'colocated' (every virtual worker "
+        "also serves its shard); default: the config's runtime.servers.",
     ),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a key: --set algorithm.lr=0.01 (repeatable)."

@@ -1,5 +1,6 @@
-"""The loop between steps, written once (DESIGN.md section 9): every serving rank of every layout
-and the simulator run :func:`serve_steps` over the step driver's server step (``engine/step.py``).
+"""The loop between steps, written once (DESIGN.md section 9): every separate serving rank and the
+simulator run :func:`serve_steps` over the step driver's server step (``engine/step.py``); a
+co-located rank takes the same turns (:class:`ServingTurns`) inside its worker's steps.
 
 Each turn asks the driver for step ``step``. The workers sent either that step's uplinks, and the
 step ran, or a control frame in its place, saying what they do between steps ``step - 1`` and

@@ -10,22 +10,23 @@ steps and control frames (``WorkerStep.serve``). At the end rank 0's lead side g
 master shards, combines the buffers with every rank, takes the final reports and writes
 ``summary.json``; :attr:`ColocatedServing.summary` holds it (``session.close()`` returns it).
 
-The lead evaluates a copy of rank 0's model that holds the master parameters (``qtrain train``
+The lead evaluates its own model holding the master parameters (``qtrain train``
 evaluates it on the config's test split; a library script evaluates in its own loop)."""
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from qtrain.engine.buffers import has_buffers
+from qtrain.engine.buffers import buffer_state, has_buffers, load_buffers
 from qtrain.engine.flat import FlatModel
 from qtrain.engine.run_plan import RunPlan
 from qtrain.engine.serving_loop import ServingTurns
+from qtrain.engine.snapshots import rng_restore, rng_snapshot, to_cpu
 from qtrain.engine.worker import WorkerEngine
 from qtrain.io.run_dir import write_summary
+from qtrain.library.layout_module import LayoutModule
 from qtrain.library.serve import Evaluation, end_lead, start_lead
 from qtrain.library.worker import LibraryWorker
 from qtrain.runtime.colocated import ColocatedServer, ColocatedWorker, combine_buffers_everywhere
@@ -55,14 +56,19 @@ class ColocatedServing:
         self.summary: dict[str, Any] | None = None
         self.buffers_combined = False  # the lead combined them in its turn: the worker has them
         if topo.is_lead:
-            # the lead's own model: a copy of this rank's, holding the master copy
-            self.lead_model = FlatModel(copy.deepcopy(flat.module), device)
-            evaluation = evaluation or Evaluation(own_model=True)  # the lead's model is the user's
+            # building the lead's model draws from the process's generators, and a resume sets
+            # them to the server's: this rank's worker keeps its own (restored by its own resume,
+            # or fresh, as a separate worker's)
+            own = rng_snapshot()
+            self.lead_model = _lead_model(session, plan, flat, device, evaluation is not None)
+            evaluation = evaluation or Evaluation()
             self.lead = start_lead(session, plan, self.lead_model, transport, resume, evaluation)
+            rng_restore(own)
             self.lead.combine_buffers = self._lead_combines
             self.turns = ServingTurns(self.lead.serving.step, self.lead, self.lead.serving.start)
         else:
-            master = flat.params.detach().to(device).clone()
+            shard = plan.partition.shard(topo.rank)  # this rank's master copy: its shard only
+            master = flat.params.detach()[shard].to(device).clone()
             self.owner = start_shard(plan, master, transport, session._svc, resume)
             self.turns = ServingTurns(self.owner.driver, self.owner, self.owner.start)
 
@@ -101,6 +107,26 @@ class ColocatedServing:
         finally:
             self.lead.rec.progress.close()
         write_summary(self.session.out_dir, self.summary)
+
+
+def _lead_model(
+    session: Session, plan: RunPlan, flat: FlatModel, device: torch.device, evaluates: bool
+) -> FlatModel:
+    """The lead's model, holding the master copy: the config's model built anew when the lead
+    evaluates it (``qtrain train``), else a stand-in with the names and shapes of this rank's
+    (as a separate serving rank without a model of its own has), never a copy of the user's
+    object (its hooks, its device memory)."""
+    if evaluates:
+        model = plan.model(device)
+    else:
+        params = [(n, tuple(p.shape)) for n, p in flat.module.named_parameters() if p.requires_grad]
+        kind = type(flat.module).__name__
+        model = FlatModel(LayoutModule(params, to_cpu(buffer_state(flat.module)), kind), device)
+        model.layout.aliases = dict(flat.layout.aliases)
+    model.params.copy_(flat.params.detach())
+    if has_buffers(model.module):
+        load_buffers(model.module, buffer_state(flat.module))
+    return model
 
 
 class ColocatedLibraryWorker(LibraryWorker):

@@ -112,7 +112,7 @@ def load_for_resume(
     if saved_workers != workers and not reset_worker_state:
         raise CheckpointError(
             f"{path} was written by {saved_workers} workers, this run has {workers}: resume with "
-            f"mpiexec -n {saved_workers + servers}, or pass --reset-worker-state to start the workers' "
+            f"{saved_workers + servers} ranks, or pass --reset-worker-state to start the workers' "
             "moments and error buffers from zero (the server state is kept)"
         )
     if tree["step"] < 0:
@@ -144,7 +144,7 @@ def distribute_checkpoint(topology, plan, request, out_dir: Path, echo) -> Resum
                 topology.num_workers,
                 request.reset_worker_state,
                 warn=lambda m: echo(f"qtrain: warning: {m}"),
-                servers=len(topology.servers),
+                servers=0 if topology.colocated else len(topology.servers),
                 steps=plan.setup.steps or None,  # 0: a library run, whose loop decides
                 layout=plan.layout,
             )

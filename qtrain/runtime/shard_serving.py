@@ -16,7 +16,8 @@ are those of one server. At checkpoints the lead gathers the shards' state
 (``engine/shards.join_states``: the file does not depend on K); at the end, the master shards.
 
 These exchanges are pickled collectives on the servers' communicator, after the step's
-downlinks are posted: the workers never wait for them. What travels is a dataclass of
+downlinks are posted: separate workers never wait for them (co-located ranks, whose serving turn
+runs inside their own step, do: ``runtime/colocated.py``). What travels is a dataclass of
 ``engine/reports.py``: a :class:`~qtrain.engine.reports.StepPart` after each step, a
 :class:`~qtrain.engine.reports.ShardState` at a checkpoint, the master shard (an array) at
 evaluations and at the end.
@@ -233,20 +234,21 @@ def serve_shard(
     model, whose shard the engine serves (restored from ``resume``, a cut the lead scattered)."""
     from qtrain.engine.serving_loop import serve_steps
 
-    owner = start_shard(plan, model.params, transport, svc, resume)
+    shard = plan.partition.shard(transport.mine[0].owner)  # this rank's: a view of its model's
+    owner = start_shard(plan, model.params[shard], transport, svc, resume)
     serve_steps(owner.driver, owner, owner.start)
     owner.end()
 
 
 def start_shard(
     plan: RunPlan,
-    params: torch.Tensor,
+    master: torch.Tensor,
     transport: ServerTransport,
     svc: Any,  # runtime/services.RankServices
     resume: ResumePoint | None,
 ) -> _Owner:
-    """Another owner started: its engine over its shard of ``params`` (restored from ``resume``,
-    or its initial weights sent), its step driver and what it does between steps. A separate
+    """Another owner started: its engine over ``master``, its shard of the flat vector (restored
+    from ``resume``, or its initial weights sent), its step driver and what it does between steps. A separate
     serving rank loops over it (:func:`serve_shard`); a co-located rank takes its turns inside its
     worker's steps (``library/colocated.py``)."""
     from qtrain.engine.step import ServerStep
@@ -258,8 +260,7 @@ def start_shard(
     owner, servers = topo.owner, transport.comms.servers
     if owner is None or servers is None:
         raise ValueError(f"rank {topo.rank} is not one of several serving ranks: {topo.describe()}")
-    shard = part.shard(owner)
-    engine: ServerEngine = plan.server_engine(params[shard], owner=owner)
+    engine: ServerEngine = plan.server_engine(master, owner=owner)
     rec = ShardRecorder(svc.watchdog, NetCounters.from_env())
     step_driver = ServerStep(
         engine, transport, part, rec, names=[f"rank {r}" for r in topo.workers], segments=transport.mine

@@ -102,6 +102,7 @@ def main() -> None:
             if line is not None:
                 print(line, flush=True)
         print(f"colocated done rank {backend.rank}", flush=True)
+        backend.finalize()  # a clean end (gloo aborts a process whose peers still talk to it)
     except BaseException:  # noqa: BLE001 - never leave the other ranks waiting
         traceback.print_exc()
         sys.stdout.flush()
