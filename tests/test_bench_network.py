@@ -141,8 +141,7 @@ def test_two_serving_ranks_each_count_their_own_link(root, tmp_path):  # noqa: F
 @pytest.mark.mpi
 def test_colocated_shards_run_on_as_many_links_as_workers(root, tmp_path):  # noqa: F811
     """--servers colocated: 2 ranks that train and serve, each counting its own link (the run's
-    server rows), the table says so; a bad --servers value and --script with colocated are one
-    line each."""
+    server rows), the table says so; a bad --servers value is one line."""
     from qtrain.io.trace import read_trace
 
     out = tmp_path / "bench"
@@ -171,12 +170,6 @@ def test_colocated_shards_run_on_as_many_links_as_workers(root, tmp_path):  # no
             small_comparison(out, 8, "", *bad), capture_output=True, text=True, timeout=60
         )
         assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [line], refused.stderr
-    script = [*QTRAIN, "bench", "network", "--script", "examples/gpt/train.py", "--servers", "colocated"]
-    refused = subprocess.run([*script, "--out", str(out)], capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
-        "qtrain: error: --servers 'colocated': a count of serving ranks >= 1 (--servers colocated goes "
-        "with config files for now)"
-    ], refused.stderr
 
 
 @pytest.mark.netns

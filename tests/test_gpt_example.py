@@ -57,11 +57,11 @@ def run_ddp(out_json: Path, *flags: str) -> list:
     return json.loads(out_json.read_text())
 
 
-def run_qtrain(out: Path, *flags: str) -> tuple[list, subprocess.CompletedProcess]:
+def run_qtrain(out: Path, *flags: str, ranks: int = 3) -> tuple[list, subprocess.CompletedProcess]:
     """``mpiexec -n 3 python train.py FLAGS --out OUT``: [[step, val_loss], ...] and the process."""
     out_json = out.parent / f"{out.name}.json"
     p = subprocess.run(
-        [*mpiexec_command(), "-n", "3", sys.executable, str(GPT / "train.py"), *flags]
+        [*mpiexec_command(), "-n", str(ranks), sys.executable, str(GPT / "train.py"), *flags]
         + ["--out", str(out), "--out-json", str(out_json)],
         capture_output=True,
         text=True,
@@ -132,6 +132,19 @@ def test_efficient_adam_trains_the_gpt(tmp_path):
     )
     assert [s for s, _ in ours] == [10, 20]
     assert ours[1][1] < ours[0][1] < 4.29  # ln(73): the untrained model's loss
+
+
+@needs_bible
+@pytest.mark.mpi
+def test_colocated_the_port_evaluates_and_trains_what_one_server_does(tmp_path, adam_run):
+    """--set runtime.servers=colocated on 2 ranks (both train and serve; rank 0 evaluates through
+    sess.optimizer(evaluate=...)): the separate server's validation losses and parameters."""
+    out, losses, _ = adam_run
+    ours, p = run_qtrain(tmp_path / "co", *SMALL, "--set", "runtime.servers=colocated", ranks=2)
+    assert ours == losses
+    summary = lambda d: json.loads((d / "summary.json").read_text())  # noqa: E731
+    assert summary(tmp_path / "co")["params_sha256"] == summary(out)["params_sha256"]
+    assert "step 20 val_loss" in p.stdout
 
 
 @needs_bible

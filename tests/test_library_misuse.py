@@ -113,3 +113,11 @@ def test_a_resume_with_fewer_shards_is_refused_at_its_checkpoint_before_a_positi
     after.shard(_data(), batch_size=4)
     after.shard(_data(), batch_size=4)
     assert len(after._shard_positions()) == 3  # all made: the checkpoint has every position
+
+
+def test_evaluate_goes_to_serve_when_ranks_serve_apart(tmp_path):
+    """session.optimizer(evaluate=...) is for co-located runs, whose rank 0 leads; with a serving
+    rank of its own the server evaluates, and the call says where evaluate= goes."""
+    sess = _worker_session(tmp_path)
+    with pytest.raises(UsageError, match=r"pass evaluate= to session.serve\(model, evaluate=...\)"):
+        sess.optimizer(nn.Linear(2, 2), evaluate=lambda m: {"loss": 0.0})

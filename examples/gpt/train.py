@@ -59,21 +59,15 @@ def main():
     cfg = GPTConfig(args.n_layer, args.n_head, args.n_embd, args.block_size, data.vocab_size)
     torch.manual_seed(args.seed)
     model = GPT(cfg)
-    losses = []  # (step, val_loss), on rank 0
-    val_loss = lambda m: data.val_loss(m, args.block_size)  # noqa: E731
+    evaluate = lambda m: {"loss": data.val_loss(m, args.block_size)}  # noqa: E731
     if sess.is_server:  # rank 0 serves, and evaluates its parameters every eval_interval steps
-        summary = sess.serve(model=model, evaluate=lambda m: {"loss": val_loss(m)})
-        if summary is None:  # runtime.servers > 1: rank 0 leads and reports, the others only serve
-            return
-        for e in summary["evals"]:
-            losses.append((e["step"], e["test_loss"]))
-            print(f"step {e['step']} val_loss {e['test_loss']:.4f}", flush=True)
-        if args.out_json:
-            with open(args.out_json, "w") as f:
-                json.dump(losses, f)
+        report(sess.serve(model=model, evaluate=evaluate), args)
         return
     optim_groups = model.optim_groups(args.weight_decay)  # decay matrices, not biases and gains
-    opt = sess.optimizer(optim_groups, model=model, lr=args.lr, betas=(0.9, 0.99), overlap=False)
+    # runtime.servers=colocated: every rank trains and serves, and rank 0 evaluates (no server)
+    evaluate = evaluate if sess.config.runtime.colocated else None
+    opt = sess.optimizer(optim_groups, model=model, lr=args.lr, betas=(0.9, 0.99), overlap=False,
+                         evaluate=evaluate)  # fmt: skip
     gen = torch.Generator().manual_seed(args.seed + sess.worker_index)  # this worker's own batches
     start = 0
     if sess.resumed_extra:  # continue the batches where the checkpoint left them
@@ -98,6 +92,19 @@ def main():
             sess.checkpoint(extra={"generator": gen.get_state(), "iter": it + 1})
         if sess.should_stop:
             break
+    report(sess.close(), args)  # the summary on a co-located run's rank 0, else None
+
+
+def report(summary, args):
+    """The lead's validation losses (None: this rank does not lead, e.g. runtime.servers > 1)."""
+    if summary is None:
+        return
+    losses = [(e["step"], e["test_loss"]) for e in summary["evals"]]
+    for step, loss in losses:
+        print(f"step {step} val_loss {loss:.4f}", flush=True)
+    if args.out_json:
+        with open(args.out_json, "w") as f:
+            json.dump(losses, f)
 
 
 if __name__ == "__main__":

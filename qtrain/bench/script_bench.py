@@ -5,8 +5,9 @@ Every run trains the same script arguments (``ARGS``, after ``--``) on the same 
 links (:mod:`qtrain.bench.netem`):
 
 - a **qtrain run** per ``--run [NAME=]EXTRA``: ``mpiexec -n K+W python SCRIPT ARGS EXTRA --out
-  DIR`` (the script must take ``--out`` and pass it to ``qtrain.init(out=...)``); its
-  validation losses are the evaluations of its serving rank (``sess.serve(evaluate=...)``,
+  DIR`` (W ranks with ``--servers colocated``; the script must take ``--out`` and pass it to
+  ``qtrain.init(out=...)``); its validation losses are the evaluations of its serving rank
+  (``sess.serve(evaluate=...)``, or ``sess.optimizer(evaluate=...)`` when co-located,
   ``test_loss`` in the trace), its clock the lead serving rank's step ends, its bytes what the
   serving ranks' links carried (``QTRAIN_WIRE_DEVICE``);
 - a **DDP twin** per ``--peers`` entry: ``torchrun --nnodes W --node_rank r`` of ``TWIN ARGS``,
@@ -58,7 +59,7 @@ class ScriptPlan:
     twin: str | None = None
     peers: list[str] = field(default_factory=lambda: ["ddp", "ddp-fp16", "ddp-powersgd:4"])
     workers: int = 4
-    servers: int = 1
+    servers: int | str = 1  # qtrain's serving ranks, or "colocated" (every worker serves its shard)
     warmup: int = 5
     target: float | None = None
     pattern: str = DEFAULT_PATTERN
@@ -66,7 +67,14 @@ class ScriptPlan:
 
     @property
     def ranks(self) -> int:
-        return self.servers + self.workers
+        return self.workers if self.servers == "colocated" else int(self.servers) + self.workers
+
+    @property
+    def serving(self) -> list[int]:
+        """qtrain's serving ranks (each counts its own link's bytes)."""
+        if self.servers == "colocated":
+            return list(range(self.workers))
+        return list(Topology.parameter_server(self.ranks, servers=int(self.servers)).servers)
 
 
 def parse_run(text: str) -> QtrainRun:
@@ -125,6 +133,7 @@ def qtrain_curve(steps: np.ndarray, evals: np.ndarray, serving: list[int]) -> tu
     the clock and the bytes counted from the end of step 1 (the lead serving rank's rows end the
     steps, each evaluation stamped before it ran; bytes are those of the serving rank whose link
     carried the most), and the per-step bytes of that link ({"up", "down"} arrays, step order)."""
+    steps = steps[steps["role"] == 0]  # the serving rows (a co-located rank also has worker rows)
     lead = np.sort(steps[steps["rank"] == serving[0]], order="step")
     rows = {r: np.sort(steps[steps["rank"] == r], order="step") for r in serving}
     busiest = max(
@@ -172,7 +181,7 @@ def run_qtrain_script(
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     argv = [sys.executable, plan.script, *plan.args, *run.extra, "--out", str(run_dir / "run")]
-    serving = list(Topology.parameter_server(plan.ranks, servers=plan.servers).servers)
+    serving = plan.serving
     cmd = net.mpi_command(mpiexec, argv, {r: {"QTRAIN_WIRE_DEVICE": net.device(r)} for r in serving})
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=plan.timeout_s)
     log = run_dir / "bench-output.txt"
@@ -187,11 +196,11 @@ def run_qtrain_script(
         )
     summary = json.loads(summary_file.read_text())
     steps, evals, _ = read_trace(run_dir / "run" / "trace.h5")
-    roles = {int(r): int(role) for r, role in zip(steps["rank"], steps["role"], strict=True)}
-    if sorted(r for r, role in roles.items() if role != 1) != serving:
+    served = sorted({int(r) for r in steps["rank"][steps["role"] == 0]})
+    if served != serving:
         raise RuntimeError(
-            f"qtrain run {label}: its serving ranks are not ranks 0..{plan.servers - 1}; set the "
-            f"script's runtime.servers to --servers ({plan.servers})"
+            f"qtrain run {label}: its serving ranks are {served}, not ranks {serving[0]}..{serving[-1]}; "
+            f"set the script's runtime.servers to --servers ({plan.servers})"
         )
     if len(evals) == 0:
         raise RuntimeError(
@@ -354,7 +363,9 @@ def script_table(results: dict) -> list[str]:
     target = results["target"]
     lines = [
         f"{results['script']} on {rate} ({link.get('measured_bps', 0) / 1e6:.0f} Mbit/s measured), "
-        f"{results['workers']} workers, {results['cores']} cores",
+        f"{results['workers']} workers"
+        + (", qtrain's shards co-located" if results.get("servers") == "colocated" else "")
+        + f", {results['cores']} cores",
         host_line(results["host"]),
         "target: "
         + ("none" if target is None else f"validation loss {target:.4f} ({results['target_from']})"),

@@ -25,7 +25,7 @@ def network(
         "1",
         "--servers",
         help="qtrain's serving ranks (runtime.servers), each on its own shaped link; 'colocated': "
-        "every worker also serves its shard (no serving rank apart; config files only).",
+        "every worker also serves its shard (no serving rank apart).",
     ),
     steps: int = typer.Option(
         None, "--steps", help="Training steps of every run (config files; default 30)."
@@ -162,7 +162,7 @@ def network(
     names = [run_name(c, b) for c in configs for b in backends]
     if len(set(names)) < len(names):
         fail(f"every qtrain run needs its own name, the config's file name (got {', '.join(names)})")
-    count = _server_count(servers, fail, colocated=True)
+    count = _server_count(servers, fail)
     if workers < 1 or eval_every < 1 or steps < warmup + 2:
         fail(
             "--workers and --eval-every must be >= 1 and --steps >= --warmup + 2, "
@@ -244,7 +244,9 @@ def _script_mode(
         fail(f"--run/--peers: every run needs its own name (got {', '.join(names)})")
     if workers < 1 or warmup < 1:
         fail(f"--workers and --warmup must be >= 1, got {workers}, {warmup}")
-    servers = _server_count(servers, fail, colocated=False)
+    servers = _server_count(servers, fail)
+    if servers == "colocated" and workers < 2:
+        fail(f"--servers colocated needs at least 2 workers, got {workers}")
     try:  # after the arguments: their mistakes are named without root too
         check_privileges()
     except NetworkError as exc:
@@ -280,13 +282,12 @@ def _interrupted(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _server_count(servers: str, fail, colocated: bool) -> int | str:
-    """``--servers``: a count >= 1, or ``colocated`` where ``colocated`` allows it (config files)."""
+def _server_count(servers: str, fail) -> int | str:
+    """``--servers``: a count >= 1, or ``colocated``."""
     word = servers.strip().lower()
-    if word == "colocated" and colocated:
+    if word == "colocated":
         return word
     if word.isdigit() and int(word) >= 1:
         return int(word)
-    also = " or colocated" if colocated else " (--servers colocated goes with config files for now)"
-    fail(f"--servers {servers!r}: a count of serving ranks >= 1{also}")
+    fail(f"--servers {servers!r}: a count of serving ranks >= 1 or colocated")
     raise AssertionError  # fail() exits

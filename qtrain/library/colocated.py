@@ -112,11 +112,13 @@ class ColocatedServing:
 def _lead_model(
     session: Session, plan: RunPlan, flat: FlatModel, device: torch.device, evaluates: bool
 ) -> FlatModel:
-    """The lead's model, holding the master copy: the config's model built anew when the lead
-    evaluates it (``qtrain train``), else a stand-in with the names and shapes of this rank's
-    (as a separate serving rank without a model of its own has), never a copy of the user's
-    object (its hooks, its device memory)."""
-    if evaluates:
+    """The lead's model, holding the master copy: the copy of the script's model that
+    ``session.optimizer(evaluate=...)`` made, the config's model built anew when ``qtrain train``
+    evaluates it, else a stand-in with the names and shapes of this rank's (as a separate serving
+    rank without a model of its own has)."""
+    if session._colocated_module is not None:  # the script's evaluate=: a copy of its model
+        model = FlatModel(session._colocated_module, device)
+    elif evaluates:  # qtrain train's: the config's model
         model = plan.model(device)
     else:
         params = [(n, tuple(p.shape)) for n, p in flat.module.named_parameters() if p.requires_grad]

@@ -152,6 +152,7 @@ class Session:
         # lead evaluates (qtrain train's test split; None: the script evaluates in its own loop)
         self._colocated = None
         self._colocated_evaluation = None
+        self._colocated_module = None  # a library script's model copy the co-located lead evaluates
 
     # ------------------------------------------------------------------ start-up
     @classmethod
@@ -275,7 +276,14 @@ class Session:
 
     # ------------------------------------------------------------------ a worker
     def optimizer(
-        self, params, overlap: bool | None = None, *, model: torch.nn.Module | None = None, **defaults
+        self,
+        params,
+        overlap: bool | None = None,
+        *,
+        model: torch.nn.Module | None = None,
+        evaluate=None,
+        evaluate_train=None,
+        **defaults,
     ):
         """Wrap the model (moved to ``session.device``) for this run: returns a
         :class:`~qtrain.library.optimizer.DistributedOptimizer`. ``params`` is what ``torch.optim``
@@ -289,7 +297,12 @@ class Session:
         groups; the initial parameters and buffers then come from worker 0 (from the serving rank
         when it serves with a model of its own).
         ``overlap``: send each segment from backward's hooks (default ``runtime.overlap``); pass
-        False to clip, unscale or otherwise change gradients between ``backward()`` and ``step()``."""
+        False to clip, unscale or otherwise change gradients between ``backward()`` and ``step()``.
+        ``evaluate(model)`` and ``evaluate_train(model)``: in a co-located run (``runtime.servers:
+        colocated``) rank 0, which leads, evaluates a copy of ``model`` (``copy.deepcopy``, made
+        here) holding the master parameters with them, as ``session.serve(model, evaluate,
+        evaluate_train)`` does on a separate serving rank; with separate serving ranks they are
+        refused (pass them to ``session.serve``)."""
         if self.is_server:
             raise UsageError(
                 "session.optimizer() on the serving rank (rank 0): only workers train a model "
@@ -314,6 +327,20 @@ class Session:
             raise UsageError(
                 "session.optimizer(): overlap= is a bool; pass param groups as the first argument"
             )
+        if (evaluate is not None or evaluate_train is not None) and not self._topology.colocated:
+            raise UsageError(
+                "session.optimizer(evaluate=...): with separate serving ranks the server evaluates: pass "
+                "evaluate= to session.serve(model, evaluate=...) (optimizer takes it in a co-located run, "
+                "runtime.servers: colocated)"
+            )
+        if (evaluate is not None or evaluate_train is not None) and self._topology.is_lead:
+            import copy
+
+            from qtrain.library.serve import Evaluation
+
+            # rank 0 leads: its own instance to evaluate, made before qtrain flattens the model
+            self._colocated_module = copy.deepcopy(model)
+            self._colocated_evaluation = Evaluation(evaluate, evaluate_train, own_model=True)
         from qtrain.engine.flat import FlatModel
         from qtrain.engine.param_groups import GROUP_KEYS, GroupError
         from qtrain.library.group_sharing import group_specs
