@@ -444,7 +444,10 @@ def plot_bench_script(results: dict, path: str) -> list[str]:
     for ax, title in zip(axes, SCRIPT_BENCH_PANELS, strict=True):
         ax.set_title(title, fontsize=10)
     link = "unshaped links" if rate is None else f"{rate / 1e6:g} Mbit/s per-rank links"
-    fig.suptitle(f"{results['script']}: {link}, {results['workers']} workers, {results['cores']} cores")
+    layout = ", qtrain's shards co-located" if results.get("servers") == "colocated" else ""
+    fig.suptitle(
+        f"{results['script']}: {link}, {results['workers']} workers{layout}, {results['cores']} cores"
+    )
     fig.savefig(path, dpi=110)
     titles = [ax.get_title() for ax in axes if ax.has_data()]
     plt.close(fig)
