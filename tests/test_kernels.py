@@ -420,3 +420,13 @@ def test_tiny_bucket_scales_quantize_without_nan_and_match_the_reference(case):
     for j in range(6):  # Q(v) stays within one grid step of v, bucket by bucket
         sl = slice(64 * j, 64 * (j + 1))
         assert float((u[sl] - v[sl]).abs().max()) <= float(v[sl].abs().max()) * (1 + 1e-6)
+
+
+def test_compiling_the_kernels_draws_nothing_from_the_process_generator():
+    """``warm_up`` (run inside a job when the disk cache is cold) leaves torch's global generator
+    where it was: a script's dropout is the same on the first run after an install as later."""
+    from qtrain.kernels import warm_up
+
+    before = torch.get_rng_state()
+    warm_up()
+    assert torch.equal(torch.get_rng_state(), before)

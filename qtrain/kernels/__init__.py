@@ -50,7 +50,9 @@ def warm_up() -> None:
 
     global _WARM
     _WARM = True  # the kernel codecs built below must not warm up again
-    x, e = torch.randn(4096), torch.zeros(4096)
+    # its own generator: a run that compiles here (a cold cache) draws nothing from the process's
+    # (a script's dropout would otherwise differ between the first run after an install and the next)
+    x, e = torch.randn(4096, generator=torch.Generator().manual_seed(0)), torch.zeros(4096)
     for name, params in (("sign", {}), ("uniform", {"bits": 2}), ("none", {}), ("fp16", {})):
         fast = kernel_codec(get_codec(name, **params), "cpu", "numba")
         rows = torch.zeros(2, 4 * 4096 + 64, dtype=torch.uint8)
