@@ -546,16 +546,7 @@ class Session:
             builtin = self._builtin_model is not None
             title = "qtrain train" if builtin else "qtrain library run"
             self._world.announce(plan, self._svc.echo, resume, title=title, config_workers=builtin)
-        s = plan.setup
-        worker_channel, server_channel = open_colocated(
-            self._topology,
-            plan.partition,
-            s.uplink.codec,
-            s.downlink.codec,
-            self.device,
-            self._world.cuda.enabled,
-            self.config.runtime.timeout_s,
-        )
+        worker_channel, server_channel = open_colocated(*self._channel_args(plan))
         serving = resume.serving if resume is not None else None
         self._colocated = ColocatedServing(
             self, plan, flat, server_channel, self._colocated_evaluation, serving
@@ -567,8 +558,12 @@ class Session:
     def _transport(self, plan):
         from qtrain.runtime.transport import open_transport
 
+        return open_transport(*self._channel_args(plan))
+
+    def _channel_args(self, plan) -> tuple:
+        """What opening this rank's channels takes (``open_transport``, ``open_colocated``)."""
         s = plan.setup
-        return open_transport(
+        return (
             self._topology,
             plan.partition,
             s.uplink.codec,

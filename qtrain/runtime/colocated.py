@@ -100,17 +100,12 @@ class ColocatedServer(ServerTransport):
             self.local[seg.index] = None
         return _HandedOver()
 
-    def reports(self, kind: type[R]) -> list[R]:
-        """Every worker's report in worker order (the lead only), its own worker's handed over."""
+    def _root_part(self, kind: type[R]) -> ControlReport:
+        """Rank 0 also works: its own worker's report, handed over, is the root's part."""
         own, self.own_report = self.own_report, None
         if own is None:
             raise RuntimeError(f"rank {self.topology.rank}: its own worker sent no {kind.__name__}")
-        control = self.control
-        parts = control.member.gather(own, root=control.local(self.topology.server))
-        if parts is None:
-            raise RuntimeError(f"rank {self.topology.rank} gathered the workers' reports but is not the lead")
-        workers = self.topology.workers
-        return expect_reports(kind, [parts[control.local(r)] for r in workers], workers)
+        return own
 
     def finish_downlinks(self, step: int) -> None:
         """Deferred: the broadcasts complete once this rank's worker side has read its own

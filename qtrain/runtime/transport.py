@@ -362,11 +362,15 @@ class ServerTransport(_Transport):
         """Every worker's :meth:`WorkerTransport.report`, in worker order (the lead only): each a
         ``kind``, or a RuntimeError names the rank that sent something else."""
         control = self.control
-        parts = control.member.gather(None, root=control.local(self.topology.server))
+        parts = control.member.gather(self._root_part(kind), root=control.local(self.topology.server))
         if parts is None:  # gather gives the list on its root, and the lead is the root
             raise RuntimeError(f"rank {self.topology.rank} gathered the workers' reports but is not the lead")
         workers = self.topology.workers
         return expect_reports(kind, [parts[control.local(r)] for r in workers], workers)
+
+    def _root_part(self, kind: type[R]) -> ControlReport | None:
+        """What the lead itself gives the workers' gather: nothing (it does not work)."""
+        return None
 
     def share(self, report: BufferReport) -> None:
         """Send ``report`` to every worker (:meth:`WorkerTransport.shared`; the lead only)."""
